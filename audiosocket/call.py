@@ -1,0 +1,109 @@
+"""The call: what the server knows of one AudioSocket connection, and the interface it hands
+to the session (app) that runs on it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid as _uuid
+from collections.abc import Callable
+from typing import Any
+
+from audiosocket.clock import Playback, Playout
+from audiosocket.protocol import FRAME_MS
+
+__all__ = ["END_REASONS", "Call"]
+
+#: Every call ends with exactly one of these (the label of ``audiosocket_calls_ended_total``).
+END_REASONS = (
+    "remote_closed",  # the peer closed the socket: how Asterisk hangs up
+    "remote_reset",  # the connection was reset or broke
+    "remote_hangup",  # the peer sent a hang-up frame (non-Asterisk peers)
+    "app_hangup",  # the app hung up
+    "app_error",  # an app hook raised
+    "protocol_error",  # a malformed frame
+    "max_duration",  # the call hit max_duration_s
+    "inactivity",  # nothing either way for inactivity_timeout_s
+    "write_stalled",  # the peer stopped reading our frames
+    "overload",  # refused: max_calls reached
+    "duplicate_uuid",  # refused: a live call has this UUID
+    "shutdown",  # the server stopped
+)
+
+
+class Call:
+    """One live call. Sessions use: ``uuid``, ``id``, ``rate``, ``peer``, ``tick``/``time``
+    (the call's timeline from the shared clock), ``play``, ``feed``, ``clear``, ``hangup``.
+    """
+
+    def __init__(
+        self,
+        call_uuid: _uuid.UUID,
+        playout: Playout,
+        *,
+        peer: str,
+        app: str,
+        end: Callable[[str], None],
+    ) -> None:
+        self.uuid = call_uuid
+        self.id = str(call_uuid)
+        self.playout = playout
+        self.peer = peer
+        self.app = app
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.inbound_rate: int | None = None
+        self.ulaw = False
+        self.end_reason: str | None = None
+        self.ended_at: float | None = None
+        self.frames_in = 0
+        self.audio_bytes_in = 0
+        self.dtmf_in = 0
+        self._end = end
+        #: Free-form data an app wants stored with the call (IVR path, variables...).
+        self.meta: dict[str, Any] = {}
+        self.closed: asyncio.Event = asyncio.Event()
+
+    # -- the timeline --------------------------------------------------------------------
+
+    @property
+    def rate(self) -> int:
+        """The call's rate: what the peer sends, and what we send back."""
+        return self.playout.rate
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one 20 ms frame at the call's rate."""
+        return self.playout.frame_size
+
+    @property
+    def tick(self) -> int:
+        """Ticks of the shared clock since the UUID arrived."""
+        return self.playout.ticks
+
+    @property
+    def time(self) -> float:
+        """Seconds since the UUID arrived, on the clock's timeline."""
+        return self.playout.ticks * FRAME_MS / 1000
+
+    @property
+    def ended(self) -> bool:
+        return self.end_reason is not None
+
+    # -- actions -------------------------------------------------------------------------
+
+    def play(self, pcm: bytes) -> Playback:
+        """Queue a clip at the call's rate; await the result for playback-complete."""
+        return self.playout.play(pcm)
+
+    def feed(self, pcm: bytes) -> None:
+        """Queue continuous audio (no padding, no completion event)."""
+        self.playout.feed(pcm)
+
+    def clear(self) -> int:
+        """Drop queued audio; silence goes out at the next tick."""
+        return self.playout.clear()
+
+    def hangup(self, reason: str = "app_hangup") -> None:
+        """End the call: a ``00 00 00`` frame, then the socket is closed."""
+        self._end(reason)

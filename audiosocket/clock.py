@@ -1,0 +1,379 @@
+"""One 20 ms clock for all calls, and the per-call playout buffers it drains.
+
+Asterisk does not pace what we send: five seconds written at once arrive downstream at once
+and are mostly lost. So outbound audio leaves only on this clock's ticks: frame ``k`` of the
+clock is due at ``t0 + k * 20 ms`` (absolute deadlines, so scheduling error never
+accumulates), and each tick writes exactly one frame per call: audio when some is queued,
+silence otherwise (``AudioSocket()`` hangs up after 2 s without a frame).
+
+The clock also gives each call its timeline: ``Playout.ticks`` counts the ticks since the call
+was registered, and inbound audio is placed on that timeline by the call, so gaps from a
+quiet caller become silence and both directions of a recording stay aligned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from audiosocket import metrics
+from audiosocket.protocol import FRAME_MS, KIND_FOR_RATE, frame_bytes
+from audiosocket.ulaw import ULAW_FRAME_BYTES, lin2ulaw
+
+__all__ = ["Clock", "Playback", "Playout", "Transport"]
+
+_HEADER = struct.Struct(">BH")
+
+
+class Transport(Protocol):
+    """The part of an asyncio transport the clock writes to."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
+class Playback:
+    """Awaitable completion of one clip: True when its last frame went out on the wire,
+    False when it was cleared (barge-in, ``clear()``) or the call ended first."""
+
+    __slots__ = ("_future", "frames")
+
+    def __init__(self, future: asyncio.Future[bool], frames: int) -> None:
+        self._future = future
+        self.frames = frames
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._future.__await__()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    @property
+    def completed(self) -> bool:
+        """True once every frame was sent (not cleared)."""
+        return self._future.done() and not self._future.cancelled() and self._future.result()
+
+
+TickListener = Callable[[int, bytes | None], None]
+
+
+class Playout:
+    """A call's outbound buffer: whole 20 ms frames of PCM waiting for their tick.
+
+    Bounded: at most ``max_frames`` queued; past that the oldest frames are dropped and
+    counted (a runaway producer must not grow memory without limit).
+    """
+
+    __slots__ = (
+        "_frames",
+        "_header",
+        "_lead",
+        "_loop",
+        "_marks",
+        "_partial",
+        "_queued_seq",
+        "_sent_seq",
+        "_silence",
+        "_streams",
+        "_ulaw",
+        "audio_frames_sent",
+        "frame_size",
+        "kind",
+        "max_frames",
+        "on_tick",
+        "rate",
+        "sent_total",
+        "silence_frames_sent",
+        "ticks",
+        "transport",
+        "underruns",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        rate: int,
+        *,
+        lead_ms: int = 0,
+        max_seconds: float = 600.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.transport = transport
+        self.rate = rate
+        self.kind = KIND_FOR_RATE[rate]
+        self.frame_size = frame_bytes(rate)
+        self._header = _HEADER.pack(self.kind, self.frame_size)
+        self._silence = self._header + bytes(self.frame_size)
+        self._ulaw = False
+        self._lead = max(0, min(lead_ms, 120)) // FRAME_MS
+        self.max_frames = max(1, int(max_seconds * 1000 / FRAME_MS))
+        self._frames: deque[bytes] = deque()
+        self._partial = b""
+        self._marks: deque[tuple[int, asyncio.Future[bool]]] = deque()
+        self._queued_seq = 0  # frames ever queued
+        self._sent_seq = 0  # frames ever taken off the queue (sent, cleared or dropped)
+        self._streams = 0
+        self._loop = loop
+        self.ticks = 0  # the call's timeline, in 20 ms ticks since it was registered
+        self.sent_total = 0
+        self.audio_frames_sent = 0
+        self.silence_frames_sent = 0
+        self.underruns = 0
+        #: Called after each tick with (tick index, PCM sent or None for silence).
+        self.on_tick: TickListener | None = None
+
+    # -- configuration -------------------------------------------------------------------
+
+    def use_ulaw(self) -> None:
+        """Send 160-byte μ-law payloads in kind 0x10 (the peer's channel is μ-law)."""
+        if self.rate != 8000:
+            raise ValueError("μ-law framing only exists at 8 kHz")
+        self._ulaw = True
+        self._header = _HEADER.pack(self.kind, ULAW_FRAME_BYTES)
+        self._silence = self._header + lin2ulaw(bytes(self.frame_size))
+
+    # -- producers -----------------------------------------------------------------------
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting to be sent."""
+        return len(self._frames)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no stream open: only silence is going out."""
+        return not self._frames and not self._streams
+
+    def _loop_or_running(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def feed(self, pcm: bytes) -> None:
+        """Queue PCM as a continuous stream (echo, live relays): a short tail waits for the
+        next call rather than being padded, so odd-sized input keeps its timing."""
+        if self._partial:
+            pcm = self._partial + pcm
+            self._partial = b""
+        n = self.frame_size
+        end = len(pcm) - len(pcm) % n
+        if end != len(pcm):
+            self._partial = pcm[end:]
+        for i in range(0, end, n):
+            self._push(pcm[i : i + n])
+
+    def play(self, pcm: bytes) -> Playback:
+        """Queue one clip; the result completes when its last frame has been sent.
+
+        The clip's tail is padded with silence to a whole frame (Asterisk handles short
+        frames, but a fixed size keeps the peer's jitter buffer simple).
+        """
+        if self._partial:
+            pcm = self._partial + pcm
+            self._partial = b""
+        n = self.frame_size
+        rem = len(pcm) % n
+        if rem:
+            pcm = pcm + bytes(n - rem)
+        for i in range(0, len(pcm), n):
+            self._push(pcm[i : i + n])
+        fut: asyncio.Future[bool] = self._loop_or_running().create_future()
+        if self._queued_seq <= self._sent_seq:
+            fut.set_result(True)
+        else:
+            self._marks.append((self._queued_seq, fut))
+        return Playback(fut, len(pcm) // n)
+
+    def _push(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self._queued_seq += 1
+        if len(self._frames) > self.max_frames:
+            self._frames.popleft()
+            self._sent_seq += 1
+            metrics.PLAYOUT_DROPPED.inc()
+            self._resolve_marks()
+
+    def begin_stream(self) -> None:
+        """Mark that more audio of a clip is coming (TTS sentence by sentence), so an empty
+        buffer at a tick counts as an underrun rather than the end of speech."""
+        self._streams += 1
+
+    def end_stream(self) -> None:
+        """Close what ``begin_stream`` opened."""
+        self._streams = max(0, self._streams - 1)
+
+    def clear(self) -> int:
+        """Drop everything queued; the next tick sends silence. Returns frames dropped.
+
+        Pending playbacks complete with False.
+        """
+        dropped = len(self._frames)
+        self._frames.clear()
+        self._partial = b""
+        self._sent_seq = self._queued_seq
+        while self._marks:
+            _, fut = self._marks.popleft()
+            if not fut.done():
+                fut.set_result(False)
+        return dropped
+
+    def close(self) -> None:
+        """The call is over: pending playbacks complete with False."""
+        self.clear()
+        self.on_tick = None
+
+    def _resolve_marks(self) -> None:
+        marks = self._marks
+        while marks and marks[0][0] <= self._sent_seq:
+            _, fut = marks.popleft()
+            if not fut.done():
+                fut.set_result(True)
+
+    # -- the tick ------------------------------------------------------------------------
+
+    def tick(self, advance: int = 1) -> int:
+        """Write this tick's frame(s). Returns the number of frames written.
+
+        ``advance`` > 1 after a clock resync: the timeline jumps with wall time, and the
+        frames those ticks would have carried are not sent late (that would be a burst).
+        """
+        self.ticks += advance
+        if advance > 1 and self.sent_total < self.ticks - 1:
+            self.sent_total = self.ticks - 1
+        transport = self.transport
+        if transport.is_closing():
+            return 0
+        written = 0
+        frames = self._frames
+        listener = self.on_tick
+        due = self.ticks + self._lead
+        while frames and self.sent_total < due:
+            pcm = frames.popleft()
+            self._sent_seq += 1
+            payload = lin2ulaw(pcm) if self._ulaw else pcm
+            transport.write(self._header + payload)
+            self.sent_total += 1
+            self.audio_frames_sent += 1
+            written += 1
+            if listener is not None:
+                listener(self.sent_total - 1, pcm)
+        if self._marks:
+            self._resolve_marks()
+        if self.sent_total < self.ticks:
+            if self._streams:
+                self.underruns += 1
+                metrics.UNDERRUNS.inc()
+            transport.write(self._silence)
+            self.sent_total += 1
+            self.silence_frames_sent += 1
+            written += 1
+            if listener is not None:
+                listener(self.sent_total - 1, None)
+        return written
+
+
+class Clock:
+    """The shared absolute-deadline tick. Create one per process; ``register`` each call's
+    :class:`Playout` when its UUID arrives."""
+
+    def __init__(
+        self,
+        interval: float = FRAME_MS / 1000,
+        *,
+        resync_after: float = 0.2,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.interval = interval
+        self.resync_after = resync_after
+        self._loop = loop
+        self._playouts: dict[int, Playout] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._t0 = 0.0
+        self._k = 0
+        self._frames_by_kind: dict[int, int] = {}
+        self.ticks = 0
+        self.resyncs = 0
+        self.max_lateness = 0.0
+        #: Callbacks run once per tick before frames are written (timeline consumers).
+        self.tick_hooks: list[Callable[[int], None]] = []
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def __len__(self) -> int:
+        return len(self._playouts)
+
+    def register(self, playout: Playout) -> None:
+        """Start sending on this call from the next tick on."""
+        self._playouts[id(playout)] = playout
+
+    def unregister(self, playout: Playout) -> None:
+        """Stop sending on this call."""
+        self._playouts.pop(id(playout), None)
+
+    def start(self) -> None:
+        """Begin ticking on the running loop."""
+        if self._handle is not None:
+            return
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._t0 = self._loop.time()
+        self._k = 0
+        self._schedule()
+
+    def stop(self) -> None:
+        """Stop ticking; registered calls get no more frames."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._flush_metrics()
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._k += 1
+        self._handle = self._loop.call_at(self._t0 + self._k * self.interval, self._on_tick)
+
+    def _on_tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        deadline = self._t0 + self._k * self.interval
+        lateness = now - deadline
+        advance = 1
+        if lateness > self.resync_after:
+            # Bursting the missed ticks would dump them on Asterisk at once, which it does
+            # not pace; skip them instead, keeping the grid of deadlines.
+            skipped = int(lateness / self.interval)
+            self._k += skipped
+            advance += skipped
+            self.resyncs += 1
+            metrics.CLOCK_RESYNCS.inc()
+        lateness = max(lateness, 0.0)
+        if lateness > self.max_lateness:
+            self.max_lateness = lateness
+        metrics.TICK_LATENESS.observe(lateness)
+        started = time.perf_counter()
+        for hook in self.tick_hooks:
+            hook(self._k)
+        written = 0
+        for playout in list(self._playouts.values()):
+            n = playout.tick(advance)
+            if n:
+                kind = playout.kind
+                self._frames_by_kind[kind] = self._frames_by_kind.get(kind, 0) + n
+                written += n
+        self.ticks += 1
+        if self.ticks % 50 == 0:
+            self._flush_metrics()
+        metrics.TICK_DURATION.observe(time.perf_counter() - started)
+        self._schedule()
+
+    def _flush_metrics(self) -> None:
+        for kind, n in self._frames_by_kind.items():
+            metrics.FRAMES_OUT.labels(kind=f"0x{kind:02x}").inc(n)
+        self._frames_by_kind.clear()

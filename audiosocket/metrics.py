@@ -1,0 +1,59 @@
+"""Prometheus metrics of the core (calls, frames, protocol errors, the clock).
+
+Hot paths (a frame in, a frame out) count in plain ints on the call and add them here in
+batches, so a thousand calls cost no per-frame metric lock.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACTIVE_CALLS = Gauge("audiosocket_active_calls", "Calls in progress")
+CALLS_STARTED = Counter("audiosocket_calls_started_total", "Calls whose UUID arrived", ["app"])
+CALLS_ENDED = Counter("audiosocket_calls_ended_total", "Calls ended, by end reason", ["reason"])
+NON_CALLS = Counter(
+    "audiosocket_non_calls_total",
+    "Connections that ended before a UUID arrived",
+    ["reason"],
+)
+FRAMES_IN = Counter("audiosocket_frames_in_total", "Frames received, by kind", ["kind"])
+FRAMES_OUT = Counter("audiosocket_frames_out_total", "Frames sent, by kind", ["kind"])
+BYTES_IN = Counter("audiosocket_audio_bytes_in_total", "Audio payload bytes received")
+PROTOCOL_ERRORS = Counter(
+    "audiosocket_protocol_errors_total", "Frames rejected by the decoder, by type", ["type"]
+)
+PEER_ERROR_FRAMES = Counter(
+    "audiosocket_peer_error_frames_total", "0xFF error frames from non-Asterisk peers"
+)
+TICK_LATENESS = Histogram(
+    "audiosocket_tick_lateness_seconds",
+    "How late each 20 ms clock tick ran after its deadline",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5),
+)
+TICK_DURATION = Histogram(
+    "audiosocket_tick_duration_seconds",
+    "Time spent writing one tick's frames for all calls",
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.05),
+)
+CLOCK_RESYNCS = Counter(
+    "audiosocket_clock_resyncs_total", "Ticks skipped because the clock fell > 200 ms behind"
+)
+UNDERRUNS = Counter(
+    "audiosocket_playout_underruns_total",
+    "Ticks where a playback was in progress but its next frame was not ready",
+)
+PLAYOUT_DROPPED = Counter(
+    "audiosocket_playout_dropped_frames_total",
+    "Outbound frames dropped because a call's playout buffer was full",
+)
+ULAW_DETECTED = Counter(
+    "audiosocket_ulaw_calls_total",
+    "Calls that sent 160-byte mu-law frames in kind 0x10 (Dial without c(slin))",
+)
+WRITE_STALLS = Counter(
+    "audiosocket_write_stalls_total",
+    "Calls ended because the peer stopped reading our frames",
+)
+SESSION_ERRORS = Counter(
+    "audiosocket_session_errors_total", "Exceptions raised by app hooks", ["hook"]
+)

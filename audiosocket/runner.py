@@ -1,0 +1,64 @@
+"""Start-up and shutdown of ``audiosocket serve``: engines, the server, the HTTP side."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from audiosocket.app import AppContext, resolve_app, session_factory
+from audiosocket.config import Config
+from audiosocket.server import AudioSocketServer
+
+__all__ = ["run_server"]
+
+log = structlog.get_logger("audiosocket")
+
+
+async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
+    from audiosocket.cli import install_signal_handlers
+    from helpers.recorder import repair_all, shared_writer
+
+    data = config.data_path
+    (data / "recordings").mkdir(parents=True, exist_ok=True)
+    fixed = await asyncio.to_thread(repair_all, data / "recordings")
+    if fixed:
+        log.warning("recordings_repaired", count=fixed)
+    cls = resolve_app(config.app)
+    ctx = AppContext(config)
+    await _start_services(ctx)
+    await cls.prepare(ctx)
+    server = AudioSocketServer(config, session_factory(cls, ctx), app_name=config.app)
+    for service in ctx.services.values():
+        if hasattr(service, "call_started") and hasattr(service, "call_ended"):
+            server.observers.append(service)
+    await server.start()
+    runner = None
+    if config.http_port:
+        from web.app import make_app, start_http
+
+        app = make_app({**ctx.services, "config": config})
+        runner = await start_http(app, config.http_bind, config.http_port)
+        log.info("http_listening", host=config.http_bind, port=config.http_port)
+    log.info("ready", app=config.app, loop=loop_name, data_dir=str(data))
+    stop = asyncio.Event()
+    install_signal_handlers(asyncio.get_running_loop(), stop)
+    await stop.wait()
+    await server.shutdown()
+    if runner is not None:
+        await runner.cleanup()
+    await asyncio.to_thread(shared_writer().flush)
+    await _stop_services(ctx)
+    return 0
+
+
+async def _start_services(ctx: AppContext) -> None:
+    """Create the process-wide engines every app shares (the call store, post-call jobs)."""
+
+
+async def _stop_services(ctx: AppContext) -> None:
+    for service in ctx.services.values():
+        close = getattr(service, "aclose", None)
+        if close is not None:
+            await close()

@@ -1,0 +1,548 @@
+"""The asyncio TCP server: one :class:`Connection` per AudioSocket call.
+
+Built on ``asyncio.Protocol`` rather than streams: a thousand calls at 50 frames a second
+each is 50,000 reads a second, and the callback style saves a task switch per read.
+
+Life of a connection: wait for the UUID (a connection that closes or times out before it is
+a logged non-call); register the call on the shared clock at once (Asterisk hangs up after
+2 s without a frame); learn the call's rate from the first audio frame (or assume 8 kHz
+after a short probe) and spot the μ-law trap; start the app; route frames; end the call with
+exactly one reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid as _uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from audiosocket import metrics
+from audiosocket.call import Call
+from audiosocket.clock import Clock, Playout
+from audiosocket.protocol import (
+    KIND_FOR_RATE,
+    Audio,
+    CallId,
+    Decoder,
+    Dtmf,
+    ErrorFrame,
+    Frame,
+    Hangup,
+    Kind,
+    ProtocolError,
+    encode_hangup,
+)
+from audiosocket.ulaw import ULAW_FRAME_BYTES, ulaw2lin
+
+if TYPE_CHECKING:
+    from audiosocket.config import Config
+    from sessions.base import Session
+
+__all__ = ["AudioSocketServer", "CallObserver", "Connection"]
+
+log = structlog.get_logger("audiosocket.server")
+
+#: How long to wait for the first audio frame to learn the call's rate before the app starts.
+RATE_PROBE_S = 0.25
+
+SessionFactory = Callable[[Call], "Session"]
+
+
+class CallObserver(Protocol):
+    """Something that follows calls without being an app (the call store, for one).
+
+    Both methods run on the event loop and must not block.
+    """
+
+    def call_started(self, call: Call) -> None: ...
+
+    def call_ended(self, call: Call) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    """One TCP connection from Asterisk (or from ``audiosocket call``)."""
+
+    def __init__(self, server: AudioSocketServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.decoder = Decoder()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.call: Call | None = None
+        self.session: Session | None = None
+        self.main_task: asyncio.Task[None] | None = None
+        self._uuid_timer: asyncio.TimerHandle | None = None
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._started = False
+        self._held: list[bytes] = []  # 160-byte frames held while deciding on μ-law
+        self._pending_dtmf: list[str] = []  # keys that arrived before the app started
+        self._ended = False
+        self._closed_by_us = False
+        self.last_in = 0.0
+        self._flushed_in = 0
+        self._flushed_dtmf = 0
+        self._flushed_bytes = 0
+        self.log: Any = log
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.log = log.bind(peer=self.peer)
+        self.last_in = self.loop.time()
+        self.server.connections.add(self)
+        self._uuid_timer = self.loop.call_later(self.server.config.uuid_timeout_s, self._no_uuid)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_in = self.loop.time()
+        try:
+            for frame in self.decoder.feed(data):
+                if self._ended:
+                    return
+                self._on_frame(frame)
+        except ProtocolError as exc:
+            self._protocol_error(exc.error_type.value, str(exc))
+
+    def eof_received(self) -> bool:
+        # Asterisk hangs up by closing the socket: returning False closes our side too.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self.call is None:
+            if not self._ended:
+                self._ended = True
+                self._cancel_timers()
+                reason = "closed_before_uuid" if exc is None else "reset_before_uuid"
+                metrics.NON_CALLS.labels(reason=reason).inc()
+                self.log.info("non_call", reason=reason)
+            return
+        self.end("remote_closed" if exc is None else "remote_reset", send_hangup=False)
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        call = self.call
+        if call is None:
+            if isinstance(frame, CallId):
+                self._start_call(frame.uuid)
+            else:
+                self._protocol_error("no_uuid", f"{type(frame).__name__} frame before the UUID")
+            return
+        if isinstance(frame, Audio):
+            call.frames_in += 1
+            self._on_audio(call, frame.payload, frame.rate)
+        elif isinstance(frame, Dtmf):
+            call.dtmf_in += 1
+            self.log.info("dtmf", digit=frame.digit)
+            if self._started and self.session is not None:
+                self._hook("on_dtmf", self.session.on_dtmf, frame.digit)
+            else:
+                self._pending_dtmf.append(frame.digit)
+        elif isinstance(frame, Hangup):
+            self.end("remote_hangup", send_hangup=False)
+        elif isinstance(frame, ErrorFrame):
+            metrics.PEER_ERROR_FRAMES.inc()
+            self.log.warning("peer_error_frame", code=frame.code, flags=list(frame.flags))
+            if "hangup" in frame.flags:
+                self.end("remote_hangup", send_hangup=False)
+        elif isinstance(frame, CallId):
+            self._protocol_error("duplicate_uuid_frame", "a second UUID frame on a live call")
+
+    def _on_audio(self, call: Call, pcm: bytes, rate: int) -> None:
+        call.audio_bytes_in += len(pcm)
+        if not self._started:
+            if call.inbound_rate is None:
+                call.inbound_rate = rate
+            if rate == 8000 and len(pcm) == ULAW_FRAME_BYTES and not call.ulaw:
+                # Possibly μ-law in 0x10 (Dial without c(slin)): hold until we know.
+                self._held.append(pcm)
+                if len(self._held) >= self.server.config.ulaw_detect_frames:
+                    self._detect_ulaw(call)
+                return
+            self._begin(rate)
+        elif call.ulaw:
+            if len(pcm) == ULAW_FRAME_BYTES:
+                pcm = ulaw2lin(pcm)
+        if self.session is not None and not self._ended:
+            self._hook("on_audio", self.session.on_audio, pcm, rate)
+
+    def _detect_ulaw(self, call: Call) -> None:
+        call.ulaw = True
+        metrics.ULAW_DETECTED.inc()
+        self.log.warning(
+            "ulaw_detected",
+            hint="kind 0x10 carries 160-byte frames: the channel is mu-law. Use "
+            "Dial(AudioSocket/host:port/${UUID()}/c(slin)) or c(slin16); decoding as mu-law",
+        )
+        call.playout.use_ulaw()
+        self._begin(8000)
+
+    # -- call life -----------------------------------------------------------------------
+
+    def _start_call(self, call_uuid: _uuid.UUID) -> None:
+        server = self.server
+        if self._uuid_timer is not None:
+            self._uuid_timer.cancel()
+            self._uuid_timer = None
+        self.log = self.log.bind(call=str(call_uuid), app=server.app_name)
+        refuse = None
+        if len(server.calls) >= server.config.max_calls:
+            refuse = "overload"
+        elif str(call_uuid) in server.calls:
+            refuse = "duplicate_uuid"
+        if refuse is not None:
+            self._ended = True
+            metrics.CALLS_ENDED.labels(reason=refuse).inc()
+            self.log.warning("call_refused", reason=refuse, active=len(server.calls))
+            self._close(send_hangup=True)
+            return
+        assert self.transport is not None
+        playout = Playout(
+            self.transport, 8000, lead_ms=server.config.lead_ms,
+            max_seconds=server.config.playout_max_s, loop=self.loop,
+        )
+        call = Call(call_uuid, playout, peer=self.peer, app=server.app_name, end=self.end)
+        self.call = call
+        server.calls[call.id] = self
+        server.clock.register(playout)
+        metrics.ACTIVE_CALLS.inc()
+        metrics.CALLS_STARTED.labels(app=server.app_name).inc()
+        self.log.info("call_started")
+        self._probe_timer = self.loop.call_later(RATE_PROBE_S, self._probe_expired)
+
+    def _probe_expired(self) -> None:
+        self._probe_timer = None
+        if self._started or self._ended or self.call is None:
+            return
+        if self._held:
+            # Fewer 160-byte frames than the detection run, then nothing: decide on what we have.
+            self._detect_ulaw(self.call)
+        else:
+            self._begin(8000)
+
+    def _begin(self, rate: int) -> None:
+        """The rate is known: fix the playout's kind and start the app."""
+        call = self.call
+        if self._started or call is None or self._ended:
+            return
+        self._started = True
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        if rate != call.playout.rate and not call.ulaw:
+            old = call.playout
+            new = Playout(
+                old.transport, rate, lead_ms=self.server.config.lead_ms,
+                max_seconds=self.server.config.playout_max_s, loop=self.loop,
+            )
+            new.ticks = new.sent_total = old.ticks
+            self.server.clock.unregister(old)
+            call.playout = new
+            self.server.clock.register(new)
+        self.log = self.log.bind(rate=rate)
+        try:
+            session = self.server.session_factory(call)
+        except Exception as exc:
+            metrics.SESSION_ERRORS.labels(hook="init").inc()
+            self.log.exception("session_init_failed", error=str(exc))
+            self.end("app_error")
+            return
+        self.session = session
+        self.server.notify("call_started", call)
+        if type(session).on_tick is not _base_on_tick():
+            call.playout.on_tick = self._tick_listener
+        self.main_task = self.loop.create_task(self._run_main(session))
+        held, self._held = self._held, []
+        for pcm in held:
+            self._hook("on_audio", session.on_audio, ulaw2lin(pcm) if call.ulaw else pcm, 8000)
+        for digit in self._pending_dtmf:
+            self._hook("on_dtmf", session.on_dtmf, digit)
+        self._pending_dtmf.clear()
+
+    def _tick_listener(self, tick: int, sent: bytes | None) -> None:
+        if self.session is not None and not self._ended:
+            self._hook("on_tick", self.session.on_tick, tick, sent)
+
+    async def _run_main(self, session: Session) -> None:
+        try:
+            await session.on_start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            metrics.SESSION_ERRORS.labels(hook="on_start").inc()
+            self.log.exception("app_failed", hook="on_start", error=str(exc))
+            self.end("app_error")
+
+    def _hook(self, name: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            metrics.SESSION_ERRORS.labels(hook=name).inc()
+            self.log.exception("app_failed", hook=name, error=str(exc))
+            self.end("app_error")
+
+    def _protocol_error(self, error_type: str, message: str) -> None:
+        metrics.PROTOCOL_ERRORS.labels(type=error_type).inc()
+        self.log.warning("protocol_error", type=error_type, error=message)
+        if self.call is None:
+            self._ended = True
+            self._cancel_timers()
+            metrics.NON_CALLS.labels(reason="protocol_error").inc()
+            self._close(send_hangup=True)
+        else:
+            self.end("protocol_error")
+
+    def _no_uuid(self) -> None:
+        self._uuid_timer = None
+        if self.call is None and not self._ended:
+            self._ended = True
+            metrics.NON_CALLS.labels(reason="uuid_timeout").inc()
+            self.log.info("non_call", reason="uuid_timeout")
+            self._close(send_hangup=True)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._uuid_timer, self._probe_timer):
+            if timer is not None:
+                timer.cancel()
+        self._uuid_timer = self._probe_timer = None
+
+    def _close(self, *, send_hangup: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._closed_by_us = True
+        if send_hangup:
+            # Never 0xFF, 0x01 or 0x03: Asterisk ends the call with an error on those.
+            transport.write(encode_hangup())
+        transport.close()
+
+    def end(self, reason: str, *, send_hangup: bool = True) -> None:
+        """End the call once, with one reason; later calls are no-ops."""
+        if self._ended:
+            return
+        self._ended = True
+        self._cancel_timers()
+        call = self.call
+        if call is None:
+            self._close(send_hangup=send_hangup)
+            return
+        call.end_reason = reason
+        call.ended_at = time.time()
+        self.server.clock.unregister(call.playout)
+        self._close(send_hangup=send_hangup)
+        call.playout.close()
+        self.flush_metrics()
+        metrics.ACTIVE_CALLS.dec()
+        metrics.CALLS_ENDED.labels(reason=reason).inc()
+        self.log.info(
+            "call_ended", reason=reason, duration=round(time.time() - call.started_at, 3),
+            frames_in=call.frames_in, frames_out=call.playout.sent_total,
+            underruns=call.playout.underruns,
+        )
+        if not self._started:
+            # Ended before the app started (e.g. within the rate probe): still a call.
+            self.server.notify("call_started", call)
+        self.server.notify("call_ended", call)
+        task = self.main_task
+        if task is not None and not task.done() and task is not _current_task():
+            task.cancel()
+        self.server.finishing.add(self.loop.create_task(self._finish(call, reason)))
+
+    async def _finish(self, call: Call, reason: str) -> None:
+        try:
+            if self.main_task is not None and self.main_task is not _current_task():
+                with contextlib.suppress(BaseException):
+                    await self.main_task
+            if self.session is not None:
+                try:
+                    await self.session.on_end(reason)
+                except Exception as exc:
+                    metrics.SESSION_ERRORS.labels(hook="on_end").inc()
+                    self.log.exception("app_failed", hook="on_end", error=str(exc))
+        finally:
+            self.server.calls.pop(call.id, None)
+            call.closed.set()
+            task = _current_task()
+            if task is not None:
+                self.server.finishing.discard(task)
+
+    def flush_metrics(self) -> None:
+        """Add this call's frame counts to the metrics (batched, not per frame)."""
+        call = self.call
+        if call is None:
+            return
+        audio = call.frames_in - self._flushed_in
+        if audio:
+            kind = KIND_FOR_RATE.get(call.inbound_rate or 8000, Kind.AUDIO_8K)
+            metrics.FRAMES_IN.labels(kind=f"0x{kind:02x}").inc(audio)
+            self._flushed_in = call.frames_in
+        dtmf = call.dtmf_in - self._flushed_dtmf
+        if dtmf:
+            metrics.FRAMES_IN.labels(kind="0x03").inc(dtmf)
+            self._flushed_dtmf = call.dtmf_in
+        nbytes = call.audio_bytes_in - self._flushed_bytes
+        if nbytes:
+            metrics.BYTES_IN.inc(nbytes)
+            self._flushed_bytes = call.audio_bytes_in
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+_BASE_ON_TICK: Any = None
+
+
+def _base_on_tick() -> Any:
+    global _BASE_ON_TICK
+    if _BASE_ON_TICK is None:
+        from sessions.base import Session
+
+        _BASE_ON_TICK = Session.on_tick
+    return _BASE_ON_TICK
+
+
+class AudioSocketServer:
+    """Accepts AudioSocket connections and runs one session per call on a shared clock."""
+
+    def __init__(
+        self,
+        config: Config,
+        session_factory: SessionFactory,
+        *,
+        app_name: str = "app",
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.session_factory = session_factory
+        self.app_name = app_name
+        self.loop = asyncio.get_event_loop()
+        self.clock = clock or Clock(loop=self.loop)
+        self.calls: dict[str, Connection] = {}
+        self.connections: set[Connection] = set()
+        self.finishing: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._last_sent: dict[str, tuple[int, float]] = {}
+        self.observers: list[CallObserver] = []
+
+    def notify(self, event: str, call: Call) -> None:
+        """Tell observers; one failing observer never breaks a call."""
+        for observer in self.observers:
+            try:
+                getattr(observer, event)(call)
+            except Exception as exc:
+                log.exception("observer_failed", observer=type(observer).__name__,
+                              event=event, error=str(exc))
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0 in tests)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Bind, start the clock and the once-a-second housekeeping."""
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: Connection(self), self.config.host, self.config.port,
+            reuse_address=True, backlog=4096,
+        )
+        self.clock.start()
+        self._sweeper = self.loop.create_task(self._sweep_forever())
+        log.info("listening", host=self.config.host, port=self.port, app=self.app_name)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Enforce duration, inactivity and write-stall limits; flush frame metrics."""
+        now = self.loop.time()
+        mono = time.monotonic()
+        cfg = self.config
+        for conn in list(self.calls.values()):
+            call = conn.call
+            if call is None or call.ended:
+                continue
+            conn.flush_metrics()
+            if mono - call.started_monotonic > cfg.max_duration_s:
+                conn.end("max_duration")
+                continue
+            transport = conn.transport
+            backlog = transport.get_write_buffer_size() if transport is not None else 0
+            if transport is not None and backlog > cfg.write_buffer_max_bytes:
+                metrics.WRITE_STALLS.inc()
+                conn.end("write_stalled", send_hangup=False)
+                if not transport.is_closing():
+                    transport.abort()
+                continue
+            # Inactivity: the peer sent nothing AND we have sent nothing but silence for the
+            # whole window. A quiet caller listening to a prompt is alive.
+            sent = call.playout.audio_frames_sent
+            prev = self._last_sent.get(call.id)
+            if prev is None or prev[0] != sent:
+                self._last_sent[call.id] = (sent, now)
+                last_out = now
+            else:
+                last_out = prev[1]
+            if (
+                now - conn.last_in > cfg.inactivity_timeout_s
+                and now - last_out > cfg.inactivity_timeout_s
+                and call.playout.idle
+            ):
+                conn.end("inactivity")
+        for call_id in list(self._last_sent):
+            if call_id not in self.calls:
+                del self._last_sent[call_id]
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let calls finish for ``grace`` seconds, then hang up the rest."""
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        if self._server is not None:
+            self._server.close()
+        log.info("shutting_down", active=len(self.calls), grace=grace)
+        for conn in list(self.connections):
+            if conn.call is None:
+                conn._ended = True
+                conn._cancel_timers()
+                conn._close(send_hangup=True)
+        waits = [
+            self.loop.create_task(conn.call.closed.wait())
+            for conn in self.calls.values()
+            if conn.call is not None
+        ]
+        if waits:
+            _, still = await asyncio.wait(waits, timeout=grace)
+            for task in still:
+                task.cancel()
+        for conn in list(self.calls.values()):
+            conn.end("shutdown")
+        if self.finishing:
+            await asyncio.wait(list(self.finishing), timeout=max(grace, 5.0))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.clock.stop()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        log.info("stopped")

@@ -1,0 +1,251 @@
+"""Time-aligned stereo WAV recording of a call, written incrementally and crash-safe.
+
+Left channel: the caller (inbound). Right channel: what we sent (outbound). Both are placed
+on the call's timeline by the shared clock, in 20 ms slots: outbound frame ``k`` went out on
+tick ``k``; an inbound frame goes to the next free inbound slot, but never behind the clock
+by more than a little jitter, so when a quiet caller sends nothing the gap becomes silence
+and the two channels stay aligned.
+
+Disk writes happen on one shared writer thread, never on the event loop. Data is appended
+about once a second and the RIFF sizes in the header are rewritten after each append, so a
+killed process loses at most the last second; :func:`repair_wav` fixes a header left stale
+(``audiosocket serve`` runs it over the data directory at start-up).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+__all__ = ["CallRecorder", "RecorderWriter", "repair_all", "repair_wav"]
+
+log = structlog.get_logger("audiosocket.recorder")
+
+_HEADER_SIZE = 44
+#: An inbound frame arriving more than this many slots behind the clock is a gap, not jitter.
+JITTER_SLOTS = 3
+
+
+def _header(rate: int, channels: int, data_bytes: int) -> bytes:
+    block = channels * 2
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, channels, rate, rate * block,
+        block, 16, b"data", data_bytes,
+    )
+
+
+class RecorderWriter:
+    """One thread that performs every recorder's file I/O, in order, off the event loop."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="recorder-writer", daemon=True)
+        self._thread.start()
+        self.errors = 0
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the writer thread."""
+        self._queue.put(fn)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything submitted so far has been written."""
+        done = threading.Event()
+        self._queue.put(done.set)
+        return done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            fn = self._queue.get()
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception as exc:  # a full disk must not kill the writer for other calls
+                self.errors += 1
+                log.error("recorder_write_failed", error=str(exc))
+
+
+_WRITER: RecorderWriter | None = None
+_WRITER_LOCK = threading.Lock()
+
+
+def shared_writer() -> RecorderWriter:
+    """The process-wide writer thread, started on first use."""
+    global _WRITER
+    with _WRITER_LOCK:
+        if _WRITER is None:
+            _WRITER = RecorderWriter()
+        return _WRITER
+
+
+class CallRecorder:
+    """Records both legs of one call into ``path`` (stereo, 16-bit, the call's rate)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        rate: int,
+        *,
+        flush_every: int = 50,
+        writer: RecorderWriter | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.rate = rate
+        self.frame_samples = rate // 50
+        self.frame_bytes = self.frame_samples * 2
+        self.flush_every = flush_every
+        self._writer = writer or shared_writer()
+        self._in: list[bytes | None] = []  # inbound slots not yet written
+        self._out: list[bytes | None] = []
+        self._in_pos = 0  # absolute slot index of the next inbound frame
+        self._in_partial = b""
+        self._base = 0  # absolute slot index of _in[0] / _out[0]
+        self._out_pos = 0
+        self.data_bytes = 0
+        self.closed = False
+        self.error: str | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        header = _header(rate, 2, 0)
+        self._writer.submit(lambda: self._create(header))
+
+    def _create(self, header: bytes) -> None:
+        with open(self.path, "wb") as fh:
+            fh.write(header)
+
+    # -- the loop side: cheap list appends ---------------------------------------------
+
+    def add_inbound(self, pcm: bytes, tick: int) -> None:
+        """A caller frame arrived while the clock was at ``tick``."""
+        if self.closed:
+            return
+        if self._in_partial:
+            pcm = self._in_partial + pcm
+            self._in_partial = b""
+        if self._in_pos < tick - JITTER_SLOTS:
+            self._in_pos = tick - 1  # a gap: the missing slots stay silent
+        n = self.frame_bytes
+        usable = len(pcm) - len(pcm) % n
+        for i in range(0, usable, n):
+            self._put(self._in, self._in_pos, pcm[i : i + n])
+            self._in_pos += 1
+        if usable != len(pcm):
+            self._in_partial = pcm[usable:]
+
+    def add_outbound(self, slot: int, pcm: bytes | None) -> None:
+        """Outbound frame ``slot`` (None: silence). Called from the clock's tick."""
+        if self.closed:
+            return
+        self._put(self._out, slot, pcm)
+        self._out_pos = max(self._out_pos, slot + 1)
+        if self._out_pos - self._base >= self.flush_every:
+            self._flush(self._out_pos)
+
+    def _put(self, slots: list[bytes | None], index: int, pcm: bytes | None) -> None:
+        rel = index - self._base
+        if rel < 0:
+            return  # already written out; a very late frame is dropped rather than misplaced
+        if rel >= len(slots):
+            slots.extend([None] * (rel + 1 - len(slots)))
+        slots[rel] = pcm
+
+    def _flush(self, upto: int) -> None:
+        count = upto - self._base
+        if count <= 0:
+            return
+        ins, outs = self._in[:count], self._out[:count]
+        del self._in[:count]
+        del self._out[:count]
+        self._base = upto
+        fs = self.frame_samples
+        silence = bytes(self.frame_bytes)
+        left = np.frombuffer(_join(ins, count, silence), dtype="<i2")
+        right = np.frombuffer(_join(outs, count, silence), dtype="<i2")
+        stereo = np.empty(count * fs * 2, dtype="<i2")
+        stereo[0::2] = left
+        stereo[1::2] = right
+        data = stereo.tobytes()
+        self.data_bytes += len(data)
+        size = self.data_bytes
+        self._writer.submit(lambda: self._append(data, size))
+
+    def _append(self, data: bytes, total: int) -> None:
+        try:
+            with open(self.path, "r+b") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.write(data)
+                fh.seek(0)
+                fh.write(_header(self.rate, 2, total))
+        except OSError as exc:
+            # Keep going for later chunks: a transient full disk loses only this chunk.
+            self.error = str(exc)
+            raise
+
+    def close(self) -> None:
+        """Write out everything up to the later of the two legs. Non-blocking."""
+        if self.closed:
+            return
+        if self._in_partial:
+            pad = self._in_partial + bytes(self.frame_bytes - len(self._in_partial))
+            self._put(self._in, self._in_pos, pad)
+            self._in_pos += 1
+            self._in_partial = b""
+        self._flush(max(self._in_pos, self._out_pos))
+        self.closed = True
+
+    @property
+    def duration(self) -> float:
+        """Seconds recorded so far (written or queued)."""
+        return self.data_bytes / (self.rate * 4)
+
+
+def _join(slots: list[bytes | None], count: int, silence: bytes) -> bytes:
+    """``count`` slots as one buffer, silence where a slot is empty or missing."""
+    out = []
+    for i in range(count):
+        frame = slots[i] if i < len(slots) else None
+        out.append(frame if frame is not None else silence)
+    return b"".join(out)
+
+
+def repair_wav(path: str | Path) -> bool:
+    """Fix the RIFF and data sizes of a WAV whose writer was killed. Returns True if changed.
+
+    Only files this module wrote (a 44-byte canonical header) are touched.
+    """
+    path = Path(path)
+    with open(path, "r+b") as fh:
+        head = fh.read(_HEADER_SIZE)
+        if len(head) < _HEADER_SIZE or head[:4] != b"RIFF" or head[36:40] != b"data":
+            return False
+        channels, rate = struct.unpack_from("<HI", head, 22)
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell() - _HEADER_SIZE
+        block = channels * 2
+        size -= size % block
+        (declared,) = struct.unpack_from("<I", head, 40)
+        if declared == size:
+            return False
+        fh.truncate(_HEADER_SIZE + size)
+        fh.seek(0)
+        fh.write(_header(rate, channels, size))
+    log.info("wav_repaired", path=str(path), declared=declared, actual=size)
+    return True
+
+
+def repair_all(directory: str | Path) -> int:
+    """Repair every recording under ``directory``; returns how many were fixed."""
+    fixed = 0
+    for wav in Path(directory).rglob("*.wav"):
+        try:
+            fixed += repair_wav(wav)
+        except OSError as exc:
+            log.warning("wav_repair_failed", path=str(wav), error=str(exc))
+    return fixed

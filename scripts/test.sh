@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, then pytest (unit, integration with real models, FFmpeg,
+# sockets, and browser tests in headless Chromium). Run through `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/system-deps.sh
+.venv/bin/ruff check .
+.venv/bin/mypy audiosocket sessions helpers web models
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,47 @@
+"""Shared fixtures: a real AudioSocket server on a free port, with a chosen app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audiosocket.app import AppContext, session_factory
+from audiosocket.config import load_config
+from audiosocket.server import AudioSocketServer
+from sessions.base import Session
+
+StartServer = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
+    """``await start_server(AppClass, **config)`` -> a running server on 127.0.0.1:port."""
+    servers: list[AudioSocketServer] = []
+
+    async def start(
+        app: type[Session], services: dict[str, Any] | None = None, **overrides: Any
+    ) -> AudioSocketServer:
+        overrides.setdefault("port", 1)  # replaced by 0 below; validate() wants a TCP port
+        overrides.setdefault("data_dir", str(tmp_path / "data"))
+        overrides.setdefault("http_port", 0)
+        cfg = load_config(overrides=overrides, environ={})
+        cfg.port = 0
+        ctx = AppContext(cfg, services=services or {})
+        await app.prepare(ctx)
+        server = AudioSocketServer(cfg, session_factory(app, ctx), app_name=app.name)
+        for service in ctx.services.values():
+            if hasattr(service, "call_started") and hasattr(service, "call_ended"):
+                server.observers.append(service)
+        server.ctx = ctx  # type: ignore[attr-defined]
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.shutdown(grace=0.5)
+    await asyncio.sleep(0)

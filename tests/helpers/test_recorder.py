@@ -1,0 +1,99 @@
+"""Stereo call recordings: alignment on the clock's timeline, incremental writes, repair."""
+
+from __future__ import annotations
+
+import struct
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from helpers.recorder import CallRecorder, RecorderWriter, repair_all, repair_wav
+
+
+def frame(value: int, n: int = 160) -> bytes:
+    return struct.pack("<h", value) * n
+
+
+def read_stereo(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    with wave.open(str(path), "rb") as wf:
+        assert wf.getnchannels() == 2
+        data = np.frombuffer(wf.readframes(wf.getnframes()), "<i2")
+        return data[0::2], data[1::2], wf.getframerate()
+
+
+def test_both_legs_aligned_and_gaps_become_silence(tmp_path: Path) -> None:
+    writer = RecorderWriter()
+    rec = CallRecorder(tmp_path / "a.wav", 8000, flush_every=10, writer=writer)
+    for tick in range(1, 31):
+        # Caller talks for ticks 1-5, then is quiet (sends nothing), then talks at 20-24.
+        if tick <= 5 or 20 <= tick <= 24:
+            rec.add_inbound(frame(1000 + tick), tick)
+        rec.add_outbound(tick - 1, frame(-7) if tick % 2 else None)
+    rec.close()
+    assert writer.flush()
+    left, right, rate = read_stereo(tmp_path / "a.wav")
+    assert rate == 8000
+    assert len(left) == 30 * 160
+    slots_l = left.reshape(30, 160)[:, 0].tolist()
+    # Inbound frame t lands in slot t-1 before the gap, and at the clock's slot after it.
+    assert slots_l[:5] == [1001, 1002, 1003, 1004, 1005]
+    assert slots_l[5:19] == [0] * 14
+    assert slots_l[19:24] == [1020, 1021, 1022, 1023, 1024]
+    slots_r = right.reshape(30, 160)[:, 0].tolist()
+    assert slots_r == [-7 if (i + 1) % 2 else 0 for i in range(30)]
+
+
+def test_jitter_burst_does_not_shift_the_timeline(tmp_path: Path) -> None:
+    writer = RecorderWriter()
+    rec = CallRecorder(tmp_path / "b.wav", 8000, flush_every=100, writer=writer)
+    # Three frames arrive together at tick 3 (network burst): they keep consecutive slots.
+    for i in range(3):
+        rec.add_inbound(frame(i + 1), 3)
+    rec.close()
+    writer.flush()
+    left, _, _ = read_stereo(tmp_path / "b.wav")
+    assert left.reshape(-1, 160)[:, 0].tolist()[:3] == [1, 2, 3]
+
+
+def test_header_is_kept_current_while_recording(tmp_path: Path) -> None:
+    writer = RecorderWriter()
+    rec = CallRecorder(tmp_path / "c.wav", 16000, flush_every=5, writer=writer)
+    for t in range(12):
+        rec.add_outbound(t, frame(3, 320))
+    writer.flush()
+    # Not closed (a crash now) yet the file is a valid WAV with the 10 frames flushed so far.
+    with wave.open(str(tmp_path / "c.wav"), "rb") as wf:
+        assert wf.getnframes() == 10 * 320
+
+
+def test_repair_fixes_a_stale_header(tmp_path: Path) -> None:
+    path = tmp_path / "d.wav"
+    writer = RecorderWriter()
+    rec = CallRecorder(path, 8000, flush_every=5, writer=writer)
+    for t in range(5):
+        rec.add_outbound(t, frame(9))
+    writer.flush()
+    with open(path, "ab") as fh:  # data appended but the header never updated: a kill -9
+        fh.write(bytes(4 * 160 * 3 + 2))
+    assert repair_wav(path)
+    with wave.open(str(path), "rb") as wf:
+        assert wf.getnframes() == 8 * 160
+    assert not repair_wav(path)
+    assert repair_all(tmp_path) == 0
+
+
+def test_write_failure_is_contained(tmp_path: Path) -> None:
+    writer = RecorderWriter()
+    rec = CallRecorder(tmp_path / "missing" / "deeper" / "e.wav", 8000, writer=writer)
+    (tmp_path / "missing" / "deeper").rmdir()  # the directory vanishes (like a full disk)
+    rec.add_outbound(0, frame(1))
+    rec.close()
+    writer.flush()
+    assert writer.errors >= 1
+    # The writer thread survives for other calls.
+    ok = CallRecorder(tmp_path / "f.wav", 8000, writer=writer)
+    ok.add_outbound(0, frame(1))
+    ok.close()
+    writer.flush()
+    assert (tmp_path / "f.wav").stat().st_size == 44 + 640
