@@ -35,6 +35,8 @@ class AppContext:
 
     config: Config
     services: dict[str, Any] = field(default_factory=dict)
+    #: Call observers (``call_started(call)`` / ``call_ended(call)``) the server notifies.
+    observers: list[Any] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:

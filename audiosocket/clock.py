@@ -41,11 +41,15 @@ class Playback:
     """Awaitable completion of one clip: True when its last frame went out on the wire,
     False when it was cleared (barge-in, ``clear()``) or the call ended first."""
 
-    __slots__ = ("_future", "frames")
+    __slots__ = ("_future", "frames", "started")
 
-    def __init__(self, future: asyncio.Future[bool], frames: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[bool], frames: int, started: asyncio.Future[float]
+    ) -> None:
         self._future = future
         self.frames = frames
+        #: Resolves with ``loop.time()`` of the tick that sent the clip's first frame.
+        self.started = started
 
     def __await__(self):  # type: ignore[no-untyped-def]
         return self._future.__await__()
@@ -79,6 +83,7 @@ class Playout:
         "_queued_seq",
         "_sent_seq",
         "_silence",
+        "_start_marks",
         "_streams",
         "_ulaw",
         "audio_frames_sent",
@@ -115,6 +120,7 @@ class Playout:
         self._frames: deque[bytes] = deque()
         self._partial = b""
         self._marks: deque[tuple[int, asyncio.Future[bool]]] = deque()
+        self._start_marks: deque[tuple[int, asyncio.Future[float]]] = deque()
         self._queued_seq = 0  # frames ever queued
         self._sent_seq = 0  # frames ever taken off the queue (sent, cleared or dropped)
         self._streams = 0
@@ -180,14 +186,19 @@ class Playout:
         rem = len(pcm) % n
         if rem:
             pcm = pcm + bytes(n - rem)
+        loop = self._loop_or_running()
+        started: asyncio.Future[float] = loop.create_future()
+        first_seq = self._queued_seq + 1
         for i in range(0, len(pcm), n):
             self._push(pcm[i : i + n])
-        fut: asyncio.Future[bool] = self._loop_or_running().create_future()
+        fut: asyncio.Future[bool] = loop.create_future()
         if self._queued_seq <= self._sent_seq:
             fut.set_result(True)
+            started.set_result(loop.time())
         else:
             self._marks.append((self._queued_seq, fut))
-        return Playback(fut, len(pcm) // n)
+            self._start_marks.append((first_seq, started))
+        return Playback(fut, len(pcm) // n, started)
 
     def _push(self, frame: bytes) -> None:
         self._frames.append(frame)
@@ -220,6 +231,10 @@ class Playout:
             _, fut = self._marks.popleft()
             if not fut.done():
                 fut.set_result(False)
+        while self._start_marks:
+            _, started = self._start_marks.popleft()
+            if not started.done():
+                started.cancel()
         return dropped
 
     def close(self) -> None:
@@ -228,6 +243,13 @@ class Playout:
         self.on_tick = None
 
     def _resolve_marks(self) -> None:
+        starts = self._start_marks
+        if starts:
+            now = self._loop.time() if self._loop is not None else 0.0
+            while starts and starts[0][0] <= self._sent_seq:
+                _, started = starts.popleft()
+                if not started.done():
+                    started.set_result(now)
         marks = self._marks
         while marks and marks[0][0] <= self._sent_seq:
             _, fut = marks.popleft()
@@ -262,7 +284,7 @@ class Playout:
             written += 1
             if listener is not None:
                 listener(self.sent_total - 1, pcm)
-        if self._marks:
+        if self._marks or self._start_marks:
             self._resolve_marks()
         if self.sent_total < self.ticks:
             if self._streams:

@@ -30,9 +30,7 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
     await _start_services(ctx)
     await cls.prepare(ctx)
     server = AudioSocketServer(config, session_factory(cls, ctx), app_name=config.app)
-    for service in ctx.services.values():
-        if hasattr(service, "call_started") and hasattr(service, "call_ended"):
-            server.observers.append(service)
+    server.observers.extend(ctx.observers)
     await server.start()
     runner = None
     if config.http_port:
@@ -54,11 +52,13 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
 
 
 async def _start_services(ctx: AppContext) -> None:
-    """Create the process-wide engines every app shares (the call store, post-call jobs)."""
+    """Create the engines every app shares: the call store (every call is recorded in it)."""
+    from audiosocket.services import ensure_store
+
+    await ensure_store(ctx)
 
 
 async def _stop_services(ctx: AppContext) -> None:
-    for service in ctx.services.values():
-        close = getattr(service, "aclose", None)
-        if close is not None:
-            await close()
+    from audiosocket.services import close_services
+
+    await close_services(ctx)

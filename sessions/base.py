@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from audiosocket.clock import Playback
+from sessions.metrics import BARGE_INS, SAY_FIRST_FRAME
 
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
@@ -91,3 +94,72 @@ class Session:
     def hangup(self) -> None:
         """End the call from our side (``00 00 00``, then close)."""
         self.call.hangup("app_hangup")
+
+    # -- speaking ------------------------------------------------------------------------
+
+    #: While a barge-in prompt plays: the call time after which caller speech interrupts it.
+    barge_in_after: float | None = None
+
+    async def say(self, text: str, *, barge_in: bool = False) -> bool:
+        """Speak ``text`` on the call (Piper, sentence by sentence, paced by the clock).
+
+        Completes when the last frame has been sent: True, or False when the prompt was
+        cut short (barge-in, ``clear()``, hang-up). With ``barge_in`` caller speech after
+        the protection window (``ivr.barge_in_protect_ms``) clears the prompt at once; apps
+        that listen (``transcribe``, ``ivr``) detect that speech.
+        """
+        tts = self.ctx.get("tts")
+        if tts is None:
+            raise RuntimeError("say() needs the TTS engine: call ensure_tts(ctx) in prepare()")
+        playout = self.call.playout
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        cached = tts.is_cached(text, self.rate) if hasattr(tts, "is_cached") else False
+        if barge_in:
+            protect = self.ctx.config.ivr.barge_in_protect_ms / 1000
+            self.barge_in_after = self.call.time + protect
+        cleared_before = self._clears
+        last: Playback | None = None
+        playout.begin_stream()
+        try:
+            async for pcm in tts.stream(text, self.rate):
+                if self.call.ended or self._clears != cleared_before:
+                    return False
+                pb = self.play(pcm)
+                if last is None:
+                    pb.started.add_done_callback(
+                        lambda f: None if f.cancelled() else SAY_FIRST_FRAME.labels(
+                            cached=str(cached).lower()).observe(f.result() - asked)
+                    )
+                last = pb
+        finally:
+            playout.end_stream()
+        if last is None:
+            return True
+        try:
+            return await last
+        finally:
+            if barge_in:
+                self.barge_in_after = None
+
+    async def play_file(self, path: str | Path, *, barge_in: bool = False) -> bool:
+        """Play any audio file FFmpeg reads (decoded off the loop, at the call's rate)."""
+        from helpers.audio import read_audio
+
+        pcm = await asyncio.to_thread(read_audio, path, self.rate)
+        if barge_in:
+            self.barge_in_after = self.call.time + self.ctx.config.ivr.barge_in_protect_ms / 1000
+        try:
+            return await self.play(pcm)
+        finally:
+            if barge_in:
+                self.barge_in_after = None
+
+    _clears = 0
+
+    def interrupt(self, by: str) -> None:
+        """Cut the current prompt short (barge-in): silence goes out at the next tick."""
+        self._clears += 1
+        self.barge_in_after = None
+        if self.call.clear():
+            BARGE_INS.labels(by=by).inc()

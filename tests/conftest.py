@@ -12,6 +12,7 @@ import pytest
 from audiosocket.app import AppContext, session_factory
 from audiosocket.config import load_config
 from audiosocket.server import AudioSocketServer
+from audiosocket.services import close_services
 from sessions.base import Session
 
 StartServer = Callable[..., Any]
@@ -33,9 +34,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
         ctx = AppContext(cfg, services=services or {})
         await app.prepare(ctx)
         server = AudioSocketServer(cfg, session_factory(app, ctx), app_name=app.name)
-        for service in ctx.services.values():
-            if hasattr(service, "call_started") and hasattr(service, "call_ended"):
-                server.observers.append(service)
+        server.observers.extend(ctx.observers)
         server.ctx = ctx  # type: ignore[attr-defined]
         await server.start()
         servers.append(server)
@@ -44,4 +43,5 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     yield start
     for server in servers:
         await server.shutdown(grace=0.5)
+        await close_services(server.ctx)  # type: ignore[attr-defined]
     await asyncio.sleep(0)

@@ -64,7 +64,7 @@ class Talks(Probe):
         await self.play(b"\x10\x00" * 8000 * 3)  # 3 s of audio
 
 
-async def wait_for(cond: Any, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+async def wait_for(cond: Any, timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not cond():

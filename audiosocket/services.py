@@ -1,0 +1,125 @@
+"""The process-wide engines apps share, created once: the call store, STT, TTS, post-call jobs.
+
+Model loading takes seconds, so it happens at start-up (in a thread, off the loop), never
+when a call arrives. Apps ask for what they need in ``Session.prepare``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from audiosocket.app import AppContext
+    from audiosocket.call import Call
+    from helpers.store import CallStore
+    from helpers.stt import SttEngine
+    from helpers.tts import TtsEngine
+
+__all__ = ["StoreObserver", "ensure_store", "ensure_stt", "ensure_tts"]
+
+log = structlog.get_logger("audiosocket.services")
+
+
+class StoreObserver:
+    """Writes every call's start and end to the call store (via its writer thread)."""
+
+    def __init__(self, store: CallStore) -> None:
+        self.store = store
+
+    def call_started(self, call: Call) -> None:
+        self.store.call_started(call.id, call.app, call.rate, call.peer, call.started_at)
+
+    def call_ended(self, call: Call) -> None:
+        self.store.call_ended(
+            call.id, call.ended_at or 0.0, call.end_reason or "unknown", call.frames_in,
+            call.playout.sent_total,
+        )
+
+
+async def ensure_store(ctx: AppContext) -> CallStore:
+    """Open ``<data>/calls.db`` once; also registers the observer that records calls."""
+    store = ctx.get("store")
+    if store is None:
+        from helpers.store import CallStore
+
+        path = ctx.data_dir / "calls.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = await asyncio.to_thread(lambda: CallStore(path).open())
+        # Calls cut off by a crash have no end: close them so they do not look live.
+        closed = await asyncio.to_thread(lambda: store.close_dangling_calls().result())
+        if closed:
+            log.warning("dangling_calls_closed", count=closed)
+        ctx.services["store"] = store
+        ctx.observers.insert(0, StoreObserver(store))
+    return store
+
+
+async def ensure_stt(ctx: AppContext) -> SttEngine:
+    """Load the Whisper model once (bundled tiny.en unless ``stt.model`` says otherwise)."""
+    stt = ctx.get("stt")
+    if stt is None:
+        from helpers.ai import set_ai_limit
+        from helpers.stt import SttEngine
+
+        cfg = ctx.config.stt
+        set_ai_limit(ctx.config.postcall.ai_limit)
+
+        def load() -> SttEngine:
+            engine = SttEngine(
+                cfg.model or None, workers=cfg.workers, language=cfg.language,
+                beam_size=cfg.beam_size, max_latency_s=cfg.max_latency_s,
+                max_utterance_s=cfg.max_utterance_s, rtf_estimate=cfg.rtf_estimate,
+                queue_capacity=cfg.queue_capacity or None, short_window=cfg.short_window,
+                vad_aggressiveness=cfg.vad_aggressiveness,
+            )
+            engine.start()
+            _ = engine.backend  # load the model now, not on the first utterance
+            return engine
+
+        stt = await asyncio.to_thread(load)
+        log.info("stt_ready", model=cfg.model or "tiny.en (bundled)", workers=cfg.workers,
+                 queue_capacity=stt.capacity)
+        ctx.services["stt"] = stt
+    return stt
+
+
+async def ensure_tts(ctx: AppContext) -> TtsEngine:
+    """Load the Piper voice once, with the on-disk prompt cache under the data directory."""
+    tts = ctx.get("tts")
+    if tts is None:
+        from helpers.prompt_cache import PromptCache
+        from helpers.tts import TtsEngine, TtsSettings
+
+        cfg = ctx.config.tts
+        cache = PromptCache(Path(ctx.data_dir) / "prompt-cache", max_bytes=cfg.cache_mb * 2**20)
+
+        def load() -> TtsEngine:
+            return TtsEngine(
+                cfg.voice or None, cache=cache,
+                settings=TtsSettings(length_scale=cfg.length_scale), threads=1,
+            )
+
+        tts = await asyncio.to_thread(load)
+        log.info("tts_ready", voice=str(tts.voice_path), rate=tts.sample_rate)
+        ctx.services["tts"] = tts
+    return tts
+
+
+async def close_services(ctx: AppContext) -> None:
+    """Stop engines and flush the store, in dependency order."""
+    jobs: Any = ctx.get("jobs")
+    if jobs is not None:
+        await jobs.aclose()
+    stt: Any = ctx.get("stt")
+    if stt is not None:
+        await asyncio.to_thread(stt.stop)
+    tts: Any = ctx.get("tts")
+    if tts is not None:
+        tts.close()
+    store: Any = ctx.get("store")
+    if store is not None:
+        await asyncio.to_thread(store.close)

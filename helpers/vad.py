@@ -1,0 +1,329 @@
+"""Voice activity detection: cut a call's inbound audio into utterances for STT.
+
+webrtcvad (the ``webrtcvad-wheels`` package) classifies each 20 ms frame; a small state
+machine turns the per-frame decisions into utterances. The cost per frame is one webrtcvad
+call and a few list operations (numpy only once per utterance, to refine its end), so a
+thousand calls fit easily in one process.
+webrtcvad supports 8, 16, 32 and 48 kHz; other call rates are resampled to 16 kHz (with a
+streaming soxr resampler) for the decision only; utterances always carry the call's own
+audio at the call's own rate.
+
+Silero VAD is not built (an optional second backend is left for later).
+
+Timeline: frame ``tick`` covers ``[tick * 0.02, (tick + 1) * 0.02)`` seconds of the call.
+``Utterance.start`` / ``end`` are the detected speech onset and offset on that timeline;
+``pcm`` begins ``pcm_start`` seconds into the call (the pre-roll before ``start``) and runs a
+little past ``end`` (a short post-roll), which is what Whisper should hear.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+__all__ = ["FRAME_MS", "Utterance", "VadSegmenter", "voiced_ms"]
+
+FRAME_MS = 20
+FRAME_S = FRAME_MS / 1000.0
+_NATIVE_RATES = (8000, 16000, 32000, 48000)
+_POST_ROLL_MS = 200  # audio kept after the last voiced frame: word endings are often unvoiced
+_TRIM_DB = 25.0  # offset refinement: frames this far below the speech level are not speech
+_MAX_HANGOVER = 15  # frames (300 ms): webrtcvad's own hangover is about 12 at mode 2
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One stretch of caller speech, ready for STT.
+
+    ``start``/``end``: speech onset and offset in seconds on the call's timeline.
+    ``cut``: True when the speech hit ``max_utterance_s`` and continues in the next utterance.
+    ``pcm_start``: timeline time of the first sample of ``pcm`` (onset minus pre-roll).
+    ``voiced_ms``: how much of ``pcm`` the VAD classified as speech (None: unknown).
+    """
+
+    pcm: bytes
+    rate: int
+    start: float
+    end: float
+    cut: bool = False
+    pcm_start: float = 0.0
+    voiced_ms: float | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio in ``pcm``."""
+        return len(self.pcm) / 2 / self.rate
+
+
+class _Resampler:
+    """Streaming resampler to 16 kHz for rates webrtcvad does not take."""
+
+    def __init__(self, rate: int) -> None:
+        import numpy as np  # only for odd rates: the native path stays numpy-free
+        import soxr
+
+        self._np = np
+        self._stream = soxr.ResampleStream(rate, 16000, 1, dtype="int16", quality="HQ")
+        self._buf = b""
+
+    def frames(self, pcm: bytes) -> list[bytes]:
+        out = self._stream.resample_chunk(self._np.frombuffer(pcm, dtype="<i2"))
+        self._buf += self._np.asarray(out, dtype="<i2").tobytes()
+        frames = []
+        while len(self._buf) >= 640:
+            frames.append(self._buf[:640])
+            self._buf = self._buf[640:]
+        return frames
+
+
+class VadSegmenter:
+    """Turn 20 ms frames of one call into :class:`Utterance` objects.
+
+    Speech starts when ``start_frames`` of the last ``2 * start_frames`` frames are voiced;
+    ``on_speech_start(t)`` fires at that moment (``t`` = onset on the timeline; used for
+    barge-in). Speech ends after ``end_silence_ms`` of unvoiced frames. Utterances shorter
+    than ``min_speech_ms`` (onset to offset) are discarded; speech longer than
+    ``max_utterance_s`` (counting the pre-roll) is cut and continues as a new utterance.
+    Not thread-safe: one segmenter per call, driven from one thread (the event loop).
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        aggressiveness: int = 2,
+        pre_roll_ms: int = 300,
+        end_silence_ms: int = 600,
+        min_speech_ms: int = 250,
+        max_utterance_s: float = 15.0,
+        start_frames: int = 3,
+        on_speech_start: Callable[[float], None] | None = None,
+    ) -> None:
+        if rate <= 0 or (rate * FRAME_MS) % 1000:
+            raise ValueError(f"rate {rate} does not give whole 20 ms frames")
+        if not 0 <= aggressiveness <= 3:
+            raise ValueError("aggressiveness must be 0..3")
+        if start_frames < 1:
+            raise ValueError("start_frames must be >= 1")
+        self.rate = rate
+        self.frame_bytes = rate * FRAME_MS // 1000 * 2
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._resampler = None if rate in _NATIVE_RATES else _Resampler(rate)
+        self._silence = bytes(self.frame_bytes)
+        self.on_speech_start = on_speech_start
+        self.start_frames = start_frames
+        self._start_window = 2 * start_frames
+        # The look-back must cover the start window, else the onset frames would be lost.
+        self._pre_frames = max(pre_roll_ms // FRAME_MS, self._start_window)
+        self._end_frames = max(1, end_silence_ms // FRAME_MS)
+        self._min_frames = max(1, min_speech_ms // FRAME_MS)
+        self._max_frames = max(self._pre_frames + 1, int(max_utterance_s * 1000) // FRAME_MS)
+        self._post_frames = min(_POST_ROLL_MS // FRAME_MS, self._end_frames)
+        # Idle state: recent frames and their decisions (pcm, voiced).
+        self._ring: deque[tuple[bytes, bool]] = deque(maxlen=self._pre_frames)
+        # Speech state.
+        self._in_speech = False
+        self._frames: list[bytes] = []
+        self._first_tick = 0  # tick of _frames[0]
+        self._onset_tick = 0  # first voiced tick of this utterance
+        self._last_voiced = 0  # index into _frames of the last voiced frame
+        self._voiced = 0  # voiced frames in _frames
+        self._trailing = 0  # unvoiced frames since the last voiced one
+        self._next_tick = 0
+        self.frames_seen = 0
+
+    @property
+    def in_speech(self) -> bool:
+        """True between a speech onset and the end of that speech."""
+        return self._in_speech
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def push(self, pcm: bytes, tick: int) -> list[Utterance]:
+        """Add one 20 ms frame at timeline ``tick``; return utterances that ended.
+
+        A frame of the wrong size is split into 20 ms frames on consecutive ticks (the last
+        one zero-padded). Ticks skipped since the previous frame count as silence; a tick
+        already used (a late frame) is placed right after the previous one.
+        """
+        out: list[Utterance] = []
+        if tick > self._next_tick:
+            out.extend(self.silence_until(tick))
+        tick = self._next_tick
+        fb = self.frame_bytes
+        if len(pcm) == fb:
+            self._frame(pcm, tick, self._classify(pcm), out)
+            return out
+        for i in range(0, max(len(pcm), 1), fb):
+            frame = pcm[i : i + fb]
+            if len(frame) < fb:
+                frame = frame + bytes(fb - len(frame))
+            self._frame(frame, tick, self._classify(frame), out)
+            tick += 1
+        return out
+
+    def silence_until(self, tick: int) -> list[Utterance]:
+        """Nothing arrived before ``tick``: count the missing frames as silence.
+
+        Digital silence is never voiced, so no VAD call is made; when no speech is in progress
+        the gap is skipped in O(1), so a long quiet stretch costs nothing.
+        """
+        out: list[Utterance] = []
+        while self._next_tick < tick:
+            if not self._in_speech:
+                # Idle: the gap wipes the start window; keep the ring's audio aligned by
+                # adding silent frames, at most a ring's worth.
+                gap = min(tick - self._next_tick, self._pre_frames)
+                for _ in range(gap):
+                    self._ring.append((self._silence, False))
+                self._next_tick = tick
+                break
+            self._frame(self._silence, self._next_tick, False, out)
+        return out
+
+    def flush(self, tick: int | None = None) -> Utterance | None:
+        """Hang-up: return the speech in progress (if long enough) and reset.
+
+        ``tick`` (optional) is the hang-up tick; speech in progress ends at its last voiced
+        frame either way.
+        """
+        utt = None
+        if self._in_speech:
+            utt = self._finish(cut=False)
+        self._reset_idle()
+        if tick is not None:
+            self._next_tick = max(self._next_tick, tick)
+        return utt
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _classify(self, frame: bytes) -> bool:
+        self.frames_seen += 1
+        if self._resampler is None:
+            return bool(self._vad.is_speech(frame, self.rate))
+        voiced = False
+        for f16 in self._resampler.frames(frame):
+            voiced = bool(self._vad.is_speech(f16, 16000))
+        return voiced
+
+    def _frame(self, frame: bytes, tick: int, voiced: bool, out: list[Utterance]) -> None:
+        self._next_tick = tick + 1
+        if not self._in_speech:
+            self._ring.append((frame, voiced))
+            if not voiced:
+                return
+            window = list(self._ring)[-self._start_window :]
+            if sum(1 for _, v in window if v) < self.start_frames:
+                return
+            # Onset: the first voiced frame of the start window.
+            first = next(i for i, (_, v) in enumerate(window) if v)
+            ring = list(self._ring)
+            onset_idx = len(ring) - len(window) + first
+            self._in_speech = True
+            self._frames = [f for f, _ in ring]
+            self._first_tick = tick - len(ring) + 1
+            self._onset_tick = self._first_tick + onset_idx
+            self._voiced = sum(1 for _, v in ring[onset_idx:] if v)
+            self._last_voiced = len(ring) - 1
+            self._trailing = 0
+            self._ring.clear()
+            if self.on_speech_start is not None:
+                self.on_speech_start(self._onset_tick * FRAME_S)
+            return
+        self._frames.append(frame)
+        if voiced:
+            self._voiced += 1
+            self._last_voiced = len(self._frames) - 1
+            self._trailing = 0
+        else:
+            self._trailing += 1
+        if self._trailing >= self._end_frames:
+            utt = self._finish(cut=False)
+            self._reset_idle()
+            if utt is not None:
+                out.append(utt)
+        elif len(self._frames) >= self._max_frames:
+            utt = self._finish(cut=True)
+            # Continue as a new utterance straight away: no pre-roll (the audio before is in
+            # the cut one), no second on_speech_start (it is the same speech).
+            self._frames = []
+            self._first_tick = tick + 1
+            self._onset_tick = tick + 1
+            self._voiced = 0
+            self._last_voiced = -1
+            self._trailing = 0
+            if utt is not None:
+                out.append(utt)
+
+    def _finish(self, *, cut: bool) -> Utterance | None:
+        """Build the utterance from the frames so far (None when too short)."""
+        if cut:
+            last = len(self._frames) - 1
+        else:
+            if self._last_voiced < 0:
+                return None
+            last = self._last_voiced
+        onset_idx = self._onset_tick - self._first_tick
+        n_speech = last - onset_idx + 1
+        if n_speech < self._min_frames:
+            return None
+        keep = len(self._frames) if cut else min(len(self._frames), last + 1 + self._post_frames)
+        end_idx = last if cut else _trim_hangover(self._frames, onset_idx, last)
+        return Utterance(
+            pcm=b"".join(self._frames[:keep]),
+            rate=self.rate,
+            start=self._onset_tick * FRAME_S,
+            end=(self._first_tick + end_idx + 1) * FRAME_S,
+            cut=cut,
+            pcm_start=self._first_tick * FRAME_S,
+            voiced_ms=float(self._voiced * FRAME_MS),
+        )
+
+    def _reset_idle(self) -> None:
+        self._in_speech = False
+        self._frames = []
+        self._ring.clear()
+        self._voiced = 0
+        self._trailing = 0
+        self._last_voiced = -1
+
+
+def _trim_hangover(frames: list[bytes], first: int, last: int) -> int:
+    """Index of the real last speech frame, at most ``_MAX_HANGOVER`` frames before ``last``.
+
+    webrtcvad keeps saying "speech" for ~250 ms after speech stops (its built-in hangover),
+    so the offset is refined once per utterance: trailing frames more than ``_TRIM_DB`` below
+    the utterance's speech level are taken off. This never moves the offset later, and on
+    noisy audio (noise within ``_TRIM_DB`` of speech) it changes nothing.
+    """
+    speech = np.frombuffer(b"".join(frames[first : last + 1]), dtype="<i2").astype(np.float32)
+    n = last - first + 1
+    if n < 2:
+        return last
+    energy = (speech.reshape(n, -1) ** 2).mean(axis=1) + 1e-3
+    level_db = 10 * np.log10(energy)
+    floor = float(np.percentile(level_db, 90)) - _TRIM_DB
+    idx = n - 1
+    while idx > 0 and n - 1 - idx < _MAX_HANGOVER and level_db[idx] < floor:
+        idx -= 1
+    return first + idx
+
+
+def voiced_ms(pcm: bytes, rate: int, aggressiveness: int = 2) -> float:
+    """Milliseconds of ``pcm`` that webrtcvad calls speech (used as STT's VAD gate)."""
+    vad = webrtcvad.Vad(aggressiveness)
+    if rate not in _NATIVE_RATES:
+        from helpers.audio import resample_pcm
+
+        pcm = resample_pcm(pcm, rate, 16000)
+        rate = 16000
+    fb = rate * FRAME_MS // 1000 * 2
+    n = 0
+    for i in range(0, len(pcm) - fb + 1, fb):
+        if vad.is_speech(pcm[i : i + fb], rate):
+            n += 1
+    return float(n * FRAME_MS)

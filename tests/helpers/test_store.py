@@ -1,0 +1,513 @@
+"""The call store against real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from helpers.store import MIGRATIONS, CallStore, StoreClosedError, fts_query, iso_utc
+
+T0 = 1_795_000_000.0  # a fixed unix time so ISO strings are predictable
+
+
+def errors(kind: str) -> float:
+    """Current value of audiosocket_store_errors_total{kind=...}."""
+    return REGISTRY.get_sample_value("audiosocket_store_errors_total", {"kind": kind}) or 0.0
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CallStore]:
+    s = CallStore(tmp_path, max_retries=2, retry_backoff=0.001).open()
+    yield s
+    s.close()
+
+
+def writer_value(store: CallStore, sql: str) -> Any:
+    """Run a query on the writer's own connection (to see its PRAGMAs)."""
+    return store._submit(lambda conn: conn.execute(sql).fetchone()[0]).result(5)
+
+
+def make_call(store: CallStore, started_at: float = T0, **kw: Any) -> str:
+    cid = kw.pop("uuid", None) or new_id()
+    store.call_started(cid, kw.pop("app", "transcribe"), 8000, "127.0.0.1:5555", started_at, **kw)
+    return cid
+
+
+# ---- opening, pragmas, migrations -----------------------------------------------------
+
+
+def test_open_sets_wal_version_and_pragmas(store: CallStore, tmp_path: Path) -> None:
+    assert store.path == tmp_path / "calls.db"
+    assert store.execute_read("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+    assert writer_value(store, "PRAGMA user_version") == len(MIGRATIONS)
+    assert writer_value(store, "PRAGMA foreign_keys") == 1
+    assert writer_value(store, "PRAGMA synchronous") == 1  # NORMAL
+
+
+def test_opening_a_v0_database_migrates_it(tmp_path: Path) -> None:
+    db = tmp_path / "calls.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE unrelated (x)")  # a pre-existing v0 file, not an empty one
+    conn.commit()
+    conn.close()
+    with CallStore(db) as s:
+        assert s.execute_read("PRAGMA user_version")[0]["user_version"] == len(MIGRATIONS)
+        names = {r["name"] for r in s.execute_read("SELECT name FROM sqlite_master")}
+        assert {"calls", "segments", "segments_fts", "ivr", "jobs", "summaries"} <= names
+        assert {"recordings", "audit", "unrelated"} <= names
+
+
+def test_opening_an_older_version_applies_only_newer_migrations(tmp_path: Path) -> None:
+    with CallStore(tmp_path, migrations=MIGRATIONS[:1]) as s:
+        cid = make_call(s)
+    v2 = [*MIGRATIONS, "ALTER TABLE calls ADD COLUMN note TEXT; UPDATE calls SET note = 'old'"]
+    with CallStore(tmp_path, migrations=v2) as s:
+        assert s.execute_read("PRAGMA user_version")[0]["user_version"] == len(v2)
+        assert s.execute_read("SELECT uuid, note FROM calls") == [{"uuid": cid, "note": "old"}]
+
+
+def test_failed_migration_rolls_back_to_previous_version(tmp_path: Path) -> None:
+    with CallStore(tmp_path):
+        pass
+    bad = [*MIGRATIONS, "CREATE TABLE half (x); SELECT nope FROM missing"]
+    with pytest.raises(sqlite3.OperationalError):
+        CallStore(tmp_path, migrations=bad).open()
+    conn = sqlite3.connect(tmp_path / "calls.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name='half'").fetchone()[0] == 0
+    conn.close()
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "calls.db")
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version"):
+        CallStore(tmp_path).open()
+
+
+# ---- call lifecycle ------------------------------------------------------------------
+
+
+def test_call_lifecycle_and_api_shape(store: CallStore) -> None:
+    cid = make_call(store, caller="+15550100")
+    store.flush()
+    live = store.get_call(cid)
+    assert live is not None
+    assert list(live) == [
+        "uuid", "app", "rate", "peer", "caller", "started_at", "ended_at", "duration",
+        "end_reason", "live", "frames_in", "frames_out", "transcript", "ivr", "summary",
+        "recordings", "jobs",
+    ]  # fmt: skip
+    assert live["live"] is True and live["ended_at"] is None and live["duration"] is None
+    assert live["started_at"] == iso_utc(T0) == "2026-11-18T11:06:40.000Z"
+
+    store.add_segment(cid, 0.5, 2.1, "hello there", 0.9, 210.0)
+    store.call_ended(cid, T0 + 12.5, "remote_closed", 625, 620)
+    store.set_ivr(cid, ["menu", "sales"], {"choice": "1"}, "transferred")
+    store.set_summary(cid, "Greeting", "Caller said hello.", "flan-t5", "flan-t5-small")
+    store.set_recording(cid, "wav", "/data/x.wav", 1000, 12.5)
+    store.set_recording(cid, "mp3", "/data/x.mp3", 100, 12.5)
+    store.enqueue_jobs(cid, ["archive_aac", "summary"])
+    store.flush()
+    call = store.get_call(cid)
+    assert call is not None
+    assert call["live"] is False
+    assert call["ended_at"] == "2026-11-18T11:06:52.500Z"
+    assert call["duration"] == pytest.approx(12.5)
+    assert (call["end_reason"], call["frames_in"], call["frames_out"]) == (
+        "remote_closed",
+        625,
+        620,
+    )
+    assert call["transcript"] == [
+        {"start": 0.5, "end": 2.1, "text": "hello there", "confidence": 0.9, "latency_ms": 210.0}
+    ]
+    assert call["ivr"] == {"path": ["menu", "sales"], "variables": {"choice": "1"},
+                           "result": "transferred"}  # fmt: skip
+    assert call["summary"] == {"title": "Greeting", "text": "Caller said hello.",
+                               "method": "flan-t5", "model": "flan-t5-small"}  # fmt: skip
+    assert call["recordings"] == {
+        "mp3": f"/api/calls/{cid}/recording.mp3",
+        "wav": f"/api/calls/{cid}/recording.wav",
+    }
+    assert call["jobs"] == {"archive_aac": "pending", "summary": "pending"}
+    assert store.recordings_for(cid)["wav"]["bytes"] == 1000
+
+    store.delete_recording(cid, "mp3")
+    store.flush()
+    assert set(store.get_call(cid)["recordings"]) == {"wav"}  # type: ignore[index]
+    assert store.get_call(new_id()) is None
+
+
+def test_final_transcript_replaces_live_one(store: CallStore) -> None:
+    cid = make_call(store)
+    store.add_segment(cid, 0.0, 1.0, "helo wrld", 0.5, 300.0)
+    store.add_segment(cid, 1.0, 2.0, "live two", 0.5, 300.0)
+    store.flush()
+    assert [s["text"] for s in store.get_call(cid)["transcript"]] == ["helo wrld", "live two"]  # type: ignore[index]
+    store.replace_final_transcript(
+        cid,
+        [{"start": 1.0, "end": 2.0, "text": "world"}, {"start": 0.0, "end": 1.0, "text": "hello"}],
+    )
+    store.replace_final_transcript(
+        cid,
+        [{"start": 1.0, "end": 2.0, "text": "world"}, {"start": 0.0, "end": 0.9, "text": "hello"}],
+    )
+    store.flush()
+    tr = store.get_call(cid)["transcript"]  # type: ignore[index]
+    assert [s["text"] for s in tr] == ["hello", "world"]  # final only, sorted by start
+    assert tr[0]["confidence"] is None
+    # search sees the final words, not the superseded live ones
+    assert store.search("wrld")["total"] == 0
+    assert store.search("world")["total"] == 1
+
+
+def test_delete_call_cascades_and_keeps_fts_consistent(store: CallStore) -> None:
+    cid = make_call(store)
+    other = make_call(store)
+    store.add_segment(cid, 0, 1, "unique banana words", 1.0, 1.0)
+    store.add_segment(other, 0, 1, "a banana too", 1.0, 1.0)
+    store.enqueue_jobs(cid, ["a"])
+    store.set_summary(cid, "t", "x", "m")
+    store.audit("delete_call", cid, {"by": "test"})
+    store.flush()
+    assert store.search("banana")["total"] == 2
+    assert store.delete_call(cid).result(5) is True
+    assert store.delete_call(cid).result(5) is False
+    assert store.get_call(cid) is None
+    assert store.search("banana")["total"] == 1
+    assert store.jobs_for(cid) == []
+    assert store.execute_read("SELECT count(*) AS n FROM segments")[0]["n"] == 1
+    # external-content FTS index still matches its table after the cascade
+    store._submit(
+        lambda c: c.execute("INSERT INTO segments_fts(segments_fts) VALUES('integrity-check')")
+    ).result(5)
+    assert store.audit_log(call_uuid=cid)[0]["action"] == "delete_call"  # audit outlives it
+
+
+def test_close_dangling_calls(store: CallStore) -> None:
+    live = make_call(store)
+    done = make_call(store)
+    store.call_ended(done, T0 + 1, "hangup", 1, 1)
+    assert store.close_dangling_calls(T0 + 60).result(5) == 1
+    call = store.get_call(live)
+    assert call is not None and call["end_reason"] == "server_restart" and not call["live"]
+
+
+def test_close_drains_the_queue_and_writes_after_close_fail(tmp_path: Path) -> None:
+    s = CallStore(tmp_path).open()
+    ids = [make_call(s, T0 + i) for i in range(1000)]
+    s.close()
+    with CallStore(tmp_path) as s2:
+        assert s2.list_calls(limit=1)["total"] == len(ids)
+    with pytest.raises(StoreClosedError):
+        s.call_started(new_id(), "echo", 8000, None, T0).result(1)
+
+
+# ---- search ---------------------------------------------------------------------------
+
+
+def test_search_snippets_stemming_and_diacritics(store: CallStore) -> None:
+    cid = make_call(store)
+    store.add_segment(cid, 0.0, 2.0, "I am calling about the café <script>x</script>", 0.9, 1.0)
+    store.add_segment(cid, 2.0, 4.0, "nothing relevant here", 0.9, 1.0)
+    store.flush()
+    res = store.search("call")  # porter: 'call' matches 'calling'
+    assert res["total"] == 1
+    hit = res["items"][0]
+    assert hit["call_uuid"] == cid and hit["start"] == 0.0 and hit["end"] == 2.0
+    assert "<mark>calling</mark>" in hit["snippet"]
+    assert "<script>" not in hit["snippet"] and "&lt;script&gt;" in hit["snippet"]
+    assert store.search("cafe")["total"] == 1  # remove_diacritics
+    assert store.search("CAFÉ")["total"] == 1
+    assert store.search("calling café")["total"] == 1  # tokens are ANDed
+    assert store.search("calling nothing")["total"] == 0
+    newer = make_call(store, T0 + 60)
+    store.add_segment(newer, 0.0, 1.0, "calling again", 0.9, 1.0)
+    store.flush()
+    assert [h["call_uuid"] for h in store.search("calling")["items"]] == [newer, cid]
+    assert [h["call_uuid"] for h in store.search("calling", 1, 1)["items"]] == [cid]
+    listed = store.list_calls(q="cafe")
+    assert listed["total"] == 1 and "<mark>café</mark>" in listed["items"][0]["snippet"]
+
+
+@pytest.mark.parametrize(
+    "q",
+    ['foo OR', '"', "*", "NEAR(", "AND", "NOT x", "(", ")", "a:b", "text:foo", "^foo", "-foo",
+     "'", "foo\"bar", "\\", "NEAR(a b, 2)", "{text}: x", "", "   ", "\x00", "🙂"],
+)  # fmt: skip
+def test_hostile_queries_never_error(store: CallStore, q: str) -> None:
+    cid = make_call(store)
+    store.add_segment(cid, 0, 1, "foo bar near text and or not", 1.0, 1.0)
+    store.flush()
+    res = store.search(q)
+    assert set(res) == {"items", "total"}
+    listed = store.list_calls(q=q)
+    assert listed["total"] in (0, 1)
+
+
+def test_fts_query_quotes_every_token() -> None:
+    assert fts_query('foo OR "bar') == '"foo" "OR" """bar"'
+    assert fts_query('* " (') is None
+    assert fts_query("NEAR(") == '"NEAR("'
+
+
+# ---- jobs ------------------------------------------------------------------------------
+
+
+def test_jobs_claim_finish_retry_and_reset(store: CallStore) -> None:
+    cid = make_call(store)
+    store.enqueue_jobs(cid, ["archive_aac", "transcribe", "summary"], not_before=T0)
+    store.enqueue_jobs(cid, ["archive_aac"], not_before=T0)  # duplicate: ignored
+    store.flush()
+    assert len(store.jobs_for(cid)) == 3
+
+    assert store.claim_job({"nope"}) is None
+    assert store.claim_job(set()) is None
+    job = store.claim_job({"transcribe"})
+    assert job is not None and job["step"] == "transcribe" and job["status"] == "running"
+    assert job["attempts"] == 1
+
+    # failed with a retry delay: pending again, but not before now + delay
+    store.finish_job(job["id"], "failed", error="boom", retry_delay=60.0)
+    assert store.claim_job({"transcribe"}) is None
+    again = store.claim_job({"transcribe"}, now=time.time() + 61)
+    assert again is not None and again["id"] == job["id"] and again["attempts"] == 2
+    assert again["error"] == "boom"
+    store.finish_job(again["id"], "done", duration=1.5)
+
+    first = store.claim_job()
+    assert first is not None and first["step"] == "archive_aac"  # oldest due, by id
+    store.finish_job(first["id"], "failed", error="ffmpeg died")  # no retry: final
+    running = store.claim_job()
+    assert running is not None and running["step"] == "summary"
+    assert store.claim_job() is None
+
+    # crash resume: running → pending
+    assert store.reset_running_jobs() == 1
+    states = {j["step"]: (j["status"], j["error"], j["duration"]) for j in store.jobs_for(cid)}
+    assert states == {
+        "archive_aac": ("failed", "ffmpeg died", None),
+        "transcribe": ("done", None, 1.5),
+        "summary": ("pending", None, None),
+    }
+    assert store.get_call(cid)["jobs"]["summary"] == "pending"  # type: ignore[index]
+    with pytest.raises(ValueError):
+        store.finish_job(1, "running")
+
+
+def test_claim_respects_not_before(store: CallStore) -> None:
+    cid = make_call(store)
+    store.enqueue_jobs(cid, ["later"], not_before=time.time() + 3600)
+    assert store.claim_job() is None
+    assert store.claim_job(now=time.time() + 3601) is not None
+
+
+def test_concurrent_claims_never_hand_out_a_job_twice(store: CallStore) -> None:
+    cid = make_call(store)
+    store.enqueue_jobs(cid, [f"s{i}" for i in range(50)], not_before=T0)
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while (job := store.claim_job()) is not None:
+            with lock:
+                claimed.append(job["id"])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 50
+
+
+# ---- the writer under failure ---------------------------------------------------------
+
+
+def test_writer_survives_a_bad_write(store: CallStore) -> None:
+    before = errors("statement")
+    bad = store.add_segment(new_id(), 0, 1, "orphan", 1.0, 1.0)  # FK: no such call
+    crash = store._submit(lambda conn: 1 / 0)
+    cid = make_call(store)
+    good = store.add_segment(cid, 0, 1, "fine", 1.0, 1.0)
+    assert good.result(5) > 0
+    with pytest.raises(sqlite3.IntegrityError):
+        bad.result(5)
+    with pytest.raises(ZeroDivisionError):
+        crash.result(5)
+    assert errors("statement") == before + 2
+    assert store.get_call(cid)["transcript"][0]["text"] == "fine"  # type: ignore[index]
+
+
+def test_transient_disk_full_is_retried_in_order(store: CallStore) -> None:
+    before = errors("disk_full")
+    fails = {"left": 2}
+    cid = new_id()
+
+    def flaky(conn: sqlite3.Connection) -> str:
+        if fails["left"]:
+            fails["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        conn.execute(
+            "INSERT INTO calls (uuid, app, rate, started_at) VALUES (?, 'echo', 8000, ?)",
+            (cid, T0),
+        )
+        return "ok"
+
+    first = store._submit(flaky)
+    # queued behind it and dependent on it (FK): must not run before it succeeds
+    seg = store.add_segment(cid, 0, 1, "after", 1.0, 1.0)
+    assert first.result(5) == "ok"
+    assert seg.result(5) > 0
+    assert errors("disk_full") == before + 2
+
+
+def test_real_sqlite_full_is_bounded_then_recovers(store: CallStore) -> None:
+    dropped = errors("dropped")
+    cid = make_call(store)
+    store.flush()
+    pages = writer_value(store, "PRAGMA page_count")
+    writer_value(store, f"PRAGMA max_page_count = {pages + 2}")
+    big = store.add_segment(cid, 0, 1, "x " * 200_000, 1.0, 1.0)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        big.result(10)
+    assert errors("dropped") == dropped + 1
+    writer_value(store, "PRAGMA max_page_count = 1073741823")
+    assert store.add_segment(cid, 0, 1, "small again", 1.0, 1.0).result(5) > 0
+
+
+# ---- concurrency ------------------------------------------------------------------------
+
+
+def test_concurrent_reads_while_writing(store: CallStore) -> None:
+    cid = make_call(store)
+    store.flush()
+    stop = threading.Event()
+    problems: list[BaseException] = []
+    reads = [0]
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                store.get_call(cid)
+                store.list_calls(limit=20)
+                store.search("word")
+                reads[0] += 1
+        except BaseException as exc:
+            problems.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(2000):
+        store.add_segment(cid, i, i + 1, f"word number {i}", 1.0, 1.0)
+        if i % 100 == 0:
+            make_call(store, T0 + i)
+    store.flush()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not problems
+    assert reads[0] > 0
+    assert len(store.get_call(cid)["transcript"]) == 2000  # type: ignore[index]
+    assert store.search("word")["total"] == 2000
+
+
+async def test_aread_from_the_event_loop(store: CallStore) -> None:
+    cid = make_call(store)
+    for i in range(200):
+        store.add_segment(cid, i, i + 1, f"async words {i}", 1.0, 1.0)
+    results = await asyncio.gather(
+        *(store.aread(store.list_calls, limit=5) for _ in range(20)),
+        store.aread(store.search, "async", limit=3),
+    )
+    assert all(r["total"] >= 0 for r in results)
+    await store.aflush()
+    call = await store.aread(store.get_call, cid)
+    assert call is not None and len(call["transcript"]) == 200
+    claimed = await asyncio.wrap_future(store.claim_job_async())
+    assert claimed is None
+
+
+# ---- listing ------------------------------------------------------------------------------
+
+
+def test_list_filters_and_pagination(store: CallStore) -> None:
+    ids = []
+    for i in range(30):
+        cid = make_call(store, T0 + i, app="ivr" if i % 3 == 0 else "echo")
+        ids.append(cid)
+        if i % 2 == 0:
+            store.call_ended(cid, T0 + i + 5, "remote_closed" if i % 4 == 0 else "hangup", 1, 1)
+        if i % 5 == 0:
+            store.set_summary(cid, f"title {i}", "text", "extractive")
+        if i % 3 == 0:
+            store.set_ivr(cid, ["menu"], {}, "sales" if i % 6 == 0 else "support")
+    store.add_segment(ids[7], 0, 1, "refund please", 1.0, 1.0)
+    store.flush()
+
+    everything = store.list_calls(limit=200)
+    assert everything["total"] == 30
+    assert [c["uuid"] for c in everything["items"]] == ids[::-1]  # newest first
+
+    pages = [store.list_calls(limit=7, offset=o)["items"] for o in range(0, 30, 7)]
+    assert [c["uuid"] for p in pages for c in p] == ids[::-1]
+    assert store.list_calls(limit=7, offset=28)["total"] == 30
+
+    first = everything["items"][-1]
+    assert set(first) == {"uuid", "app", "rate", "caller", "started_at", "ended_at",
+                          "duration", "end_reason", "live", "summary_title"}  # fmt: skip
+    assert first["summary_title"] == "title 0" and first["live"] is False
+
+    def uuids(**kw: Any) -> set[str]:
+        return {c["uuid"] for c in store.list_calls(limit=200, **kw)["items"]}
+
+    assert uuids(app="ivr") == {ids[i] for i in range(0, 30, 3)}
+    assert uuids(end_reason="hangup") == {ids[i] for i in range(30) if i % 4 == 2}
+    assert uuids(since=T0 + 10, until=T0 + 12) == {ids[10], ids[11]}
+    assert uuids(has_summary=True) == {ids[i] for i in range(0, 30, 5)}
+    assert len(uuids(has_summary=False)) == 24
+    assert uuids(ivr_result="sales") == {ids[i] for i in range(0, 30, 6)}
+    assert uuids(app="ivr", ivr_result="support", has_summary=True) == {ids[15]}
+    assert uuids(q="refunds") == {ids[7]}
+    assert store.list_calls(q="refund")["items"][0]["snippet"] == "<mark>refund</mark> please"
+
+
+def test_list_10k_calls_is_fast(tmp_path: Path) -> None:
+    with CallStore(tmp_path) as s:
+        t = time.perf_counter()
+        for i in range(10_000):
+            make_call(s, T0 + i, app=("echo", "ivr", "transcribe")[i % 3])
+        s.flush()
+        write_s = time.perf_counter() - t
+        timings = {}
+        cases: dict[str, dict[str, Any]] = {
+            "first page": {},
+            "deep page": {"offset": 9_000},
+            "app filter": {"app": "ivr"},
+            "no summary": {"has_summary": False},
+        }
+        for name, kw in cases.items():
+            s.list_calls(**kw)  # warm
+            t = time.perf_counter()
+            res = s.list_calls(**kw)
+            timings[name] = (time.perf_counter() - t) * 1000
+            assert len(res["items"]) == 50 and res["total"] >= 3_333
+        print(f"\n10k call_started via writer: {write_s:.2f} s; list_calls ms: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))  # fmt: skip
+        assert max(timings.values()) < 2000

@@ -1,0 +1,154 @@
+"""JSON API over the call store: ``GET /api/calls`` and ``GET /api/calls/{uuid}``.
+
+Handlers only parse, call ``await store.aread(...)`` (the read runs in the store's reader
+pool, never on the loop) and shape the answer. Every error they produce is JSON:
+``{"error": "<code>", "detail": "..."}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import uuid as uuid_mod
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from helpers.store import CallStore
+
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "parse_time", "setup_api"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _BadParam(ValueError):
+    """A query parameter that does not parse; becomes a 400."""
+
+
+def _error(status: int, code: str, detail: str) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+def _json_errors(handler: Handler) -> Handler:
+    """Turn bad parameters into 400 and unexpected failures into a logged JSON 500."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _BadParam as exc:
+            return _error(400, "bad_request", str(exc))
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("api_error", path=request.path)
+            return _error(500, "internal_error", "unexpected server error")
+
+    return wrapper
+
+
+def parse_time(value: str) -> float:
+    """Unix seconds or ISO 8601 (``Z`` or offset; naive means UTC) to unix seconds."""
+    try:
+        ts = float(value)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise _BadParam(f"not a time (ISO 8601 or unix seconds): {value!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt.timestamp()
+    if not math.isfinite(ts):
+        raise _BadParam(f"not a time: {value!r}")
+    return ts
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadParam(f"{name} must be an integer") from None
+    if value < lo:
+        raise _BadParam(f"{name} must be >= {lo}")
+    return min(value, hi)  # an over-large limit is clamped, not refused
+
+
+def _bool_param(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise _BadParam(f"{name} must be true or false")
+
+
+def _str_param(request: web.Request, name: str) -> str | None:
+    raw = request.query.get(name)
+    return raw if raw else None
+
+
+def _call_uuid(request: web.Request) -> str | None:
+    """The canonical form of the path's UUID, or None when it is not a UUID at all.
+
+    Parsing with uuid.UUID (not a regex or a path join) is what makes ids like
+    ``../../etc/passwd`` impossible to pass on to the store or the file system.
+    """
+    try:
+        return str(uuid_mod.UUID(request.match_info["uuid"]))
+    except ValueError:
+        return None
+
+
+class _CallsApi:
+    """The handlers, bound to one store."""
+
+    def __init__(self, store: CallStore) -> None:
+        self.store = store
+
+    async def list_calls(self, request: web.Request) -> web.StreamResponse:
+        limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        offset = _int_param(request, "offset", 0, 0, 2**62)
+        since = request.query.get("since")
+        until = request.query.get("until")
+        result: dict[str, Any] = await self.store.aread(
+            self.store.list_calls,
+            limit,
+            offset,
+            app=_str_param(request, "app"),
+            end_reason=_str_param(request, "end_reason"),
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+            has_summary=_bool_param(request, "has_summary"),
+            ivr_result=_str_param(request, "ivr_result"),
+            q=_str_param(request, "q"),
+        )
+        return web.json_response({**result, "limit": limit, "offset": offset})
+
+    async def get_call(self, request: web.Request) -> web.StreamResponse:
+        call_id = _call_uuid(request)
+        call = None if call_id is None else await self.store.aread(self.store.get_call, call_id)
+        if call is None:
+            return _error(404, "not_found", "no such call")
+        return web.json_response(call)
+
+
+def setup_api(app: web.Application, store: CallStore) -> None:
+    """Register the JSON API routes on ``app``, reading from ``store``."""
+    api = _CallsApi(store)
+    app.router.add_get("/api/calls", _json_errors(api.list_calls))
+    app.router.add_get("/api/calls/{uuid}", _json_errors(api.get_call))
