@@ -90,10 +90,10 @@ class Playout:
         "frame_size",
         "kind",
         "max_frames",
+        "metric_sent",
         "on_tick",
         "rate",
         "sent_total",
-        "silence_frames_sent",
         "ticks",
         "transport",
         "underruns",
@@ -128,7 +128,7 @@ class Playout:
         self.ticks = 0  # the call's timeline, in 20 ms ticks since it was registered
         self.sent_total = 0
         self.audio_frames_sent = 0
-        self.silence_frames_sent = 0
+        self.metric_sent = 0  # sent_total already added to the frames-out metric
         self.underruns = 0
         #: Called after each tick with (tick index, PCM sent or None for silence).
         self.on_tick: TickListener | None = None
@@ -163,6 +163,9 @@ class Playout:
     def feed(self, pcm: bytes) -> None:
         """Queue PCM as a continuous stream (echo, live relays): a short tail waits for the
         next call rather than being padded, so odd-sized input keeps its timing."""
+        if not self._partial and len(pcm) == self.frame_size:
+            self._push(pcm)  # the usual case: exactly one frame
+            return
         if self._partial:
             pcm = self._partial + pcm
             self._partial = b""
@@ -258,45 +261,58 @@ class Playout:
 
     # -- the tick ------------------------------------------------------------------------
 
-    def tick(self, advance: int = 1) -> int:
-        """Write this tick's frame(s). Returns the number of frames written.
+    def tick(self, advance: int = 1) -> None:
+        """Write this tick's frame (more only with a lead).
 
         ``advance`` > 1 after a clock resync: the timeline jumps with wall time, and the
         frames those ticks would have carried are not sent late (that would be a burst).
+        This runs once per call every 20 ms, so the common cases (nothing queued; one frame
+        queued) take the shortest paths.
         """
-        self.ticks += advance
-        if advance > 1 and self.sent_total < self.ticks - 1:
-            self.sent_total = self.ticks - 1
-        transport = self.transport
-        if transport.is_closing():
-            return 0
-        written = 0
+        ticks = self.ticks + advance
+        self.ticks = ticks
+        sent = self.sent_total
+        if advance > 1 and sent < ticks - 1:
+            sent = ticks - 1
         frames = self._frames
         listener = self.on_tick
-        due = self.ticks + self._lead
-        while frames and self.sent_total < due:
+        if not frames and listener is None and not self._streams:
+            if sent < ticks:
+                self.transport.write(self._silence)
+                sent += 1
+            self.sent_total = sent
+            if self._marks or self._start_marks:
+                self._resolve_marks()
+            return
+        write = self.transport.write
+        due = ticks + self._lead
+        n = 0
+        while frames and sent < due:
             pcm = frames.popleft()
-            self._sent_seq += 1
-            payload = lin2ulaw(pcm) if self._ulaw else pcm
-            transport.write(self._header + payload)
-            self.sent_total += 1
-            self.audio_frames_sent += 1
-            written += 1
+            write(self._header + (lin2ulaw(pcm) if self._ulaw else pcm))
             if listener is not None:
-                listener(self.sent_total - 1, pcm)
+                listener(sent, pcm)
+            sent += 1
+            n += 1
+        if n:
+            self._sent_seq += n
+            self.audio_frames_sent += n
         if self._marks or self._start_marks:
             self._resolve_marks()
-        if self.sent_total < self.ticks:
+        if sent < ticks:
             if self._streams:
                 self.underruns += 1
                 metrics.UNDERRUNS.inc()
-            transport.write(self._silence)
-            self.sent_total += 1
-            self.silence_frames_sent += 1
-            written += 1
+            write(self._silence)
             if listener is not None:
-                listener(self.sent_total - 1, None)
-        return written
+                listener(sent, None)
+            sent += 1
+        self.sent_total = sent
+
+    @property
+    def silence_frames_sent(self) -> int:
+        """Silence frames sent so far."""
+        return self.sent_total - self.audio_frames_sent
 
 
 class Clock:
@@ -314,10 +330,10 @@ class Clock:
         self.resync_after = resync_after
         self._loop = loop
         self._playouts: dict[int, Playout] = {}
+        self._active: list[Playout] = []  # rebuilt on (un)register, not copied every tick
         self._handle: asyncio.TimerHandle | None = None
         self._t0 = 0.0
         self._k = 0
-        self._frames_by_kind: dict[int, int] = {}
         self.ticks = 0
         self.resyncs = 0
         self.max_lateness = 0.0
@@ -334,10 +350,13 @@ class Clock:
     def register(self, playout: Playout) -> None:
         """Start sending on this call from the next tick on."""
         self._playouts[id(playout)] = playout
+        self._active = list(self._playouts.values())
 
     def unregister(self, playout: Playout) -> None:
         """Stop sending on this call."""
-        self._playouts.pop(id(playout), None)
+        if self._playouts.pop(id(playout), None) is not None:
+            self._active = list(self._playouts.values())
+            self._count(playout)
 
     def start(self) -> None:
         """Begin ticking on the running loop."""
@@ -382,20 +401,33 @@ class Clock:
         started = time.perf_counter()
         for hook in self.tick_hooks:
             hook(self._k)
-        written = 0
-        for playout in list(self._playouts.values()):
-            n = playout.tick(advance)
-            if n:
-                kind = playout.kind
-                self._frames_by_kind[kind] = self._frames_by_kind.get(kind, 0) + n
-                written += n
+        for playout in self._active:
+            try:
+                playout.tick(advance)
+            except Exception as exc:
+                # One broken transport must not stop the tick for every other call.
+                self._failed(playout, exc)
         self.ticks += 1
         if self.ticks % 50 == 0:
             self._flush_metrics()
         metrics.TICK_DURATION.observe(time.perf_counter() - started)
         self._schedule()
 
+    def _failed(self, playout: Playout, exc: Exception) -> None:
+        import structlog
+
+        structlog.get_logger("audiosocket.clock").warning(
+            "playout_write_failed", error=str(exc) or type(exc).__name__
+        )
+        self.unregister(playout)
+
+    def _count(self, playout: Playout) -> None:
+        n = playout.sent_total - playout.metric_sent
+        if n:
+            playout.metric_sent = playout.sent_total
+            metrics.FRAMES_OUT.labels(kind=f"0x{playout.kind:02x}").inc(n)
+
     def _flush_metrics(self) -> None:
-        for kind, n in self._frames_by_kind.items():
-            metrics.FRAMES_OUT.labels(kind=f"0x{kind:02x}").inc(n)
-        self._frames_by_kind.clear()
+        """Frames-out counts, once a second rather than per frame."""
+        for playout in self._active:
+            self._count(playout)

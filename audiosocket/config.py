@@ -95,7 +95,7 @@ class Config:
     http_host: str = ""  # empty: same as host
     http_port: int = 8080
     data_dir: str = "./var"
-    app: str = "echo"  # the IVR issue makes "ivr" the default
+    app: str = "ivr"
     log_format: str = "console"
     log_level: str = "info"
     uuid_timeout_s: float = 5.0

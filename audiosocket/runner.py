@@ -53,9 +53,11 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
 
 async def _start_services(ctx: AppContext) -> None:
     """Create the engines every app shares: the call store (every call is recorded in it)."""
-    from audiosocket.services import ensure_store
+    from audiosocket.services import ensure_jobs, ensure_store
 
     await ensure_store(ctx)
+    if ctx.config.postcall.enabled:
+        await ensure_jobs(ctx)
 
 
 async def _stop_services(ctx: AppContext) -> None:

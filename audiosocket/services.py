@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["StoreObserver", "ensure_store", "ensure_stt", "ensure_tts"]
 
 log = structlog.get_logger("audiosocket.services")
+#: Where ``audiosocket models fetch`` puts checkpoints (the repository's models/ folder).
+_REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 class StoreObserver:
@@ -95,9 +97,8 @@ async def ensure_tts(ctx: AppContext) -> TtsEngine:
         from helpers.tts import TtsEngine, TtsSettings
 
         cfg = ctx.config.tts
-        cache = PromptCache(Path(ctx.data_dir) / "prompt-cache", max_bytes=cfg.cache_mb * 2**20)
-
         def load() -> TtsEngine:
+            cache = PromptCache(ctx.data_dir / "prompt-cache", max_bytes=cfg.cache_mb * 2**20)
             return TtsEngine(
                 cfg.voice or None, cache=cache,
                 settings=TtsSettings(length_scale=cfg.length_scale), threads=1,
@@ -107,6 +108,36 @@ async def ensure_tts(ctx: AppContext) -> TtsEngine:
         log.info("tts_ready", voice=str(tts.voice_path), rate=tts.sample_rate)
         ctx.services["tts"] = tts
     return tts
+
+
+async def ensure_jobs(ctx: AppContext) -> Any:
+    """Start the post-call job workers (archives, peaks, transcript, summary)."""
+    jobs = ctx.get("jobs")
+    if jobs is None:
+        from helpers.ai import set_ai_limit
+        from helpers.archive import ArchiveSettings, set_ffmpeg_limit
+        from helpers.jobs import PostCallJobs
+        from helpers.summarize import load_summarizer
+
+        cfg = ctx.config.postcall
+        set_ffmpeg_limit(cfg.ffmpeg_limit)
+        set_ai_limit(cfg.ai_limit)
+        store = await ensure_store(ctx)
+        search = [_REPO_MODELS, ctx.data_dir / "models"]
+
+        async def stt() -> Any:
+            return await ensure_stt(ctx)
+
+        jobs = PostCallJobs(
+            store, ctx.data_dir,
+            archive=ArchiveSettings(aac_bitrate=cfg.aac_bitrate, mp3_bitrate=cfg.mp3_bitrate,
+                                    aecho=cfg.aecho),
+            stt=stt,
+            summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search),
+        )
+        await jobs.start()
+        ctx.services["jobs"] = jobs
+    return jobs
 
 
 async def close_services(ctx: AppContext) -> None:

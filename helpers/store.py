@@ -944,6 +944,29 @@ class CallStore:
 
         return self._submit(op, "finish_job")
 
+    def defer_job(self, id: int, delay: float) -> concurrent.futures.Future[None]:  # noqa: A002
+        """Put a claimed job back to 'pending' without counting the attempt: it could not
+        run yet (a step it depends on is not done), which is not a failure."""
+        job_id = id
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET status='pending', attempts=max(0, attempts-1), updated_at=?, "
+                "not_before=? WHERE id=?",
+                (now, now + delay, job_id),
+            )
+
+        return self._submit(op, "defer_job")
+
+    def pending_job_count(self) -> int:
+        """Jobs waiting or running (the post-call queue depth)."""
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM jobs WHERE status IN ('pending', 'running')"
+            ).fetchone()
+        return int(row[0])
+
     def reset_running_jobs(self) -> int:
         """At start-up (crash resume): running → pending. Blocks; returns how many."""
 
@@ -1014,7 +1037,11 @@ class CallStore:
             },
             "summary": None if summary is None else dict(summary),
             "recordings": {
-                r["format"]: f"/api/calls/{row['uuid']}/recording.{r['format']}" for r in recs
+                r["format"]: (
+                    f"/api/calls/{row['uuid']}/peaks.json" if r["format"] == "peaks"
+                    else f"/api/calls/{row['uuid']}/recording.{r['format']}"
+                )
+                for r in recs
             },
             "jobs": {j["step"]: j["status"] for j in jobs},
         }

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sessions.base import Session
+
+if TYPE_CHECKING:
+    from audiosocket.app import AppContext
+    from audiosocket.call import Call
 
 __all__ = ["EchoSession"]
 
@@ -12,6 +18,12 @@ class EchoSession(Session):
 
     name = "echo"
 
+    def __init__(self, call: Call, ctx: AppContext) -> None:
+        super().__init__(call, ctx)
+        # Cached: this runs 50 times a second per call.
+        self._rate = call.rate
+        self._feed = call.playout.feed
+
     def on_audio(self, pcm: bytes, rate: int) -> None:
-        if rate == self.call.rate:
-            self.call.feed(pcm)
+        if rate == self._rate:
+            self._feed(pcm)

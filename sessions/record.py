@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helpers.recorder import CallRecorder
+from helpers.recorder import CallRecorder, shared_writer
 from sessions.base import Session
 
 if TYPE_CHECKING:
@@ -42,5 +43,11 @@ class RecordSession(Session):
 
     async def on_end(self, reason: str) -> None:
         self.recorder.close()
+        # The writer thread may still hold the last second: wait for it before the
+        # post-call jobs read the file.
+        await asyncio.to_thread(shared_writer().flush)
         self.log.info("recording_closed", path=str(self.recording),
                       seconds=round(self.recorder.duration, 2))
+        jobs = self.ctx.get("jobs")
+        if jobs is not None and self.recorder.error is None:
+            jobs.submit(self.uuid, self.recording)

@@ -1,4 +1,4 @@
-"""JSON API over the call store: ``GET /api/calls`` and ``GET /api/calls/{uuid}``.
+"""JSON API over the call store: list, get and delete calls, their files, and the OpenAPI.
 
 Handlers only parse, call ``await store.aread(...)`` (the read runs in the store's reader
 pool, never on the loop) and shape the answer. Every error they produce is JSON:
@@ -7,17 +7,20 @@ pool, never on the loop) and shape the answer. Every error they produce is JSON:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from helpers.store import CallStore
+from web.files import content_type_for, serve_file
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "parse_time", "setup_api"]
 
@@ -117,8 +120,9 @@ def _call_uuid(request: web.Request) -> str | None:
 class _CallsApi:
     """The handlers, bound to one store."""
 
-    def __init__(self, store: CallStore) -> None:
+    def __init__(self, store: CallStore, data_dir: Path | None = None) -> None:
         self.store = store
+        self.data_dir = data_dir
 
     async def list_calls(self, request: web.Request) -> web.StreamResponse:
         limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
@@ -146,9 +150,97 @@ class _CallsApi:
             return _error(404, "not_found", "no such call")
         return web.json_response(call)
 
+    async def delete_call(self, request: web.Request) -> web.StreamResponse:
+        """Delete a finished call: its files (confined to the data dir), rows, and an audit entry.
 
-def setup_api(app: web.Application, store: CallStore) -> None:
-    """Register the JSON API routes on ``app``, reading from ``store``."""
-    api = _CallsApi(store)
+        A live call is refused (409): its recorder is still writing the WAV.
+        """
+        call_id = _call_uuid(request)
+        row = None if call_id is None else await self.store.aread(self.store.get_call_row,
+                                                                   call_id)
+        if call_id is None or row is None:
+            return _error(404, "not_found", "no such call")
+        if row.get("ended_at") is None:
+            return _error(409, "conflict", "the call is live; delete it after it ends")
+        files = await self.store.aread(self.store.recordings_for, call_id)
+        removed, refused = await asyncio.to_thread(
+            _remove_files, [str(f["path"]) for f in files.values()], self.data_dir
+        )
+        existed = await asyncio.wrap_future(self.store.delete_call(call_id))
+        self.store.audit(
+            "delete_call", call_id,
+            {"files": removed, "refused": refused, "peer": request.remote or ""},
+        )
+        log.info("call_deleted", call=call_id, files=len(removed), refused=len(refused))
+        if not existed:  # deleted concurrently by another request
+            return _error(404, "not_found", "no such call")
+        return web.json_response({"uuid": call_id, "deleted": True, "files": len(removed)})
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        """The OpenAPI 3.1 description of every route."""
+        from web.openapi import openapi_spec
+
+        return web.json_response(openapi_spec())
+
+    async def recording(self, request: web.Request) -> web.StreamResponse:
+        """A call's recording or archive with full Range / conditional support."""
+        return await self._serve(request, request.match_info.get("fmt", ""))
+
+    async def peaks(self, request: web.Request) -> web.StreamResponse:
+        """The precomputed waveform peaks of a call (JSON)."""
+        return await self._serve(request, "peaks")
+
+    async def _serve(self, request: web.Request, fmt: str) -> web.StreamResponse:
+        call_id = _call_uuid(request)
+        if call_id is None or fmt not in ("wav", "m4a", "mp3", "peaks"):
+            return _error(404, "not_found", "no such recording")
+        files = await self.store.aread(self.store.recordings_for, call_id)
+        entry = files.get(fmt)
+        if entry is None:
+            return _error(404, "not_found", f"no {fmt} for this call (yet)")
+        path = Path(entry["path"])
+        ctype = "application/json" if fmt == "peaks" else content_type_for(path)
+        return await serve_file(request, path, ctype)
+
+
+def _remove_files(paths: list[str], data_dir: Path | None) -> tuple[list[str], list[str]]:
+    """Unlink ``paths`` that resolve inside ``data_dir``; returns (removed, refused).
+
+    The paths come from our own store, but a row could have been edited or restored from
+    elsewhere: resolving (symlinks included) and confining to the data dir means a DELETE
+    can never remove anything outside it. Without a data dir nothing is removed.
+    """
+    removed: list[str] = []
+    refused: list[str] = []
+    root = data_dir.resolve() if data_dir is not None else None
+    for raw in paths:
+        path = Path(raw).resolve()
+        if root is None or not path.is_relative_to(root) or path == root:
+            refused.append(raw)
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("delete_file_failed", path=raw, error=str(exc))
+            refused.append(raw)
+            continue
+        removed.append(raw)
+    return removed, refused
+
+
+def setup_api(app: web.Application, store: CallStore, data_dir: Path | None = None) -> None:
+    """Register the JSON API routes on ``app``, reading from ``store``.
+
+    ``data_dir`` confines what ``DELETE /api/calls/{uuid}`` may unlink; without it the
+    rows are deleted and the files left in place (and listed as refused in the audit).
+    """
+    api = _CallsApi(store, data_dir)
+    app.router.add_get("/api/openapi.json", api.openapi)
     app.router.add_get("/api/calls", _json_errors(api.list_calls))
     app.router.add_get("/api/calls/{uuid}", _json_errors(api.get_call))
+    app.router.add_delete("/api/calls/{uuid}", _json_errors(api.delete_call))
+    # GET also answers HEAD (aiohttp adds it), which serve_file handles per RFC 9110.
+    app.router.add_get("/api/calls/{uuid}/recording.{fmt}", api.recording)
+    app.router.add_get("/api/calls/{uuid}/peaks.json", api.peaks)
