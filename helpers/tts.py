@@ -233,6 +233,7 @@ class TtsEngine:
             normalize_audio=True,
             volume=settings.volume * HEADROOM,
         )
+        self._warmed = False
         # Everything that changes the rendered bytes besides text and rate.
         self._settings_key = f"{_RENDER_VERSION}|{settings!r}"
 
@@ -386,9 +387,9 @@ class TtsEngine:
     async def prewarm(self, texts: Iterable[str], rates: Iterable[int]) -> int:
         """Render every sentence of ``texts`` at every rate into the cache, in parallel.
 
-        Each sentence is synthesised once and resampled to all the rates. Also warms the
-        ONNX session (its first run is slower). Returns the number of cache entries written
-        (0 without a cache).
+        Each sentence is synthesised once and resampled to all the rates. The first call
+        also warms the ONNX session (its first run is slower), cache or not. Returns the
+        number of cache entries written (0 without a cache).
         """
         rate_list = sorted(set(rates))
         sentences = list(dict.fromkeys(s for t in texts for s in self.split_sentences(t)))
@@ -409,7 +410,8 @@ class TtsEngine:
             return 0
 
         jobs = [loop.run_in_executor(self._executor, job, s) for s in sentences]
-        if self.cache is None or not sentences:
+        if not self._warmed:  # even when everything is cached: the next miss is then fast
+            self._warmed = True
             jobs.append(loop.run_in_executor(self._executor, warm))
         return sum(await asyncio.gather(*jobs))
 

@@ -1,0 +1,513 @@
+"""Call summaries: Flan-T5 (transformers + torch, CPU) when a checkpoint is installed,
+else a deterministic extractive summariser that needs nothing.
+
+transformers 5 has no ``summarization`` pipeline, so :class:`T5Summarizer` drives
+``AutoTokenizer`` + ``AutoModelForSeq2SeqLM`` and ``model.generate`` itself. Long
+transcripts are summarised map-reduce style: chunks that fit the encoder's input limit are
+summarised one by one, then the joined chunk summaries are summarised again.
+
+Every public call is blocking (inference takes hundreds of ms): run it in a thread or a
+worker process, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+
+from helpers.ai import ai_slots
+
+__all__ = [
+    "TITLE_MAX_CHARS",
+    "ExtractiveSummarizer",
+    "Summarizer",
+    "Summary",
+    "T5Summarizer",
+    "cap_title",
+    "fetch_model",
+    "load_summarizer",
+    "split_sentences",
+]
+
+log = structlog.get_logger(__name__)
+
+TITLE_MAX_CHARS = 50
+MAX_SENTENCES = 3
+EMPTY_TITLE = "No speech"
+EMPTY_TEXT = "No speech was transcribed on this call."
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A call's summary: a title of at most 50 characters and 1-3 sentences of text.
+
+    ``method`` is ``"flan-t5"`` (then ``model`` names the checkpoint) or ``"extractive"``
+    (``model`` is None).
+    """
+
+    title: str
+    text: str
+    method: str
+    model: str | None
+
+
+@runtime_checkable
+class Summarizer(Protocol):
+    """Anything that turns a transcript (and the IVR menu path taken) into a Summary."""
+
+    def summarize(self, transcript: str, ivr_path: list[str] | None = None) -> Summary:
+        """Summarise one call. Blocking."""
+        ...
+
+
+# --------------------------------------------------------------------------- text helpers
+
+_SENT_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
+_SPEAKER_RE = re.compile(r"^\s*(?:\[[^\]]{0,20}\]\s*)?[A-Za-z][\w .'-]{0,20}:\s+", re.M)
+_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]*|\d+")
+_LONG_RUN_WORDS = 25  # unpunctuated speech is cut into pseudo-sentences of this many words
+
+
+def _clean(transcript: str) -> str:
+    """Drop speaker labels ("Caller: ...") and collapse whitespace."""
+    text = _SPEAKER_RE.sub("", transcript)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split on sentence punctuation; cut long unpunctuated runs every 25 words.
+
+    Speech-to-text output is sometimes one endless unpunctuated line; without the cut it
+    would be a single "sentence" and neither summariser could choose anything.
+    """
+    out: list[str] = []
+    for part in _SENT_RE.split(text.strip()):
+        words = part.split()
+        if not words:
+            continue
+        for i in range(0, len(words), _LONG_RUN_WORDS):
+            out.append(" ".join(words[i : i + _LONG_RUN_WORDS]))
+    return out
+
+
+def cap_title(title: str, limit: int = TITLE_MAX_CHARS) -> str:
+    """Tidy a generated title and cut it to ``limit`` characters at a word boundary."""
+    t = re.sub(r"\s+", " ", title).strip()
+    t = re.sub(r"^(?:title|subject)\s*[:\-]\s*", "", t, flags=re.I)
+    t = t.strip(" \"'`“”‘’")
+    if len(t) > limit:
+        cut = t[: limit + 1]
+        space = cut.rfind(" ")
+        t = cut[:space] if space > 0 else t[:limit]
+    t = t.rstrip(" ,;:-.")
+    return t[:1].upper() + t[1:]
+
+
+def _trim_sentences(text: str, limit: int = MAX_SENTENCES) -> str:
+    sentences = split_sentences(re.sub(r"\s+", " ", text).strip())
+    return " ".join(sentences[:limit]).strip()
+
+
+def _title_from_text(text: str) -> str:
+    first = split_sentences(text)[:1]
+    return cap_title(first[0] if first else text)
+
+
+# --------------------------------------------------------------------------- extractive
+
+_STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are aren't as at be because
+    been before being below between both but by can can't cannot could couldn't did didn't do
+    does doesn't doing don't down during each few for from further had hadn't has hasn't have
+    haven't having he he'd he'll he's her here here's hers herself him himself his how how's i
+    i'd i'll i'm i've if in into is isn't it it's its itself let's me more most mustn't my
+    myself no nor not of off on once only or other ought our ours ourselves out over own same
+    shan't she she'd she'll she's should shouldn't so some such than that that's the their
+    theirs them themselves then there there's these they they'd they'll they're they've this
+    those through to too under until up very was wasn't we we'd we'll we're we've were weren't
+    what what's when when's where where's which while who who's whom why why's will with won't
+    would wouldn't you you'd you'll you're you've your yours yourself yourselves
+    yes yeah yep no nope ok okay oh uh um umm hmm ah er like just really well right sure so
+    hi hello hey bye goodbye thanks thank please sorry alright gonna wanna got get go going
+    know think see say said tell want need would could one two also actually maybe still
+    thing things something anything way lot bit today now then there here""".split()
+)
+
+
+def _content_words(sentence: str) -> list[str]:
+    return [
+        w for w in (m.lower() for m in _WORD_RE.findall(sentence))
+        if w not in _STOPWORDS and len(w) > 2 and not w.isdigit()
+    ]
+
+
+class ExtractiveSummarizer:
+    """Picks the call's key sentences; needs no model and is deterministic.
+
+    Sentences are scored by how frequent their content words are across the whole call
+    (normalised by sqrt(length), so long rambling sentences do not win by size alone), with a
+    bonus for the opening fifth, where callers usually say why they call. Up to three are
+    kept, in call order. The title is made of the most frequent content-word phrases.
+    """
+
+    method = "extractive"
+    model: str | None = None
+
+    def summarize(self, transcript: str, ivr_path: list[str] | None = None) -> Summary:
+        """Summarise one call by sentence extraction."""
+        text = _clean(transcript)
+        sentences = split_sentences(text)
+        if not sentences:
+            return Summary(EMPTY_TITLE, EMPTY_TEXT, self.method, None)
+        words_per_sentence = [_content_words(s) for s in sentences]
+        freq = collections.Counter(w for ws in words_per_sentence for w in ws)
+        if not freq:
+            title = cap_title(_ivr_title(ivr_path) or "Short call")
+            return Summary(title, _trim_sentences(text, 1), self.method, None)
+        top = max(freq.values())
+        n = len(sentences)
+        scored: list[tuple[float, int]] = []
+        for i, ws in enumerate(words_per_sentence):
+            if not ws:
+                scored.append((0.0, i))
+                continue
+            score = sum(freq[w] / top for w in set(ws)) / math.sqrt(len(ws))
+            if len(ws) < 3:
+                score *= 0.5  # "Hi, this is Anna." is rarely the point of the call
+            if i < max(1, n // 5):
+                score *= 1.2
+            scored.append((score, i))
+        keep = 1 if n <= 3 else 2 if n <= 12 else MAX_SENTENCES
+        # Highest score first; ties go to the earlier sentence, so output is deterministic.
+        chosen = sorted(i for _, i in sorted(scored, key=lambda t: (-t[0], t[1]))[:keep])
+        summary_text = " ".join(sentences[i] for i in chosen)
+        return Summary(self._title(words_per_sentence, freq, ivr_path), summary_text,
+                       self.method, None)
+
+    @staticmethod
+    def _title(
+        words_per_sentence: list[list[str]],
+        freq: collections.Counter[str],
+        ivr_path: list[str] | None,
+    ) -> str:
+        # Key phrases: adjacent content-word pairs said at least twice, then single words.
+        bigrams: collections.Counter[tuple[str, str]] = collections.Counter()
+        first_seen: dict[Any, int] = {}
+        pos = 0
+        for ws in words_per_sentence:
+            for j, w in enumerate(ws):
+                first_seen.setdefault(w, pos)
+                pos += 1
+                if j + 1 < len(ws) and ws[j + 1] != w:
+                    bg = (w, ws[j + 1])
+                    bigrams[bg] += 1
+                    first_seen.setdefault(bg, pos)
+        phrases: list[str] = []
+        used: set[str] = set()
+        for (a, b), c in sorted(
+            bigrams.items(), key=lambda kv: (-kv[1] * (freq[kv[0][0]] + freq[kv[0][1]]),
+                                             first_seen[kv[0]])
+        ):
+            if c < 2 or len(phrases) >= 2:
+                break
+            if a in used or b in used:
+                continue
+            phrases.append(f"{a} {b}")
+            used.update((a, b))
+        for w, _c in sorted(freq.items(), key=lambda kv: (-kv[1], first_seen[kv[0]])):
+            if len(phrases) >= 3:
+                break
+            if w not in used:
+                phrases.append(w)
+                used.add(w)
+        title = ""
+        for p in phrases:
+            candidate = f"{title}, {p}" if title else p
+            if len(candidate) > TITLE_MAX_CHARS:
+                break
+            title = candidate
+        return cap_title(title or _ivr_title(ivr_path) or "Call")
+
+
+def _ivr_title(ivr_path: list[str] | None) -> str:
+    if not ivr_path:
+        return ""
+    return re.sub(r"[_\-]+", " ", ivr_path[-1]).strip()
+
+
+# --------------------------------------------------------------------------- Flan-T5
+
+
+class T5Summarizer:
+    """Flan-T5 (or any seq2seq checkpoint) on CPU through transformers + torch.
+
+    The model is loaded once; :meth:`summarize` is thread-safe (one generate at a time per
+    instance, and at most the shared AI slots across the process).
+    """
+
+    method = "flan-t5"
+
+    #: Decoding is greedy with a no-repeat constraint: beams multiply CPU time for little
+    #: gain on 1-3 sentence outputs, and small T5s loop without the constraint.
+    summary_tokens = 96
+    title_tokens = 20
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        max_input_tokens: int = 512,
+        device: str = "cpu",
+        threads: int | None = None,
+        local_files_only: bool = True,
+        name: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        if threads is None:
+            # Modest by default: the STT and TTS engines share these cores with us.
+            threads = max(1, min(4, (os.cpu_count() or 2) // 2))
+        torch.set_num_threads(threads)
+        self.threads = threads
+        self.checkpoint = str(checkpoint)
+        self.model_name = name or (
+            Path(checkpoint).name if Path(checkpoint).is_dir() else str(checkpoint)
+        )
+        self.max_input_tokens = max_input_tokens
+        self.device = device
+        self._torch = torch
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(
+            str(checkpoint), local_files_only=local_files_only
+        )
+        self._model: Any = AutoModelForSeq2SeqLM.from_pretrained(
+            str(checkpoint), local_files_only=local_files_only
+        )
+        self._model.to(device)
+        self._model.eval()
+        self._lock = threading.Lock()
+        #: How many times generate() ran (chunking makes it more than 2 per call).
+        self.generate_calls = 0
+        tok = self._tokenizer
+        # Never emit padding or <unk>: they decode to nothing and waste the output budget.
+        self._suppress = sorted(
+            {i for i in (tok.pad_token_id, tok.unk_token_id) if i is not None}
+            - {tok.eos_token_id}
+        )
+
+    # -- token accounting
+
+    def _count(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _chunks(self, text: str, budget: int) -> list[str]:
+        """Pack whole sentences into chunks of at most ``budget`` tokens; a sentence that
+        alone exceeds the budget is cut on token boundaries."""
+        sentences = split_sentences(text)
+        if not sentences:
+            return []
+        ids_per_sentence = self._tokenizer(sentences, add_special_tokens=False)["input_ids"]
+        chunks: list[str] = []
+        cur: list[str] = []
+        cur_len = 0
+        for sentence, ids in zip(sentences, ids_per_sentence, strict=True):
+            n = len(ids)
+            if n > budget:
+                if cur:
+                    chunks.append(" ".join(cur))
+                    cur, cur_len = [], 0
+                for i in range(0, n, budget):
+                    chunks.append(
+                        self._tokenizer.decode(ids[i : i + budget], skip_special_tokens=True)
+                    )
+                continue
+            if cur and cur_len + n > budget:
+                chunks.append(" ".join(cur))
+                cur, cur_len = [], 0
+            cur.append(sentence)
+            cur_len += n
+        if cur:
+            chunks.append(" ".join(cur))
+        return chunks
+
+    # -- generation
+
+    def _generate(self, prompt: str, max_new_tokens: int) -> str:
+        torch = self._torch
+        inputs = self._tokenizer(
+            prompt, return_tensors="pt", truncation=True, max_length=self.max_input_tokens
+        ).to(self.device)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "min_new_tokens": 2,
+            "num_beams": 1,
+            "do_sample": False,
+            "no_repeat_ngram_size": 3,
+        }
+        if self._suppress:
+            kwargs["suppress_tokens"] = self._suppress
+        # The instance lock serialises this model; ai_slots() is the process-wide cap on
+        # concurrent inference shared with Whisper (helpers.ai).
+        with self._lock, ai_slots(), torch.inference_mode():
+            self.generate_calls += 1
+            out = self._model.generate(**inputs, **kwargs)
+        text: str = self._tokenizer.decode(out[0], skip_special_tokens=True)
+        return text.strip()
+
+    def _summarise_text(self, body: str, context: str, depth: int = 0) -> str:
+        prefix = f"Summarize this phone call: {context}"
+        budget = max(16, self.max_input_tokens - self._count(prefix) - 2)
+        chunks = self._chunks(body, budget)
+        if len(chunks) <= 1 or depth >= 3:
+            # depth cap: three map-reduce rounds cover ~budget^... far beyond any call;
+            # past it the tokenizer's truncation keeps us inside the model's limit.
+            return self._generate(prefix + (chunks[0] if chunks else body),
+                                  self.summary_tokens)
+        partials = [
+            self._generate(prefix + chunk, self.summary_tokens) for chunk in chunks
+        ]
+        joined = " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in partials if p)
+        return self._summarise_text(joined or body[:2000], context, depth + 1)
+
+    def summarize(self, transcript: str, ivr_path: list[str] | None = None) -> Summary:
+        """Summarise one call with the model: text first, then a title from that text."""
+        body = _clean(transcript)
+        if not body:
+            return Summary(EMPTY_TITLE, EMPTY_TEXT, self.method, self.model_name)
+        context = f"(menu path: {' > '.join(ivr_path)}) " if ivr_path else ""
+        text = _trim_sentences(self._summarise_text(body, context))
+        if not text:
+            # A model that produced nothing usable: say so in the method, don't pretend.
+            log.warning("flan-t5 produced an empty summary; using extractive",
+                        model=self.model_name)
+            return ExtractiveSummarizer().summarize(transcript, ivr_path)
+        # Title from the summary: a short input (cheap), and title and text then agree.
+        title = cap_title(
+            self._generate(f"Write a short title for this phone call: {text}",
+                           self.title_tokens)
+        )
+        if not title:
+            title = _title_from_text(text)
+        return Summary(title, text, self.method, self.model_name)
+
+
+# --------------------------------------------------------------------------- loading
+
+_fallback_lock = threading.Lock()
+_fallback_logged = False
+
+
+def _log_fallback_once(reason: str, checkpoint: str | None) -> None:
+    global _fallback_logged
+    with _fallback_lock:
+        if _fallback_logged:
+            return
+        _fallback_logged = True
+    log.warning("no Flan-T5 checkpoint installed; using extractive summaries",
+                reason=reason, checkpoint=checkpoint)
+
+
+def _default_search_dirs() -> list[Path]:
+    dirs = [_REPO_ROOT / "models"]
+    data_dir = os.environ.get("AUDIOSOCKET_DATA_DIR")
+    if data_dir:
+        dirs.insert(0, Path(data_dir) / "models")
+    return dirs
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else is meant as a filesystem path."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+            or Path(name).is_absolute())
+
+
+def load_summarizer(
+    checkpoint: str | Path | None,
+    *,
+    search_dirs: Sequence[Path] | None = None,
+    threads: int | None = None,
+) -> Summarizer:
+    """The best summariser available offline for ``checkpoint``.
+
+    * an existing directory with ``config.json``: loaded as is;
+    * a hub name (``google/flan-t5-small``): first looked for under the ``models/`` dirs
+      (``$AUDIOSOCKET_DATA_DIR/models``, then the repo's ``models/``) as ``models/<org>/<name>``,
+      ``models/<org>--<name>`` or ``models/<name>``; then in the Hugging Face cache with
+      ``local_files_only=True`` (these machines cannot download);
+    * ``None``, a missing path, or a name found nowhere: an :class:`ExtractiveSummarizer`,
+      after logging "no Flan-T5 checkpoint installed; using extractive summaries" once per
+      process.
+    """
+    if checkpoint is None:
+        _log_fallback_once("no checkpoint configured", None)
+        return ExtractiveSummarizer()
+    name = str(checkpoint)
+    candidates: list[tuple[Path, str | None]] = []
+    if isinstance(checkpoint, Path) or _looks_like_path(name):
+        path = Path(name).expanduser()
+        if _is_checkpoint(path):
+            candidates.append((path, None))
+    else:
+        base = name.rsplit("/", 1)[-1]
+        for d in search_dirs if search_dirs is not None else _default_search_dirs():
+            for sub in (d / name, d / name.replace("/", "--"), d / base):
+                if _is_checkpoint(sub):
+                    candidates.append((sub, name))
+        if _is_checkpoint(Path(name)):  # a relative dir that happens to look like a hub id
+            candidates.append((Path(name), None))
+    for path, label in candidates:
+        try:
+            return T5Summarizer(path, threads=threads, name=label)
+        except (OSError, ValueError) as exc:
+            log.warning("could not load summariser checkpoint", path=str(path), error=str(exc))
+    if not _looks_like_path(name) and not isinstance(checkpoint, Path):
+        try:
+            return T5Summarizer(name, threads=threads, local_files_only=True)
+        except (OSError, ValueError):
+            pass  # not in the local Hugging Face cache either
+    _log_fallback_once("checkpoint not found locally", name)
+    return ExtractiveSummarizer()
+
+
+def fetch_model(name: str, dest: Path) -> Path:
+    """Download a hub checkpoint (e.g. ``google/flan-t5-small``) to ``dest/<name>``.
+
+    For machines with internet access; ``load_summarizer(name)`` then finds it when ``dest``
+    is a searched ``models/`` dir. Only the files inference needs are fetched (safetensors
+    weights, config, tokenizer), not the TF/Flax duplicates. Raises ``RuntimeError`` with a
+    clear message when the hub cannot be reached.
+    """
+    from huggingface_hub import snapshot_download
+
+    target = Path(dest) / name.rsplit("/", 1)[-1]
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        snapshot_download(
+            repo_id=name,
+            local_dir=str(target),
+            allow_patterns=["*.json", "*.safetensors", "spiece.model", "*.txt"],
+        )
+    except Exception as exc:  # the hub raises many types: offline, 404, auth, HTTP errors
+        raise RuntimeError(
+            f"could not download {name!r} from the Hugging Face hub ({type(exc).__name__}: "
+            f"{exc}). This machine may be offline: copy the checkpoint directory into "
+            f"{target} by other means, or set the summary model to a local path."
+        ) from exc
+    if not _is_checkpoint(target):
+        raise RuntimeError(f"{name!r} downloaded to {target} but has no config.json")
+    return target

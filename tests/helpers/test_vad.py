@@ -1,0 +1,159 @@
+"""VAD segmenter on real (Piper) speech at telephony rates."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from helpers.audio import pcm_to_float, resample_pcm
+from helpers.vad import Utterance, VadSegmenter, voiced_ms
+
+try:  # works whether or not tests/helpers is a package
+    from tests.helpers.speech_fixtures import silence, synth_speech
+except ImportError:  # pragma: no cover
+    from speech_fixtures import silence, synth_speech  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.slow  # Piper synthesis (cached on disk after the first run)
+
+SENT_A = "Hello, I would like to check the balance of my account please."
+SENT_B = "Yes, thank you very much."
+
+
+def _bounds(pcm: bytes, rate: int) -> tuple[float, float]:
+    """Where the audio is audible (amplitude > 2 % FS): the reference speech bounds."""
+    idx = np.nonzero(np.abs(pcm_to_float(pcm)) > 0.02)[0]
+    return idx[0] / rate, idx[-1] / rate
+
+
+def _run(seg: VadSegmenter, audio: bytes, first_tick: int = 0) -> list[Utterance]:
+    fb = seg.frame_bytes
+    out: list[Utterance] = []
+    for k, i in enumerate(range(0, len(audio), fb)):
+        out += seg.push(audio[i : i + fb], first_tick + k)
+    return out
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000])
+def test_speech_silence_speech_offsets(rate: int) -> None:
+    a, b = synth_speech(SENT_A, rate), synth_speech(SENT_B, rate)
+    lead, gap = 1.0, 1.5
+    audio = silence(lead, rate) + a + silence(gap, rate) + b + silence(1.0, rate)
+    a0, a1 = _bounds(a, rate)
+    b0, b1 = _bounds(b, rate)
+    b_off = lead + len(a) / 2 / rate + gap
+    starts: list[float] = []
+    seg = VadSegmenter(rate, on_speech_start=starts.append)
+    utts = _run(seg, audio)
+    assert seg.flush() is None
+    assert len(utts) == 2, [(u.start, u.end) for u in utts]
+    ua, ub = utts
+    tol = 0.15
+    assert ua.start == pytest.approx(lead + a0, abs=tol)
+    assert ua.end == pytest.approx(lead + a1, abs=tol)
+    assert ub.start == pytest.approx(b_off + b0, abs=tol)
+    assert ub.end == pytest.approx(b_off + b1, abs=tol)
+    assert starts == [ua.start, ub.start]
+    for u in utts:
+        assert u.rate == rate and not u.cut
+        # Pre-roll: at least 200 ms of look-back before the onset is in the audio.
+        assert u.start - u.pcm_start >= 0.2
+        assert u.duration >= (u.end - u.start) + 0.2
+        assert u.voiced_ms is not None and u.voiced_ms > 500
+
+
+def test_pcm_is_the_calls_audio_at_the_right_place() -> None:
+    a = synth_speech(SENT_A, 8000)
+    audio = silence(1.0) + a + silence(1.0)
+    (u,) = _run(VadSegmenter(8000), audio)
+    off = round(u.pcm_start * 8000) * 2
+    assert u.pcm == audio[off : off + len(u.pcm)]
+
+
+def test_silence_until_ends_utterance_when_frames_stop() -> None:
+    a = synth_speech(SENT_B, 8000)
+    seg = VadSegmenter(8000, end_silence_ms=600)
+    out = _run(seg, silence(0.5) + a, first_tick=100)
+    assert out == [] and seg.in_speech
+    last_tick = 100 + len(silence(0.5) + a) // 320
+    # Frames stop arriving: a bit less than the end silence is not enough...
+    assert seg.silence_until(last_tick + 20) == []
+    assert seg.in_speech
+    # ...the full end silence is.
+    (u,) = seg.silence_until(last_tick + 40)
+    assert not seg.in_speech
+    assert u.start == pytest.approx(2.0 + 0.5 + _bounds(a, 8000)[0], abs=0.15)
+    # Long gaps while idle cost nothing and keep the timeline.
+    assert seg.silence_until(10**9) == []
+    assert seg.push(bytes(320), 10**9) == []
+
+
+def test_push_gap_counts_as_silence() -> None:
+    a = synth_speech(SENT_B, 8000)
+    seg = VadSegmenter(8000)
+    n = len(a) // 320
+    assert _run(seg, a) == []
+    # The next frame arrives 2 s later: the gap ended the utterance.
+    out = seg.push(bytes(320), n + 100)
+    assert len(out) == 1 and out[0].end < n * 0.02 + 0.05
+
+
+def test_max_length_cut_continues() -> None:
+    a = synth_speech(SENT_A, 8000)  # ~3.2 s of speech
+    seg = VadSegmenter(8000, max_utterance_s=1.5, pre_roll_ms=300)
+    starts: list[float] = []
+    seg.on_speech_start = starts.append
+    utts = _run(seg, silence(0.5) + a + silence(1.0))
+    assert len(utts) >= 2
+    assert utts[0].cut and utts[0].duration == pytest.approx(1.5, abs=0.021)
+    assert not utts[-1].cut
+    # Pieces follow each other with no gap and no overlap.
+    for x, y in itertools.pairwise(utts):
+        assert y.pcm_start == pytest.approx(x.pcm_start + x.duration, abs=1e-9)
+    assert len(starts) == 1  # one speech, one barge-in signal
+
+
+def test_min_length_discards_short_sounds() -> None:
+    word = synth_speech("Hi.", 8000)
+    # A 150 ms burst of speech-like audio is below min_speech_ms and is dropped.
+    burst = word[: int(0.15 * 8000) * 2]
+    seg = VadSegmenter(8000, min_speech_ms=250, start_frames=2)
+    assert _run(seg, silence(0.5) + burst + silence(1.0)) == []
+    assert seg.flush() is None
+    # The same word with a lower minimum comes through.
+    seg2 = VadSegmenter(8000, min_speech_ms=100)
+    assert len(_run(seg2, silence(0.5) + word + silence(1.0))) == 1
+
+
+def test_flush_returns_speech_in_progress() -> None:
+    a = synth_speech(SENT_A, 8000)
+    seg = VadSegmenter(8000)
+    assert _run(seg, silence(0.3) + a) == []
+    u = seg.flush(tick=1000)
+    assert u is not None and not u.cut and not seg.in_speech
+    assert seg.flush() is None
+
+
+def test_odd_frame_sizes_and_noise_only() -> None:
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal(8000 * 3) * 30).astype("<i2").tobytes()  # ~-60 dBFS hiss
+    seg = VadSegmenter(8000)
+    out: list[Utterance] = []
+    tick = 0
+    for i in range(0, len(noise), 480):  # 30 ms chunks: split and padded
+        out += seg.push(noise[i : i + 480], tick)
+        tick = seg._next_tick
+    assert out == [] and not seg.in_speech
+
+
+def test_voiced_ms_helper() -> None:
+    a = synth_speech(SENT_B, 8000)
+    assert voiced_ms(silence(1.0), 8000) == 0
+    assert voiced_ms(a, 8000) > 800
+    assert voiced_ms(resample_pcm(a, 8000, 12000), 12000) > 800
+
+
+def test_bad_rate() -> None:
+    with pytest.raises(ValueError):
+        VadSegmenter(11025)
