@@ -154,11 +154,16 @@ async def place_call(
     finally:
         result.duration = time.monotonic() - started
         hanging_up = True
+        # Hang up as Asterisk does, by closing: send FIN and keep reading until the server
+        # closes too, so no frame is left unread (that would turn the close into a reset).
+        with contextlib.suppress(OSError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(receiver), 1.0)
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(receiver, 1.0)
         if not receiver.done():
             receiver.cancel()
     return result

@@ -944,7 +944,7 @@ class CallStore:
 
         return self._submit(op, "finish_job")
 
-    def defer_job(self, id: int, delay: float) -> concurrent.futures.Future[None]:  # noqa: A002
+    def defer_job(self, id: int, delay: float) -> concurrent.futures.Future[None]:
         """Put a claimed job back to 'pending' without counting the attempt: it could not
         run yet (a step it depends on is not done), which is not a failure."""
         job_id = id

@@ -10,4 +10,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch is pinned to the CPU wheel; an unpinned torch pulls a several-GB CUDA build.
 .venv/bin/python -m pip install --quiet -e ".[dev,summary]"
+# The browser validator's Silero VAD and ONNX Runtime Web files (npm), when npm exists;
+# without them the validator runs its non-ML checks and says so.
+bash scripts/web-assets.sh || echo "web assets not installed; the upload validator's VAD is off" >&2
 echo "set-up done: .venv/bin/audiosocket"

@@ -6,6 +6,7 @@ The one live figure it shows, the active call count, comes through the metrics r
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,16 +30,36 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def make_app(services: dict[str, Any] | None = None) -> web.Application:
-    """Build the aiohttp application. ``services`` may carry ``store`` and ``config``."""
+    """Build the aiohttp application.
+
+    ``services`` may carry ``store``, ``jobs`` and ``config``. With a store the API and the
+    portal are served; auth follows ``config.http_bind`` (open on loopback, token otherwise;
+    without a config the app is taken as loopback). Uploads need ``jobs`` too (else 503).
+    """
     services = services or {}
+    config = services.get("config")
+    # Request bodies read whole (forms) stay small; uploads stream and have their own cap.
     app = web.Application(client_max_size=1024**2)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     store = services.get("store")
     if store is not None:
         from web.api import setup_api
+        from web.portal import setup_portal
+        from web.upload import setup_uploads
 
-        setup_api(app, store)
+        data_dir = Path(config.data_path) if config is not None else None
+        setup_portal(
+            app,
+            bind=config.http_bind if config is not None else "127.0.0.1",
+            token=config.web.token if config is not None else "",
+        )
+        setup_api(app, store, data_dir)
+        setup_uploads(
+            app, store, services.get("jobs"),
+            data_dir if data_dir is not None else store.path.parent,
+            config.web.max_upload_mb if config is not None else 50,
+        )
     return app
 
 

@@ -188,7 +188,9 @@ async def test_fragmented_frames(start_server: Any) -> None:
     await wait_for(lambda: str(u) in Probe.ended)
     assert Probe.audio[str(u)] == 960
     assert Probe.dtmf[str(u)] == ["7"]
-    assert Probe.ended[str(u)] == "remote_closed"
+    # Closing with our frames unread makes the kernel send RST instead of FIN: Asterisk's
+    # hang-up looks like either (PROTOCOL.md).
+    assert Probe.ended[str(u)] in ("remote_closed", "remote_reset")
 
 
 @pytest.mark.parametrize(
