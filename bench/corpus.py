@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers.audio import float_to_pcm, pcm_to_float, read_wav, resample_float, write_wav  # noqa: E402
+from helpers.wer import word_errors  # noqa: E402, F401 - re-exported for bench/stt_wer.py
 
 CORPUS_DIR = ROOT / "bench" / "results" / "corpus"
 RATE = 8000
@@ -106,20 +106,6 @@ class Item:
         return read_wav(CORPUS_DIR / self.file)[0]
 
 
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit distance over words, reference word count); case and punctuation ignored."""
-    ref, hyp = _words(reference), _words(hypothesis)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1], len(ref)
 
 
 def _piper(voice: object, text: str, length_scale: float, noise_scale: float) -> np.ndarray:

@@ -22,6 +22,7 @@ __all__ = [
     "resample_float",
     "resample_pcm",
     "rms",
+    "samples_to_float",
     "wav_bytes",
     "write_wav",
 ]
@@ -70,6 +71,29 @@ def dbfs(pcm: bytes) -> float:
     return float(20 * np.log10(level / 32768.0))
 
 
+def samples_to_float(raw: bytes, width: int, channels: int = 1) -> np.ndarray:
+    """Interleaved little-endian PCM of 8/16/24/32 bits to mono float32 in [-1, 1]
+    (channels averaged)."""
+    if width == 2:
+        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 1:
+        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 4:
+        data = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0).astype(
+            np.float32
+        )
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        ints = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        ints = np.where(ints & 0x800000, ints - 0x1000000, ints)
+        data = ints.astype(np.float32) / 8388608.0
+    else:
+        raise ValueError(f"unsupported sample width {width}")
+    if channels > 1:
+        data = data.reshape(-1, channels).mean(axis=1)
+    return data
+
+
 def read_wav(path: str | Path, rate: int | None = None) -> tuple[bytes, int]:
     """Read a PCM WAV (any rate, 8/16/32-bit, any channel count) as mono int16.
 
@@ -81,22 +105,10 @@ def read_wav(path: str | Path, rate: int | None = None) -> tuple[bytes, int]:
         width = wf.getsampwidth()
         src_rate = wf.getframerate()
         raw = wf.readframes(wf.getnframes())
-    if width == 2:
-        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    elif width == 1:
-        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 4:
-        data = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2147483648.0
-    elif width == 3:
-        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3)
-        ints = (b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8)
-                | (b[:, 2].astype(np.int32) << 16))
-        ints = np.where(ints & 0x800000, ints - 0x1000000, ints)
-        data = ints.astype(np.float32) / 8388608.0
-    else:
-        raise ValueError(f"{path}: unsupported sample width {width}")
-    if channels > 1:
-        data = data.reshape(-1, channels).mean(axis=1)
+    try:
+        data = samples_to_float(raw, width, channels)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     if rate is not None and rate != src_rate:
         data = resample_float(data, src_rate, rate)
         src_rate = rate

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from helpers.audio import samples_to_float
+
 __all__ = ["PEAK_SCALE", "compute_peaks", "write_peaks"]
 
 #: Peaks are ints in [-PEAK_SCALE, PEAK_SCALE]: 8 bits of resolution is more than a waveform
@@ -28,24 +30,7 @@ BLOCK_FRAMES = 1 << 16
 
 def _to_mono_float(raw: bytes, width: int, channels: int) -> np.ndarray:
     """Interleaved PCM bytes to a mono float array in [-1, 1] (channels averaged)."""
-    if width == 2:
-        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    elif width == 1:
-        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 4:
-        data = (np.frombuffer(raw, dtype="<i4").astype(np.float64) / 2147483648.0).astype(
-            np.float32
-        )
-    elif width == 3:
-        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        ints = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        ints = np.where(ints & 0x800000, ints - 0x1000000, ints)
-        data = ints.astype(np.float32) / 8388608.0
-    else:
-        raise ValueError(f"unsupported sample width {width}")
-    if channels > 1:
-        data = data.reshape(-1, channels).mean(axis=1)
-    return data
+    return samples_to_float(raw, width, channels)
 
 
 def compute_peaks(wav_path: str | Path, peaks_per_second: int = 50) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import re
 from pathlib import Path
 
 from helpers.audio import float_to_pcm, pcm_to_float, resample_float
+from helpers.wer import wer
 
 __all__ = ["silence", "synth_speech", "wer"]
 
@@ -63,19 +63,3 @@ def silence(seconds: float, rate: int = 8000) -> bytes:
     return bytes(int(seconds * rate) * 2)
 
 
-def _words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate (Levenshtein over words, case and punctuation ignored)."""
-    ref, hyp = _words(reference), _words(hypothesis)
-    if not ref:
-        return float(bool(hyp))
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / len(ref)
