@@ -42,7 +42,8 @@ def add_extra_commands(sub: Any) -> None:
     _common(p)
     p.set_defaults(handler=cmd_retention)
 
-    p = sub.add_parser("models", help="model weights: list, or fetch a Flan-T5 checkpoint")
+    p = sub.add_parser("models",
+                       help="model weights: list, fetch or convert a Flan-T5 checkpoint")
     msub = p.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="download a hub checkpoint into models/ (needs internet)")
     f.add_argument("name", help="e.g. google/flan-t5-small")
@@ -51,6 +52,16 @@ def add_extra_commands(sub: Any) -> None:
     ls = msub.add_parser("list", help="which model serves which role")
     _common(ls)
     ls.set_defaults(handler=cmd_models_list)
+    c = msub.add_parser(
+        "convert", help="convert a Flan-T5 checkpoint to CTranslate2 (faster summaries on CPU)"
+    )
+    c.add_argument("src", help="checkpoint dir, or a hub name installed under models/")
+    c.add_argument("--dest", help="output dir (default: <SRC>-ct2, which the server prefers)")
+    c.add_argument("--quantization", default="int8",
+                   choices=["int8", "int8_float32", "int16", "float32", "float16",
+                            "bfloat16", "int8_float16", "int8_bfloat16"],
+                   help="weight type (default int8: smallest and fastest on CPU)")
+    c.set_defaults(handler=cmd_models_convert)
 
 
 def _audio_files(paths: list[str]) -> list[Path]:
@@ -169,6 +180,19 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
         print(f"audiosocket models fetch: {exc}", file=sys.stderr)
         return 1
     print(f"{args.name} is in {path}; set postcall.summary_model = \"{args.name}\"")
+    return 0
+
+
+def cmd_models_convert(args: argparse.Namespace) -> int:
+    """``audiosocket models convert models/flan-t5-small [--dest DIR]``."""
+    from helpers.summarize import convert_checkpoint
+
+    try:
+        path = convert_checkpoint(args.src, args.dest, args.quantization)
+    except RuntimeError as exc:
+        print(f"audiosocket models convert: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.src} converted ({args.quantization}) to {path}")
     return 0
 
 

@@ -3,7 +3,8 @@
 # sockets, and browser tests in headless Chromium). Run through `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# `make test` has already run scripts/setup.sh (through its stamp file).
+[ -x .venv/bin/python ] || bash scripts/setup.sh
 bash scripts/system-deps.sh
 .venv/bin/ruff check .
 .venv/bin/mypy audiosocket sessions helpers web models

@@ -1,8 +1,12 @@
 """Summarisers: the real transformers load -> generate path on a tiny random-weight T5, the
-extractive fallback, and how load_summarizer chooses between them."""
+same model converted to CTranslate2, the extractive fallback, and how load_summarizer
+chooses between them."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +14,13 @@ from structlog.testing import capture_logs
 
 from helpers import summarize
 from helpers.summarize import (
+    Ct2Summarizer,
     ExtractiveSummarizer,
     Summarizer,
     Summary,
     T5Summarizer,
     cap_title,
+    convert_checkpoint,
     fetch_model,
     load_summarizer,
 )
@@ -44,6 +50,23 @@ def t5(tiny_ckpt: Path) -> T5Summarizer:
     return T5Summarizer(tiny_ckpt, threads=1)
 
 
+@pytest.fixture(scope="module")
+def ct2_dir(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Not the default `<ckpt>-ct2` sibling: that would make load_summarizer(tiny_ckpt)
+    # pick CTranslate2 in the torch tests below.
+    return convert_checkpoint(tiny_ckpt, tmp_path_factory.mktemp("ct2") / "tiny-flan-ct2")
+
+
+@pytest.fixture(scope="module")
+def ct2(ct2_dir: Path) -> Ct2Summarizer:
+    return Ct2Summarizer(ct2_dir, threads=1)
+
+
+LONG_CALL = " ".join(
+    f"Sentence {i} says the refund for invoice {i} was not processed." for i in range(40)
+)
+
+
 def check_contract(s: Summary) -> None:
     assert isinstance(s, Summary)
     assert 0 < len(s.title) <= 50
@@ -70,13 +93,10 @@ def test_t5_chunks_long_transcripts(tiny_ckpt: Path) -> None:
     t5.summary_tokens = 8  # keep the random model's outputs short: this test counts calls
     t5.title_tokens = 6
     budget = 64 - t5._count("Summarize this phone call: ") - 2
-    long_call = " ".join(
-        f"Sentence {i} says the refund for invoice {i} was not processed." for i in range(40)
-    )
-    chunks = t5._chunks(long_call, budget)
+    chunks = t5._chunks(LONG_CALL, budget)
     assert len(chunks) > 3
     assert all(t5._count(c) <= budget for c in chunks)
-    s = t5.summarize(long_call)
+    s = t5.summarize(LONG_CALL)
     check_contract(s)
     # map (one per chunk) + reduce (at least one) + title
     assert t5.generate_calls >= len(chunks) + 2
@@ -93,6 +113,117 @@ def test_t5_oversized_sentence_is_split(t5: T5Summarizer) -> None:
     words = " ".join(["refund"] * 2000)  # one "sentence" with no punctuation at all
     chunks = t5._chunks(words, 100)
     assert len(chunks) > 1 and all(t5._count(c) <= 100 for c in chunks)
+
+
+# --------------------------------------------------------------------------- CTranslate2
+
+
+def test_convert_writes_a_self_contained_dir(ct2_dir: Path) -> None:
+    assert (ct2_dir / "model.bin").is_file()
+    assert (ct2_dir / "tokenizer.json").is_file()  # copied: the dir loads on its own
+
+
+def test_ct2_contract(ct2: Ct2Summarizer) -> None:
+    before = ct2.generate_calls
+    s = ct2.summarize(CALL, ivr_path=["main", "billing"])
+    check_contract(s)
+    assert s.method == "flan-t5"
+    assert s.model is not None and s.model.startswith("tiny-flan (ctranslate2 int8")
+    assert ct2.generate_calls - before == 2  # one for the text, one for the title
+    assert len(summarize.split_sentences(s.text)) <= 3
+    assert isinstance(ct2, Summarizer)
+    assert ct2.summarize("  ").text == summarize.EMPTY_TEXT
+
+
+def test_ct2_chunks_long_transcripts(ct2_dir: Path, t5: T5Summarizer) -> None:
+    ct2 = Ct2Summarizer(ct2_dir, threads=1, max_input_tokens=64)
+    ct2.summary_tokens = 8
+    ct2.title_tokens = 6
+    budget = 64 - ct2._count("Summarize this phone call: ") - 2
+    chunks = ct2._chunks(LONG_CALL, budget)
+    assert len(chunks) > 3
+    assert chunks == t5._chunks(LONG_CALL, budget)  # one chunker for both backends
+    check_contract(ct2.summarize(LONG_CALL))
+    assert ct2.generate_calls >= len(chunks) + 2  # map + reduce + title
+
+
+def test_ct2_matches_torch_on_the_same_weights(ct2_dir: Path, tiny_ckpt: Path) -> None:
+    # Same tokens in, same greedy search: int8 only perturbs the logits slightly, so the
+    # outputs should overlap heavily even on a random model (a wiring check, not quality).
+    a = T5Summarizer(tiny_ckpt, threads=1)._generate("Summarize this phone call: hi", 12)
+    b = Ct2Summarizer(ct2_dir, threads=1, compute_type="float32")._generate(
+        "Summarize this phone call: hi", 12)
+    assert a and a == b
+
+
+def test_load_picks_ct2_dir(ct2_dir: Path) -> None:
+    s = load_summarizer(ct2_dir, threads=1)
+    assert isinstance(s, Ct2Summarizer) and s.model_name.startswith("tiny-flan (ctranslate2")
+
+
+def test_load_prefers_ct2_sibling_and_logs_choice(
+    tiny_ckpt: Path, ct2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "flan-t5-small").symlink_to(tiny_ckpt, target_is_directory=True)
+    (models / "flan-t5-small-ct2").symlink_to(ct2_dir, target_is_directory=True)
+    monkeypatch.setattr(summarize, "_chosen_logged", set())
+    with capture_logs() as logs:
+        by_name = load_summarizer("google/flan-t5-small", search_dirs=[models], threads=1)
+        by_path = load_summarizer(models / "flan-t5-small", threads=1)
+    assert isinstance(by_name, Ct2Summarizer) and isinstance(by_path, Ct2Summarizer)
+    out = by_name.summarize(CALL)
+    assert out.model is not None
+    assert out.model.startswith("google/flan-t5-small (ctranslate2 int8")
+    chosen = [e for e in logs if e["event"] == "summary backend chosen"]
+    assert len(chosen) == 1 and chosen[0]["backend"] == "ctranslate2"
+
+
+def test_ct2_sibling_without_tokenizer_uses_the_source(
+    tiny_ckpt: Path, ct2_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "m").symlink_to(tiny_ckpt, target_is_directory=True)
+    shutil.copytree(ct2_dir, tmp_path / "m-ct2")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "m-ct2" / f).unlink()
+    s = load_summarizer(tmp_path / "m", threads=1)
+    assert isinstance(s, Ct2Summarizer)
+    check_contract(s.summarize(CALL))
+
+
+def test_convert_default_dest_and_refusals(tiny_ckpt: Path, tmp_path: Path) -> None:
+    (tmp_path / "m").symlink_to(tiny_ckpt, target_is_directory=True)
+    out = convert_checkpoint(tmp_path / "m")
+    assert out == (tmp_path / "m-ct2").absolute() and (out / "model.bin").is_file()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("x")
+    with pytest.raises(RuntimeError, match="refusing"):
+        convert_checkpoint(tiny_ckpt, precious)  # the converter would wipe it
+    assert (precious / "keep.txt").exists()
+    with pytest.raises(RuntimeError, match="no transformers checkpoint"):
+        convert_checkpoint(tmp_path / "missing")
+
+
+def test_convert_cli(tiny_ckpt: Path, tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("audiosocket")
+    if not exe.exists():
+        pytest.skip("console script not installed in this environment")
+    dest = tmp_path / "out"
+    res = subprocess.run(
+        [str(exe), "models", "convert", str(tiny_ckpt), "--dest", str(dest)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (dest / "model.bin").is_file() and (dest / "tokenizer.json").is_file()
+    assert str(dest) in res.stdout
+    assert isinstance(load_summarizer(dest, threads=1), Ct2Summarizer)
+    bad = subprocess.run(
+        [str(exe), "models", "convert", str(tmp_path / "nothing-here")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 1 and "no transformers checkpoint" in bad.stderr
 
 
 # --------------------------------------------------------------------------- extractive
