@@ -129,7 +129,8 @@ def main() -> None:
             except OSError:
                 time.sleep(0.5)
         print(f"loadavg {open('/proc/loadavg').read().split()[:3]}; {os.cpu_count()} CPUs")
-        print("| callers | utterances | dropped | latency p50 | p95 | tick late p50 | p99 | resyncs |")
+        print("| callers | utterances | dropped | latency p50 | p95 | tick late p50 | p99 "
+              "| resyncs |")
         print("|---|---|---|---|---|---|---|---|")
         for n in (int(x) for x in args.callers.split(",")):
             r = asyncio.run(run_point(port, http, n, args.seconds))
