@@ -188,6 +188,8 @@ async def main() -> None:
     parser.add_argument("--callers", default="1,2,4,10,50")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads")
+    parser.add_argument("--solo-threads", type=int, default=None,
+                        help="threads when a synthesis runs alone (default: all cores)")
     args = parser.parse_args()
     print(
         f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f} workers={args.workers} "
@@ -198,7 +200,8 @@ async def main() -> None:
         cache = PromptCache(Path(tmp) / "hot")
         disk_cache = PromptCache(Path(tmp) / "disk", memory_bytes=0)
         t = time.perf_counter()
-        engine = TtsEngine(cache=cache, threads=args.threads, executor=pool)
+        engine = TtsEngine(cache=cache, threads=args.threads, executor=pool,
+                           solo_threads=args.solo_threads)
         print(f"voice load: {time.perf_counter() - t:.2f} s")
         disk_engine = TtsEngine(cache=disk_cache, threads=args.threads, executor=pool)
         await engine.prewarm([], [RATE])  # the first ONNX run is slower: not what we measure

@@ -198,10 +198,13 @@ class TtsEngine:
 
     ``voice`` is a Piper ``.onnx`` path (default: the bundled en_US-joe-medium). Constructing
     the engine loads the voice (seconds, the first time in a process): do it at start-up or
-    in a thread. ``threads`` is ONNX Runtime's intra-op thread count per inference;
-    ``executor`` runs the syntheses (default: an own pool of ``cpu_count // threads``
-    workers, shut down by :meth:`close`). With ``cache`` every sentence is looked up before
-    synthesis and stored after it.
+    in a thread. ``threads`` is ONNX Runtime's intra-op thread count per inference while
+    several syntheses run at once; ``solo_threads`` (default: all cores) is used by a
+    synthesis that has the engine to itself, where more threads cut the time to the first
+    audio by about 40 % (docs/BENCHMARKS.md) and cost nobody anything. ``executor`` runs the
+    syntheses (default: an own pool of ``cpu_count // threads`` workers, shut down by
+    :meth:`close`). With ``cache`` every sentence is looked up before synthesis and stored
+    after it.
     """
 
     def __init__(
@@ -211,11 +214,18 @@ class TtsEngine:
         cache: PromptCache | None = None,
         settings: TtsSettings = TtsSettings(),  # frozen, so a shared default is safe
         threads: int = 1,
+        solo_threads: int | None = None,
         executor: ThreadPoolExecutor | None = None,
     ) -> None:
         path = Path(voice) if voice is not None else default_voice_path()
         self.voice_path = path.expanduser().resolve()
         self._voice = load_voice(self.voice_path, threads)
+        solo = solo_threads if solo_threads is not None else (os.cpu_count() or 1)
+        self._solo_voice = (
+            load_voice(self.voice_path, solo) if solo > threads else self._voice
+        )
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
         self.voice_id: str = _voice_id(self.voice_path)
         self.sample_rate: int = int(self._voice.config.sample_rate)
         self.cache = cache
@@ -285,8 +295,21 @@ class TtsEngine:
         pieces: list[np.ndarray] = []
         # Piper (espeak) may itself split what we call one sentence ("Dr." is a sentence to
         # espeak); its pieces are joined as they come, each already starting/ending quietly.
-        for chunk in self._voice.synthesize(sentence, syn_config=self._syn_config):
-            pieces.append(_fade(_trim(chunk.audio_float_array, self.sample_rate), self.sample_rate))
+        with self._inflight_lock:
+            self._inflight += 1
+            # Solo only when nothing else runs or waits: under load, one thread per inference
+            # keeps more prompts ahead of real time than fewer, faster inferences.
+            queue = getattr(self._executor, "_work_queue", None)
+            idle = queue is None or queue.empty()
+            voice = self._solo_voice if self._inflight == 1 and idle else self._voice
+        try:
+            for chunk in voice.synthesize(sentence, syn_config=self._syn_config):
+                pieces.append(
+                    _fade(_trim(chunk.audio_float_array, self.sample_rate), self.sample_rate)
+                )
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         out: dict[int, bytes] = {}
         for rate in rates:
