@@ -90,7 +90,7 @@ class ArchiveSettings:
     verify: bool = True  # decode the result and compare durations before it is published
     # FFmpeg's default AAC coder ("twoloop") took 6.9 s for a 5-minute 8 kHz call here, the
     # "fast" coder 0.8 s, at the same size; on narrowband telephone speech the slower
-    # search buys nothing audible. See docs/BENCHMARKS_POSTCALL.md.
+    # search buys nothing audible. See docs/BENCHMARKS.md.
     aac_coder: str = "fast"
 
 

@@ -55,7 +55,7 @@ _SHORT_PAD_S = 0.25  # zeros after the utterance, at least: Whisper expects trai
 # Window the short path pads up to. Measured on the bench corpus (1-3 s utterances): with
 # no padding tiny.en loops ("Yes, please. Yes, please. Yes,") on most utterances (WER ~80 %,
 # ~20 % after loop trimming); padded to 8 s it matches the 30 s path (WER ~8 %) at a
-# fraction of the cost. See docs/BENCHMARKS_STT.md.
+# fraction of the cost. See docs/BENCHMARKS.md.
 DEFAULT_SHORT_WINDOW_MIN_S = 8.0
 
 # Phrases Whisper is known to invent on silence and noise (YouTube subtitles in its training

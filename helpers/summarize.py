@@ -480,7 +480,7 @@ class Ct2Summarizer(_Seq2SeqSummarizer):
 
     Same prompts, chunking and contract as :class:`T5Summarizer`; decoding is CTranslate2's
     greedy search, which with int8 weights ran several times faster than torch on the same
-    model (docs/BENCHMARKS_POSTCALL.md). ``model`` in the summaries names the backend, e.g.
+    model (docs/BENCHMARKS.md). ``model`` in the summaries names the backend, e.g.
     ``"google/flan-t5-small (ctranslate2 int8)"``.
 
     The tokenizer is read from ``tokenizer_dir`` (default: ``model_dir``, where

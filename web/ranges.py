@@ -3,7 +3,7 @@
 Everything here is pure: it takes header strings and file metadata and returns decisions, so
 it can be unit- and property-tested without a server. ``web.files`` does the I/O.
 
-Policies chosen where RFC 9110 leaves room (documented in docs/BENCHMARKS_RANGE.md too):
+Policies chosen where RFC 9110 leaves room (documented in docs/BENCHMARKS.md too):
 
 * Too many ranges (more than ``max_ranges`` non-empty range-specs) or a header longer than
   ``max_header_length`` -> the Range header is **ignored** and the full representation is
