@@ -177,6 +177,12 @@ class ExtractiveSummarizer:
         text = _clean(transcript)
         sentences = split_sentences(text)
         if not sentences:
+            if ivr_path:
+                # A keys-only IVR call: the path is all there is to say, and it is a lot.
+                steps = " > ".join(re.sub(r"[_\-]+", " ", p) for p in ivr_path)
+                return Summary(cap_title(f"IVR: {_ivr_title(ivr_path)}"),
+                               f"No speech was transcribed; the call went {steps}.",
+                               self.method, None)
             return Summary(EMPTY_TITLE, EMPTY_TEXT, self.method, None)
         words_per_sentence = [_content_words(s) for s in sentences]
         freq = collections.Counter(w for ws in words_per_sentence for w in ws)

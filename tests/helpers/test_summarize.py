@@ -304,3 +304,14 @@ def test_fetch_model_offline_error(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(RuntimeError, match="may be offline"):
         fetch_model("google/flan-t5-small", tmp_path / "models")
+
+
+def test_extractive_keys_only_ivr_call_uses_the_path() -> None:
+    from helpers.summarize import ExtractiveSummarizer
+
+    summary = ExtractiveSummarizer().summarize("", ["greeting", "menu", "goodbye_support"])
+    assert summary.title == "IVR: goodbye support"
+    assert summary.text == (
+        "No speech was transcribed; the call went greeting > menu > goodbye support."
+    )
+    assert summary.method == "extractive"
