@@ -157,3 +157,37 @@ def test_voiced_ms_helper() -> None:
 def test_bad_rate() -> None:
     with pytest.raises(ValueError):
         VadSegmenter(11025)
+
+
+# -- Silero, the accurate option -------------------------------------------------------------
+
+
+def _segments(engine: str, audio: bytes, rate: int = 8000) -> list[Utterance]:
+    seg = VadSegmenter(rate, engine=engine)
+    fb = rate // 50 * 2
+    out: list[Utterance] = []
+    for i, k in enumerate(range(0, len(audio) - fb + 1, fb)):
+        out += seg.push(audio[k : k + fb], i)
+    last = seg.flush()
+    return out + ([last] if last else [])
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_silero_finds_speech_on_the_timeline(rate: int) -> None:
+    speech = synth_speech("I would like to speak to someone about my bill.", rate)
+    audio = silence(1.0, rate) + speech + silence(1.5, rate)
+    (u,) = _segments("silero", audio, rate)
+    assert u.start == pytest.approx(1.0, abs=0.15)
+    assert u.end == pytest.approx(1.0 + len(speech) / 2 / rate, abs=0.25)
+
+
+def test_silero_ignores_noise_that_webrtcvad_calls_speech() -> None:
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal(8000 * 4) * 3000).astype("<i2").tobytes()
+    assert _segments("webrtc", noise), "webrtcvad hears speech in loud white noise"
+    assert _segments("silero", noise) == []
+
+
+def test_unknown_engine_is_refused() -> None:
+    with pytest.raises(ValueError, match="webrtc or silero"):
+        VadSegmenter(8000, engine="magic")
