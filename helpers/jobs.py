@@ -223,7 +223,7 @@ class PostCallJobs:
                 JOBS.labels(step=step, status="failed").inc()
                 return
             if status != "done":
-                self.store.defer_job(job_id, 1.0)
+                self.store.defer_job(job_id, 0.25)  # a transcript takes ~0.3 s: look again soon
                 return
         started = time.monotonic()
         try:

@@ -93,7 +93,7 @@ class SileroClassifier:
 
     Silero judges 32 ms windows at 16 kHz and carries an LSTM state between them, so frames
     are resampled to 16 kHz, gathered into windows, and each frame gets the probability of
-    the latest window (at most 32 ms old). About 100× the cost of webrtcvad per second of
+    the latest window (at most 32 ms old). About 60× the cost of webrtcvad per second of
     audio: the choice where accuracy matters more than cost (noisy lines, music on hold).
     """
 
