@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint web-model clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -17,6 +17,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/test.sh
+
+# The browser Whisper for the upload page (optional; `make test` builds it too).
+web-model: $(STAMP)
+	bash scripts/web-model.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

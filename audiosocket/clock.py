@@ -160,11 +160,23 @@ class Playout:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def feed(self, pcm: bytes) -> None:
+    def feed(self, pcm: bytes, _rate: int = 0) -> None:
         """Queue PCM as a continuous stream (echo, live relays): a short tail waits for the
-        next call rather than being padded, so odd-sized input keeps its timing."""
+        next call rather than being padded, so odd-sized input keeps its timing.
+
+        ``_rate`` is ignored: it lets ``feed`` stand in for a session's ``on_audio(pcm,
+        rate)`` directly (the echo app), saving a Python call per frame.
+        """
         if not self._partial and len(pcm) == self.frame_size:
-            self._push(pcm)  # the usual case: exactly one frame
+            # The usual case, exactly one frame: _push inlined (this runs per call per tick).
+            frames = self._frames
+            frames.append(pcm)
+            self._queued_seq += 1
+            if len(frames) > self.max_frames:
+                frames.popleft()
+                self._sent_seq += 1
+                metrics.PLAYOUT_DROPPED.inc()
+                self._resolve_marks()
             return
         if self._partial:
             pcm = self._partial + pcm

@@ -43,7 +43,8 @@ def add_extra_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_retention)
 
     p = sub.add_parser("models",
-                       help="model weights: list, fetch or convert a Flan-T5 checkpoint")
+                       help="model weights: list, fetch or convert a Flan-T5 checkpoint; "
+                            "build or fetch the browser Whisper")
     msub = p.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="download a hub checkpoint into models/ (needs internet)")
     f.add_argument("name", help="e.g. google/flan-t5-small")
@@ -62,6 +63,24 @@ def add_extra_commands(sub: Any) -> None:
                             "bfloat16", "int8_float16", "int8_bfloat16"],
                    help="weight type (default int8: smallest and fastest on CPU)")
     c.set_defaults(handler=cmd_models_convert)
+    web_default = str(Path(__file__).resolve().parents[1] / "web" / "static" / "models")
+    bw = msub.add_parser(
+        "build-web",
+        help="rebuild the bundled Whisper tiny.en as ONNX for the upload page (transformers.js)",
+    )
+    bw.add_argument("--dest", default=web_default,
+                    help="output dir, served under /models/ (default web/static/models)")
+    bw.add_argument("--source", help="CTranslate2 Whisper dir (default: the bundled tiny.en)")
+    bw.add_argument("--export-python",
+                    help="interpreter with optimum[onnx], onnx and accelerate (optimum-onnx "
+                         "pins transformers 4.x, so usually a separate venv)")
+    bw.set_defaults(handler=cmd_models_build_web)
+    fw = msub.add_parser(
+        "fetch-web", help="download Xenova/whisper-tiny.en for the upload page (needs internet)"
+    )
+    fw.add_argument("--dest", default=web_default,
+                    help="output dir, served under /models/ (default web/static/models)")
+    fw.set_defaults(handler=cmd_models_fetch_web)
 
 
 def _audio_files(paths: list[str]) -> list[Path]:
@@ -193,6 +212,38 @@ def cmd_models_convert(args: argparse.Namespace) -> int:
         print(f"audiosocket models convert: {exc}", file=sys.stderr)
         return 1
     print(f"{args.src} converted ({args.quantization}) to {path}")
+    return 0
+
+
+def cmd_models_build_web(args: argparse.Namespace) -> int:
+    """``audiosocket models build-web [--dest DIR]``: Whisper for the browser, offline."""
+    from helpers.webmodel import WebModelError, build_web_whisper
+
+    started = time.monotonic()
+    try:
+        path = build_web_whisper(
+            Path(args.dest), Path(args.source) if args.source else None,
+            export_python=args.export_python,
+        )
+    except WebModelError as exc:
+        print(f"audiosocket models build-web: {exc}", file=sys.stderr)
+        return 1
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+    print(f"browser Whisper in {path} ({size:.0f} MB, {time.monotonic() - started:.0f} s); "
+          "the upload page uses it on its next load")
+    return 0
+
+
+def cmd_models_fetch_web(args: argparse.Namespace) -> int:
+    """``audiosocket models fetch-web [--dest DIR]``: the hub's ready-made ONNX Whisper."""
+    from helpers.webmodel import WebModelError, fetch_web_whisper
+
+    try:
+        path = fetch_web_whisper(Path(args.dest))
+    except WebModelError as exc:
+        print(f"audiosocket models fetch-web: {exc}", file=sys.stderr)
+        return 1
+    print(f"browser Whisper in {path}; the upload page uses it on its next load")
     return 0
 
 

@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
         self._fast_len = 0
         self._fast_header = b""
         self._fast_rate = 0
+        self.fast_frames = 0  # frames taken by the fast path, not yet added to the call
         self._ended = False
         self._closed_by_us = False
         self.last_in = 0.0  # loop time of the last inbound frame, as seen by the sweep
@@ -121,11 +122,10 @@ class Connection(asyncio.Protocol):
             fast is not None
             and len(data) == self._fast_len
             and data[:3] == self._fast_header
-            and not self.decoder.buffered
+            and not self.decoder._buf
         ):
-            call = self.call
-            call.frames_in += 1  # type: ignore[union-attr]
-            call.audio_bytes_in += self._fast_len - 3  # type: ignore[union-attr]
+            # Bytes are derived from this count when metrics are flushed (fixed frame size).
+            self.fast_frames += 1
             try:
                 fast(data[3:], self._fast_rate)
             except Exception as exc:
@@ -292,7 +292,8 @@ class Connection(asyncio.Protocol):
         if not call.ulaw and type(session).on_audio is not _base_on_audio():
             kind = KIND_FOR_RATE[rate]
             size = call.playout.frame_size
-            self._fast_audio = session.on_audio
+            # An app may offer ``fast_audio(pcm, rate)`` for frames of its own kind only.
+            self._fast_audio = getattr(session, "fast_audio", None) or session.on_audio
             self._fast_rate = rate
             self._fast_len = 3 + size
             self._fast_header = bytes([kind, size >> 8, size & 0xFF])
@@ -419,6 +420,10 @@ class Connection(asyncio.Protocol):
         call = self.call
         if call is None:
             return
+        if self.fast_frames:
+            n, self.fast_frames = self.fast_frames, 0
+            call.frames_in += n
+            call.audio_bytes_in += n * (self._fast_len - 3)
         audio = call.frames_in - self._flushed_in
         if audio:
             kind = KIND_FOR_RATE.get(call.inbound_rate or 8000, Kind.AUDIO_8K)

@@ -114,6 +114,6 @@ def import_file(
     store.call_started(call_uuid, app, rate, None, now,
                        meta={"source": original_name or path.name})
     store.call_ended(call_uuid, now + duration, "imported", 0, 0)
-    store.flush()
     jobs.submit(call_uuid, wav)
+    store.flush()  # the call and its jobs are durable before anyone is told it was imported
     return ImportResult(call_uuid, wav, duration, False)

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 # `make test` has already run scripts/setup.sh (through its stamp file).
 [ -x .venv/bin/python ] || bash scripts/setup.sh
 bash scripts/system-deps.sh
+# The browser Whisper model for the upload validator's ASR check (about 1 min, once).
+bash scripts/web-model.sh
 .venv/bin/ruff check .
 .venv/bin/mypy audiosocket sessions helpers web models
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -27,7 +27,9 @@ class Session:
       it returns the call goes on (until the peer hangs up) unless it called ``hangup()``.
       It is cancelled if the call ends first.
     - ``on_audio(pcm, rate)`` for each inbound audio frame (int16 LE mono; μ-law already
-      decoded). Keep it cheap: it runs 50 times a second per call.
+      decoded). Keep it cheap: it runs 50 times a second per call. An app may also set
+      ``fast_audio``, a callable taking the same arguments, used instead for whole frames
+      of the call's own kind (the server's fast path; see the echo app).
     - ``on_dtmf(digit)`` for each key (``0-9 * # A-D``).
     - ``on_tick(tick, sent)`` after each clock tick, with the PCM sent (None for silence);
       only called for apps that override it.

@@ -20,10 +20,11 @@ class EchoSession(Session):
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
-        # Cached: this runs 50 times a second per call.
         self._rate = call.rate
-        self._feed = call.playout.feed
+        # The server's one-frame fast path only carries frames of the call's own kind, so
+        # those go straight to the playout: one Python call per frame instead of two.
+        self.fast_audio = call.playout.feed
 
     def on_audio(self, pcm: bytes, rate: int) -> None:
         if rate == self._rate:
-            self._feed(pcm)
+            self.call.playout.feed(pcm)

@@ -6,6 +6,10 @@ const $ = (id) => document.getElementById(id);
 const fileInput = $("file");
 const send = $("send");
 const worker = new Worker("/static/js/validator.worker.mjs", { type: "module" });
+// Whisper runs in a worker of its own, created only when the server has the model.
+let asrWorker = null;
+let asrAvailable = false;
+let current = 0; // which validation is the latest (a newer file makes older results moot)
 let limits = { max_bytes: 50 * 1024 * 1024, min_seconds: 0.5, max_seconds: 3 * 3600, accepted_suffixes: [], enabled: true };
 let accepted = null; // the File that passed, and only that one may be sent
 let seq = 0;
@@ -16,9 +20,15 @@ worker.onmessage = (ev) => {
   if (cb) { pending.delete(ev.data.id); cb(ev.data); }
 };
 
-function ask(msg, transfer = []) {
+function ask(msg, transfer = [], target = worker) {
   const id = ++seq;
-  return new Promise((resolve) => { pending.set(id, resolve); worker.postMessage({ ...msg, id }, transfer); });
+  return new Promise((resolve) => { pending.set(id, resolve); target.postMessage({ ...msg, id }, transfer); });
+}
+
+function startAsrWorker() {
+  asrWorker = new Worker("/static/js/asr.worker.mjs", { type: "module" });
+  asrWorker.onmessage = worker.onmessage;
+  return asrWorker;
 }
 
 /** The sample rate the container states (WAV, FLAC, MP3), or null: decodeAudioData hides it. */
@@ -59,7 +69,9 @@ function show(title, cls, checks, note = "") {
 }
 
 async function validate(file) {
+  const me = ++current;
   accepted = null;
+  $("transcript").hidden = true;
   send.disabled = true;
   document.body.dataset.verdict = "checking";
   show("Checking " + file.name + "…", "", []);
@@ -84,20 +96,54 @@ async function validate(file) {
       const ch = audio.getChannelData(c);
       for (let i = 0; i < ch.length; i++) samples[i] += ch[i] / audio.numberOfChannels;
     }
+    // Let Whisper load while the validator works (from the browser cache after the first time).
+    if (asrAvailable) ask({ type: "load" }, [], asrWorker);
   } catch (err) {
     early.push({ id: "decode", status: "fail", label: "Does not decode", detail: String(err && err.message || err) });
     return finish(false, early);
   }
+  // The validator gets the samples (transferred); Whisper, if any, a copy of them.
+  const forAsr = asrAvailable ? samples.slice(0, Math.ceil(rate * 31)) : null;
   const res = await ask({ type: "analyse", samples, rate, sniffedRate: sniffed, limits }, [samples.buffer]);
+  if (me !== current) return;
   if (res.type === "error") {
     early.push({ id: "analyse", status: "fail", label: "Check failed", detail: res.error });
     return finish(false, early);
   }
-  return finish(res.accepted, [...early, ...res.checks], file, res);
+  const checks = [...early, ...res.checks];
+  if (!res.accepted || !forAsr) return finish(res.accepted, checks, file, res);
+  // The file passed: now what is said in it (the verdict waits for it).
+  show("Transcribing " + file.name + "…", "", [...checks,
+    { id: "transcript", status: "off", label: "Transcript", detail: "Whisper is listening… (the first time, the model loads: ~150 MB)" }]);
+  document.body.dataset.verdict = "transcribing";
+  const asr = await ask({ type: "transcribe", samples: forAsr, rate, keywords: $("keywords").value }, [forAsr.buffer], asrWorker);
+  if (me !== current) return;
+  return finish(res.accepted && asrVerdict(asr, checks), checks, file, res, asr);
 }
 
-function finish(ok, checks, file = null, res = null) {
-  const when = res ? ` (${res.ms} ms, speech check: ${res.engine === "silero" ? "Silero VAD" : "energy heuristic"})` : "";
+/** Add the transcript lines to ``checks``; false when the expected keywords are not heard. */
+function asrVerdict(asr, checks) {
+  if (asr.type === "error" || !asr.available) {
+    checks.push({ id: "transcript", status: "warn", label: "Transcript unavailable", detail: asr.error || "Whisper failed" });
+    return true; // our own failure is no reason to refuse the user's file
+  }
+  const timing = `Whisper tiny.en, ${(asr.ms / 1000).toFixed(1)} s` + (asr.loadMs ? ` (+${(asr.loadMs / 1000).toFixed(1)} s load)` : "");
+  checks.push({ id: "transcript", status: asr.text ? "pass" : "warn", label: "Transcript",
+    detail: (asr.text ? `“${asr.text}”` : "nothing recognised") + (asr.truncated ? " (first 30 s)" : "") + ` — ${timing}` });
+  $("transcript").textContent = asr.text;
+  $("transcript").hidden = !asr.text;
+  if (!asr.keywords.length) return true;
+  if (asr.heard.length) {
+    checks.push({ id: "keywords", status: "pass", label: "On topic", detail: "heard: " + asr.heard.join(", ") });
+    return true;
+  }
+  checks.push({ id: "keywords", status: "fail", label: "Off topic", detail: "none of the expected keywords heard: " + asr.keywords.join(", ") });
+  return false;
+}
+
+function finish(ok, checks, file = null, res = null, asr = null) {
+  const ms = res ? res.ms + (asr && asr.ms ? asr.ms : 0) : 0;
+  const when = res ? ` (${ms} ms, speech check: ${res.engine === "silero" ? "Silero VAD" : "energy heuristic"}${asr && asr.available ? ", transcript: Whisper" : ""})` : "";
   show(ok ? "Accepted" : "Rejected", ok ? "accepted" : "rejected", checks,
     ok ? "Ready to upload." + when : "Not uploaded: fix the problems above." + when);
   accepted = ok ? file : null;
@@ -142,6 +188,19 @@ async function init() {
     ? "Speech check: Silero VAD (ONNX Runtime Web, WASM), in this browser."
     : "Silero VAD check off (assets not installed: run scripts/web-assets.sh); using an energy heuristic.");
   document.body.dataset.vad = probe.vad ? "silero" : "off";
+  // Whisper only when the server has the model and the vendored transformers.js.
+  const asrProbe = await ask({ type: "probe" }, [], startAsrWorker());
+  asrAvailable = Boolean(asrProbe.available);
+  if (asrAvailable) {
+    $("asr-state").textContent = "Transcript check: Whisper tiny.en (transformers.js), in this browser; the model (~150 MB) is downloaded once, then cached.";
+    $("keywords-row").hidden = false;
+  } else {
+    asrWorker.terminate();
+    asrWorker = null;
+  }
+  document.body.dataset.asr = asrAvailable ? "whisper" : "off";
+  // New keywords change the verdict: check the chosen file again.
+  $("keywords").addEventListener("change", () => { if (fileInput.files[0]) validate(fileInput.files[0]); });
   fileInput.addEventListener("change", () => { if (fileInput.files[0]) validate(fileInput.files[0]); });
   $("form").addEventListener("submit", upload);
   document.body.dataset.ready = "1";
