@@ -56,7 +56,7 @@ class Call:
         self.ulaw = False
         self.end_reason: str | None = None
         self.ended_at: float | None = None
-        self.frames_in = 0
+        self.frames_in = 0  # frames taken by the server's fast path are added once a second
         self.audio_bytes_in = 0
         self.dtmf_in = 0
         self._end = end

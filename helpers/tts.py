@@ -347,6 +347,14 @@ class TtsEngine:
         self.cache.put(key, pcm)
         return pcm
 
+    def is_cached(self, text: str, rate: int) -> bool:
+        """Every sentence of ``text`` is in the prompt cache at ``rate`` (no synthesis
+        needed). Never blocks: it checks keys only."""
+        if self.cache is None:
+            return False
+        sentences = self.split_sentences(text)
+        return bool(sentences) and all(self._key(s, rate) in self.cache for s in sentences)
+
     def _hot(self, sentence: str, rate: int) -> bytes | None:
         """Sentence PCM from the cache's RAM layer, or None. Never blocks."""
         if self.cache is None:

@@ -116,7 +116,7 @@ class Session:
         playout = self.call.playout
         loop = asyncio.get_running_loop()
         asked = loop.time()
-        cached = tts.is_cached(text, self.rate) if hasattr(tts, "is_cached") else False
+        cached = tts.is_cached(text, self.rate)
         if barge_in:
             protect = self.ctx.config.ivr.barge_in_protect_ms / 1000
             self.barge_in_after = self.call.time + protect

@@ -277,3 +277,16 @@ def test_round_trip_through_whisper(engine: TtsEngine) -> None:
     heard = " ".join(s.text for s in segments)
     ref = _words("press one for sales")
     assert _wer(ref, _words(heard)) <= 0.10, heard
+
+
+def test_is_cached_checks_every_sentence(tmp_path: Path) -> None:
+    from helpers.prompt_cache import PromptCache
+
+    engine = TtsEngine(cache=PromptCache(tmp_path / "c"))
+    text = "One. Two."
+    assert not engine.is_cached(text, 8000)
+    engine.synthesize("One.", 8000)
+    assert not engine.is_cached(text, 8000)  # "Two." is still missing
+    engine.synthesize(text, 8000)
+    assert engine.is_cached(text, 8000) and not engine.is_cached(text, 16000)
+    engine.close()
