@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import structlog
+from prometheus_client import Counter
 
 __all__ = ["CallRecorder", "RecorderWriter", "repair_all", "repair_wav"]
 
@@ -31,6 +32,17 @@ log = structlog.get_logger("audiosocket.recorder")
 _HEADER_SIZE = 44
 #: An inbound frame arriving more than this many slots behind the clock is a gap, not jitter.
 JITTER_SLOTS = 3
+#: Audio kept in memory while the disk refuses writes (full, gone read-only), per call.
+RETRY_MAX_BYTES = 8000 * 4 * 300  # 5 minutes of 8 kHz stereo
+
+WRITE_ERRORS = Counter(
+    "audiosocket_recording_write_errors_total",
+    "Recording writes that failed (full disk...); the audio is kept and retried",
+)
+RECORDING_BYTES_LOST = Counter(
+    "audiosocket_recording_bytes_lost_total",
+    "Recording bytes dropped because the disk refused them for longer than the retry buffer",
+)
 
 
 def _header(rate: int, channels: int, data_bytes: int) -> bytes:
@@ -70,6 +82,7 @@ class RecorderWriter:
                 fn()
             except Exception as exc:  # a full disk must not kill the writer for other calls
                 self.errors += 1
+                WRITE_ERRORS.inc()
                 log.error("recorder_write_failed", error=str(exc))
 
 
@@ -110,6 +123,8 @@ class CallRecorder:
         self._base = 0  # absolute slot index of _in[0] / _out[0]
         self._out_pos = 0
         self.data_bytes = 0
+        self.written_bytes = 0  # on disk (the header says this much)
+        self._unwritten = bytearray()  # refused by the disk; written before the next chunk
         self.closed = False
         self.error: str | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,20 +188,44 @@ class CallRecorder:
         stereo[1::2] = right
         data = stereo.tobytes()
         self.data_bytes += len(data)
-        size = self.data_bytes
-        self._writer.submit(lambda: self._append(data, size))
+        self._writer.submit(lambda: self._append(data))
 
-    def _append(self, data: bytes, total: int) -> None:
+    def _append(self, data: bytes) -> None:
+        # On the writer thread. A chunk the disk refused is kept and goes out first next
+        # time, so a transient full disk loses nothing; past RETRY_MAX_BYTES the oldest
+        # audio is dropped (counted) rather than growing memory without bound.
+        pending = bytes(self._unwritten) + data if self._unwritten else data
         try:
             with open(self.path, "r+b") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.write(data)
+                fh.seek(_HEADER_SIZE + self.written_bytes)
+                fh.write(pending)
+                fh.truncate()
+                self.written_bytes += len(pending)
                 fh.seek(0)
-                fh.write(_header(self.rate, 2, total))
+                fh.write(_header(self.rate, 2, self.written_bytes))
+            self._unwritten.clear()
+            if self.error is not None:
+                log.info("recording_writes_resumed", path=str(self.path))
+                self.error = None
         except OSError as exc:
-            # Keep going for later chunks: a transient full disk loses only this chunk.
             self.error = str(exc)
+            self._unwritten = bytearray(pending)
+            excess = len(self._unwritten) - RETRY_MAX_BYTES
+            if excess > 0:
+                excess += (-excess) % 4  # whole stereo frames
+                del self._unwritten[:excess]
+                RECORDING_BYTES_LOST.inc(excess)
             raise
+
+    @property
+    def pending_bytes(self) -> int:
+        """Audio the disk refused so far and that is still held for a retry."""
+        return len(self._unwritten)
+
+    def retry(self) -> None:
+        """Try again to write what the disk refused (on the writer thread). Non-blocking."""
+        if self._unwritten:
+            self._writer.submit(lambda: self._append(b""))
 
     def close(self) -> None:
         """Write out everything up to the later of the two legs. Non-blocking."""

@@ -111,6 +111,9 @@ REJECTED = Counter(
     ["reason"],
 )
 UTTERANCES = Counter("audiosocket_stt_utterances_total", "Utterances transcribed")
+ERRORS = Counter(
+    "audiosocket_stt_errors_total", "Utterances whose recognition raised (a broken model...)"
+)
 
 
 @dataclass(frozen=True)
@@ -552,6 +555,7 @@ class SttEngine:
                 text, conf, info = self.transcribe(job.utt.pcm, job.utt.rate,
                                                    voiced=job.utt.voiced_ms)
             except Exception as exc:
+                ERRORS.inc()
                 log.exception("stt_failed", call_uuid=job.call_uuid)
                 self._safe_callback(job, None, {"error": repr(exc)})
                 continue

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RecordSession", "recording_path"]
 
+#: Retries of recordings the disk refused at hang-up (kept referenced until done).
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
 
 def recording_path(data_dir: Path, call_id: str) -> Path:
     """Where a call's WAV lives: ``<data>/recordings/<uuid>.wav``."""
@@ -48,6 +51,29 @@ class RecordSession(Session):
         await asyncio.to_thread(shared_writer().flush)
         self.log.info("recording_closed", path=str(self.recording),
                       seconds=round(self.recorder.duration, 2))
+        if self.recorder.pending_bytes:
+            # The disk refused the end of the recording (full?): keep retrying in the
+            # background, and queue the post-call jobs only once the file is whole.
+            self.log.error("recording_incomplete", pending=self.recorder.pending_bytes,
+                           error=self.recorder.error)
+            task = asyncio.create_task(self._finish_later())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+            return
+        self._submit_jobs()
+
+    def _submit_jobs(self) -> None:
         jobs = self.ctx.get("jobs")
-        if jobs is not None and self.recorder.error is None:
+        if jobs is not None:
             jobs.submit(self.uuid, self.recording)
+
+    async def _finish_later(self, every_s: float = 2.0, attempts: int = 300) -> None:
+        for _ in range(attempts):
+            await asyncio.sleep(every_s)
+            self.recorder.retry()
+            await asyncio.to_thread(shared_writer().flush)
+            if not self.recorder.pending_bytes:
+                self.log.info("recording_completed_late", path=str(self.recording))
+                self._submit_jobs()
+                return
+        self.log.error("recording_abandoned", pending=self.recorder.pending_bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,3 +98,56 @@ def test_write_failure_is_contained(tmp_path: Path) -> None:
     ok.close()
     writer.flush()
     assert (tmp_path / "f.wav").stat().st_size == 44 + 640
+
+
+def test_full_disk_loses_nothing_already_received(tmp_path: Path, monkeypatch: Any) -> None:
+    import errno
+
+    import helpers.recorder as rec_mod
+
+    writer = RecorderWriter()
+    path = tmp_path / "full.wav"
+    rec = CallRecorder(path, 8000, flush_every=5, writer=writer)
+    real_open = open
+
+    def full_disk(file: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
+        if "r+" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *a, **kw)
+
+    for t in range(5):  # one chunk written normally
+        rec.add_outbound(t, frame(t + 1))
+    writer.flush()
+    monkeypatch.setattr(rec_mod, "open", full_disk, raising=False)
+    for t in range(5, 15):  # two chunks refused by the disk
+        rec.add_outbound(t, frame(t + 1))
+    writer.flush()
+    assert rec.pending_bytes == 10 * 640 and rec.error and writer.errors == 2
+    monkeypatch.undo()  # space again
+    for t in range(15, 20):
+        rec.add_outbound(t, frame(t + 1))
+    writer.flush()
+    assert rec.pending_bytes == 0 and rec.error is None
+    _, right, _ = read_stereo(path)
+    assert right.reshape(20, 160)[:, 0].tolist() == list(range(1, 21))  # all, in order
+
+
+def test_retry_writes_a_refused_tail(tmp_path: Path, monkeypatch: Any) -> None:
+    import helpers.recorder as rec_mod
+
+    writer = RecorderWriter()
+    path = tmp_path / "tail.wav"
+    rec = CallRecorder(path, 8000, flush_every=50, writer=writer)
+    writer.flush()
+    monkeypatch.setattr(rec_mod, "open", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")),
+                        raising=False)
+    rec.add_outbound(0, frame(7))
+    rec.close()  # the last chunk is refused at hang-up
+    writer.flush()
+    assert rec.pending_bytes == 640
+    monkeypatch.undo()
+    rec.retry()
+    writer.flush()
+    assert rec.pending_bytes == 0
+    _, right, _ = read_stereo(path)
+    assert right[:160].tolist() == [7] * 160
