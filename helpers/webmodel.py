@@ -183,29 +183,28 @@ def _state_dict(v: dict[str, np.ndarray], enc_layers: int, dec_layers: int) -> d
     linear(f"{e}.conv2", "encoder/conv2")
     put(f"{e}.embed_positions.weight", "encoder/position_encodings/encodings")
     norm(f"{e}.layer_norm", "encoder/layer_norm")
-    for i in range(enc_layers):
-        h, c = f"{e}.layers.{i}", f"encoder/layer_{i}"
+    def block(h: str, c: str, *, cross: bool) -> None:
+        # Self-attention and feed-forward are laid out alike in both stacks; decoder layers
+        # add the cross-attention over the encoder's output between them.
         norm(f"{h}.self_attn_layer_norm", f"{c}/self_attention/layer_norm")
         split([f"{h}.self_attn.{p}_proj" for p in "qkv"], f"{c}/self_attention/linear_0")
         linear(f"{h}.self_attn.out_proj", f"{c}/self_attention/linear_1")
+        if cross:
+            norm(f"{h}.encoder_attn_layer_norm", f"{c}/attention/layer_norm")
+            linear(f"{h}.encoder_attn.q_proj", f"{c}/attention/linear_0")
+            split([f"{h}.encoder_attn.{p}_proj" for p in "kv"], f"{c}/attention/linear_1")
+            linear(f"{h}.encoder_attn.out_proj", f"{c}/attention/linear_2")
         norm(f"{h}.final_layer_norm", f"{c}/ffn/layer_norm")
         linear(f"{h}.fc1", f"{c}/ffn/linear_0")
         linear(f"{h}.fc2", f"{c}/ffn/linear_1")
+
+    for i in range(enc_layers):
+        block(f"{e}.layers.{i}", f"encoder/layer_{i}", cross=False)
     put(f"{d}.embed_tokens.weight", "decoder/embeddings/weight")
     put(f"{d}.embed_positions.weight", "decoder/position_encodings/encodings")
     norm(f"{d}.layer_norm", "decoder/layer_norm")
     for i in range(dec_layers):
-        h, c = f"{d}.layers.{i}", f"decoder/layer_{i}"
-        norm(f"{h}.self_attn_layer_norm", f"{c}/self_attention/layer_norm")
-        split([f"{h}.self_attn.{p}_proj" for p in "qkv"], f"{c}/self_attention/linear_0")
-        linear(f"{h}.self_attn.out_proj", f"{c}/self_attention/linear_1")
-        norm(f"{h}.encoder_attn_layer_norm", f"{c}/attention/layer_norm")
-        linear(f"{h}.encoder_attn.q_proj", f"{c}/attention/linear_0")
-        split([f"{h}.encoder_attn.{p}_proj" for p in "kv"], f"{c}/attention/linear_1")
-        linear(f"{h}.encoder_attn.out_proj", f"{c}/attention/linear_2")
-        norm(f"{h}.final_layer_norm", f"{c}/ffn/layer_norm")
-        linear(f"{h}.fc1", f"{c}/ffn/linear_0")
-        linear(f"{h}.fc2", f"{c}/ffn/linear_1")
+        block(f"{d}.layers.{i}", f"decoder/layer_{i}", cross=True)
     # proj_out is tied to embed_tokens (the CTranslate2 file has it as an alias too).
     out["proj_out.weight"] = out[f"{d}.embed_tokens.weight"]
     return out

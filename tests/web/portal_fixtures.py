@@ -101,3 +101,11 @@ async def serve(
     await site.start()
     bound = runner.addresses[0]
     return Served(runner, app, f"http://{bound[0]}:{bound[1]}")
+
+
+def track_uploads(page: Any) -> list[Any]:
+    """The POSTs a page makes to /api/uploads (to prove a rejected file never left it)."""
+    uploads: list[Any] = []
+    page.on("request", lambda r: uploads.append(r)
+            if r.url.endswith("/api/uploads") and r.method == "POST" else None)
+    return uploads

@@ -12,7 +12,6 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from helpers.audio import write_wav
 from helpers.jobs import PostCallJobs
 from helpers.store import CallStore
 from tests.helpers.speech_fixtures import synth_speech
-from tests.web.portal_fixtures import Served, seed_call, serve
+from tests.web.portal_fixtures import Served, seed_call, serve, track_uploads
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -178,9 +177,7 @@ async def _verdict(page: Page, path: Path) -> str:
 async def test_validator_rejects_silence_and_noise_accepts_speech(
     page: Page, served: Served, store: CallStore, tmp_path: Path
 ) -> None:
-    uploads: list[Any] = []
-    page.on("request", lambda r: uploads.append(r) if r.url.endswith("/api/uploads")
-            and r.method == "POST" else None)
+    uploads = track_uploads(page)
     await page.goto(served.url + "/upload")
     await page.wait_for_selector("body[data-ready='1']")
     vad = await page.evaluate("document.body.dataset.vad")

@@ -17,6 +17,7 @@ import pytest
 from helpers.audio import write_wav
 from tests.helpers.speech_fixtures import synth_speech
 from tests.web import test_browser as _tb
+from tests.web.portal_fixtures import track_uploads
 
 # The browser, page (which fails on any CSP violation or script error), served portal and
 # store fixtures of test_browser.py, shared by name.
@@ -49,9 +50,7 @@ async def _verdict(page: Any, path: Path, timeout_ms: int = 120_000) -> str:
 async def test_upload_page_transcribes_and_checks_keywords(
     page: Any, served: Any, tmp_path: Path
 ) -> None:
-    uploads: list[Any] = []
-    page.on("request", lambda r: uploads.append(r) if r.url.endswith("/api/uploads")
-            and r.method == "POST" else None)
+    uploads = track_uploads(page)
     await page.goto(served.url + "/upload")
     await page.wait_for_selector("body[data-ready='1']")
     assert await page.evaluate("document.body.dataset.asr") == "whisper"
