@@ -119,6 +119,7 @@ class PostCallJobs:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.running = 0
 
@@ -126,6 +127,7 @@ class PostCallJobs:
 
     async def start(self) -> None:
         """Resume jobs a crash interrupted, pick up orphaned recordings, start workers."""
+        self._loop = asyncio.get_running_loop()
         for folder in ("archive", "peaks"):
             await asyncio.to_thread((self.data_dir / folder).mkdir, parents=True, exist_ok=True)
         resumed = await asyncio.to_thread(self.store.reset_running_jobs)
@@ -168,7 +170,11 @@ class PostCallJobs:
     # -- producers -----------------------------------------------------------------------
 
     def submit(self, call_uuid: str, wav: str | Path) -> None:
-        """The call's recording is complete: record it and queue every step (durably)."""
+        """The call's recording is complete: record it and queue every step (durably).
+
+        Reads the file's size and header, so from the event loop use :meth:`asubmit`; safe
+        to call from any thread (the importer calls it from its own).
+        """
         wav = Path(wav)
         try:
             size = wav.stat().st_size
@@ -177,7 +183,25 @@ class PostCallJobs:
             size, duration = 0, None  # recorded anyway: the archive step will say why
         self.store.set_recording(call_uuid, "wav", str(wav), size, duration)
         self.store.enqueue_jobs(call_uuid, STEPS)
-        self._wake.set()
+        self._poke()
+
+    async def asubmit(self, call_uuid: str, wav: str | Path) -> None:
+        """:meth:`submit` with its file reads off the event loop."""
+        await asyncio.to_thread(self.submit, call_uuid, wav)
+
+    def _poke(self) -> None:
+        """Wake an idle worker; asyncio.Event is not thread-safe, so hop to the loop."""
+        loop = self._loop
+        if loop is None:
+            return  # not started: the workers look at the store when they start
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self._wake.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
 
     async def wait_idle(self, timeout: float = 120.0) -> None:
         """Until no job is pending or running (tests, import)."""

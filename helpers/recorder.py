@@ -127,11 +127,12 @@ class CallRecorder:
         self._unwritten = bytearray()  # refused by the disk; written before the next chunk
         self.closed = False
         self.error: str | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         header = _header(rate, 2, 0)
         self._writer.submit(lambda: self._create(header))
 
     def _create(self, header: bytes) -> None:
+        # On the writer thread, like every other file operation of the recorder.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "wb") as fh:
             fh.write(header)
 

@@ -60,12 +60,12 @@ class RecordSession(Session):
             _BACKGROUND.add(task)
             task.add_done_callback(_BACKGROUND.discard)
             return
-        self._submit_jobs()
+        await self._submit_jobs()
 
-    def _submit_jobs(self) -> None:
+    async def _submit_jobs(self) -> None:
         jobs = self.ctx.get("jobs")
         if jobs is not None:
-            jobs.submit(self.uuid, self.recording)
+            await jobs.asubmit(self.uuid, self.recording)
 
     async def _finish_later(self, every_s: float = 2.0, attempts: int = 300) -> None:
         for _ in range(attempts):
@@ -74,6 +74,6 @@ class RecordSession(Session):
             await asyncio.to_thread(shared_writer().flush)
             if not self.recorder.pending_bytes:
                 self.log.info("recording_completed_late", path=str(self.recording))
-                self._submit_jobs()
+                await self._submit_jobs()
                 return
         self.log.error("recording_abandoned", pending=self.recorder.pending_bytes)

@@ -87,6 +87,8 @@ def test_repair_fixes_a_stale_header(tmp_path: Path) -> None:
 def test_write_failure_is_contained(tmp_path: Path) -> None:
     writer = RecorderWriter()
     rec = CallRecorder(tmp_path / "missing" / "deeper" / "e.wav", 8000, writer=writer)
+    writer.flush()  # the writer thread made the directory and the file
+    (tmp_path / "missing" / "deeper" / "e.wav").unlink()
     (tmp_path / "missing" / "deeper").rmdir()  # the directory vanishes (like a full disk)
     rec.add_outbound(0, frame(1))
     rec.close()
