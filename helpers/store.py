@@ -16,13 +16,16 @@ page cache misses). So:
 
 Schema changes are numbered migrations recorded in ``PRAGMA user_version``; each runs in
 its own transaction so a failure leaves the file at the previous, consistent version.
+
+Why this module is ~770 lines: the writer thread, its batching, retries and every write
+operation (each a closure only the writer runs) belong together; the schema lives in
+``helpers.store_schema`` and the read queries in ``helpers.store_queries``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import html
 import json
 import queue
 import sqlite3
@@ -32,12 +35,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import Counter
+
+from helpers.store_queries import StoreQueries, fts_query, iso_utc
+from helpers.store_schema import MIGRATIONS, Migration
+from helpers.store_schema import migrate as _migrate
 
 __all__ = [
     "DB_FILENAME",
@@ -67,214 +73,8 @@ STORE_ERRORS = Counter(
     ["kind"],
 )
 
-# Snippet markers that cannot occur in transcript text; the snippet is HTML-escaped first
-# and only then are they turned into <mark> tags, so transcript text can never inject HTML.
-_MARK_OPEN = "\x02"
-_MARK_CLOSE = "\x03"
-
-# Transcript rows to use for a call: its 'final' segments if it has any, else the 'live'
-# ones. Used by search so a call with both does not hit twice for the same words.
-_TRANSCRIPT_KIND_SQL = (
-    "(s.kind = 'final' OR NOT EXISTS "
-    "(SELECT 1 FROM segments f WHERE f.call_uuid = s.call_uuid AND f.kind = 'final'))"
-)
-
-
 class StoreClosedError(RuntimeError):
     """A write was submitted to a store that is not open."""
-
-
-# --------------------------------------------------------------------------------------
-# Schema and migrations
-# --------------------------------------------------------------------------------------
-
-_V1 = """
-CREATE TABLE calls (
-    uuid        TEXT PRIMARY KEY,
-    app         TEXT NOT NULL,
-    rate        INTEGER NOT NULL,
-    peer        TEXT,
-    started_at  REAL NOT NULL,
-    ended_at    REAL,
-    end_reason  TEXT,
-    frames_in   INTEGER NOT NULL DEFAULT 0,
-    frames_out  INTEGER NOT NULL DEFAULT 0,
-    duration    REAL,
-    caller      TEXT,
-    meta        TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX calls_started_at ON calls(started_at);
-
-CREATE TABLE segments (
-    id          INTEGER PRIMARY KEY,
-    call_uuid   TEXT NOT NULL REFERENCES calls(uuid) ON DELETE CASCADE,
-    start       REAL NOT NULL,
-    "end"       REAL NOT NULL,
-    text        TEXT NOT NULL,
-    confidence  REAL,
-    latency_ms  REAL,
-    kind        TEXT NOT NULL DEFAULT 'live' CHECK (kind IN ('live', 'final')),
-    created_at  REAL NOT NULL
-);
-CREATE INDEX segments_call_start ON segments(call_uuid, start);
--- Makes "does this call have a final transcript?" one seek per search hit (6x faster
--- searches for common words than scanning the call's segments).
-CREATE INDEX segments_call_kind ON segments(call_uuid, kind);
-
-CREATE VIRTUAL TABLE segments_fts USING fts5(
-    text,
-    content='segments',
-    content_rowid='id',
-    tokenize='porter unicode61 remove_diacritics 2'
-);
-CREATE TRIGGER segments_fts_ai AFTER INSERT ON segments BEGIN
-    INSERT INTO segments_fts(rowid, text) VALUES (new.id, new.text);
-END;
-CREATE TRIGGER segments_fts_ad AFTER DELETE ON segments BEGIN
-    INSERT INTO segments_fts(segments_fts, rowid, text) VALUES ('delete', old.id, old.text);
-END;
-CREATE TRIGGER segments_fts_au AFTER UPDATE OF text ON segments BEGIN
-    INSERT INTO segments_fts(segments_fts, rowid, text) VALUES ('delete', old.id, old.text);
-    INSERT INTO segments_fts(rowid, text) VALUES (new.id, new.text);
-END;
-
-CREATE TABLE ivr (
-    call_uuid   TEXT PRIMARY KEY REFERENCES calls(uuid) ON DELETE CASCADE,
-    path        TEXT NOT NULL DEFAULT '[]',
-    variables   TEXT NOT NULL DEFAULT '{}',
-    result      TEXT
-);
-
-CREATE TABLE jobs (
-    id          INTEGER PRIMARY KEY,
-    call_uuid   TEXT NOT NULL REFERENCES calls(uuid) ON DELETE CASCADE,
-    step        TEXT NOT NULL,
-    status      TEXT NOT NULL DEFAULT 'pending'
-                CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    error       TEXT,
-    duration    REAL,
-    not_before  REAL NOT NULL DEFAULT 0,
-    updated_at  REAL NOT NULL,
-    UNIQUE (call_uuid, step)
-);
-CREATE INDEX jobs_claim ON jobs(status, not_before);
-
-CREATE TABLE summaries (
-    call_uuid   TEXT PRIMARY KEY REFERENCES calls(uuid) ON DELETE CASCADE,
-    title       TEXT NOT NULL,
-    text        TEXT NOT NULL,
-    method      TEXT NOT NULL,
-    model       TEXT,
-    created_at  REAL NOT NULL
-);
-
-CREATE TABLE recordings (
-    call_uuid   TEXT NOT NULL REFERENCES calls(uuid) ON DELETE CASCADE,
-    format      TEXT NOT NULL CHECK (format IN ('wav', 'm4a', 'mp3', 'peaks')),
-    path        TEXT NOT NULL,
-    bytes       INTEGER NOT NULL,
-    duration    REAL,
-    created_at  REAL NOT NULL,
-    PRIMARY KEY (call_uuid, format)
-);
-
--- No FK on audit: the trail must outlive the call it talks about (e.g. 'delete_call').
-CREATE TABLE audit (
-    id          INTEGER PRIMARY KEY,
-    at          REAL NOT NULL,
-    action      TEXT NOT NULL,
-    call_uuid   TEXT,
-    detail      TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX audit_at ON audit(at);
-"""
-
-# MIGRATIONS[i] takes a database from user_version i to i + 1. Append only: never edit a
-# migration that has shipped; add a new one. Each is SQL text or a callable on the
-# connection, run inside one transaction together with the user_version bump.
-Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = [_V1]
-
-
-def _split_sql(script: str) -> list[str]:
-    """Split a script into statements (trigger bodies contain ';', so split carefully).
-
-    ``executescript`` would be simpler but it COMMITs first, which breaks the
-    one-transaction-per-migration rule.
-    """
-    statements: list[str] = []
-    buf = ""
-    for piece in script.split(";"):
-        buf += piece + ";"
-        if sqlite3.complete_statement(buf):
-            if buf.strip(" \t\r\n;"):
-                statements.append(buf.strip())
-            buf = ""
-    if buf.strip(" \t\r\n;"):
-        statements.append(buf.strip())
-    return statements
-
-
-def _migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
-    """Bring the database up to ``len(migrations)``; returns the final version."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    target = len(migrations)
-    if version > target:
-        # A newer build wrote this file; running old code on it could corrupt it.
-        raise RuntimeError(f"calls.db is at schema version {version}, this code knows {target}")
-    for number in range(version, target):
-        migration = migrations[number]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if callable(migration):
-                migration(conn)
-            else:
-                for statement in _split_sql(migration):
-                    conn.execute(statement)
-            # PRAGMA does not take parameters; number is our own int.
-            conn.execute(f"PRAGMA user_version = {number + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        log.info("store_migrated", version=number + 1)
-    return target
-
-
-# --------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------
-
-
-def iso_utc(ts: float | None) -> str | None:
-    """Unix time to ``2026-11-22T00:00:00.000Z`` (None stays None)."""
-    if ts is None:
-        return None
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def fts_query(q: str) -> str | None:
-    """Turn free user text into a safe FTS5 query, or None when nothing is searchable.
-
-    Every whitespace-separated token becomes a quoted phrase (internal quotes doubled), so
-    FTS5 operators typed by a user (``OR``, ``NEAR(``, ``*``, ``"``, ``col:``) are plain
-    words and can never be a syntax error. Tokens without a letter or digit are dropped:
-    they index to nothing. Phrases are ANDed (FTS5's implicit operator).
-    """
-    phrases = [
-        '"' + token.replace('"', '""') + '"'
-        for token in q.split()
-        if any(ch.isalnum() for ch in token)
-    ]
-    return " ".join(phrases) if phrases else None
-
-
-def _snippet_html(raw: str | None) -> str | None:
-    if raw is None:
-        return None
-    return html.escape(raw).replace(_MARK_OPEN, "<mark>").replace(_MARK_CLOSE, "</mark>")
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -283,15 +83,6 @@ def _is_transient(exc: BaseException) -> bool:
         return False
     msg = str(exc).lower()
     return "full" in msg or "locked" in msg or "busy" in msg
-
-
-def _json_load(text: str | None, default: Any) -> Any:
-    if text is None:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default
 
 
 @dataclass(eq=False)
@@ -317,7 +108,7 @@ class _Control:
 # --------------------------------------------------------------------------------------
 
 
-class CallStore:
+class CallStore(StoreQueries):
     """SQLite call store with one writer thread and pooled readers.
 
     ``path`` is the database file, or a directory (the data dir), in which case
@@ -985,255 +776,3 @@ class CallStore:
                 "SELECT * FROM jobs WHERE call_uuid=? ORDER BY id", (call_uuid,)
             ).fetchall()
         return [dict(r) for r in rows]
-
-    # ---- reads ------------------------------------------------------------------
-
-    def get_call(self, uuid: str) -> dict[str, Any] | None:
-        """The call in the API's shape (see web/api.py), or None."""
-        with self._reader() as conn:
-            row = conn.execute("SELECT * FROM calls WHERE uuid=?", (uuid,)).fetchone()
-            if row is None:
-                return None
-            has_final = conn.execute(
-                "SELECT 1 FROM segments WHERE call_uuid=? AND kind='final' LIMIT 1", (uuid,)
-            ).fetchone()
-            segs = conn.execute(
-                'SELECT start, "end", text, confidence, latency_ms FROM segments '
-                "WHERE call_uuid=? AND kind=? ORDER BY start, id",
-                (uuid, "final" if has_final else "live"),
-            ).fetchall()
-            ivr = conn.execute(
-                "SELECT path, variables, result FROM ivr WHERE call_uuid=?", (uuid,)
-            ).fetchone()
-            summary = conn.execute(
-                "SELECT title, text, method, model FROM summaries WHERE call_uuid=?", (uuid,)
-            ).fetchone()
-            recs = conn.execute(
-                "SELECT format FROM recordings WHERE call_uuid=? ORDER BY format", (uuid,)
-            ).fetchall()
-            jobs = conn.execute(
-                "SELECT step, status FROM jobs WHERE call_uuid=? ORDER BY id", (uuid,)
-            ).fetchall()
-        return {
-            "uuid": row["uuid"],
-            "app": row["app"],
-            "rate": row["rate"],
-            "peer": row["peer"],
-            "caller": row["caller"],
-            "started_at": iso_utc(row["started_at"]),
-            "ended_at": iso_utc(row["ended_at"]),
-            "duration": row["duration"],
-            "end_reason": row["end_reason"],
-            "live": row["ended_at"] is None,
-            "frames_in": row["frames_in"],
-            "frames_out": row["frames_out"],
-            "transcript": [dict(s) for s in segs],
-            "ivr": None
-            if ivr is None
-            else {
-                "path": _json_load(ivr["path"], []),
-                "variables": _json_load(ivr["variables"], {}),
-                "result": ivr["result"],
-            },
-            "summary": None if summary is None else dict(summary),
-            "recordings": {
-                r["format"]: (
-                    f"/api/calls/{row['uuid']}/peaks.json" if r["format"] == "peaks"
-                    else f"/api/calls/{row['uuid']}/recording.{r['format']}"
-                )
-                for r in recs
-            },
-            "jobs": {j["step"]: j["status"] for j in jobs},
-        }
-
-    def get_call_row(self, uuid: str) -> dict[str, Any] | None:
-        """The raw calls row (unix times, meta parsed), or None."""
-        with self._reader() as conn:
-            row = conn.execute("SELECT * FROM calls WHERE uuid=?", (uuid,)).fetchone()
-        if row is None:
-            return None
-        out = dict(row)
-        out["meta"] = _json_load(out["meta"], {})
-        return out
-
-    def recordings_for(self, call_uuid: str) -> dict[str, dict[str, Any]]:
-        """The call's stored files by format: {fmt: {path, bytes, duration, created_at}}."""
-        with self._reader() as conn:
-            rows = conn.execute(
-                "SELECT format, path, bytes, duration, created_at FROM recordings "
-                "WHERE call_uuid=?",
-                (call_uuid,),
-            ).fetchall()
-        return {r["format"]: {k: r[k] for k in r.keys() if k != "format"} for r in rows}
-
-    def list_calls(
-        self,
-        limit: int = 50,
-        offset: int = 0,
-        *,
-        app: str | None = None,
-        end_reason: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        has_summary: bool | None = None,
-        ivr_result: str | None = None,
-        q: str | None = None,
-    ) -> dict[str, Any]:
-        """Calls newest first as ``{"items": [...], "total": N}``.
-
-        ``since`` is inclusive, ``until`` exclusive (unix times, on started_at). ``q`` keeps
-        calls whose transcript matches and adds a ``snippet`` (HTML-safe, ``<mark>``) per
-        item.
-        """
-        where: list[str] = []
-        params: list[Any] = []
-        if app is not None:
-            where.append("c.app = ?")
-            params.append(app)
-        if end_reason is not None:
-            where.append("c.end_reason = ?")
-            params.append(end_reason)
-        if since is not None:
-            where.append("c.started_at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("c.started_at < ?")
-            params.append(until)
-        if has_summary is not None:
-            exists = "EXISTS (SELECT 1 FROM summaries s WHERE s.call_uuid = c.uuid)"
-            where.append(exists if has_summary else f"NOT {exists}")
-        if ivr_result is not None:
-            where.append("EXISTS (SELECT 1 FROM ivr i WHERE i.call_uuid = c.uuid AND i.result = ?)")
-            params.append(ivr_result)
-        match: str | None = None
-        if q is not None and q.strip():
-            match = fts_query(q)
-            if match is None:  # nothing searchable in q: nothing can match
-                return {"items": [], "total": 0}
-            where.append(
-                "c.uuid IN (SELECT s.call_uuid FROM segments_fts "
-                "JOIN segments s ON s.id = segments_fts.rowid "
-                f"WHERE segments_fts MATCH ? AND {_TRANSCRIPT_KIND_SQL})"
-            )
-            params.append(match)
-        where_sql = f"WHERE {' AND '.join(where)}" if where else ""
-        with self._reader() as conn:
-            # With a text query the match set is the costly part: count it in the same
-            # pass as the page (a window count) instead of evaluating it twice.
-            window = ", count(*) OVER () AS total_rows" if match is not None else ""
-            rows = conn.execute(
-                "SELECT c.uuid, c.app, c.rate, c.caller, c.started_at, c.ended_at, c.duration, "
-                f"c.end_reason, sm.title AS summary_title{window} FROM calls c "
-                f"LEFT JOIN summaries sm ON sm.call_uuid = c.uuid {where_sql} "
-                "ORDER BY c.started_at DESC, c.uuid DESC LIMIT ? OFFSET ?",
-                [*params, max(0, limit), max(0, offset)],
-            ).fetchall()
-            if window and rows:
-                total = rows[0]["total_rows"]
-            else:
-                total = conn.execute(
-                    f"SELECT count(*) FROM calls c {where_sql}", params
-                ).fetchone()[0]
-            snippets: dict[str, str | None] = {}
-            if match is not None:
-                for r in rows:
-                    snippets[r["uuid"]] = self._call_snippet(conn, match, r["uuid"])
-        items = []
-        for r in rows:
-            item = {
-                "uuid": r["uuid"],
-                "app": r["app"],
-                "rate": r["rate"],
-                "caller": r["caller"],
-                "started_at": iso_utc(r["started_at"]),
-                "ended_at": iso_utc(r["ended_at"]),
-                "duration": r["duration"],
-                "end_reason": r["end_reason"],
-                "live": r["ended_at"] is None,
-                "summary_title": r["summary_title"],
-            }
-            if match is not None:
-                item["snippet"] = snippets.get(r["uuid"])
-            items.append(item)
-        return {"items": items, "total": int(total)}
-
-    @staticmethod
-    def _call_snippet(conn: sqlite3.Connection, match: str, call_uuid: str) -> str | None:
-        """The call's first matching segment, highlighted.
-
-        A plain ``MATCH ? AND call_uuid = ?`` walks the whole doclist of the query for
-        every call on the page; bounding the FTS rowid to the call's id range lets FTS5
-        seek straight to it.
-        """
-        lo, hi = conn.execute(
-            "SELECT min(id), max(id) FROM segments WHERE call_uuid=?", (call_uuid,)
-        ).fetchone()
-        if lo is None:
-            return None
-        row = conn.execute(
-            "SELECT snippet(segments_fts, 0, ?, ?, '…', 12) FROM segments_fts "
-            "JOIN segments s ON s.id = segments_fts.rowid "
-            "WHERE segments_fts MATCH ? AND segments_fts.rowid BETWEEN ? AND ? "
-            f"AND s.call_uuid = ? AND {_TRANSCRIPT_KIND_SQL} "
-            "ORDER BY segments_fts.rowid LIMIT 1",
-            (_MARK_OPEN, _MARK_CLOSE, match, lo, hi, call_uuid),
-        ).fetchone()
-        return None if row is None else _snippet_html(row[0])
-
-    def search(self, q: str, limit: int = 20, offset: int = 0) -> dict[str, Any]:
-        """Transcript segments matching ``q``, newest first, with HTML-safe ``<mark>`` snippets.
-
-        ``q`` is free text (see :func:`fts_query`); it can never cause an FTS syntax error.
-        Newest first rather than by bm25 rank: FTS5 yields rowid order for free, so a page
-        costs O(limit) even for a word in every call, where ranking must score every hit.
-        Returns ``{"items": [{call_uuid, segment_id, start, end, kind, snippet, app,
-        started_at}], "total": N}``.
-        """
-        match = fts_query(q)
-        if match is None:
-            return {"items": [], "total": 0}
-        base = (
-            "FROM segments_fts JOIN segments s ON s.id = segments_fts.rowid "
-            "JOIN calls c ON c.uuid = s.call_uuid "
-            f"WHERE segments_fts MATCH ? AND {_TRANSCRIPT_KIND_SQL}"
-        )
-        with self._reader() as conn:
-            total = conn.execute(f"SELECT count(*) {base}", (match,)).fetchone()[0]
-            rows = conn.execute(
-                'SELECT s.id AS segment_id, s.call_uuid, s.start, s."end", s.kind, '
-                "c.app, c.started_at, "
-                f"snippet(segments_fts, 0, ?, ?, '…', 12) AS snip {base} "
-                "ORDER BY segments_fts.rowid DESC LIMIT ? OFFSET ?",
-                (_MARK_OPEN, _MARK_CLOSE, match, max(0, limit), max(0, offset)),
-            ).fetchall()
-        items = [
-            {
-                "call_uuid": r["call_uuid"],
-                "segment_id": r["segment_id"],
-                "start": r["start"],
-                "end": r["end"],
-                "kind": r["kind"],
-                "snippet": _snippet_html(r["snip"]),
-                "app": r["app"],
-                "started_at": iso_utc(r["started_at"]),
-            }
-            for r in rows
-        ]
-        return {"items": items, "total": int(total)}
-
-    def audit_log(self, limit: int = 100, call_uuid: str | None = None) -> list[dict[str, Any]]:
-        """Most recent audit entries first (optionally of one call)."""
-        sql = "SELECT id, at, action, call_uuid, detail FROM audit"
-        params: list[Any] = []
-        if call_uuid is not None:
-            sql += " WHERE call_uuid=?"
-            params.append(call_uuid)
-        sql += " ORDER BY at DESC, id DESC LIMIT ?"
-        params.append(limit)
-        with self._reader() as conn:
-            return [dict(r) for r in conn.execute(sql, params)]
-
-    def execute_read(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Escape hatch for ad-hoc reads (CLI, tests); the connection is query-only."""
-        with self._reader() as conn:
-            return [dict(r) for r in conn.execute(sql, params)]

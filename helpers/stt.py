@@ -15,6 +15,10 @@ runs **on a worker thread** (or, for an utterance dropped by a full queue, on th
 called ``submit``). From asyncio, marshal it back to the loop::
 
     engine.submit(uuid, utt, lambda seg, info: loop.call_soon_threadsafe(handle, seg, info))
+
+Why this module is ~640 lines: the engine (queue, workers, capacity), the short-window
+Whisper path and the hallucination guards act on each other's results; they are kept in
+one place so each guard sits next to the figure it checks.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ summarised one by one, then the joined chunk summaries are summarised again.
 
 Every public call is blocking (inference takes hundreds of ms): run it in a thread or a
 worker process, never on the event loop.
+
+Why this module is ~800 lines: the summary contract (prompts, chunking, title rules) is
+shared by three backends (extractive, torch, CTranslate2) plus checkpoint lookup and
+conversion; splitting them would scatter one contract over several files.
 """
 
 from __future__ import annotations
