@@ -349,8 +349,6 @@ class Clock:
         self.ticks = 0
         self.resyncs = 0
         self.max_lateness = 0.0
-        #: Callbacks run once per tick before frames are written (timeline consumers).
-        self.tick_hooks: list[Callable[[int], None]] = []
 
     @property
     def running(self) -> bool:
@@ -411,8 +409,6 @@ class Clock:
             self.max_lateness = lateness
         metrics.TICK_LATENESS.observe(lateness)
         started = time.perf_counter()
-        for hook in self.tick_hooks:
-            hook(self._k)
         for playout in self._active:
             try:
                 playout.tick(advance)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 import uuid as _uuid
@@ -88,7 +89,6 @@ class Connection(asyncio.Protocol):
         self._fast_rate = 0
         self.fast_frames = 0  # frames taken by the fast path, not yet added to the call
         self._ended = False
-        self._closed_by_us = False
         self.last_in = 0.0  # loop time of the last inbound frame, as seen by the sweep
         self._seen_in = 0
         self._flushed_in = 0
@@ -286,10 +286,10 @@ class Connection(asyncio.Protocol):
             return
         self.session = session
         self.server.notify("call_started", call)
-        if type(session).on_tick is not _base_on_tick():
+        if type(session).on_tick is not _session_base().on_tick:
             call.playout.on_tick = self._tick_listener
         self.main_task = self.loop.create_task(self._run_main(session))
-        if not call.ulaw and type(session).on_audio is not _base_on_audio():
+        if not call.ulaw and type(session).on_audio is not _session_base().on_audio:
             kind = KIND_FOR_RATE[rate]
             size = call.playout.frame_size
             # An app may offer ``fast_audio(pcm, rate)`` for frames of its own kind only.
@@ -358,7 +358,6 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self._closed_by_us = True
         if send_hangup:
             # Never 0xFF, 0x01 or 0x03: Asterisk ends the call with an error on those.
             transport.write(encode_hangup())
@@ -446,26 +445,12 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None
 
 
-_BASE_ON_TICK: Any = None
-_BASE_ON_AUDIO: Any = None
+@functools.cache
+def _session_base() -> type[Session]:
+    # Imported late: sessions import the call interface from here, not the other way.
+    from sessions.base import Session
 
-
-def _base_on_audio() -> Any:
-    global _BASE_ON_AUDIO
-    if _BASE_ON_AUDIO is None:
-        from sessions.base import Session
-
-        _BASE_ON_AUDIO = Session.on_audio
-    return _BASE_ON_AUDIO
-
-
-def _base_on_tick() -> Any:
-    global _BASE_ON_TICK
-    if _BASE_ON_TICK is None:
-        from sessions.base import Session
-
-        _BASE_ON_TICK = Session.on_tick
-    return _BASE_ON_TICK
+    return Session
 
 
 class AudioSocketServer:
