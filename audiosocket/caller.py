@@ -134,7 +134,8 @@ async def place_call(
             delay = t0 + elapsed - loop.time()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await done.wait()
                 if done.is_set():
                     break
             while digit_times and digit_times[0][0] <= elapsed:
@@ -159,8 +160,9 @@ async def place_call(
         with contextlib.suppress(OSError, RuntimeError):
             if writer.can_write_eof():
                 writer.write_eof()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(receiver), 1.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(receiver)
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()

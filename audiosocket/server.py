@@ -582,5 +582,6 @@ class AudioSocketServer:
         self.clock.stop()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
         log.info("stopped")

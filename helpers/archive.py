@@ -275,7 +275,10 @@ async def _run_ffmpeg(
                 await proc.wait()
 
             try:
-                await asyncio.wait_for(drain(), timeout_s)
+                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
+                # that arrives as the inner await finishes (seen as a hung shutdown).
+                async with asyncio.timeout(timeout_s):
+                    await drain()
             except TimeoutError:
                 raise FFmpegError(
                     f"ffmpeg ({step}) timed out after {timeout_s:g} s", _decode_tail(buf, tail)

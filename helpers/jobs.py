@@ -146,11 +146,17 @@ class PostCallJobs:
     async def aclose(self) -> None:
         """Stop the workers; unfinished jobs stay in the store and resume next start."""
         self._stop.set()
+        self._wake.set()
+        pending = {t for t in self._tasks if not t.done()}
+        while pending:
+            # Cancel again each round: a worker that absorbed one cancel (it landed as an
+            # await finished) still sees the stop flag at the top of its loop.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled() and task.exception() is not None:
+                log.error("job_worker_failed", error=repr(task.exception()))
         self._tasks.clear()
 
     def _orphans(self) -> list[tuple[str, Path]]:
@@ -217,7 +223,10 @@ class PostCallJobs:
     # -- workers -------------------------------------------------------------------------
 
     async def _worker(self, index: int) -> None:
-        while True:
+        # The stop flag, not cancellation alone, ends the loop: a cancel that lands as an
+        # await completes can be lost (3.11's wait_for did exactly that), and then
+        # aclose() would wait on this task forever.
+        while not self._stop.is_set():
             try:
                 job = await asyncio.wrap_future(self.store.claim_job_async())
             except Exception as exc:
@@ -226,7 +235,8 @@ class PostCallJobs:
             if job is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    async with asyncio.timeout(self.poll_s):
+                        await self._wake.wait()
                 continue
             self.running += 1
             try:

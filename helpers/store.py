@@ -93,6 +93,23 @@ class _Write:
     future: concurrent.futures.Future[Any]
     name: str
     attempts: int = 0
+    # A claim nobody waits for any more (its awaiting task was cancelled, e.g. at
+    # shutdown) must not run: it would leave a job 'running' with no worker on it.
+    skip_if_cancelled: bool = False
+
+
+def _settle(
+    fut: concurrent.futures.Future[Any], result: Any = None, exc: BaseException | None = None
+) -> None:
+    """Resolve ``fut`` unless its waiter cancelled it: a cancelled future raises
+    InvalidStateError on set_result, and that must never kill the writer thread."""
+    if fut.done():
+        return
+    with suppress(concurrent.futures.InvalidStateError):
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
 
 
 @dataclass(eq=False)
@@ -179,9 +196,14 @@ class CallStore(StoreQueries):
         self._open = False
         stop = _Control("stop")
         self._queue.put(stop)  # blocking put: the stop must not be dropped
-        stop.future.result()
         if self._writer is not None:
-            self._writer.join()
+            # Wait for the writer, not for the barrier alone: should the thread ever die
+            # before reaching the stop, close() must still return (and say so).
+            while self._writer.is_alive():
+                self._writer.join(timeout=1.0)
+            if not stop.future.done():
+                STORE_ERRORS.labels(kind="writer_died").inc()
+                log.error("store_writer_died", path=str(self.path))
         # A write that raced with close() landed behind the stop barrier: fail it
         # rather than leave its future unresolved forever.
         while True:
@@ -189,11 +211,10 @@ class CallStore(StoreQueries):
                 late = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if not late.future.done():
-                if isinstance(late, _Write):
-                    late.future.set_exception(StoreClosedError(f"store closed; {late.name} lost"))
-                else:
-                    late.future.set_result(None)
+            if isinstance(late, _Write):
+                _settle(late.future, exc=StoreClosedError(f"store closed; {late.name} lost"))
+            else:
+                _settle(late.future)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         with self._lock:
@@ -232,7 +253,8 @@ class CallStore(StoreQueries):
     # ---- the writer thread -------------------------------------------------------
 
     def _submit(
-        self, op: Callable[[sqlite3.Connection], T], name: str = "write"
+        self, op: Callable[[sqlite3.Connection], T], name: str = "write",
+        *, skip_if_cancelled: bool = False,
     ) -> concurrent.futures.Future[T]:
         """Queue ``op`` for the writer; never blocks. The future resolves after COMMIT."""
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -241,7 +263,7 @@ class CallStore(StoreQueries):
             log.warning("store_write_after_close", op=name)
             return fut
         try:
-            self._queue.put_nowait(_Write(op, fut, name))
+            self._queue.put_nowait(_Write(op, fut, name, skip_if_cancelled=skip_if_cancelled))
         except queue.Full:
             STORE_ERRORS.labels(kind="queue_full").inc()
             log.error("store_queue_full", op=name, depth=self._queue.qsize())
@@ -277,10 +299,11 @@ class CallStore(StoreQueries):
                     if conn.in_transaction:
                         with suppress(sqlite3.Error):
                             conn.execute("ROLLBACK")
+                    if not pending:
+                        continue
                     head = pending.popleft()
                     if isinstance(head, _Write):
-                        if not head.future.done():
-                            head.future.set_exception(exc)
+                        _settle(head.future, exc=exc)
                     elif self._finish_control(head):
                         return
         finally:
@@ -313,6 +336,10 @@ class CallStore(StoreQueries):
             if isinstance(item, _Control):
                 control = item
                 break
+            if item.skip_if_cancelled and item.future.cancelled():
+                done.append((item, None))
+                n += 1
+                continue
             try:
                 conn.execute("SAVEPOINT w")
                 try:
@@ -333,7 +360,7 @@ class CallStore(StoreQueries):
                 # A bad statement loses only itself; the writer carries on.
                 STORE_ERRORS.labels(kind="statement").inc()
                 log.error("store_write_failed", op=item.name, error=repr(exc))
-                item.future.set_exception(exc)
+                _settle(item.future, exc=exc)
                 failed.append(item)
                 n += 1
                 continue
@@ -358,7 +385,7 @@ class CallStore(StoreQueries):
         for _ in range(n):
             pending.popleft()
         for item, result in done:
-            item.future.set_result(result)
+            _settle(item.future, result)
         if retry_from is not None and transient_exc is not None:
             self._transient(retry_from, transient_exc, pending)
             return False
@@ -377,15 +404,14 @@ class CallStore(StoreQueries):
             STORE_ERRORS.labels(kind="dropped").inc()
             log.error("store_write_dropped", op=item.name, attempts=item.attempts, error=str(exc))
             pending.remove(item)
-            if not item.future.done():
-                item.future.set_exception(exc)
+            _settle(item.future, exc=exc)
             return
         log.warning("store_write_retry", op=item.name, attempts=item.attempts, error=str(exc))
         time.sleep(min(1.0, self._retry_backoff * 2 ** (item.attempts - 1)))
 
     @staticmethod
     def _finish_control(control: _Control) -> bool:
-        control.future.set_result(None)
+        _settle(control.future)
         return control.kind == "stop"
 
     def flush(self, timeout: float | None = None) -> None:
@@ -695,7 +721,7 @@ class CallStore(StoreQueries):
             ).fetchone()
             return dict(row) if row is not None else None
 
-        return self._submit(op, "claim_job")
+        return self._submit(op, "claim_job", skip_if_cancelled=True)
 
     def claim_job(
         self, steps: set[str] | None = None, now: float | None = None

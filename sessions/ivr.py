@@ -132,7 +132,8 @@ class IvrSession(TranscribeSession):
                 else:
                     return None
             try:
-                return await asyncio.wait_for(self._inputs.get(), left)
+                async with asyncio.timeout(left):
+                    return await self._inputs.get()
             except TimeoutError:
                 continue
 
@@ -273,7 +274,8 @@ class IvrSession(TranscribeSession):
         try:
             while self.call.time - start < r.max_seconds and not self.call.ended:
                 try:
-                    kind, value = await asyncio.wait_for(self._inputs.get(), 0.1)
+                    async with asyncio.timeout(0.1):
+                        kind, value = await self._inputs.get()
                     if kind == "dtmf" and value == r.terminator:
                         stopped = "terminator"
                         break

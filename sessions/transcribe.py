@@ -139,7 +139,8 @@ class TranscribeSession(RecordSession):
         if last is not None:
             self._submit(last)
         try:
-            await asyncio.wait_for(self._idle.wait(), FINAL_WAIT_S)
+            async with asyncio.timeout(FINAL_WAIT_S):
+                await self._idle.wait()
         except TimeoutError:
             self.log.warning("final_transcripts_timed_out", pending=self._pending)
         await super().on_end(reason)

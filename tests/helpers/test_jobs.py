@@ -103,3 +103,34 @@ async def test_retention_respects_jobs_and_archives(ctx: Any) -> None:
     assert not wav.exists() and (ctx.data_dir / "archive" / "c3.mp3").exists()
     audit = await store.aread(store.audit_log)
     assert any(a["action"] == "retention_delete" and a["call_uuid"] == "c3" for a in audit)
+
+
+async def test_aclose_returns_even_if_a_step_absorbs_the_cancel(ctx: Any) -> None:
+    # Python 3.11's wait_for could lose a cancel that arrived as its inner await finished;
+    # the worker then went on looping and shutdown waited on it forever (a CI hang).
+    # Simulate the worst case, a step that swallows its cancellation outright.
+    jobs = await ensure_jobs(ctx)
+    store = ctx.get("store")
+    entered = asyncio.Event()
+    absorbed: list[bool] = []
+
+    async def stubborn(call_uuid: str) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            absorbed.append(True)  # and return normally: the cancel is gone
+
+    jobs._step_archive_aac = stubborn
+    store.call_started("c3", "record", 8000, None, time.time())
+    store.call_ended("c3", time.time(), "remote_closed", 0, 0)
+    store.enqueue_jobs("c3", ["archive_aac"])
+    jobs._poke()
+    async with asyncio.timeout(10):
+        await entered.wait()
+    started = time.monotonic()
+    async with asyncio.timeout(10):
+        await jobs.aclose()
+    assert absorbed == [True]
+    assert time.monotonic() - started < 5
+    assert all(t.done() for t in asyncio.all_tasks() if t.get_name().startswith("jobs-"))

@@ -354,6 +354,51 @@ def test_writer_survives_a_bad_write(store: CallStore) -> None:
     assert store.get_call(cid)["transcript"][0]["text"] == "fine"  # type: ignore[index]
 
 
+def hold_writer(store: CallStore) -> threading.Event:
+    """Park the writer thread inside a write until the returned event is set."""
+    release = threading.Event()
+    store._submit(lambda conn: release.wait(10))
+    return release
+
+
+def test_cancelled_futures_never_kill_the_writer(store: CallStore) -> None:
+    # A task awaiting asyncio.wrap_future(...) that is cancelled (shutdown) cancels the
+    # store's future; resolving it then raised InvalidStateError and killed the writer,
+    # after which close() waited forever. Seen in CI as a SIGTERM that never finished.
+    cid = make_call(store)
+    store.enqueue_jobs(cid, ["archive_aac"], not_before=T0)
+    store.flush()
+    release = hold_writer(store)
+    claim = store.claim_job_async()
+    segment = store.add_segment(cid, 0, 1, "kept", 1.0, 1.0)
+    barrier_owner = store._submit(lambda conn: 7)
+    assert claim.cancel() and segment.cancel() and barrier_owner.cancel()
+    release.set()
+    # The writer is alive and later writes resolve.
+    assert store.add_segment(cid, 1, 2, "after", 1.0, 1.0).result(5) > 0
+    # A cancelled claim does not run: the job is still pending for the next worker...
+    assert [j["status"] for j in store.jobs_for(cid)] == ["pending"]
+    # ...while a cancelled plain write is still committed (nothing received is lost).
+    texts = [s["text"] for s in store.get_call(cid)["transcript"]]  # type: ignore[index]
+    assert texts == ["kept", "after"]
+
+
+async def test_cancelled_aflush_and_claim_then_close_returns(tmp_path: Path) -> None:
+    store = CallStore(tmp_path).open()
+    release = hold_writer(store)
+    waiters = [asyncio.ensure_future(store.aflush()),
+               asyncio.ensure_future(asyncio.wrap_future(store.claim_job_async()))]
+    await asyncio.sleep(0.05)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    release.set()
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive()
+
+
 def test_transient_disk_full_is_retried_in_order(store: CallStore) -> None:
     before = errors("disk_full")
     fails = {"left": 2}
