@@ -84,6 +84,7 @@ class Playout:
         "_sent_seq",
         "_silence",
         "_start_marks",
+        "_stream_from",
         "_streams",
         "_ulaw",
         "audio_frames_sent",
@@ -124,6 +125,7 @@ class Playout:
         self._queued_seq = 0  # frames ever queued
         self._sent_seq = 0  # frames ever taken off the queue (sent, cleared or dropped)
         self._streams = 0
+        self._stream_from = 0  # seq of the open stream's first frame
         self._loop = loop
         self.ticks = 0  # the call's timeline, in 20 ms ticks since it was registered
         self.sent_total = 0
@@ -226,8 +228,10 @@ class Playout:
 
     def begin_stream(self) -> None:
         """Mark that more audio of a clip is coming (TTS sentence by sentence), so an empty
-        buffer at a tick counts as an underrun rather than the end of speech."""
+        buffer at a tick counts as an underrun rather than the end of speech. Only once the
+        stream's first frame has gone out: the wait before it is latency, not a gap."""
         self._streams += 1
+        self._stream_from = self._queued_seq + 1
 
     def end_stream(self) -> None:
         """Close what ``begin_stream`` opened."""
@@ -312,7 +316,7 @@ class Playout:
         if self._marks or self._start_marks:
             self._resolve_marks()
         if sent < ticks:
-            if self._streams:
+            if self._streams and self._sent_seq >= self._stream_from:
                 self.underruns += 1
                 metrics.UNDERRUNS.inc()
             write(self._silence)

@@ -27,11 +27,11 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from audiosocket.clock import Clock, Playout
 from helpers.prompt_cache import PromptCache
 from helpers.tts import TtsEngine
 
@@ -175,6 +175,71 @@ async def bench_callers(
     print()
 
 
+class _NullTransport:
+    """Where the frames would go: counts them (a socket would only add noise here)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def write(self, data: bytes) -> None:
+        self.frames += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def clocked_caller(engine: TtsEngine, text: str, playout: Playout) -> tuple[float, int]:
+    """What ``Session.say`` does, on a real Playout and Clock: (first frame s, underruns)."""
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    playout.begin_stream()
+    first = last = None
+    try:
+        async for chunk in engine.stream(text, RATE):
+            last = playout.play(chunk)
+            first = first or last
+    finally:
+        playout.end_stream()
+    assert first is not None and last is not None
+    started = await first.started
+    await last
+    return started - asked, playout.underruns
+
+
+async def bench_clocked(engine: TtsEngine, counts: list[int], runs: int) -> None:
+    """N callers through the server's own clock and playout buffers (no sockets): an
+    underrun is a tick inside a prompt that found the buffer empty (``say()``'s metric)."""
+    template = (
+        "Thank you for calling, caller number {n}. "
+        "Your reference number is {m}, please keep it for your records."
+    )
+    print("## Through the 20 ms clock: ticks inside a prompt with nothing to send (8 kHz)")
+    print("| callers | calls with an underrun | underrun ticks | prompt ticks | clock resyncs |"
+          " first frame median | first frame worst |")
+    print("|---|---|---|---|---|---|---|")
+    for count in counts:
+        rows = []
+        for _ in range(runs):
+            clock = Clock()
+            playouts = [Playout(_NullTransport(), RATE) for _ in range(count)]
+            for p in playouts:
+                clock.register(p)
+            clock.start()
+            try:
+                results = await asyncio.gather(
+                    *(clocked_caller(engine, _unique(template), p) for p in playouts))
+            finally:
+                clock.stop()
+            firsts = [r[0] for r in results]
+            rows.append((sum(1 for r in results if r[1]), sum(r[1] for r in results),
+                         sum(p.audio_frames_sent for p in playouts), clock.resyncs,
+                         statistics.median(firsts), max(firsts)))
+        med = [statistics.median(col) for col in zip(*rows, strict=True)]
+        print(f"| {count} | {med[0]:.0f} / {count} | {med[1]:.0f} | {med[2]:.0f} |"
+              f" {med[3]:.0f} | {med[4] * 1000:.0f} ms | {med[5] * 1000:.0f} ms |")
+    print()
+
+
 def _ms(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1000:.2f} ms"
 
@@ -188,6 +253,10 @@ async def main() -> None:
     parser.add_argument("--callers", default="1,2,4,10,50")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads")
+    parser.add_argument("--clocked", default="1,10,50",
+                        help="caller counts to run through the real clock ('' to skip)")
+    parser.add_argument("--safety", type=float, default=1.5,
+                        help="the scheduler's safety factor on cost estimates")
     parser.add_argument("--solo-threads", type=int, default=None,
                         help="threads when a synthesis runs alone (default: all cores)")
     args = parser.parse_args()
@@ -196,19 +265,18 @@ async def main() -> None:
         f"threads={args.threads}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        pool = ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="tts")
         cache = PromptCache(Path(tmp) / "hot")
         disk_cache = PromptCache(Path(tmp) / "disk", memory_bytes=0)
         t = time.perf_counter()
-        engine = TtsEngine(cache=cache, threads=args.threads, executor=pool,
-                           solo_threads=args.solo_threads)
+        engine = TtsEngine(cache=cache, threads=args.threads, workers=args.workers,
+                           solo_threads=args.solo_threads, safety=args.safety)
         print(f"voice load: {time.perf_counter() - t:.2f} s")
-        disk_engine = TtsEngine(cache=disk_cache, threads=args.threads, executor=pool)
+        disk_engine = TtsEngine(cache=disk_cache, threads=args.threads, workers=args.workers)
         await engine.prewarm([], [RATE])  # the first ONNX run is slower: not what we measure
         await bench_first_pcm(engine, disk_engine, args.runs)
         engines = {f"threads={args.threads}": engine}
         other = 2 if args.threads == 1 else 1
-        engines[f"threads={other}"] = TtsEngine(threads=other, executor=pool)
+        engines[f"threads={other}"] = TtsEngine(threads=other, workers=args.workers)
         engines[f"threads={other}"].synthesize_sentence("Warm up.", RATE)
         bench_rtf(engines, args.runs)
         await bench_callers(
@@ -218,8 +286,12 @@ async def main() -> None:
             args.big,
             args.big_runs,
         )
+        if args.clocked:
+            await bench_clocked(engine, [int(c) for c in args.clocked.split(",")],
+                                args.caller_runs)
         print(f"load at end={os.getloadavg()[0]:.2f}")
-        pool.shutdown()
+        for e in (engine, disk_engine, *engines.values()):
+            e.close()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import re
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from prometheus_client import Counter, Histogram
 
 from helpers.audio import float_to_pcm, resample_float
 from helpers.prompt_cache import PromptCache
+from helpers.tts_sched import ADMISSION_WAIT, ADMISSIONS, SynthesisScheduler
 
 __all__ = [
     "FADE_MS",
@@ -201,10 +201,11 @@ class TtsEngine:
     in a thread. ``threads`` is ONNX Runtime's intra-op thread count per inference while
     several syntheses run at once; ``solo_threads`` (default: all cores) is used by a
     synthesis that has the engine to itself, where more threads cut the time to the first
-    audio by about 40 % (docs/BENCHMARKS.md) and cost nobody anything. ``executor`` runs the
-    syntheses (default: an own pool of ``cpu_count // threads`` workers, shut down by
-    :meth:`close`). With ``cache`` every sentence is looked up before synthesis and stored
-    after it.
+    audio by about 40 % (docs/BENCHMARKS.md) and cost nobody anything. Syntheses run on
+    ``workers`` threads (default ``cpu_count // threads``) under a
+    :class:`~helpers.tts_sched.SynthesisScheduler`, which also decides when a prompt may
+    start to play without running dry between sentences. With ``cache`` every sentence is
+    looked up before synthesis and stored after it.
     """
 
     def __init__(
@@ -215,7 +216,8 @@ class TtsEngine:
         settings: TtsSettings = TtsSettings(),  # frozen, so a shared default is safe
         threads: int = 1,
         solo_threads: int | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        workers: int | None = None,
+        safety: float = 1.5,
     ) -> None:
         path = Path(voice) if voice is not None else default_voice_path()
         self.voice_path = path.expanduser().resolve()
@@ -230,10 +232,8 @@ class TtsEngine:
         self.sample_rate: int = int(self._voice.config.sample_rate)
         self.cache = cache
         self.settings = settings
-        self._owns_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(
-            max_workers=max(1, (os.cpu_count() or 1) // max(1, threads)),
-            thread_name_prefix="tts",
+        self.scheduler = SynthesisScheduler(
+            workers or max(1, (os.cpu_count() or 1) // max(1, threads)), safety=safety
         )
         self._syn_config = SynthesisConfig(
             speaker_id=settings.speaker_id,
@@ -248,9 +248,8 @@ class TtsEngine:
         self._settings_key = f"{_RENDER_VERSION}|{settings!r}"
 
     def close(self) -> None:
-        """Shut down the engine's own thread pool (a passed-in executor is left alone)."""
-        if self._owns_executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the synthesis threads (queued sentences are cancelled)."""
+        self.scheduler.shutdown()
 
     # -- text ---------------------------------------------------------------------------
 
@@ -299,9 +298,8 @@ class TtsEngine:
             self._inflight += 1
             # Solo only when nothing else runs or waits: under load, one thread per inference
             # keeps more prompts ahead of real time than fewer, faster inferences.
-            queue = getattr(self._executor, "_work_queue", None)
-            idle = queue is None or queue.empty()
-            voice = self._solo_voice if self._inflight == 1 and idle else self._voice
+            idle = self._inflight == 1 and self.scheduler.idle_besides_me()
+            voice = self._solo_voice if idle else self._voice
         try:
             for chunk in voice.synthesize(sentence, syn_config=self._syn_config):
                 pieces.append(
@@ -319,6 +317,8 @@ class TtsEngine:
         duration = audio.size / self.sample_rate
         SYNTHESIS_SECONDS.observe(elapsed)
         AUDIO_SECONDS.inc(duration)
+        self.scheduler.observe(len(sentence), elapsed, duration,
+                               solo=voice is self._solo_voice and voice is not self._voice)
         if duration > 0:
             SYNTHESIS_RTF.observe(elapsed / duration)
         return out
@@ -386,34 +386,77 @@ class TtsEngine:
     async def stream(self, text: str, rate: int) -> AsyncGenerator[bytes, None]:
         """Yield the text's PCM at ``rate`` one sentence at a time (pause appended).
 
-        Synthesis runs in the executor. As soon as sentence n is ready, sentence n+1 is
-        started, so it renders while n plays (one ahead: starting more would compete for
-        the CPU with the sentence the caller is waiting for). Sentences in the cache's RAM
-        layer are returned without a thread hop. Closing the iterator early (barge-in)
-        cancels the prefetch if it has not started; a running one finishes into the cache.
+        The first sentence is rendered first (alone, it may use every core); then the rest
+        are queued and the prompt starts as soon as the scheduler predicts that each later
+        sentence will be ready before the audio ahead of it has played
+        (:mod:`helpers.tts_sched`). Idle, that is at once; under load the start waits, so a
+        prompt that has begun never runs dry mid-way. Sentences in the cache's RAM layer
+        need no thread; ones on disk only are read in a thread. Closing the iterator early
+        (barge-in) drops queued sentences; one already rendering finishes into the cache.
         """
         sentences = self.split_sentences(text)
         if not sentences:
             return
+        n = len(sentences)
+        pause = self.pause(rate)
+        pause_s = len(pause) / 2 / rate
+        plan = self.scheduler.new_prompt(sentences)
+        ready: dict[int, bytes] = {}
+        futures: dict[int, asyncio.Future[bytes]] = {}
         loop = asyncio.get_running_loop()
 
-        def launch(i: int) -> bytes | asyncio.Future[bytes]:
-            hot = self._hot(sentences[i], rate)
+        def launch(i: int) -> None:
+            sentence = sentences[i]
+            hot = self._hot(sentence, rate)
             if hot is not None:
-                return hot
-            return loop.run_in_executor(self._executor, self._sentence_pcm, sentences[i], rate)
+                ready[i] = hot
+            elif self.cache is not None and self._key(sentence, rate) in self.cache:
+                futures[i] = asyncio.ensure_future(
+                    asyncio.to_thread(self._sentence_pcm, sentence, rate))
+            else:
+                futures[i] = asyncio.wrap_future(self.scheduler.add_sentence(
+                    plan, i, lambda: self._sentence_pcm(sentence, rate)))
 
-        pending: bytes | asyncio.Future[bytes] | None = launch(0)
+        def seconds(pcm: bytes) -> float:
+            return len(pcm) / 2 / rate
+
         try:
-            for i in range(len(sentences)):
-                assert pending is not None
-                pcm = pending if isinstance(pending, bytes) else await pending
-                last = i == len(sentences) - 1
-                pending = None if last else launch(i + 1)
-                yield pcm if last else pcm + self.pause(rate)
+            launch(0)
+            if 0 in futures:
+                ready[0] = await futures.pop(0)
+            if n > 1:
+                for i in range(1, n):
+                    launch(i)
+                held = loop.time()
+                first, buffered = 1, seconds(ready[0]) + pause_s
+                while True:
+                    # Sentences ready in order extend what can play without a gap.
+                    while first < n and (first in ready or futures[first].done()):
+                        if first not in ready:
+                            ready[first] = futures.pop(first).result()
+                        buffered += seconds(ready[first]) + (pause_s if first < n - 1 else 0)
+                        first += 1
+                    if first >= n:
+                        ADMISSIONS.labels(how="whole").inc()
+                        break
+                    known = {i: seconds(ready[i]) for i in ready if i > first}
+                    known.update({i: seconds(f.result()) for i, f in futures.items()
+                                  if i > first and f.done() and not f.cancelled()
+                                  and f.exception() is None})
+                    if self.scheduler.try_admit(plan, first, buffered, known_s=known,
+                                                pause_s=pause_s):
+                        break
+                    await asyncio.wait([f for f in futures.values() if not f.done()],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                ADMISSION_WAIT.observe(loop.time() - held)
+            for i in range(n):
+                pcm = ready.pop(i) if i in ready else await futures.pop(i)
+                yield pcm if i == n - 1 else pcm + pause
         finally:
-            if isinstance(pending, asyncio.Future) and not pending.done():
-                pending.cancel()
+            self.scheduler.cancel(plan)
+            for fut in futures.values():
+                if not fut.done():
+                    fut.cancel()
 
     async def prewarm(self, texts: Iterable[str], rates: Iterable[int]) -> int:
         """Render every sentence of ``texts`` at every rate into the cache, in parallel.
@@ -424,7 +467,6 @@ class TtsEngine:
         """
         rate_list = sorted(set(rates))
         sentences = list(dict.fromkeys(s for t in texts for s in self.split_sentences(t)))
-        loop = asyncio.get_running_loop()
 
         def job(sentence: str) -> int:
             cache = self.cache
@@ -440,10 +482,10 @@ class TtsEngine:
             self._render("Hello.", [self.sample_rate])
             return 0
 
-        jobs = [loop.run_in_executor(self._executor, job, s) for s in sentences]
+        jobs = [asyncio.wrap_future(self.scheduler.submit(job, s)) for s in sentences]
         if not self._warmed:  # even when everything is cached: the next miss is then fast
             self._warmed = True
-            jobs.append(loop.run_in_executor(self._executor, warm))
+            jobs.append(asyncio.wrap_future(self.scheduler.submit(warm)))
         return sum(await asyncio.gather(*jobs))
 
 

@@ -83,18 +83,31 @@ def test_feed_keeps_partial_frames_for_later() -> None:
     asyncio.run(go())
 
 
-def test_underrun_counted_only_while_streaming() -> None:
+def test_underrun_counted_only_inside_a_started_stream() -> None:
     async def go() -> None:
         t = FakeTransport()
         p = Playout(t, 8000)
         p.tick()
         assert p.underruns == 0
         p.begin_stream()
+        p.tick()  # waiting for the first sentence: latency, not a gap
+        assert p.underruns == 0
+        p.play(b"\x01\x00" * 160)  # one frame of the stream
         p.tick()
+        assert p.underruns == 0
+        p.tick()  # it started and ran dry before the next sentence: an underrun
         assert p.underruns == 1
         p.end_stream()
         p.tick()
         assert p.underruns == 1
+        # A new stream behind a clip still playing: the gap before its own first frame
+        # is between prompts, not inside one.
+        p.play(b"\x01\x00" * 160)
+        p.begin_stream()
+        p.tick()
+        p.tick()
+        assert p.underruns == 1
+        p.end_stream()
 
     asyncio.run(go())
 
