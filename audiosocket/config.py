@@ -86,6 +86,8 @@ class WebConfig:
 
     token: str = ""  # required when http_host is not loopback
     max_upload_mb: int = 50
+    # Simple recording range requests bypass aiohttp (web/fastpath.py); off: all via aiohttp.
+    fast_ranges: bool = True
 
 
 @dataclass

@@ -14,6 +14,7 @@ runs one aiohttp server.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import resource
@@ -93,8 +94,44 @@ http {{
 """
 
 
+PORTAL_CALL = "00000000-0000-4000-8000-000000000001"
+
+
+def serve_portal(port: int, file: Path, fast: bool) -> None:
+    """The real portal (``make_app`` + ``start_http``) on uvloop, the file as a call's MP3."""
+    sys.path.insert(0, str(ROOT))
+    import uvloop
+
+    from audiosocket.config import Config, WebConfig
+    from helpers.store import CallStore
+    from web.app import make_app, start_http
+
+    async def main() -> None:
+        data = Path(tempfile.mkdtemp(prefix="range_bench_store_"))
+        store = CallStore(data / "calls.db").open()
+        store.call_started(PORTAL_CALL, "ivr", 8000, None, time.time() - 60)
+        store.call_ended(PORTAL_CALL, time.time(), "remote_closed", 0, 0)
+        store.set_recording(PORTAL_CALL, "mp3", str(file), FILE_SIZE, 300.0)
+        store.flush()
+        cfg = Config(data_dir=str(data), web=WebConfig(fast_ranges=fast))
+        app = make_app({"store": store, "config": cfg})
+        await start_http(app, "127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def path_for(target: str) -> str:
+    if target.startswith("portal"):
+        return f"/api/calls/{PORTAL_CALL}/recording.mp3"
+    return "/f/rec.wav"
+
+
 def serve(kind: str, port: int, file: Path) -> None:
     """Run one aiohttp server (called in a pinned subprocess)."""
+    if kind in ("portal", "portal-aiohttp"):
+        serve_portal(port, file, fast=kind == "portal")
+        return
     sys.path.insert(0, str(ROOT))
     from aiohttp import web
 
@@ -135,16 +172,16 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-def run_wrk(port: int, lua: Path, args: argparse.Namespace) -> dict[str, float]:
+def run_wrk(port: int, lua: Path, args: argparse.Namespace, path: str) -> dict[str, float]:
     env = dict(
         os.environ,
         RANGE_FILE_SIZE=str(FILE_SIZE),
         RANGE_LEN=str(RANGE_LEN),
-        RANGE_PATH="/f/rec.wav",
+        RANGE_PATH=path,
     )
     cmd = [
         "taskset", "-c", "1", "wrk", "-c", str(args.connections), "-t", "2",
-        "-d", f"{args.duration}s", "--latency", "-s", str(lua), f"http://127.0.0.1:{port}/f/rec.wav",
+        "-d", f"{args.duration}s", "--latency", "-s", str(lua), f"http://127.0.0.1:{port}{path}",
     ]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     match = re.search(r"^RESULT (.*)$", out, re.M)
@@ -172,7 +209,10 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument(
-        "--targets", default="nginx,ours,ours-uvloop,fileresponse", help="comma list"
+        "--targets", default="nginx,portal,portal-aiohttp,ours-uvloop,fileresponse",
+        help="comma list: nginx, portal (the real app with the range fast path),"
+        " portal-aiohttp (fast_ranges off), ours, ours-uvloop (serve_file alone),"
+        " fileresponse",
     )
     args = parser.parse_args()
     if args.cmd == "serve":
@@ -213,7 +253,7 @@ def main() -> None:
         results: dict[str, dict[str, float]] = {}
         for target in targets:
             print(f"running wrk against {target} ...", file=sys.stderr, flush=True)
-            results[target] = run_wrk(ports[target], lua, args)
+            results[target] = run_wrk(ports[target], lua, args, path_for(target))
             time.sleep(2)  # let TIME_WAIT / server queues settle between targets
 
         base = results.get("nginx", {}).get("rps")

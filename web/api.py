@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from helpers.store import CallStore
+from web.fastpath import FAST_INDEX
 from web.files import content_type_for, serve_file
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "parse_time", "setup_api"]
@@ -166,6 +167,9 @@ class _CallsApi:
         removed, refused = await asyncio.to_thread(
             _remove_files, [str(f["path"]) for f in files.values()], self.data_dir
         )
+        index = request.app.get(FAST_INDEX)
+        if index is not None:
+            index.invalidate(call_id)  # the range fast path must not serve it from its cache
         existed = await asyncio.wrap_future(self.store.delete_call(call_id))
         self.store.audit(
             "delete_call", call_id,

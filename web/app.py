@@ -55,6 +55,10 @@ def make_app(services: dict[str, Any] | None = None) -> web.Application:
             token=config.web.token if config is not None else "",
         )
         setup_api(app, store, data_dir)
+        if config is None or config.web.fast_ranges:
+            from web.fastpath import FAST_INDEX, RecordingIndex
+
+            app[FAST_INDEX] = RecordingIndex(store)
         setup_uploads(
             app, store, services.get("jobs"),
             data_dir if data_dir is not None else store.path.parent,
@@ -65,8 +69,10 @@ def make_app(services: dict[str, Any] | None = None) -> web.Application:
 
 async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Start serving ``app``; the caller cleans up the returned runner."""
+    from web.fastpath import fast_site
+
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = fast_site(app, runner, host, port, reuse_address=True, backlog=4096)
     await site.start()
     return runner

@@ -23,6 +23,7 @@ from helpers.peaks import write_peaks
 from helpers.store import CallStore
 from tests.helpers.speech_fixtures import silence, synth_speech
 from web.app import make_app
+from web.fastpath import fast_site
 
 SENTENCES: tuple[str, ...] = (
     "Hello, I would like to check the status of my parcel.",
@@ -97,7 +98,9 @@ async def serve(
     app = make_app({"store": store, "config": cfg, "jobs": jobs})
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    # The production site: recordings' simple range requests take web/fastpath.py, so the
+    # browser tests play and seek through it.
+    site = fast_site(app, runner, host, port)
     await site.start()
     bound = runner.addresses[0]
     return Served(runner, app, f"http://{bound[0]}:{bound[1]}")
