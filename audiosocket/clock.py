@@ -22,7 +22,7 @@ from typing import Protocol
 
 from audiosocket import metrics
 from audiosocket.protocol import FRAME_MS, KIND_FOR_RATE, frame_bytes
-from audiosocket.ulaw import ULAW_FRAME_BYTES, lin2ulaw
+from audiosocket.ulaw import ULAW_FRAME_BYTES, lin2ulaw, ulaw2lin
 
 __all__ = ["Clock", "Playback", "Playout", "Transport"]
 
@@ -142,8 +142,11 @@ class Playout:
         if self.rate != 8000:
             raise ValueError("μ-law framing only exists at 8 kHz")
         self._ulaw = True
+        old_header = len(self._header)
         self._header = _HEADER.pack(self.kind, ULAW_FRAME_BYTES)
         self._silence = self._header + lin2ulaw(bytes(self.frame_size))
+        # Queued frames are wire frames: re-encode any already waiting.
+        self._frames = deque(self._header + lin2ulaw(f[old_header:]) for f in self._frames)
 
     # -- producers -----------------------------------------------------------------------
 
@@ -169,10 +172,10 @@ class Playout:
         ``_rate`` is ignored: it lets ``feed`` stand in for a session's ``on_audio(pcm,
         rate)`` directly (the echo app), saving a Python call per frame.
         """
-        if not self._partial and len(pcm) == self.frame_size:
+        if not self._partial and len(pcm) == self.frame_size and not self._ulaw:
             # The usual case, exactly one frame: _push inlined (this runs per call per tick).
             frames = self._frames
-            frames.append(pcm)
+            frames.append(self._header + pcm)
             self._queued_seq += 1
             if len(frames) > self.max_frames:
                 frames.popleft()
@@ -217,8 +220,24 @@ class Playout:
             self._start_marks.append((first_seq, started))
         return Playback(fut, len(pcm) // n, started)
 
-    def _push(self, frame: bytes) -> None:
-        self._frames.append(frame)
+    def feed_frame(self, frame: bytes) -> None:
+        """Queue one whole wire frame (header included) as it will be sent.
+
+        For echo and relays whose input frames already have this playout's kind and size
+        (the caller checks; not with μ-law framing): no slicing, no re-joining per frame.
+        """
+        frames = self._frames
+        frames.append(frame)
+        self._queued_seq += 1
+        if len(frames) > self.max_frames:
+            frames.popleft()
+            self._sent_seq += 1
+            metrics.PLAYOUT_DROPPED.inc()
+            self._resolve_marks()
+
+    def _push(self, pcm: bytes) -> None:
+        # The queue holds wire frames, so the tick writes each with no per-frame work.
+        self._frames.append(self._header + (lin2ulaw(pcm) if self._ulaw else pcm))
         self._queued_seq += 1
         if len(self._frames) > self.max_frames:
             self._frames.popleft()
@@ -304,10 +323,10 @@ class Playout:
         due = ticks + self._lead
         n = 0
         while frames and sent < due:
-            pcm = frames.popleft()
-            write(self._header + (lin2ulaw(pcm) if self._ulaw else pcm))
+            frame = frames.popleft()
+            write(frame)
             if listener is not None:
-                listener(sent, pcm)
+                listener(sent, self._pcm_of(frame))
             sent += 1
             n += 1
         if n:
@@ -324,6 +343,11 @@ class Playout:
                 listener(sent, None)
             sent += 1
         self.sent_total = sent
+
+    def _pcm_of(self, frame: bytes) -> bytes:
+        """The linear PCM a wire frame carries (for tick listeners, e.g. the recorder)."""
+        payload = frame[len(self._header):]
+        return ulaw2lin(payload) if self._ulaw else payload
 
     @property
     def silence_frames_sent(self) -> int:

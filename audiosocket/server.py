@@ -84,6 +84,7 @@ class Connection(asyncio.Protocol):
         self._held: list[bytes] = []  # 160-byte frames held while deciding on μ-law
         self._pending_dtmf: list[str] = []  # keys that arrived before the app started
         self._fast_audio: Callable[[bytes, int], None] | None = None
+        self._fast_whole = False  # _fast_audio takes the whole wire frame (fast_frame)
         self._fast_len = 0
         self._fast_header = b""
         self._fast_rate = 0
@@ -127,7 +128,10 @@ class Connection(asyncio.Protocol):
             # Bytes are derived from this count when metrics are flushed (fixed frame size).
             self.fast_frames += 1
             try:
-                fast(data[3:], self._fast_rate)
+                if self._fast_whole:
+                    fast(data)  # type: ignore[call-arg]
+                else:
+                    fast(data[3:], self._fast_rate)
             except Exception as exc:
                 self._app_failed("on_audio", exc)
             return
@@ -292,8 +296,11 @@ class Connection(asyncio.Protocol):
         if not call.ulaw and type(session).on_audio is not _session_base().on_audio:
             kind = KIND_FOR_RATE[rate]
             size = call.playout.frame_size
-            # An app may offer ``fast_audio(pcm, rate)`` for frames of its own kind only.
-            self._fast_audio = getattr(session, "fast_audio", None) or session.on_audio
+            # An app may offer ``fast_audio(pcm, rate)`` for frames of its own kind only, or
+            # ``fast_frame(frame)`` taking the wire frame itself (header included).
+            whole = getattr(session, "fast_frame", None)
+            self._fast_whole = whole is not None
+            self._fast_audio = whole or getattr(session, "fast_audio", None) or session.on_audio
             self._fast_rate = rate
             self._fast_len = 3 + size
             self._fast_header = bytes([kind, size >> 8, size & 0xFF])

@@ -207,6 +207,7 @@ class VadSegmenter:
         self._last_voiced = 0  # index into _frames of the last voiced frame
         self._voiced = 0  # voiced frames in _frames
         self._trailing = 0  # unvoiced frames since the last voiced one
+        self._continued = False  # this utterance continues one cut at the maximum length
         self._next_tick = 0
         self.frames_seen = 0
 
@@ -332,6 +333,7 @@ class VadSegmenter:
             self._voiced = 0
             self._last_voiced = -1
             self._trailing = 0
+            self._continued = True
             if utt is not None:
                 out.append(utt)
 
@@ -345,7 +347,9 @@ class VadSegmenter:
             last = self._last_voiced
         onset_idx = self._onset_tick - self._first_tick
         n_speech = last - onset_idx + 1
-        if n_speech < self._min_frames:
+        # The minimum length screens out clicks and coughs; the tail of speech that was cut
+        # at the maximum is the end of a real utterance (often its last word): keep it.
+        if n_speech < self._min_frames and not self._continued:
             return None
         keep = len(self._frames) if cut else min(len(self._frames), last + 1 + self._post_frames)
         end_idx = last if cut else _trim_hangover(self._frames, onset_idx, last)
@@ -361,6 +365,7 @@ class VadSegmenter:
 
     def _reset_idle(self) -> None:
         self._in_speech = False
+        self._continued = False
         self._frames = []
         self._ring.clear()
         self._voiced = 0

@@ -29,7 +29,8 @@ class Session:
     - ``on_audio(pcm, rate)`` for each inbound audio frame (int16 LE mono; μ-law already
       decoded). Keep it cheap: it runs 50 times a second per call. An app may also set
       ``fast_audio``, a callable taking the same arguments, used instead for whole frames
-      of the call's own kind (the server's fast path; see the echo app).
+      of the call's own kind (the server's fast path), or ``fast_frame``, a callable
+      taking the whole wire frame, header included (see the echo app).
     - ``on_dtmf(digit)`` for each key (``0-9 * # A-D``).
     - ``on_tick(tick, sent)`` after each clock tick, with the PCM sent (None for silence);
       only called for apps that override it.

@@ -204,3 +204,38 @@ def test_frame_kind_matches_call_rate(rate: int) -> None:
         assert f.rate == rate and len(f.payload) == rate // 50 * 2
 
     asyncio.run(go())
+
+
+def test_feed_frame_sends_the_wire_frame_as_is() -> None:
+    async def go() -> None:
+        t = FakeTransport()
+        p = Playout(t, 8000)
+        frame = b"\x10\x01\x40" + bytes(range(256)) + bytes(64)
+        p.feed_frame(frame)
+        p.feed(b"\x02\x00" * 160)
+        p.tick()
+        p.tick()
+        assert t.writes[0] is frame  # not even copied
+        assert t.writes[1] == b"\x10\x01\x40" + b"\x02\x00" * 160
+
+    asyncio.run(go())
+
+
+def test_ulaw_switch_reencodes_queued_frames_and_listener_gets_linear() -> None:
+    from audiosocket.ulaw import lin2ulaw, ulaw2lin
+
+    async def go() -> None:
+        t = FakeTransport()
+        p = Playout(t, 8000)
+        pcm = (b"\x00\x10" * 160)
+        p.feed(pcm)  # queued as linear...
+        p.use_ulaw()  # ...then the call turns out to be μ-law
+        p.feed(pcm)
+        heard: list[bytes | None] = []
+        p.on_tick = lambda tick, sent: heard.append(sent)
+        p.tick()
+        p.tick()
+        assert t.writes[0] == t.writes[1] == b"\x10\x00\xa0" + lin2ulaw(pcm)
+        assert heard == [ulaw2lin(lin2ulaw(pcm))] * 2
+
+    asyncio.run(go())
