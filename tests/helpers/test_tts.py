@@ -132,7 +132,10 @@ def test_synthesize_equals_stream_and_inserts_pauses(det_engine: TtsEngine) -> N
     assert np.abs(np.diff(joined[b - 5 : b + 5])).max() < 300
 
 
-async def test_stream_starts_early_but_never_runs_dry(engine: TtsEngine) -> None:
+async def test_stream_starts_early_but_never_runs_dry() -> None:
+    # Its own engine (the voice is shared, so this is cheap) with a wider safety factor: the
+    # guarantee holds while the cost estimates do, and a CI host may be busy with other work.
+    engine = TtsEngine(safety=3.0)
     text = (
         "Hello. Thank you for calling the customer service line of our company. "
         "Your call may be recorded for training and quality purposes today. "
@@ -167,6 +170,7 @@ async def test_stream_starts_early_but_never_runs_dry(engine: TtsEngine) -> None
         assert arrival <= play_end + 0.02, (arrivals, play_end)
         play_end = max(play_end, arrival) + len(chunk) / 16000
     assert max(np.diff(ticks)) < 0.2
+    engine.close()
 
 
 async def test_stream_prefetches_one_ahead(engine: TtsEngine) -> None:
