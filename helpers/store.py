@@ -1,5 +1,9 @@
 """The call store: SQLite in the data directory (``<data_dir>/calls.db``).
 
+(Over 600 lines on purpose: the writer thread and every write method that queues a closure
+for it are one mechanism; the schema and the read queries already live in ``store_schema``
+and ``store_queries``.)
+
 Rule 1 of the design says the event loop never blocks, and SQLite blocks (fsync, locks,
 page cache misses). So:
 

@@ -1,6 +1,9 @@
 """Call summaries: Flan-T5 on CPU when a checkpoint is installed, else a deterministic
 extractive summariser that needs nothing.
 
+(Over 600 lines on purpose: the three summarisers share one contract, prompts, chunking and
+title rules, and splitting them would scatter that contract over several modules.)
+
 Two Flan-T5 backends share the prompts, chunking and title logic: :class:`Ct2Summarizer`
 (CTranslate2, int8; preferred, several times faster on CPU) for a directory converted by
 :func:`convert_checkpoint` / ``audiosocket models convert``, and :class:`T5Summarizer`

@@ -72,7 +72,6 @@ class _Job:
     cost: float
     klass: int
     order: tuple[float, int, int]
-    plan: PromptPlan | None = None
     index: int = 0
     deadline: float | None = None
     started: float | None = None
@@ -86,7 +85,6 @@ class PromptPlan:
     sentences: Sequence[str]
     jobs: dict[int, _Job] = field(default_factory=dict)
     admitted: bool = False
-    cancelled: bool = False
 
 
 class SynthesisScheduler:
@@ -172,7 +170,7 @@ class SynthesisScheduler:
         """Queue sentence ``index`` of ``plan`` (class *new prompt* until the plan is admitted)."""
         text = plan.sentences[index]
         job = _Job(fn, concurrent.futures.Future(), self.estimate(text) if cost is None else cost,
-                   NEW_PROMPT, (0.0, plan.seq, index), plan, index)
+                   NEW_PROMPT, (0.0, plan.seq, index), index)
         plan.jobs[index] = job
         self._push(job)
         return job.future
@@ -228,14 +226,13 @@ class SynthesisScheduler:
                     job.klass = CONTINUATION
                     job.order = (job.deadline, plan.seq, job.index)
                     self._push_locked(job)  # re-queued at its new priority; old entry stale
-        ADMISSIONS.labels(how="streamed" if remaining else "whole").inc()
+        ADMISSIONS.labels(how="streamed").inc()
         return True
 
     def cancel(self, plan: PromptPlan) -> None:
         """The prompt is no longer wanted (barge-in, hang-up): drop its queued sentences.
         A sentence already rendering finishes (into the cache)."""
         with self._cond:
-            plan.cancelled = True
             for job in plan.jobs.values():
                 if job.started is None:
                     job.future.cancel()

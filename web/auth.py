@@ -98,18 +98,27 @@ class AuthPolicy:
             return False
         return hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(issued).encode())
 
+    def credentials(self, authorization: str, session_cookie: str | None) -> str:
+        """How the request proves it knows the token: ``bearer``, ``cookie``, or ``""``.
+
+        ``authorization`` is the Authorization header ('' if absent), ``session_cookie`` the
+        value of the :data:`COOKIE_NAME` cookie. Shared by the middleware and the range
+        fast path, which parses headers itself.
+        """
+        scheme, _, cred = authorization.partition(" ")
+        if scheme.lower() == "bearer" and self.token_ok(cred.strip()):
+            return "bearer"
+        if session_cookie and self.session_ok(session_cookie):
+            return "cookie"
+        return ""
+
     def authorised(self, request: web.Request) -> tuple[bool, str]:
         """(allowed, how): ``open``, ``bearer`` or ``cookie``; ``("", False)`` when refused."""
         if not self.required:
             return True, "open"
-        header = request.headers.get(hdrs.AUTHORIZATION, "")
-        scheme, _, cred = header.partition(" ")
-        if scheme.lower() == "bearer" and self.token_ok(cred.strip()):
-            return True, "bearer"
-        cookie = request.cookies.get(COOKIE_NAME)
-        if cookie and self.session_ok(cookie):
-            return True, "cookie"
-        return False, ""
+        how = self.credentials(request.headers.get(hdrs.AUTHORIZATION, ""),
+                               request.cookies.get(COOKIE_NAME))
+        return bool(how), how
 
 
 AUTH_KEY: Final[web.AppKey[AuthPolicy]] = web.AppKey("auth_policy", AuthPolicy)

@@ -316,14 +316,12 @@ class FrontProtocol(asyncio.Protocol):
         return (m.group(1).decode().lower(), m.group(2).decode()), range_value
 
     def _authorised(self, auth: bytes, cookie: bytes) -> bool:
-        scheme, _, cred = auth.decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer" and self._policy.token_ok(cred.strip()):
-            return True
+        session = None
         for part in cookie.decode("latin-1").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE_NAME and self._policy.session_ok(value.strip('"')):
-                return True
-        return False
+            if name == COOKIE_NAME:
+                session = value.strip('"')
+        return bool(self._policy.credentials(auth.decode("latin-1"), session))
 
     async def _lookup(self, key: tuple[str, str]) -> None:
         try:
@@ -456,7 +454,12 @@ class FrontProtocol(asyncio.Protocol):
 
     def close_if_idle(self, now: float, idle_s: float) -> None:
         """Close the connection after ``idle_s`` without a request (keep-alive timeout)."""
-        if not self._busy and now - self.last_active > idle_s and self._transport is not None:
+        if not self._busy and now - self.last_active > idle_s:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection (shutdown, idle)."""
+        if self._transport is not None:
             self._transport.close()
 
 
@@ -497,8 +500,7 @@ class FastSite(TCPSite):
             self._sweeper.cancel()
         await super().stop()
         for proto in list(self._live):
-            if proto._transport is not None:
-                proto._transport.close()
+            proto.close()
         self._index.close()
 
 
