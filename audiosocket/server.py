@@ -92,6 +92,8 @@ class Connection(asyncio.Protocol):
         self._ended = False
         self.last_in = 0.0  # loop time of the last inbound frame, as seen by the sweep
         self._seen_in = 0
+        self.last_out = 0.0  # loop time the sweep last saw audio (not silence) go out
+        self._seen_out = -1  # so the first sweep of a call starts its window
         self._flushed_in = 0
         self._flushed_dtmf = 0
         self._flushed_bytes = 0
@@ -481,7 +483,6 @@ class AudioSocketServer:
         self.finishing: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._last_sent: dict[str, tuple[int, float]] = {}
         self.observers: list[CallObserver] = []
 
     def notify(self, event: str, call: Call) -> None:
@@ -544,21 +545,15 @@ class AudioSocketServer:
                 conn._seen_in = seen
                 conn.last_in = now
             sent = call.playout.audio_frames_sent
-            prev = self._last_sent.get(call.id)
-            if prev is None or prev[0] != sent:
-                self._last_sent[call.id] = (sent, now)
-                last_out = now
-            else:
-                last_out = prev[1]
+            if sent != conn._seen_out:
+                conn._seen_out = sent
+                conn.last_out = now
             if (
                 now - conn.last_in > cfg.inactivity_timeout_s
-                and now - last_out > cfg.inactivity_timeout_s
+                and now - conn.last_out > cfg.inactivity_timeout_s
                 and call.playout.idle
             ):
                 conn.end("inactivity")
-        for call_id in list(self._last_sent):
-            if call_id not in self.calls:
-                del self._last_sent[call_id]
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let calls finish for ``grace`` seconds, then hang up the rest."""
