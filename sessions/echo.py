@@ -23,8 +23,8 @@ class EchoSession(Session):
         self._rate = call.rate
         # The server's one-frame fast path only carries frames of the call's own kind, and
         # an inbound frame of that kind is byte for byte the frame to send back: it goes to
-        # the playout whole, one Python call and no copy per frame.
-        self.fast_frame = call.playout.feed_frame
+        # the playout whole: the deque's own append, no Python frame and no copy per frame.
+        self.fast_frame = call.playout.append_frame
 
     def on_audio(self, pcm: bytes, rate: int) -> None:
         if rate == self._rate:

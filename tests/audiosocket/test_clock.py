@@ -239,3 +239,135 @@ def test_ulaw_switch_reencodes_queued_frames_and_listener_gets_linear() -> None:
         assert heard == [ulaw2lin(lin2ulaw(pcm))] * 2
 
     asyncio.run(go())
+
+
+def test_append_frame_is_bounded_on_the_next_tick_and_drops_are_counted() -> None:
+    from audiosocket import metrics
+
+    async def go() -> None:
+        t = FakeTransport()
+        p = Playout(t, 8000, max_seconds=0.1)  # 5 frames
+        frames = [b"\x10\x01\x40" + bytes([i, 0]) * 160 for i in range(8)]
+        for f in frames:
+            p.append_frame(f)  # the deque's own append: no bound yet
+        assert p.queued_frames == 8
+        before = metrics.PLAYOUT_DROPPED._value.get()
+        p.tick()
+        assert metrics.PLAYOUT_DROPPED._value.get() - before == 3
+        assert t.writes == [frames[3]]  # the three oldest were dropped, the next one sent
+        assert p.queued_frames == 4
+
+    asyncio.run(go())
+
+
+async def test_playback_marks_count_frames_appended_before_them() -> None:
+    t = FakeTransport()
+    p = Playout(t, 8000)
+    relay = b"\x10\x01\x40" + b"\x05\x00" * 160
+    p.append_frame(relay)
+    p.append_frame(relay)
+    pb = p.play(b"\x01\x00" * 160)  # queued behind the two relayed frames
+    p.tick()
+    p.tick()
+    assert not pb.done()
+    p.tick()
+    assert await pb is True
+    assert t.writes[:2] == [relay, relay]
+    p.append_frame(relay)
+    assert p.clear() == 1  # clearing counts appended frames too
+    p.tick()
+    assert t.writes[-1] == b"\x10\x01\x40" + bytes(320)
+
+
+def test_append_frame_still_feeds_the_live_queue_after_the_ulaw_switch() -> None:
+    async def go() -> None:
+        t = FakeTransport()
+        p = Playout(t, 8000)
+        append = p.append_frame
+        p.feed(b"\x00\x10" * 160)
+        p.use_ulaw()
+        ulaw_frame = b"\x10\x00\xa0" + bytes(range(160))
+        append(ulaw_frame)
+        p.tick()
+        p.tick()
+        assert t.writes[1] is ulaw_frame
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_the_clocks_inline_path_matches_playout_tick(seed: int) -> None:
+    """The clock sends a plain call's frame itself; it must do exactly what tick() does."""
+    import random
+
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    inline_t, direct_t = FakeTransport(), FakeTransport()
+    inline = Playout(inline_t, 8000, max_seconds=0.1)
+    direct = Playout(direct_t, 8000, max_seconds=0.1)
+    clock = Clock(loop=loop)
+    clock.register(inline)
+    clock._loop = loop
+    heard: dict[str, list[bytes | None]] = {"inline": [], "direct": []}
+    playbacks = []
+    plain_ticks = 0
+    for step in range(400):
+        op = rng.random()
+        size = rng.choice((80, 160, 240))
+        burst = rng.randint(1, 7)
+        for name, p in (("inline", inline), ("direct", direct)):
+            if op < 0.35:
+                p.append_frame(b"\x10\x01\x40" + bytes([step % 256, 1]) * 160)
+            elif op < 0.45:
+                p.feed(bytes([step % 256, 2]) * size)
+            elif op < 0.5:
+                playbacks.append(p.play(bytes([step % 256, 3]) * 200))
+            elif op < 0.53:
+                p.clear()
+            elif op < 0.56:
+                p.begin_stream()
+            elif op < 0.6:
+                p.end_stream()
+            elif op < 0.62:
+                sink = heard[name]
+                p.on_tick = None if p.on_tick else (lambda t, pcm, sink=sink: sink.append(pcm))
+            elif op < 0.7:  # a burst, up to past the 5-frame bound
+                for i in range(burst):
+                    p.append_frame(b"\x10\x01\x40" + bytes([step % 256, i]) * 160)
+        plain_ticks += inline.plain
+        clock._k += 1
+        clock._t0 = loop.time() - clock._k * clock.interval  # this tick is due now
+        clock._on_tick()
+        assert clock._handle is not None
+        clock._handle.cancel()
+        direct.tick()
+        assert inline_t.writes == direct_t.writes, f"step {step}"
+        for attr in ("ticks", "sent_total", "audio_frames_sent", "_sent_seq", "queued_frames"):
+            assert getattr(inline, attr) == getattr(direct, attr), (step, attr)
+    assert heard["inline"] == heard["direct"]
+    assert plain_ticks and plain_ticks < 400  # both paths were taken
+    await asyncio.sleep(0)
+    assert sum(pb.done() for pb in playbacks) > 0
+
+
+def test_plain_flag_follows_listener_streams_and_playbacks() -> None:
+    async def go() -> None:
+        p = Playout(FakeTransport(), 8000)
+        assert p.plain
+        p.on_tick = lambda tick, pcm: None
+        assert not p.plain
+        p.on_tick = None
+        assert p.plain
+        p.begin_stream()
+        assert not p.plain
+        p.end_stream()
+        assert p.plain
+        pb = p.play(bytes(640))
+        assert not p.plain
+        p.tick()
+        p.tick()
+        assert await pb is True
+        assert p.plain
+        assert not Playout(FakeTransport(), 8000, lead_ms=40).plain
+
+    asyncio.run(go())
