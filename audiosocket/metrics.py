@@ -6,6 +6,10 @@ batches, so a thousand calls cost no per-frame metric lock.
 
 from __future__ import annotations
 
+import gc
+import time
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 ACTIVE_CALLS = Gauge("audiosocket_active_calls", "Calls in progress")
@@ -57,3 +61,27 @@ WRITE_STALLS = Counter(
 SESSION_ERRORS = Counter(
     "audiosocket_session_errors_total", "Exceptions raised by app hooks", ["hook"]
 )
+GC_PAUSES = Histogram(
+    "audiosocket_gc_pause_seconds",
+    "Time the event loop stood still in Python's cyclic garbage collector, by generation",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+)
+
+
+def watch_gc() -> Callable[[str, dict[str, int]], None]:
+    """Time every collection into ``GC_PAUSES`` (a pause is a late tick for every call).
+
+    Returns the callback installed in ``gc.callbacks``, so a caller can remove it.
+    """
+    started = [0.0]
+    by_gen = [GC_PAUSES.labels(generation=str(g)) for g in range(3)]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            by_gen[min(info["generation"], 2)].observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+    return on_gc

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import structlog
 
+from audiosocket import metrics
 from audiosocket.app import AppContext, resolve_app, session_factory
 from audiosocket.config import Config
 from audiosocket.server import AudioSocketServer
@@ -39,6 +41,13 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
         app = make_app({**ctx.services, "config": config})
         runner = await start_http(app, config.http_bind, config.http_port)
         log.info("http_listening", host=config.http_bind, port=config.http_port)
+    # What start-up loaded (modules, models, the web app) lives as long as the process:
+    # freezing it keeps the collector from walking it again during calls. A full
+    # collection of that heap takes ~31 ms here (measured at start-up with the echo app);
+    # during calls it would be a 31 ms gap on every call at once.
+    gc.collect()
+    gc.freeze()
+    gc_watch = metrics.watch_gc()
     log.info("ready", app=config.app, loop=loop_name, data_dir=str(data))
     stop = asyncio.Event()
     install_signal_handlers(asyncio.get_running_loop(), stop)
@@ -50,6 +59,7 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
         await runner.cleanup()
     await asyncio.to_thread(shared_writer().flush)
     await _stop_services(ctx)
+    gc.callbacks.remove(gc_watch)
     return 0
 
 
