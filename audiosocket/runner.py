@@ -22,6 +22,10 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
     from audiosocket.cli import install_signal_handlers
     from helpers.recorder import repair_all, shared_writer
 
+    # Handlers first: a SIGTERM during start-up must still mean a graceful stop, not the
+    # default action (death with the port already open).
+    stop = asyncio.Event()
+    install_signal_handlers(asyncio.get_running_loop(), stop)
     data = config.data_path
     (data / "recordings").mkdir(parents=True, exist_ok=True)
     fixed = await asyncio.to_thread(repair_all, data / "recordings")
@@ -49,8 +53,6 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
     gc.freeze()
     gc_watch = metrics.watch_gc()
     log.info("ready", app=config.app, loop=loop_name, data_dir=str(data))
-    stop = asyncio.Event()
-    install_signal_handlers(asyncio.get_running_loop(), stop)
     keeper = asyncio.create_task(_retention_forever(ctx))
     await stop.wait()
     keeper.cancel()

@@ -120,6 +120,19 @@ def test_kill_9_while_recording_then_restart_repairs(tmp_path: Path) -> None:
         assert code == 0
 
 
+def test_sigterm_as_soon_as_the_port_opens_is_a_graceful_stop(tmp_path: Path) -> None:
+    # Start-up goes on after the AudioSocket port opens (the web app, the collector
+    # freeze); a SIGTERM then must not kill the process with the default action.
+    proc = serve(tmp_path, "echo", free_port(), free_port())
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert code == 0
+
+
 @pytest.mark.parametrize("flag", ["--port=0", "--log-format=xml"])
 def test_bad_settings_exit_2_with_message(tmp_path: Path, flag: str) -> None:
     res = subprocess.run([str(BIN), "serve", flag], capture_output=True, text=True, timeout=30,
