@@ -200,13 +200,9 @@ class Playout:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def feed(self, pcm: bytes, _rate: int = 0) -> None:
+    def feed(self, pcm: bytes) -> None:
         """Queue PCM as a continuous stream (echo, live relays): a short tail waits for the
-        next call rather than being padded, so odd-sized input keeps its timing.
-
-        ``_rate`` is ignored: it lets ``feed`` stand in for a session's ``on_audio(pcm,
-        rate)`` directly (the echo app), saving a Python call per frame.
-        """
+        next call rather than being padded, so odd-sized input keeps its timing."""
         if not self._partial and len(pcm) == self.frame_size and not self._ulaw:
             # The usual case, exactly one frame: _push inlined (this runs per call per tick).
             frames = self._frames
@@ -254,20 +250,6 @@ class Playout:
             self._start_marks.append((first_seq, started))
             self.plain = False
         return Playback(fut, len(pcm) // n, started)
-
-    def feed_frame(self, frame: bytes) -> None:
-        """Queue one whole wire frame (header included) as it will be sent.
-
-        For echo and relays whose input frames already have this playout's kind and size
-        (the caller checks; not with μ-law framing): no slicing, no re-joining per frame.
-        """
-        frames = self._frames
-        frames.append(frame)
-        if len(frames) > self.max_frames:
-            frames.popleft()
-            self._sent_seq += 1
-            metrics.PLAYOUT_DROPPED.inc()
-            self._resolve_marks()
 
     def _push(self, pcm: bytes) -> None:
         # The queue holds wire frames, so the tick writes each with no per-frame work.
@@ -339,8 +321,8 @@ class Playout:
 
         ``advance`` > 1 after a clock resync: the timeline jumps with wall time, and the
         frames those ticks would have carried are not sent late (that would be a burst).
-        This runs once per call every 20 ms, so the common cases (nothing queued; one frame
-        queued) take the shortest paths.
+        The clock sends a plain call's frame itself (see ``plain``); here the idle case
+        (nothing queued) takes the shortest path.
         """
         ticks = self.ticks + advance
         self.ticks = ticks
@@ -349,24 +331,14 @@ class Playout:
             sent = ticks - 1
         frames = self._frames
         listener = self._listener
-        if listener is None and not self._streams:
-            if not frames:
-                if sent < ticks:
-                    self.transport.write(self._silence)
-                    sent += 1
-                self.sent_total = sent
-                if self._marks or self._start_marks:
-                    self._resolve_marks()
-                return
-            if sent == ticks - 1 and not self._lead and len(frames) <= self.max_frames:
-                # A relay's steady state (echo): one frame queued per tick, one sent.
-                self.transport.write(frames.popleft())
-                self.sent_total = ticks
-                self._sent_seq += 1
-                self.audio_frames_sent += 1
-                if self._marks or self._start_marks:
-                    self._resolve_marks()
-                return
+        if not frames and listener is None and not self._streams:
+            if sent < ticks:
+                self.transport.write(self._silence)
+                sent += 1
+            self.sent_total = sent
+            if self._marks or self._start_marks:
+                self._resolve_marks()
+            return
         if len(frames) > self.max_frames:
             self._trim()
         write = self.transport.write

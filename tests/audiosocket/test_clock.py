@@ -206,12 +206,12 @@ def test_frame_kind_matches_call_rate(rate: int) -> None:
     asyncio.run(go())
 
 
-def test_feed_frame_sends_the_wire_frame_as_is() -> None:
+def test_append_frame_sends_the_wire_frame_as_is() -> None:
     async def go() -> None:
         t = FakeTransport()
         p = Playout(t, 8000)
         frame = b"\x10\x01\x40" + bytes(range(256)) + bytes(64)
-        p.feed_frame(frame)
+        p.append_frame(frame)
         p.feed(b"\x02\x00" * 160)
         p.tick()
         p.tick()
