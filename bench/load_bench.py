@@ -22,6 +22,8 @@ N calls. It has no HTTP port and no /metrics, so its rows show ``c`` as the loop
 measured from /proc as for the Python server. ``--priority nice`` runs the server and the generator
 at ``nice -n -15`` (shields them from other jobs on a shared machine; the default is ``none``),
 ``--priority rt`` at ``chrt -f 10``. Every row records ``/proc/loadavg`` just before the run.
+``--gen-spin`` makes the generator poll instead of sleep; ``--gen-pump-every N`` (default 50)
+makes it read the server's frames between its own writes (see ``loadgen.c``).
 Pass criterion: no frame lost and p99 gap between the server's outbound frames <= 25 ms.
 Raw results go to ``bench/results/load-<time>.jsonl``; server logs to ``bench/results/``.
 """
@@ -212,7 +214,8 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
     with open(log_path, "wb") as log_file:
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, cwd=ROOT)
     row: dict = {"calls": n, "rate": rate, "loop": loop, "priority": args.priority,
-                 "duration": args.duration, "tag": tag, "server_impl": args.server_impl}
+                 "duration": args.duration, "tag": tag, "server_impl": args.server_impl,
+                 "gen_spin": args.gen_spin, "gen_pump_every": args.gen_pump_every}
     try:
         wait_port(port, server)
         if http_port is not None:
@@ -227,7 +230,8 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
         gen_cmd = [*prio_prefix(gen_prio), "taskset", "-c", GEN_CPU, str(LOADGEN),
                    "--port", str(port), "--calls", str(n), "--rate", str(rate),
                    "--ramp", str(args.ramp), "--settle", str(args.settle),
-                   "--duration", str(args.duration), "--spin", str(int(args.gen_spin))]
+                   "--duration", str(args.duration), "--spin", str(int(args.gen_spin)),
+                   "--pump-every", str(args.gen_pump_every)]
         gen = subprocess.Popen(gen_cmd, stdout=subprocess.PIPE, text=True)
         assert gen.stdout is not None
         marks: dict = {}
@@ -369,6 +373,10 @@ def main() -> int:
     p.add_argument("--priority", choices=["none", "nice", "rt"], default="none")
     p.add_argument("--gen-spin", action="store_true",
                    help="the generator polls instead of sleeping in epoll_wait")
+    p.add_argument("--gen-pump-every", type=int, default=50, metavar="N",
+                   help="generator polls for the server's frames after every N writes of its "
+                        "tick, so the read clock does not include its own send phase "
+                        "(default 50; 0 restores the behaviour of sessions 1-3)")
     p.add_argument("--server-impl", choices=["python", "c"], default="python",
                    help="python: audiosocket serve --app echo; c: bench/echo_floor.c, the "
                         "floor (no /metrics)")
