@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test lint web-model clean
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh audiosocket/_wire.c
 	bash scripts/setup.sh
 	touch $(STAMP)
 

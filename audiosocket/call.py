@@ -79,11 +79,13 @@ class Call:
     @property
     def tick(self) -> int:
         """Ticks of the shared clock since the UUID arrived."""
+        self.playout.sync_counters()
         return self.playout.ticks
 
     @property
     def time(self) -> float:
         """Seconds since the UUID arrived, on the clock's timeline."""
+        self.playout.sync_counters()
         return self.playout.ticks * FRAME_MS / 1000
 
     @property

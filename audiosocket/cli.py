@@ -34,6 +34,8 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--max-calls", type=int, help="refuse calls beyond this many")
     p.add_argument("--lead-ms", type=int, help="audio queued ahead of the clock (0-120 ms)")
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    p.add_argument("--no-native-media", action="store_true",
+                   help="carry every call's media in Python (no audiosocket._wire)")
 
 
 def _call_parser(sub: Any) -> None:
@@ -76,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "log_format": args.log_format, "log_level": args.log_level,
         "max_calls": args.max_calls, "lead_ms": args.lead_ms,
         "uvloop": False if args.no_uvloop else None,
+        "native_media": False if args.no_native_media else None,
     }
     return load_config(args.config, overrides)
 

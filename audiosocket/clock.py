@@ -9,6 +9,11 @@ silence otherwise (``AudioSocket()`` hangs up after 2 s without a frame).
 The clock also gives each call its timeline: ``Playout.ticks`` counts the ticks since the call
 was registered, and inbound audio is placed on that timeline by the call, so gaps from a
 quiet caller become silence and both directions of a recording stay aligned.
+
+Calls in the steady state can be *attached* as native lines: then ``audiosocket._wire`` (C)
+reads and writes them in one call per tick instead of uvloop callbacks and this module's
+loop (see ``_wire.c`` and ``Connection._attach_native``). Anything out of the ordinary comes
+back as an event and the line returns to the Python path here.
 """
 
 from __future__ import annotations
@@ -24,9 +29,37 @@ from audiosocket import metrics
 from audiosocket.protocol import FRAME_MS, KIND_FOR_RATE, frame_bytes
 from audiosocket.ulaw import ULAW_FRAME_BYTES, lin2ulaw, ulaw2lin
 
-__all__ = ["Clock", "Playback", "Playout", "Transport"]
+try:
+    from audiosocket import _wire
+except ImportError:  # built without a C compiler: the Python path does everything
+    _wire = None  # type: ignore[assignment]
+
+#: The C media path was built and can be used.
+NATIVE_AVAILABLE = _wire is not None
+
+__all__ = ["NATIVE_AVAILABLE", "Clock", "NativeOwner", "Playback", "Playout", "Transport"]
 
 _HEADER = struct.Struct(">BH")
+#: A native line's state (struct line_state in _wire.c): fd, frame length, max frames,
+#: whole-frame sink, then the counters the C path adds to.
+NATIVE_STATE = struct.Struct("<8q")
+_NATIVE_COUNTS = struct.Struct("<3q")  # ticks, popped, audio_sent
+_NATIVE_COUNTS_AT = 32
+NATIVE_FRAMES_IN = struct.Struct("<q")
+NATIVE_FRAMES_IN_AT = 56
+_EVENT_NAMES: dict[int, str] = (
+    {
+        _wire.EV_CHUNK: "chunk",
+        _wire.EV_EOF: "eof",
+        _wire.EV_RECV_ERR: "recv_error",
+        _wire.EV_SLOW: "slow_tick",
+        _wire.EV_SHORT: "short_write",
+        _wire.EV_SEND_ERR: "send_error",
+        _wire.EV_APP_ERR: "app_error",
+    }
+    if _wire is not None
+    else {}
+)
 
 
 class Transport(Protocol):
@@ -80,6 +113,7 @@ class Playout:
         "_listener",
         "_loop",
         "_marks",
+        "_native_state",
         "_partial",
         "_sent_seq",
         "_silence",
@@ -134,6 +168,8 @@ class Playout:
         self.audio_frames_sent = 0
         self.metric_sent = 0  # sent_total already added to the frames-out metric
         self.underruns = 0
+        #: While the C media path carries this call: its line's counters (see sync_counters).
+        self._native_state: bytearray | None = None
         self._listener: TickListener | None = None
         #: Nothing but frames and silence to send (no listener, stream, lead or pending
         #: playback): the clock then sends this call's frame inline, without ``tick()``.
@@ -177,6 +213,21 @@ class Playout:
         frames = [self._header + lin2ulaw(f[old_header:]) for f in self._frames]
         self._frames.clear()
         self._frames.extend(frames)
+
+    def sync_counters(self) -> None:
+        """Fold in what the C media path counted since the last fold (ticks, frames sent).
+        Everything here that reads the counters calls it; so do the clock's once-a-second
+        flush and the server's readers."""
+        state = self._native_state
+        if state is None:
+            return
+        ticks, popped, audio = _NATIVE_COUNTS.unpack_from(state, _NATIVE_COUNTS_AT)
+        if ticks or popped or audio:
+            _NATIVE_COUNTS.pack_into(state, _NATIVE_COUNTS_AT, 0, 0, 0)
+            self.ticks += ticks
+            self.sent_total += ticks
+            self._sent_seq += popped
+            self.audio_frames_sent += audio
 
     # -- producers -----------------------------------------------------------------------
 
@@ -238,6 +289,7 @@ class Playout:
             pcm = pcm + bytes(n - rem)
         loop = self._loop_or_running()
         started: asyncio.Future[float] = loop.create_future()
+        self.sync_counters()
         first_seq = self._queued_seq + 1
         for i in range(0, len(pcm), n):
             self._push(pcm[i : i + n])
@@ -264,6 +316,7 @@ class Playout:
         """Mark that more audio of a clip is coming (TTS sentence by sentence), so an empty
         buffer at a tick counts as an underrun rather than the end of speech. Only once the
         stream's first frame has gone out: the wait before it is latency, not a gap."""
+        self.sync_counters()
         self._streams += 1
         self._stream_from = self._queued_seq + 1
         self.plain = False
@@ -324,6 +377,7 @@ class Playout:
         The clock sends a plain call's frame itself (see ``plain``); here the idle case
         (nothing queued) takes the shortest path.
         """
+        self.sync_counters()
         ticks = self.ticks + advance
         self.ticks = ticks
         sent = self.sent_total
@@ -383,7 +437,23 @@ class Playout:
     @property
     def silence_frames_sent(self) -> int:
         """Silence frames sent so far."""
+        self.sync_counters()
         return self.sent_total - self.audio_frames_sent
+
+
+class NativeOwner(Protocol):
+    """What owns a native line (the server's connection): it takes back what the C path
+    does not handle."""
+
+    _native_line: tuple[object, ...] | None
+
+    def _detach_native(self) -> None: ...
+
+    def _native_read_event(self, code: int, payload: object) -> None: ...
+
+
+# Positions in a native line tuple (must match LINE_* in _wire.c).
+LINE_STATE, LINE_OWNER, LINE_PLAYOUT = 0, 1, 2
 
 
 class Clock:
@@ -402,6 +472,10 @@ class Clock:
         self._loop = loop
         self._playouts: dict[int, Playout] = {}
         self._active: list[Playout] = []  # rebuilt on (un)register, not copied every tick
+        self._native: dict[int, tuple[object, ...]] = {}  # id(playout) -> its native line
+        self._lines: list[tuple[object, ...]] = []  # rebuilt with _active
+        self._in_events = False
+        self.native_events = 0
         self._handle: asyncio.TimerHandle | None = None
         self._t0 = 0.0
         self._k = 0
@@ -419,13 +493,47 @@ class Clock:
     def register(self, playout: Playout) -> None:
         """Start sending on this call from the next tick on."""
         self._playouts[id(playout)] = playout
-        self._active = list(self._playouts.values())
+        self._rebuild()
 
     def unregister(self, playout: Playout) -> None:
         """Stop sending on this call."""
         if self._playouts.pop(id(playout), None) is not None:
-            self._active = list(self._playouts.values())
+            line = self._native.pop(id(playout), None)
+            self._rebuild()
             self._count(playout)
+            if line is not None:
+                owner: NativeOwner = line[LINE_OWNER]  # type: ignore[assignment]
+                owner._detach_native()
+
+    @property
+    def native_lines(self) -> int:
+        """Calls the C path currently reads and writes."""
+        return len(self._lines)
+
+    def attach(self, line: tuple[object, ...]) -> bool:
+        """Hand a registered call in the steady state to the C path (``_wire.pump``)."""
+        playout: Playout = line[LINE_PLAYOUT]  # type: ignore[assignment]
+        key = id(playout)
+        if _wire is None or self._in_events or key not in self._playouts or key in self._native:
+            return False
+        self._native[key] = line
+        self._rebuild()
+        return True
+
+    def detach(self, line: tuple[object, ...]) -> None:
+        """Take a call back from the C path (its next frames go through the Python loop)."""
+        key = id(line[LINE_PLAYOUT])
+        if self._native.get(key) is line:
+            del self._native[key]
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        native = self._native
+        if native:
+            self._active = [p for k, p in self._playouts.items() if k not in native]
+        else:
+            self._active = list(self._playouts.values())
+        self._lines = list(native.values())
 
     def start(self) -> None:
         """Begin ticking on the running loop."""
@@ -468,7 +576,11 @@ class Clock:
             self.max_lateness = lateness
         metrics.TICK_LATENESS.observe(lateness)
         started = time.perf_counter()
-        for playout in self._active:
+        # Taken before the pump: a line it hands back has had this tick's frame already.
+        active = self._active
+        if self._lines:
+            self._pump(advance)
+        for playout in active:
             try:
                 if playout.plain and advance == 1:
                     # Playout.tick's common case inlined: a Python call per call per tick
@@ -497,6 +609,60 @@ class Clock:
         metrics.TICK_DURATION.observe(time.perf_counter() - started)
         self._schedule()
 
+    def _pump(self, advance: int) -> None:
+        """Run the C path over the native lines, then hand back what it did not handle."""
+        assert _wire is not None
+        try:
+            events = _wire.pump(self._lines, advance)
+        except Exception as exc:
+            # A bug there must not stop the clock: every line returns to the Python path.
+            import structlog
+
+            structlog.get_logger("audiosocket.clock").exception(
+                "native_pump_failed", error=str(exc) or type(exc).__name__
+            )
+            metrics.NATIVE_EVENTS.labels(event="pump_failed").inc()
+            for line in list(self._native.values()):
+                line[LINE_OWNER]._detach_native()  # type: ignore[attr-defined]
+            return
+        if not events:
+            return
+        self._in_events = True
+        try:
+            for line, code, payload in events:
+                self._native_event(line, code, payload, advance)
+        finally:
+            self._in_events = False
+
+    def _native_event(
+        self, line: tuple[object, ...], code: int, payload: object, advance: int
+    ) -> None:
+        assert _wire is not None
+        self.native_events += 1
+        metrics.NATIVE_EVENTS.labels(event=_EVENT_NAMES.get(code, str(code))).inc()
+        owner: NativeOwner = line[LINE_OWNER]  # type: ignore[assignment]
+        playout: Playout = line[LINE_PLAYOUT]  # type: ignore[assignment]
+        if owner._native_line is line:
+            owner._detach_native()
+        if code == _wire.EV_SLOW:
+            if id(playout) in self._playouts:
+                try:
+                    playout.tick(advance)
+                except Exception as exc:
+                    self._failed(playout, exc)
+        elif code == _wire.EV_SHORT:
+            try:
+                playout.transport.write(payload)  # type: ignore[arg-type]
+            except Exception as exc:
+                self._failed(playout, exc)
+        elif code == _wire.EV_SEND_ERR:
+            errno_ = int(payload)  # type: ignore[call-overload]
+            import os
+
+            self._failed(playout, OSError(errno_, os.strerror(errno_)))
+        else:
+            owner._native_read_event(code, payload)
+
     def _failed(self, playout: Playout, exc: Exception) -> None:
         import structlog
 
@@ -506,6 +672,7 @@ class Clock:
         self.unregister(playout)
 
     def _count(self, playout: Playout) -> None:
+        playout.sync_counters()
         n = playout.sent_total - playout.metric_sent
         if n:
             playout.metric_sent = playout.sent_total
@@ -513,5 +680,6 @@ class Clock:
 
     def _flush_metrics(self) -> None:
         """Frames-out counts, once a second rather than per frame."""
-        for playout in self._active:
+        for playout in self._playouts.values():
             self._count(playout)
+        metrics.NATIVE_LINES.set(len(self._lines))

@@ -112,6 +112,8 @@ class Config:
     write_buffer_max_bytes: int = 256 * 1024
     ulaw_detect_frames: int = 10
     uvloop: bool = True
+    # Steady-state calls' media through the C path (audiosocket._wire) when it was built.
+    native_media: bool = True
     stt: SttConfig = field(default_factory=SttConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     ivr: IvrConfig = field(default_factory=IvrConfig)

@@ -58,6 +58,14 @@ WRITE_STALLS = Counter(
     "audiosocket_write_stalls_total",
     "Calls ended because the peer stopped reading our frames",
 )
+NATIVE_LINES = Gauge(
+    "audiosocket_native_lines", "Calls whose media the C path (audiosocket._wire) carries"
+)
+NATIVE_EVENTS = Counter(
+    "audiosocket_native_events_total",
+    "Times the C media path handed a call back to the Python path, by cause",
+    ["event"],
+)
 SESSION_ERRORS = Counter(
     "audiosocket_session_errors_total", "Exceptions raised by app hooks", ["hook"]
 )
