@@ -1,0 +1,276 @@
+"""The C media path (audiosocket._wire) on its own, over real loopback TCP sockets.
+
+Each test builds a line the way Connection._attach_native does and calls ``pump`` as the
+clock does; the server-level behaviour (detach and hand-back) is in test_server_native.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from audiosocket.clock import NATIVE_STATE, Playout
+from audiosocket.protocol import Dtmf, encode_audio, encode_frame
+
+_wire = pytest.importorskip("audiosocket._wire")
+
+HEADER = b"\x10\x01\x40"  # 8 kHz audio, 320 bytes
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class Owner:
+    def __init__(self) -> None:
+        self._native_line: tuple[object, ...] | None = None
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(ours, peer): a connected loopback TCP pair; ours is non-blocking."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(srv.getsockname())
+    ours, _ = srv.accept()
+    srv.close()
+    ours.setblocking(False)
+    for s in (ours, peer):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    yield ours, peer
+    ours.close()
+    peer.close()
+
+
+def make_line(
+    sock: socket.socket,
+    sink: Callable[..., Any],
+    *,
+    whole: bool = True,
+    max_frames: int = 100,
+    playout: Playout | None = None,
+) -> tuple[tuple[object, ...], Playout, Owner]:
+    playout = playout or Playout(Transport(), 8000)
+    state = bytearray(NATIVE_STATE.pack(sock.fileno(), 323, max_frames, int(whole), 0, 0, 0, 0))
+    owner = Owner()
+    line = (state, owner, playout, playout._frames, sink, 8000, HEADER)
+    owner._native_line = line
+    playout._native_state = state
+    return line, playout, owner
+
+
+def counters(line: tuple[object, ...]) -> tuple[int, ...]:
+    return NATIVE_STATE.unpack(line[0])[4:]  # type: ignore[arg-type]
+
+
+def frame(i: int) -> bytes:
+    return encode_audio(bytes([i % 256]) * 320)
+
+
+def recv_exactly(sock: socket.socket, n: int, timeout: float = 2.0) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def settle() -> None:
+    time.sleep(0.02)  # loopback delivery is immediate, but leave the kernel a moment
+
+
+def test_steady_state_sends_queued_frame_and_hands_frames_to_the_sink(pair: Any) -> None:
+    ours, peer = pair
+    got: list[bytes] = []
+    line, playout, _ = make_line(ours, got.append)
+    playout.append_frame(frame(1))
+    playout.append_frame(frame(2))
+    peer.sendall(frame(7) + frame(8))
+    settle()
+    assert _wire.pump([line], 1) == []
+    assert recv_exactly(peer, 323) == frame(1)
+    assert got == [frame(7), frame(8)]
+    assert counters(line) == (1, 1, 1, 2)  # ticks, popped, audio sent, frames in
+    playout.sync_counters()
+    assert (playout.ticks, playout.sent_total, playout.audio_frames_sent) == (1, 1, 1)
+    assert playout._queued_seq == 2 and list(playout._frames) == [frame(2)]
+    assert counters(line)[:3] == (0, 0, 0)  # folded and reset
+
+
+def test_empty_queue_sends_silence_and_counts_no_audio(pair: Any) -> None:
+    ours, peer = pair
+    line, playout, _ = make_line(ours, list().append)
+    for _ in range(3):
+        assert _wire.pump([line], 1) == []
+    assert recv_exactly(peer, 3 * 323) == playout._silence * 3
+    assert counters(line) == (3, 0, 0, 0)
+
+
+def test_non_whole_sink_gets_pcm_and_rate(pair: Any) -> None:
+    ours, peer = pair
+    calls: list[tuple[bytes, int]] = []
+    line, _, _ = make_line(ours, lambda pcm, rate: calls.append((pcm, rate)), whole=False)
+    peer.sendall(frame(3))
+    settle()
+    assert _wire.pump([line], 1) == []
+    assert calls == [(bytes([3]) * 320, 8000)]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [frame(1)[:100], frame(1) + encode_frame(Dtmf("5")), b"\x12\x01\x40" + bytes(320)],
+    ids=["partial_frame", "audio_then_dtmf", "other_kind"],
+)
+def test_anything_but_whole_frames_of_its_kind_is_handed_back_unread(
+    pair: Any, data: bytes
+) -> None:
+    ours, peer = pair
+    got: list[bytes] = []
+    line, _, _ = make_line(ours, got.append)
+    peer.sendall(data)
+    settle()
+    events = _wire.pump([line], 1)
+    assert events == [(line, _wire.EV_CHUNK, data)]
+    assert got == []  # nothing of it went to the app: the Python decoder gets it all
+    assert counters(line)[3] == 0
+    assert recv_exactly(peer, 323)  # this tick's frame went out all the same
+
+
+def test_eof_is_reported(pair: Any) -> None:
+    ours, peer = pair
+    line, _, _ = make_line(ours, list().append)
+    peer.shutdown(socket.SHUT_WR)
+    settle()
+    assert _wire.pump([line], 1) == [(line, _wire.EV_EOF, None)]
+
+
+def test_reset_peer_is_a_send_error_and_no_read(pair: Any) -> None:
+    ours, peer = pair
+    line, _, _ = make_line(ours, list().append)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+    settle()
+    events = _wire.pump([line], 1)
+    assert len(events) == 1
+    assert events[0][:2] == (line, _wire.EV_SEND_ERR)
+    assert events[0][2] in (errno.ECONNRESET, errno.EPIPE)
+    assert counters(line)[0] == 0  # no tick counted for a frame that did not go out
+
+
+def test_a_playout_that_is_not_plain_goes_to_the_python_tick(pair: Any) -> None:
+    ours, peer = pair
+    got: list[bytes] = []
+    line, playout, _ = make_line(ours, got.append)
+    playout.plain = False
+    peer.sendall(frame(1))
+    settle()
+    assert _wire.pump([line], 1) == [(line, _wire.EV_SLOW, None)]
+    assert got == [] and counters(line) == (0, 0, 0, 0)
+    assert ours.recv(4096) == frame(1)  # not read: the Python path reads it after the hand-back
+
+
+def test_over_the_bound_goes_to_the_python_tick(pair: Any) -> None:
+    ours, _ = pair
+    line, playout, _ = make_line(ours, list().append, max_frames=2)
+    for i in range(3):
+        playout.append_frame(frame(i))
+    assert _wire.pump([line], 1) == [(line, _wire.EV_SLOW, None)]
+    assert len(playout._frames) == 3
+
+
+def test_short_write_hands_back_the_rest_and_counts_the_frame(pair: Any) -> None:
+    ours, peer = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    line, playout, _ = make_line(ours, list().append, max_frames=100000)
+    for i in range(5000):
+        playout.append_frame(frame(i))
+    events: list[Any] = []
+    ticks = 0
+    while not events and ticks < 5000:  # the peer never reads: the buffers fill up
+        events = _wire.pump([line], 1)
+        ticks += 1
+    assert events, "the send buffer never filled"
+    ((ev_line, code, rest),) = events
+    assert ev_line is line and code == _wire.EV_SHORT
+    assert isinstance(rest, bytes) and 0 < len(rest) <= 323
+    assert frame(ticks - 1).endswith(rest)
+    assert counters(line)[:3] == (ticks, ticks, ticks)
+
+
+def test_a_raising_sink_is_reported_with_its_exception(pair: Any) -> None:
+    ours, peer = pair
+    boom = ValueError("boom")
+
+    def sink(_: bytes) -> None:
+        raise boom
+
+    line, _, _ = make_line(ours, sink)
+    peer.sendall(frame(1) + frame(2))
+    settle()
+    assert _wire.pump([line], 1) == [(line, _wire.EV_APP_ERR, boom)]
+    assert counters(line)[3] == 1
+
+
+def test_a_sink_that_ends_another_line_stops_its_read(pair: Any) -> None:
+    ours, peer = pair
+    srv = socket.create_server(("127.0.0.1", 0))
+    peer2 = socket.create_connection(srv.getsockname())
+    ours2, _ = srv.accept()
+    srv.close()
+    ours2.setblocking(False)
+    try:
+        line2, _, owner2 = make_line(ours2, list().append)
+
+        def sink(_: bytes) -> None:
+            owner2._native_line = None  # as Connection._detach_native does
+
+        line1, _, _ = make_line(ours, sink)
+        peer.sendall(frame(1))
+        peer2.sendall(frame(2))
+        settle()
+        assert _wire.pump([line1, line2], 1) == []
+        assert ours2.recv(4096) == frame(2)  # line 2 was detached: its bytes stay unread
+    finally:
+        ours2.close()
+        peer2.close()
+
+
+def test_advance_moves_the_timeline_and_sends_one_frame(pair: Any) -> None:
+    ours, peer = pair
+    line, playout, _ = make_line(ours, list().append)
+    assert _wire.pump([line], 5) == []
+    playout.sync_counters()
+    assert playout.ticks == playout.sent_total == 5
+    assert recv_exactly(peer, 323) == playout._silence
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(1)
+
+
+def test_bad_arguments_raise() -> None:
+    with pytest.raises(TypeError):
+        _wire.pump("lines", 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        _wire.pump([], 0)
+    with pytest.raises(TypeError):
+        _wire.pump([(1, 2)], 1)
+    bad_state = (bytearray(8), Owner(), None, None, None, 8000, HEADER)
+    with pytest.raises(TypeError):
+        _wire.pump([bad_state], 1)
+    assert _wire.STATE_SIZE == NATIVE_STATE.size
