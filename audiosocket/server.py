@@ -7,7 +7,12 @@ Life of a connection: wait for the UUID (a connection that closes or times out b
 a logged non-call); register the call on the shared clock at once (Asterisk hangs up after
 2 s without a frame); learn the call's rate from the first audio frame (or assume 8 kHz
 after a short probe) and spot the μ-law trap; start the app; route frames; end the call with
-exactly one reason.
+exactly one reason. A call in the steady state is handed to the clock's C media path and
+back (``_attach_native``; docs/discussion/media-path.md).
+
+Why one module of ~690 lines: :class:`Connection` (~470, the per-call protocol) and
+:class:`AudioSocketServer` (listener, limits sweep, shutdown) share the call table, the
+end-reason rules and the metrics; apart, one set of invariants would live in two files.
 """
 
 from __future__ import annotations

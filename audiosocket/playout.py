@@ -1,0 +1,417 @@
+"""Per-call playout buffers: whole 20 ms frames waiting for the shared clock's tick.
+
+Split from ``clock.py`` (the clock drives these; the server and apps fill them). A playout
+holds wire frames, so a tick writes each with no per-frame work, and counts the call's
+timeline (``ticks``) and what went out; while the C media path carries the call, those
+counters live in the line's state and ``sync_counters`` folds them in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from audiosocket import metrics
+from audiosocket.protocol import FRAME_MS, KIND_FOR_RATE, frame_bytes
+from audiosocket.ulaw import ULAW_FRAME_BYTES, lin2ulaw, ulaw2lin
+
+__all__ = [
+    "NATIVE_FRAMES_IN",
+    "NATIVE_FRAMES_IN_AT",
+    "NATIVE_STATE",
+    "Playback",
+    "Playout",
+    "TickListener",
+    "Transport",
+]
+
+_HEADER = struct.Struct(">BH")
+#: A native line's state (struct line_state in _wire.c): fd, frame length, max frames,
+#: whole-frame sink, then the counters the C path adds to.
+NATIVE_STATE = struct.Struct("<8q")
+_NATIVE_COUNTS = struct.Struct("<3q")  # ticks, popped, audio_sent
+_NATIVE_COUNTS_AT = 32
+NATIVE_FRAMES_IN = struct.Struct("<q")
+NATIVE_FRAMES_IN_AT = 56
+
+
+class Transport(Protocol):
+    """The part of an asyncio transport the clock writes to."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
+class Playback:
+    """Awaitable completion of one clip: True when its last frame went out on the wire,
+    False when it was cleared (barge-in, ``clear()``) or the call ended first."""
+
+    __slots__ = ("_future", "frames", "started")
+
+    def __init__(
+        self, future: asyncio.Future[bool], frames: int, started: asyncio.Future[float]
+    ) -> None:
+        self._future = future
+        self.frames = frames
+        #: Resolves with ``loop.time()`` of the tick that sent the clip's first frame.
+        self.started = started
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._future.__await__()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    @property
+    def completed(self) -> bool:
+        """True once every frame was sent (not cleared)."""
+        return self._future.done() and not self._future.cancelled() and self._future.result()
+
+
+TickListener = Callable[[int, bytes | None], None]
+
+
+class Playout:
+    """A call's outbound buffer: whole 20 ms frames of PCM waiting for their tick.
+
+    Bounded: at most ``max_frames`` queued; past that the oldest frames are dropped and
+    counted (a runaway producer must not grow memory without limit).
+    """
+
+    __slots__ = (
+        "_frames",
+        "_header",
+        "_lead",
+        "_listener",
+        "_loop",
+        "_marks",
+        "_native_state",
+        "_partial",
+        "_sent_seq",
+        "_silence",
+        "_start_marks",
+        "_stream_from",
+        "_streams",
+        "_ulaw",
+        "append_frame",
+        "audio_frames_sent",
+        "frame_size",
+        "kind",
+        "max_frames",
+        "metric_sent",
+        "plain",
+        "rate",
+        "sent_total",
+        "ticks",
+        "transport",
+        "underruns",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        rate: int,
+        *,
+        lead_ms: int = 0,
+        max_seconds: float = 600.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.transport = transport
+        self.rate = rate
+        self.kind = KIND_FOR_RATE[rate]
+        self.frame_size = frame_bytes(rate)
+        self._header = _HEADER.pack(self.kind, self.frame_size)
+        self._silence = self._header + bytes(self.frame_size)
+        self._ulaw = False
+        self._lead = max(0, min(lead_ms, 120)) // FRAME_MS
+        self.max_frames = max(1, int(max_seconds * 1000 / FRAME_MS))
+        self._frames: deque[bytes] = deque()
+        self._partial = b""
+        self._marks: deque[tuple[int, asyncio.Future[bool]]] = deque()
+        self._start_marks: deque[tuple[int, asyncio.Future[float]]] = deque()
+        # Frames ever taken off the queue (sent, cleared or dropped); frames ever queued is
+        # this plus the queue's length, so producers need not count.
+        self._sent_seq = 0
+        self._streams = 0
+        self._stream_from = 0  # seq of the open stream's first frame
+        self._loop = loop
+        self.ticks = 0  # the call's timeline, in 20 ms ticks since it was registered
+        self.sent_total = 0
+        self.audio_frames_sent = 0
+        self.metric_sent = 0  # sent_total already added to the frames-out metric
+        self.underruns = 0
+        #: While the C media path carries this call: its line's counters (see sync_counters).
+        self._native_state: bytearray | None = None
+        self._listener: TickListener | None = None
+        #: Nothing but frames and silence to send (no listener, stream, lead or pending
+        #: playback): the clock then sends this call's frame inline, without ``tick()``.
+        self.plain = not self._lead
+        #: Queue one whole wire frame of this playout's kind and size, as it will be sent:
+        #: the deque's own ``append``, so a relay (echo) costs no Python frame per inbound
+        #: frame. The ``max_frames`` bound is enforced on the next tick instead.
+        self.append_frame: Callable[[bytes], None] = self._frames.append
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def on_tick(self) -> TickListener | None:
+        """Called after each tick with (tick index, PCM sent or None for silence)."""
+        return self._listener
+
+    @on_tick.setter
+    def on_tick(self, listener: TickListener | None) -> None:
+        self._listener = listener
+        self._replan()
+
+    def _replan(self) -> None:
+        self.plain = (
+            self._listener is None
+            and not self._streams
+            and not self._lead
+            and not self._marks
+            and not self._start_marks
+        )
+
+    def use_ulaw(self) -> None:
+        """Send 160-byte μ-law payloads in kind 0x10 (the peer's channel is μ-law)."""
+        if self.rate != 8000:
+            raise ValueError("μ-law framing only exists at 8 kHz")
+        self._ulaw = True
+        old_header = len(self._header)
+        self._header = _HEADER.pack(self.kind, ULAW_FRAME_BYTES)
+        self._silence = self._header + lin2ulaw(bytes(self.frame_size))
+        # Queued frames are wire frames: re-encode any already waiting (in place, as
+        # ``append_frame`` is bound to this deque).
+        frames = [self._header + lin2ulaw(f[old_header:]) for f in self._frames]
+        self._frames.clear()
+        self._frames.extend(frames)
+
+    def sync_counters(self) -> None:
+        """Fold in what the C media path counted since the last fold (ticks, frames sent).
+        Everything here that reads the counters calls it; so do the clock's once-a-second
+        flush and the server's readers."""
+        state = self._native_state
+        if state is None:
+            return
+        ticks, popped, audio = _NATIVE_COUNTS.unpack_from(state, _NATIVE_COUNTS_AT)
+        if ticks or popped or audio:
+            _NATIVE_COUNTS.pack_into(state, _NATIVE_COUNTS_AT, 0, 0, 0)
+            self.ticks += ticks
+            self.sent_total += ticks
+            self._sent_seq += popped
+            self.audio_frames_sent += audio
+
+    # -- producers -----------------------------------------------------------------------
+
+    @property
+    def _queued_seq(self) -> int:
+        """Frames ever queued."""
+        return self._sent_seq + len(self._frames)
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting to be sent."""
+        return len(self._frames)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no stream open: only silence is going out."""
+        return not self._frames and not self._streams
+
+    def _loop_or_running(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def feed(self, pcm: bytes) -> None:
+        """Queue PCM as a continuous stream (echo, live relays): a short tail waits for the
+        next call rather than being padded, so odd-sized input keeps its timing."""
+        if not self._partial and len(pcm) == self.frame_size and not self._ulaw:
+            # The usual case, exactly one frame: _push inlined (this runs per call per tick).
+            frames = self._frames
+            frames.append(self._header + pcm)
+            if len(frames) > self.max_frames:
+                frames.popleft()
+                self._sent_seq += 1
+                metrics.PLAYOUT_DROPPED.inc()
+                self._resolve_marks()
+            return
+        if self._partial:
+            pcm = self._partial + pcm
+            self._partial = b""
+        n = self.frame_size
+        end = len(pcm) - len(pcm) % n
+        if end != len(pcm):
+            self._partial = pcm[end:]
+        for i in range(0, end, n):
+            self._push(pcm[i : i + n])
+
+    def play(self, pcm: bytes) -> Playback:
+        """Queue one clip; the result completes when its last frame has been sent.
+
+        The clip's tail is padded with silence to a whole frame (Asterisk handles short
+        frames, but a fixed size keeps the peer's jitter buffer simple).
+        """
+        if self._partial:
+            pcm = self._partial + pcm
+            self._partial = b""
+        n = self.frame_size
+        rem = len(pcm) % n
+        if rem:
+            pcm = pcm + bytes(n - rem)
+        loop = self._loop_or_running()
+        started: asyncio.Future[float] = loop.create_future()
+        self.sync_counters()
+        first_seq = self._queued_seq + 1
+        for i in range(0, len(pcm), n):
+            self._push(pcm[i : i + n])
+        fut: asyncio.Future[bool] = loop.create_future()
+        if self._queued_seq <= self._sent_seq:
+            fut.set_result(True)
+            started.set_result(loop.time())
+        else:
+            self._marks.append((self._queued_seq, fut))
+            self._start_marks.append((first_seq, started))
+            self.plain = False
+        return Playback(fut, len(pcm) // n, started)
+
+    def _push(self, pcm: bytes) -> None:
+        # The queue holds wire frames, so the tick writes each with no per-frame work.
+        self._frames.append(self._header + (lin2ulaw(pcm) if self._ulaw else pcm))
+        if len(self._frames) > self.max_frames:
+            self._frames.popleft()
+            self._sent_seq += 1
+            metrics.PLAYOUT_DROPPED.inc()
+            self._resolve_marks()
+
+    def begin_stream(self) -> None:
+        """Mark that more audio of a clip is coming (TTS sentence by sentence), so an empty
+        buffer at a tick counts as an underrun rather than the end of speech. Only once the
+        stream's first frame has gone out: the wait before it is latency, not a gap."""
+        self.sync_counters()
+        self._streams += 1
+        self._stream_from = self._queued_seq + 1
+        self.plain = False
+
+    def end_stream(self) -> None:
+        """Close what ``begin_stream`` opened."""
+        self._streams = max(0, self._streams - 1)
+        self._replan()
+
+    def clear(self) -> int:
+        """Drop everything queued; the next tick sends silence. Returns frames dropped.
+
+        Pending playbacks complete with False.
+        """
+        dropped = len(self._frames)
+        self._sent_seq += dropped
+        self._frames.clear()
+        self._partial = b""
+        while self._marks:
+            _, fut = self._marks.popleft()
+            if not fut.done():
+                fut.set_result(False)
+        while self._start_marks:
+            _, started = self._start_marks.popleft()
+            if not started.done():
+                started.cancel()
+        self._replan()
+        return dropped
+
+    def close(self) -> None:
+        """The call is over: pending playbacks complete with False."""
+        self.clear()
+        self.on_tick = None
+
+    def _resolve_marks(self) -> None:
+        starts = self._start_marks
+        if starts:
+            now = self._loop.time() if self._loop is not None else 0.0
+            while starts and starts[0][0] <= self._sent_seq:
+                _, started = starts.popleft()
+                if not started.done():
+                    started.set_result(now)
+        marks = self._marks
+        while marks and marks[0][0] <= self._sent_seq:
+            _, fut = marks.popleft()
+            if not fut.done():
+                fut.set_result(True)
+        if not marks and not starts:
+            self._replan()
+
+    # -- the tick ------------------------------------------------------------------------
+
+    def tick(self, advance: int = 1) -> None:
+        """Write this tick's frame (more only with a lead).
+
+        ``advance`` > 1 after a clock resync: the timeline jumps with wall time, and the
+        frames those ticks would have carried are not sent late (that would be a burst).
+        The clock sends a plain call's frame itself (see ``plain``); here the idle case
+        (nothing queued) takes the shortest path.
+        """
+        self.sync_counters()
+        ticks = self.ticks + advance
+        self.ticks = ticks
+        sent = self.sent_total
+        if advance > 1 and sent < ticks - 1:
+            sent = ticks - 1
+        frames = self._frames
+        listener = self._listener
+        if not frames and listener is None and not self._streams:
+            if sent < ticks:
+                self.transport.write(self._silence)
+                sent += 1
+            self.sent_total = sent
+            if self._marks or self._start_marks:
+                self._resolve_marks()
+            return
+        if len(frames) > self.max_frames:
+            self._trim()
+        write = self.transport.write
+        due = ticks + self._lead
+        n = 0
+        while frames and sent < due:
+            frame = frames.popleft()
+            write(frame)
+            if listener is not None:
+                listener(sent, self._pcm_of(frame))
+            sent += 1
+            n += 1
+        if n:
+            self._sent_seq += n
+            self.audio_frames_sent += n
+        if self._marks or self._start_marks:
+            self._resolve_marks()
+        if sent < ticks:
+            if self._streams and self._sent_seq >= self._stream_from:
+                self.underruns += 1
+                metrics.UNDERRUNS.inc()
+            write(self._silence)
+            if listener is not None:
+                listener(sent, None)
+            sent += 1
+        self.sent_total = sent
+
+    def _trim(self) -> None:
+        """Enforce ``max_frames`` for frames queued with ``append_frame``."""
+        frames = self._frames
+        while len(frames) > self.max_frames:
+            frames.popleft()
+            self._sent_seq += 1
+            metrics.PLAYOUT_DROPPED.inc()
+        self._resolve_marks()
+
+    def _pcm_of(self, frame: bytes) -> bytes:
+        """The linear PCM a wire frame carries (for tick listeners, e.g. the recorder)."""
+        payload = frame[len(self._header):]
+        return ulaw2lin(payload) if self._ulaw else payload
+
+    @property
+    def silence_frames_sent(self) -> int:
+        """Silence frames sent so far."""
+        self.sync_counters()
+        return self.sent_total - self.audio_frames_sent
