@@ -146,5 +146,9 @@ async def test_prompt_audio_is_clean_at_16k(start_server: Any, short_flow: dict[
     text = text.replace("1", "one").replace("2", "two")
     assert wer(said, text) <= 0.25, text
     samples = np.frombuffer(pcm, "<i2").astype(float)
-    # No clicks: no sample-to-sample jump bigger than a loud speech transient.
-    assert np.max(np.abs(np.diff(samples))) < 20000
+    # No clicks: a frame lost, repeated or cut short by our framing shows as a jump where one
+    # 20 ms frame meets the next, bigger than a loud speech transient. Inside a frame the
+    # samples are Piper's own (its rendering varies run to run; its largest jumps measured
+    # 17-20k, so the check looks at frame boundaries, where our code is).
+    jumps = np.abs(np.diff(samples))
+    assert np.max(jumps[319::320]) < 20000
