@@ -80,7 +80,7 @@ class NativeOwner(Protocol):
 
     def _detach_native(self) -> None: ...
 
-    def _native_read_event(self, code: int, payload: object) -> None: ...
+    def _native_read_event(self, event: str, payload: object) -> None: ...
 
 
 # Positions in a native line tuple (must match LINE_* in _wire.c).
@@ -270,7 +270,8 @@ class Clock:
     ) -> None:
         assert _wire is not None
         self.native_events += 1
-        metrics.NATIVE_EVENTS.labels(event=_EVENT_NAMES.get(code, str(code))).inc()
+        name = _EVENT_NAMES.get(code, str(code))
+        metrics.NATIVE_EVENTS.labels(event=name).inc()
         owner: NativeOwner = line[LINE_OWNER]  # type: ignore[assignment]
         playout: Playout = line[LINE_PLAYOUT]  # type: ignore[assignment]
         if owner._native_line is line:
@@ -293,7 +294,7 @@ class Clock:
             # The peer hung up: reading resumed, so the transport meets the reset itself
             # and the call ends as on the Python path (remote_reset), without a warning.
         else:
-            owner._native_read_event(code, payload)
+            owner._native_read_event(name, payload)
 
     def _failed(self, playout: Playout, exc: Exception) -> None:
         import structlog
@@ -324,7 +325,8 @@ class Clock:
                 self._count(playout)
 
     def _flush_metrics(self) -> None:
-        """Frames-out counts, once a second rather than per frame."""
+        """Every call's frames-out counts at once (when the clock stops; while it runs,
+        ``_flush_slice`` does this a fiftieth per tick)."""
         for playout in self._playouts.values():
             self._count(playout)
         metrics.NATIVE_LINES.set(len(self._lines))

@@ -218,19 +218,16 @@ class Connection(asyncio.Protocol):
             NATIVE_FRAMES_IN.pack_into(state, NATIVE_FRAMES_IN_AT, 0)
             self.fast_frames += n
 
-    def _native_read_event(self, code: int, payload: object) -> None:
-        """What the C path read but does not handle, in order, already detached."""
-        from audiosocket import clock
-
-        wire = clock._wire
-        assert wire is not None
-        if code == wire.EV_CHUNK:
+    def _native_read_event(self, event: str, payload: object) -> None:
+        """What the C path read but does not handle, in order, already detached (``event``
+        as named in ``audiosocket_native_events_total``)."""
+        if event == "chunk":
             self.data_received(payload)  # type: ignore[arg-type]
-        elif code == wire.EV_RECV_ERR:
+        elif event == "recv_error":
             self.end("remote_reset", send_hangup=False)
-        elif code == wire.EV_APP_ERR:
+        elif event == "app_error":
             self._app_failed("on_audio", payload)  # type: ignore[arg-type]
-        # EV_EOF: reading resumed, so the transport meets the end of stream itself.
+        # "eof": reading resumed, so the transport meets the end of stream itself.
 
     def eof_received(self) -> bool:
         # Asterisk hangs up by closing the socket: returning False closes our side too.
