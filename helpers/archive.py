@@ -1,7 +1,8 @@
 """Post-call archiving with FFmpeg: AAC (.m4a) for retention and an echo-filtered MP3.
 
-Commands are *built* with ``ffmpeg-python`` and *run* by us with an asyncio subprocess, so we
-can cap how many run at once, time them out, kill them and keep only the tail of their stderr.
+Commands are *built* with ``ffmpeg-python`` and *run* by :mod:`helpers.spawn` (vfork, never
+fork: see there why), so we can cap how many run at once, time them out, kill them and keep
+only the tail of their stderr.
 
 Guarantees:
 
@@ -36,6 +37,7 @@ import ffmpeg
 import structlog
 from prometheus_client import Gauge, Histogram
 
+from helpers import spawn
 from helpers.ffmpeg import FFmpegError, ffmpeg_binary
 
 __all__ = [
@@ -203,7 +205,7 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 _CAP = _ProcessCap(2)
 _stats_lock = threading.Lock()
-_running: dict[int, asyncio.subprocess.Process] = {}
+_running: set[int] = set()
 _max_seen = 0
 
 
@@ -247,59 +249,38 @@ async def _run_ffmpeg(
     Raises :class:`FFmpegError` on a non-zero exit, a signal or a timeout. On timeout or
     cancellation the process is killed and reaped before we return, so no orphan remains.
     """
-    global _max_seen
     async with _CAP.slot():
         started = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        with _stats_lock:
-            _running[proc.pid] = proc
-            _max_seen = max(_max_seen, len(_running))
-        FFMPEG_PROCESSES.inc()
-        buf = bytearray()
         try:
-            assert proc.stderr is not None
-            stderr = proc.stderr
-
-            async def drain() -> None:
-                # Read as it comes and keep only the tail: progress output of a long decode
-                # is unbounded, and an undrained pipe would stall FFmpeg.
-                while chunk := await stderr.read(65536):
-                    buf.extend(chunk)
-                    if len(buf) > 2 * tail:
-                        del buf[: len(buf) - tail]
-                await proc.wait()
-
-            try:
-                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation
-                # that arrives as the inner await finishes (seen as a hung shutdown).
-                async with asyncio.timeout(timeout_s):
-                    await drain()
-            except TimeoutError:
-                raise FFmpegError(
-                    f"ffmpeg ({step}) timed out after {timeout_s:g} s", _decode_tail(buf, tail)
-                ) from None
+            done = await spawn.run_async(
+                cmd, timeout_s=timeout_s, tail=tail, on_start=_track, on_exit=_untrack
+            )
+        except spawn.SpawnTimeout as exc:
+            raise FFmpegError(
+                f"ffmpeg ({step}) timed out after {timeout_s:g} s",
+                _decode_tail(exc.stderr_tail, tail),
+            ) from None
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                # Reap even if we are being cancelled, so the slot is only freed once the
-                # process is really gone.
-                await asyncio.shield(proc.wait())
-            with _stats_lock:
-                _running.pop(proc.pid, None)
-            FFMPEG_PROCESSES.dec()
             FFMPEG_SECONDS.labels(step=step).observe(time.perf_counter() - started)
-        rc = proc.returncode
-        assert rc is not None  # reaped above
+        rc = done.returncode
         if rc != 0:
             how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited {rc}"
-            raise FFmpegError(f"ffmpeg ({step}) {how}", _decode_tail(buf, tail))
-        return bytes(buf[-tail:])
+            raise FFmpegError(f"ffmpeg ({step}) {how}", _decode_tail(done.stderr_tail, tail))
+        return done.stderr_tail
+
+
+def _track(pid: int) -> None:
+    global _max_seen
+    with _stats_lock:
+        _running.add(pid)
+        _max_seen = max(_max_seen, len(_running))
+    FFMPEG_PROCESSES.inc()
+
+
+def _untrack(pid: int) -> None:
+    with _stats_lock:
+        _running.discard(pid)
+    FFMPEG_PROCESSES.dec()
 
 
 def _decode_tail(buf: bytes | bytearray, tail: int) -> str:

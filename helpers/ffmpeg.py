@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 __all__ = ["FFmpegError", "decode_to_pcm", "ffmpeg_binary"]
@@ -39,8 +38,17 @@ def decode_to_pcm(path: str | Path, rate: int, timeout: float = 120.0) -> bytes:
         ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error",
         "-i", str(path), "-vn", "-ac", "1", "-ar", str(rate), "-f", "s16le", "-",
     ]
-    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace")[-2000:]
-        raise FFmpegError(f"ffmpeg could not decode {path}", err)
-    return proc.stdout
+    from helpers import spawn
+
+    try:
+        done = spawn.run(cmd, timeout_s=timeout, capture_stdout=True, tail=2000)
+    except spawn.SpawnTimeout as exc:
+        raise FFmpegError(
+            f"ffmpeg took longer than {timeout:g} s to decode {path}",
+            exc.stderr_tail.decode("utf-8", "replace"),
+        ) from None
+    if done.returncode != 0:
+        raise FFmpegError(
+            f"ffmpeg could not decode {path}", done.stderr_tail.decode("utf-8", "replace")
+        )
+    return done.stdout

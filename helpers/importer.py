@@ -45,13 +45,16 @@ class ImportResult:
 def probe_rate(path: Path) -> int | None:
     """The file's sample rate from FFmpeg's stream line, or None."""
     import re
-    import subprocess
 
-    proc = subprocess.run(
-        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    match = re.search(r"Audio:.*?(\d+) Hz", proc.stderr)
+    from helpers import spawn
+
+    try:
+        done = spawn.run(
+            [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)], timeout_s=60
+        )
+    except spawn.SpawnTimeout:
+        return None
+    match = re.search(r"Audio:.*?(\d+) Hz", done.stderr_tail.decode("utf-8", "replace"))
     return int(match.group(1)) if match else None
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from helpers import spawn
 
 __all__ = [
     "MODEL_ID",
@@ -339,12 +340,10 @@ def build_hf_whisper(source: Path, out: Path) -> Path:
 def _export_python(python: str | None) -> str:
     """The interpreter that runs optimum: ``python``, else this one if it has optimum."""
     exe = python or sys.executable
-    probe = subprocess.run(
-        [exe, "-c", "import optimum.exporters.onnx, onnx, accelerate"],
-        capture_output=True, text=True, check=False,
-    )
+    probe = spawn.run([exe, "-c", "import optimum.exporters.onnx, onnx, accelerate"],
+                      timeout_s=300)
     if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        last = (probe.stderr_tail.decode("utf-8", "replace").strip().splitlines() or ["?"])[-1]
         raise WebModelError(
             f"the ONNX export needs optimum-onnx, onnx and accelerate in {exe} ({last}). "
             "optimum-onnx 0.1 requires transformers 4.x, so use a separate venv: "
@@ -373,10 +372,10 @@ def export_onnx(hf_dir: Path, dest: Path, python: str | None = None) -> Path:
     with tempfile.TemporaryDirectory(prefix="webwhisper-onnx-") as tmp:
         cmd = [exe, "-m", "optimum.exporters.onnx", "--model", str(hf_dir),
                "--task", "automatic-speech-recognition-with-past", "--opset", "17", tmp]
-        run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        run = spawn.run(cmd, timeout_s=None, tail=16384)
         produced = Path(tmp)
         if run.returncode != 0:
-            tail = "\n".join(run.stderr.strip().splitlines()[-15:])
+            tail = "\n".join(run.stderr_tail.decode("utf-8", "replace").strip().splitlines()[-15:])
             raise WebModelError(f"optimum export failed ({run.returncode}):\n{tail}")
         for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
             if not (produced / name).exists():
