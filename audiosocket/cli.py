@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+import os
 import sys
 import uuid as _uuid
 from pathlib import Path
@@ -56,6 +56,9 @@ def _call_parser(sub: Any) -> None:
                    help="send 160-byte mu-law frames in kind 0x10 (Dial without c(slin))")
     p.add_argument("--silence", action="store_true",
                    help="keep sending silence after the WAV (transmit_silence=yes)")
+    p.add_argument("--answer-timeout", type=float, default=2.0,
+                   help="give up and exit 1 when the server sends nothing for this many "
+                        "seconds, as Asterisk does (default 2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +98,16 @@ def _install_uvloop(enabled: bool) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``audiosocket serve``."""
+    """``audiosocket serve``.
+
+    Before anything else (no thread may exist yet): block SIGTERM/SIGINT, taken later by a
+    thread of their own, and size the native thread pools before numpy loads
+    (``audiosocket/lifecycle.py`` says why).
+    """
+    from audiosocket.lifecycle import block_termination_signals, limit_native_threads
+
+    block_termination_signals()
+    threads = limit_native_threads()
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -105,11 +117,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loop_name = _install_uvloop(config.uvloop)
     from audiosocket.runner import run_server
 
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        return asyncio.run(run_server(config, loop_name=loop_name))
+        code = loop.run_until_complete(
+            run_server(config, loop_name=loop_name, native_threads=threads)
+        )
     except ConfigError as exc:
         log.error("cannot_start", error=str(exc))
         return 2
+    # Everything durable is written and closed by now. Leave without the interpreter's own
+    # teardown: it would join worker threads that may be inside a long native call (a
+    # post-call transcript), and the job they run resumes at the next start anyway.
+    log.info("exit", code=code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -131,7 +154,7 @@ def cmd_call(args: argparse.Namespace) -> int:
             args.host, args.port, pcm=pcm, rate=args.rate, dtmf=args.dtmf,
             dtmf_delay=args.dtmf_delay, dtmf_gap=args.dtmf_gap, linger=args.linger,
             max_seconds=args.max_seconds, call_uuid=call_uuid, ulaw=args.ulaw,
-            send_silence=args.silence,
+            send_silence=args.silence, idle_timeout=args.answer_timeout or None,
         ))
     except OSError as exc:
         print(f"audiosocket call: cannot connect to {args.host}:{args.port}: {exc}",
@@ -151,6 +174,10 @@ def cmd_call(args: argparse.Namespace) -> int:
     if result.protocol_error:
         print(f"protocol error from server: {result.protocol_error}", file=sys.stderr)
         return 1
+    if result.server_silent or (result.frames_received == 0 and not result.hangup_by_server):
+        print(f"audiosocket call: the server sent nothing for {result.longest_silence_s:.1f} s "
+              "(hung or not an AudioSocket server)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -167,15 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(handler(args))
     parser.error(f"unknown command {args.command}")
     return 2
-
-
-def install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT ask for a graceful shutdown."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
 
 
 if __name__ == "__main__":

@@ -107,7 +107,14 @@ class Config:
     max_duration_s: float = 4 * 3600.0
     inactivity_timeout_s: float = 600.0
     shutdown_grace_s: float = 10.0
+    # The event-loop watchdog: log every stack after a stall this long, exit (for the
+    # supervisor to restart us) after this long; 0 never exits.
+    watchdog_stall_s: float = 2.0
+    watchdog_exit_s: float = 30.0
     lead_ms: int = 0
+    # A live stream's (echo's) target latency: queued audio above it is dropped, oldest
+    # first, so a stall does not delay the rest of the call; 0: no target.
+    live_latency_ms: int = 80
     playout_max_s: float = 600.0
     write_buffer_max_bytes: int = 256 * 1024
     ulaw_detect_frames: int = 10
@@ -138,8 +145,16 @@ class Config:
             raise ConfigError(f"log_format: {self.log_format!r} is not json or console")
         if not 0 <= self.lead_ms <= 120:
             raise ConfigError("lead_ms: must be between 0 and 120")
+        if self.live_latency_ms != 0 and not 20 <= self.live_latency_ms <= 2000:
+            raise ConfigError("live_latency_ms: must be 0 (no target) or 20 to 2000")
         if self.stt.vad_engine not in ("webrtc", "silero"):
             raise ConfigError(f"stt.vad_engine: {self.stt.vad_engine!r} is not webrtc or silero")
+        if self.watchdog_stall_s <= 0:
+            raise ConfigError("watchdog_stall_s: must be more than 0")
+        if self.watchdog_exit_s and self.watchdog_exit_s < self.watchdog_stall_s:
+            raise ConfigError("watchdog_exit_s: must be 0 (never) or at least watchdog_stall_s")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("shutdown_grace_s: must not be negative")
         if self.max_calls < 1:
             raise ConfigError("max_calls: must be at least 1")
         if self.http_port and not _is_loopback(self.http_bind) and not self.web.token:

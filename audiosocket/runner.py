@@ -3,29 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import time
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 
 from audiosocket import metrics
 from audiosocket.app import AppContext, resolve_app, session_factory
 from audiosocket.config import Config
+from audiosocket.lifecycle import SignalWatcher, Watchdog
 from audiosocket.server import AudioSocketServer
 
 __all__ = ["run_server"]
 
 log = structlog.get_logger("audiosocket")
 
+#: What a stop may take beyond ``shutdown_grace_s`` before the process exits non-zero.
+SHUTDOWN_EXTRA_S = 5.0
 
-async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
-    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
-    from audiosocket.cli import install_signal_handlers
+
+async def run_server(
+    config: Config, *, loop_name: str = "asyncio", native_threads: dict[str, str] | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code.
+
+    The caller has blocked SIGTERM/SIGINT in every thread (``lifecycle``): here a thread of
+    their own takes them, so a stop request works even if the loop is stuck, and the process
+    ends within ``shutdown_grace_s + 5`` s of it whatever happens.
+    """
     from helpers.recorder import repair_all, shared_writer
 
-    # Handlers first: a SIGTERM during start-up must still mean a graceful stop, not the
-    # default action (death with the port already open).
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    install_signal_handlers(asyncio.get_running_loop(), stop)
+    # First: a SIGTERM during start-up (it stays pending until now) is a graceful stop.
+    def request_stop() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    SignalWatcher(request_stop, config.shutdown_grace_s + SHUTDOWN_EXTRA_S).start()
+    watchdog = Watchdog(loop, stall_s=config.watchdog_stall_s,
+                        exit_s=config.watchdog_exit_s).start()
     data = config.data_path
     (data / "recordings").mkdir(parents=True, exist_ok=True)
     fixed = await asyncio.to_thread(repair_all, data / "recordings")
@@ -34,7 +53,10 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
     cls = resolve_app(config.app)
     ctx = AppContext(config)
     await _start_services(ctx)
-    await cls.prepare(ctx)
+    # Prompt warm-up can take a while; a stop request meanwhile should not wait for it.
+    if not await _unless_stopped(cls.prepare(ctx), stop):
+        await _stop_services(ctx, budget_s=SHUTDOWN_EXTRA_S - 1)
+        return 0
     server = AudioSocketServer(config, session_factory(cls, ctx), app_name=config.app)
     server.observers.extend(ctx.observers)
     await server.start()
@@ -52,17 +74,45 @@ async def run_server(config: Config, *, loop_name: str = "asyncio") -> int:
     gc.collect()
     gc.freeze()
     gc_watch = metrics.watch_gc()
-    log.info("ready", app=config.app, loop=loop_name, data_dir=str(data))
+    log.info("ready", app=config.app, loop=loop_name, data_dir=str(data),
+             native_threads=native_threads or {}, watchdog_stall_s=config.watchdog_stall_s,
+             watchdog_exit_s=config.watchdog_exit_s)
     keeper = asyncio.create_task(_retention_forever(ctx))
     await stop.wait()
+    # The calls get the grace; everything after it shares the remaining 5 s (the signal
+    # thread ends the process non-zero past that, so aim half a second short of it).
+    deadline = time.monotonic() + config.shutdown_grace_s + SHUTDOWN_EXTRA_S - 0.5
+
+    def left() -> float:
+        return max(0.1, deadline - time.monotonic())
+
     keeper.cancel()
-    await server.shutdown()
+    await server.shutdown(finish_s=2.0)
+
     if runner is not None:
-        await runner.cleanup()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(1.0, left())):
+                await runner.cleanup()
     await asyncio.to_thread(shared_writer().flush)
-    await _stop_services(ctx)
+    await _stop_services(ctx, budget_s=left())
     gc.callbacks.remove(gc_watch)
+    watchdog.stop()
     return 0
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it). True if it completed."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
@@ -91,7 +141,13 @@ async def _start_services(ctx: AppContext) -> None:
         await ensure_jobs(ctx)
 
 
-async def _stop_services(ctx: AppContext) -> None:
+async def _stop_services(ctx: AppContext, budget_s: float) -> None:
     from audiosocket.services import close_services
 
-    await close_services(ctx)
+    try:
+        async with asyncio.timeout(budget_s):
+            await close_services(ctx)
+    except TimeoutError:
+        # Something (a native call in a worker thread) did not stop in time; what is durable
+        # is already written, and the signal thread's deadline ends the process.
+        log.error("services_stop_timeout", budget_s=round(budget_s, 2))

@@ -139,3 +139,20 @@ def test_bad_settings_exit_2_with_message(tmp_path: Path, flag: str) -> None:
                          cwd=tmp_path)
     assert res.returncode == 2
     assert "audiosocket" in res.stderr
+
+
+def test_call_exits_1_when_the_server_answers_nothing(tmp_path: Path) -> None:
+    # A hung server: the kernel still accepts the connection, nothing ever comes back.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        res = subprocess.run(
+            [str(BIN), "call", "--port", str(port), "--silence", "--linger", "30",
+             "--answer-timeout", "1.5"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert res.returncode == 1, res.stderr
+    assert "sent nothing" in res.stderr
+    assert time.monotonic() - started < 20  # gave up at the timeout, not after the linger
