@@ -26,7 +26,7 @@ from audiosocket.protocol import (
     encode_frame,
     frame_bytes,
 )
-from audiosocket.ulaw import lin2ulaw, ulaw2lin
+from audiosocket.ulaw import lin2ulaw
 
 __all__ = ["CallResult", "place_call"]
 
@@ -66,6 +66,7 @@ async def place_call(
     call_uuid: _uuid.UUID | None = None,
     ulaw: bool = False,
     send_silence: bool = False,
+    frame_ms: int = 20,
 ) -> CallResult:
     """Place one call and return what came back.
 
@@ -73,8 +74,10 @@ async def place_call(
     ``dtmf_delay`` seconds on, ``dtmf_gap`` apart. The call ends when the server hangs up or
     closes, ``linger`` seconds after the last thing we sent, or at ``max_seconds``.
     ``ulaw`` sends 160-byte μ-law frames in kind 0x10, as ``Dial(AudioSocket/...)`` without
-    ``c(slin)`` does on a μ-law channel. ``send_silence`` keeps sending silence frames after
-    the audio ends, like ``transmit_silence=yes``.
+    ``c(slin)`` does on a μ-law channel; what comes back is read as slin whatever its size,
+    as Asterisk reads every 0x10 frame. ``send_silence`` keeps sending silence frames after
+    the audio ends, like ``transmit_silence=yes``. ``frame_ms`` 10 sends 10 ms frames (SIP
+    legs with ptime 10: 160 bytes of slin at 8 kHz, the size of 20 ms of μ-law).
     """
     call_uuid = call_uuid or _uuid.uuid4()
     result = CallResult(uuid=str(call_uuid), rate=rate)
@@ -97,10 +100,7 @@ async def place_call(
                 now = time.monotonic()
                 for frame in decoder.feed(data):
                     if isinstance(frame, Audio):
-                        payload = frame.payload
-                        if ulaw and len(payload) == 160:
-                            payload = ulaw2lin(payload)
-                        result.received += payload
+                        result.received += frame.payload
                         result.arrivals.append(now)
                         result.frames_received += 1
                     elif isinstance(frame, Hangup):
@@ -118,9 +118,9 @@ async def place_call(
         writer.write(encode_frame(CallId(call_uuid)))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        step = 0.02
-        size = 320 if ulaw else frame_bytes(rate)
-        frames = [pcm[i : i + frame_bytes(rate)] for i in range(0, len(pcm), frame_bytes(rate))]
+        step = frame_ms / 1000
+        size = frame_bytes(rate) * frame_ms // 20
+        frames = [pcm[i : i + size] for i in range(0, len(pcm), size)]
         digit_times = [(dtmf_delay + i * dtmf_gap, d) for i, d in enumerate(dtmf)]
         last_send = 0.0 if not frames else len(frames) * step
         if digit_times:
@@ -143,12 +143,13 @@ async def place_call(
             if k < len(frames):
                 chunk = frames[k]
                 if ulaw:
-                    writer.write(b"\x10\x00\xa0" + lin2ulaw(chunk.ljust(size, b"\0")))
+                    header = b"\x10" + (size // 2).to_bytes(2, "big")
+                    writer.write(header + lin2ulaw(chunk.ljust(size, b"\0")))
                 else:
                     writer.write(encode_audio(chunk, rate))
                 result.frames_sent += 1
             elif send_silence:
-                writer.write(encode_audio(bytes(frame_bytes(rate)), rate))
+                writer.write(encode_audio(bytes(size), rate))
                 result.frames_sent += 1
             k += 1
         # Asterisk hangs up by closing the socket; it never sends a hang-up frame.

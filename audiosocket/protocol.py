@@ -207,8 +207,9 @@ class Decoder:
 
     The receive buffer never holds more than one maximal frame (3 + 65,535 bytes) beyond the
     chunk being fed: complete frames are parsed out as soon as they are whole, and the header
-    is validated before the payload is awaited, so a bad kind is rejected without waiting for
-    up to 64 KiB of junk.
+    is validated before the payload is awaited, so a bad kind, or a length its kind can never
+    have (odd audio, a UUID that is not 16 bytes...), is rejected without waiting for up to
+    64 KiB that may never come.
     """
 
     __slots__ = ("_broken", "_buf", "frames_decoded")
@@ -242,8 +243,8 @@ class Decoder:
         try:
             while end - pos >= HEADER_SIZE:
                 kind, length = _HEADER.unpack_from(view, pos)
-                if kind not in AUDIO_KINDS and kind not in _CONTROL_KINDS:
-                    raise ProtocolError(ErrorType.UNKNOWN_KIND, f"unknown kind 0x{kind:02x}")
+                if kind not in AUDIO_KINDS or not length or length & 1:
+                    _check_header(kind, length)
                 stop = pos + HEADER_SIZE + length
                 if stop > end:
                     break
@@ -261,7 +262,29 @@ class Decoder:
             self._buf = bytearray(view[pos:])
 
 
-_CONTROL_KINDS = frozenset({Kind.HANGUP, Kind.UUID, Kind.DTMF, Kind.ERROR})
+def _check_header(kind: int, length: int) -> None:
+    """Raise if no payload of ``length`` bytes can make a valid frame of ``kind``."""
+    if kind in AUDIO_KINDS:
+        if not length:
+            raise ProtocolError(ErrorType.EMPTY_AUDIO, f"audio kind 0x{kind:02x} with no payload")
+        if length % 2:
+            raise ProtocolError(
+                ErrorType.ODD_AUDIO, f"audio kind 0x{kind:02x} with odd length {length}"
+            )
+    elif kind == Kind.UUID:
+        if length != 16:
+            raise ProtocolError(ErrorType.BAD_UUID, f"UUID header with length {length}")
+    elif kind == Kind.DTMF:
+        if length != 1:
+            raise ProtocolError(ErrorType.BAD_DTMF, f"DTMF header with length {length}")
+    elif kind == Kind.HANGUP:
+        if length:
+            raise ProtocolError(ErrorType.BAD_HANGUP, f"hang-up header with length {length}")
+    elif kind == Kind.ERROR:
+        if length > 1:
+            raise ProtocolError(ErrorType.BAD_ERROR, f"error header with length {length}")
+    else:
+        raise ProtocolError(ErrorType.UNKNOWN_KIND, f"unknown kind 0x{kind:02x}")
 
 
 def encode_frame(frame: Frame) -> bytes:

@@ -53,7 +53,7 @@ from audiosocket.protocol import (
     ProtocolError,
     encode_hangup,
 )
-from audiosocket.ulaw import ULAW_FRAME_BYTES, ulaw2lin
+from audiosocket.ulaw import ULAW_FRAME_BYTES, looks_like_ulaw, ulaw2lin, ulaw_odds
 
 if TYPE_CHECKING:
     from audiosocket.config import Config
@@ -65,6 +65,10 @@ log = structlog.get_logger("audiosocket.server")
 
 #: How long to wait for the first audio frame to learn the call's rate before the app starts.
 RATE_PROBE_S = 0.25
+#: 160-byte frames at call start are decided before ``ulaw_detect_frames`` are held once two
+#: of them favour one reading this strongly (speech and silence do, by far), so a live stream
+#: does not start that many frames late; loud tones score nearer 1 and wait for the count.
+ULAW_SURE_ODDS = 2.0
 
 SessionFactory = Callable[[Call], "Session"]
 
@@ -281,27 +285,41 @@ class Connection(asyncio.Protocol):
             if call.inbound_rate is None:
                 call.inbound_rate = rate
             if rate == 8000 and len(pcm) == ULAW_FRAME_BYTES and not call.ulaw:
-                # Possibly μ-law in 0x10 (Dial without c(slin)): hold until we know.
-                self._held.append(pcm)
-                if len(self._held) >= self.server.config.ulaw_detect_frames:
-                    self._detect_ulaw(call)
+                # 20 ms of μ-law in 0x10 (Dial without c(slin)) or 10 ms of slin: hold
+                # frames until their content decides.
+                held = self._held
+                held.append(pcm)
+                if len(held) >= self.server.config.ulaw_detect_frames or (
+                    len(held) >= 2
+                    and not 1 / ULAW_SURE_ODDS < ulaw_odds(b"".join(held)) < ULAW_SURE_ODDS
+                ):
+                    self._decide_held(call)
                 return
             self._begin(rate)
         elif call.ulaw:
-            if len(pcm) == ULAW_FRAME_BYTES:
-                pcm = ulaw2lin(pcm)
+            pcm = ulaw2lin(pcm)  # whatever the size: short frames at file edges are μ-law too
         if self.session is not None and not self._ended:
             self._hook("on_audio", self.session.on_audio, pcm, rate)
 
+    def _decide_held(self, call: Call) -> None:
+        """The held 160-byte frames are μ-law or 10 ms slin: test both readings."""
+        if looks_like_ulaw(b"".join(self._held)):
+            self._detect_ulaw(call)
+        else:
+            self._begin(8000)
+
     def _detect_ulaw(self, call: Call) -> None:
+        # Inbound only: Asterisk reads every 0x10 frame we send as slin (samples = length / 2)
+        # and converts to the channel's codec itself, so the playout stays 320-byte slin;
+        # μ-law sent back is noise to the caller.
         call.ulaw = True
         metrics.ULAW_DETECTED.inc()
         self.log.warning(
             "ulaw_detected",
-            hint="kind 0x10 carries 160-byte frames: the channel is mu-law. Use "
-            "Dial(AudioSocket/host:port/${UUID()}/c(slin)) or c(slin16); decoding as mu-law",
+            hint="kind 0x10 carries mu-law, not slin: Dial(AudioSocket/...) without c(...) on "
+            "a mu-law channel. Use Dial(AudioSocket/host:port/${UUID()}/c(slin)) or "
+            "c(slin16); decoding inbound as mu-law, answering in slin",
         )
-        call.playout.use_ulaw()
         self._begin(8000)
 
     # -- call life -----------------------------------------------------------------------
@@ -343,7 +361,7 @@ class Connection(asyncio.Protocol):
             return
         if self._held:
             # Fewer 160-byte frames than the detection run, then nothing: decide on what we have.
-            self._detect_ulaw(self.call)
+            self._decide_held(self.call)
         else:
             self._begin(8000)
 

@@ -83,6 +83,63 @@ def test_unknown_kind_rejected_before_payload_arrives() -> None:
         list(dec.feed(b"\x42\xff\xff"))  # would otherwise wait for 64 KiB of junk
 
 
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        (b"\x10\xff\xff", ErrorType.ODD_AUDIO),
+        (b"\x12\x00\x03", ErrorType.ODD_AUDIO),
+        (b"\x18\x00\x01", ErrorType.ODD_AUDIO),
+        (b"\x10\x00\x00", ErrorType.EMPTY_AUDIO),
+        (b"\x01\xff\xff", ErrorType.BAD_UUID),
+        (b"\x01\x00\x0f", ErrorType.BAD_UUID),
+        (b"\x01\x00\x00", ErrorType.BAD_UUID),
+        (b"\x03\xff\xff", ErrorType.BAD_DTMF),
+        (b"\x03\x00\x02", ErrorType.BAD_DTMF),
+        (b"\x00\xff\xff", ErrorType.BAD_HANGUP),
+        (b"\x00\x00\x01", ErrorType.BAD_HANGUP),
+        (b"\xff\xff\xff", ErrorType.BAD_ERROR),
+        (b"\xff\x00\x02", ErrorType.BAD_ERROR),
+    ],
+)
+def test_impossible_length_rejected_on_the_header_alone(header: bytes, error: ErrorType) -> None:
+    dec = Decoder()
+    with pytest.raises(ProtocolError) as info:
+        list(dec.feed(header))  # no payload yet: nothing to wait for
+    assert info.value.error_type is error
+    assert dec.buffered == 0
+
+
+def _length_ok(kind: int, length: int) -> bool:
+    """What PROTOCOL.md allows, written out independently of the decoder."""
+    if kind in AUDIO_KINDS:
+        return length > 0 and length % 2 == 0
+    return {Kind.UUID: length == 16, Kind.DTMF: length == 1, Kind.HANGUP: length == 0,
+            Kind.ERROR: length <= 1}.get(kind, False)
+
+
+@given(
+    st.sampled_from(sorted({*AUDIO_KINDS, Kind.UUID, Kind.DTMF, Kind.HANGUP, Kind.ERROR})),
+    st.integers(0, 0xFFFF),
+    st.integers(1, 3),
+)
+@settings(max_examples=500, deadline=None)
+def test_header_decides_at_once_whether_a_payload_can_follow(
+    kind: int, length: int, cut: int
+) -> None:
+    header = bytes([kind]) + length.to_bytes(2, "big")
+    dec = Decoder()
+    if cut < 3:
+        assert list(dec.feed(header[:cut])) == []  # a partial header decides nothing
+    rest = header[cut:] if cut < 3 else header
+    if _length_ok(kind, length):
+        frames = list(dec.feed(rest))
+        assert len(frames) == (0 if length else 1)  # its payload is awaited, or none is due
+        assert dec.buffered == (3 if length else 0)
+    else:
+        with pytest.raises(ProtocolError):
+            list(dec.feed(rest))
+
+
 def test_error_frame_flags_decoded_for_non_asterisk_peers() -> None:
     (frame,) = decode_all(b"\xff\x00\x01\x05")
     assert frame == ErrorFrame(5)

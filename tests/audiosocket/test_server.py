@@ -384,14 +384,16 @@ async def test_write_stall_ends_the_call(start_server: Any, monkeypatch: Any) ->
     raw.close()
 
 
-async def test_ulaw_trap_detected_and_decoded(start_server: Any) -> None:
+async def test_ulaw_trap_detected_decoded_and_answered_in_slin(start_server: Any) -> None:
     server = await start_server(EchoSession)
     pcm = tone(1.0)
     result = await place_call("127.0.0.1", server.port, pcm=pcm, ulaw=True, linger=0.5)
     got = np.frombuffer(bytes(result.received), "<i2").astype(float)
     sent = np.frombuffer(pcm, "<i2").astype(float)
-    # The echo comes back as μ-law too (160-byte frames) and decodes to the same tone.
+    # The echo comes back in 320-byte slin frames (Asterisk reads every 0x10 frame as slin;
+    # μ-law sent back is noise to the caller) and carries the same tone.
     assert result.frames_received > 40
+    assert len(result.received) == 320 * result.frames_received
     ref = sent[:2000]
     corr = max(
         float(np.dot(got[o : o + 2000], ref)
