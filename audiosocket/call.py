@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid as _uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import numpy as np
 
 from audiosocket.clock import Playback, Playout
 from audiosocket.protocol import FRAME_MS
 
-__all__ = ["END_REASONS", "Call"]
+__all__ = ["END_REASONS", "Call", "CallIds"]
 
 #: Every call ends with exactly one of these (the label of ``audiosocket_calls_ended_total``).
 END_REASONS = (
@@ -26,14 +28,53 @@ END_REASONS = (
     "inactivity",  # nothing either way for inactivity_timeout_s
     "write_stalled",  # the peer stopped reading our frames
     "overload",  # refused: max_calls reached
-    "duplicate_uuid",  # refused: a live call has this UUID
+    "duplicate_uuid",  # refused: a live (not yet ended) call has this UUID
     "shutdown",  # the server stopped
 )
+
+
+class CallIds:
+    """Call ids already used, so that a reused AudioSocket UUID gets an id of its own.
+
+    Dialplans with a fixed UUID send the same one on every call; the id names the call's
+    row, files and URLs, so a second call under the first one's id would overwrite it. Kept
+    in memory because the id is chosen on the event loop, where the store may not be read
+    (rule 1). Ids are held as 64-bit hashes in a sorted array (8 bytes a call): a hash
+    collision only gives a new UUID a fresh id, which is harmless.
+    """
+
+    #: Ids added since the last merge into the sorted array; the merge is one O(n) insert.
+    MERGE_AT = 65_536
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._sorted = np.unique(np.fromiter((hash(i) for i in ids), dtype=np.int64))
+        self._recent: set[int] = set()
+
+    def __contains__(self, call_id: object) -> bool:
+        h = hash(call_id)
+        if h in self._recent:
+            return True
+        i = int(np.searchsorted(self._sorted, h))
+        return i < len(self._sorted) and int(self._sorted[i]) == h
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
+    def add(self, call_id: str) -> None:
+        """Mark ``call_id`` as used."""
+        self._recent.add(hash(call_id))
+        if len(self._recent) >= self.MERGE_AT:
+            new = np.unique(np.fromiter(self._recent, dtype=np.int64))
+            self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, new), new)
+            self._recent.clear()
 
 
 class Call:
     """One live call. Sessions use: ``uuid``, ``id``, ``rate``, ``peer``, ``tick``/``time``
     (the call's timeline from the shared clock), ``play``, ``feed``, ``clear``, ``hangup``.
+
+    ``uuid`` is the AudioSocket UUID the call arrived with; ``id`` is the call's own id, which
+    names its store rows, files and URLs: the UUID itself unless an earlier call had it.
     """
 
     def __init__(
@@ -44,9 +85,10 @@ class Call:
         peer: str,
         app: str,
         end: Callable[[str], None],
+        call_id: str | None = None,
     ) -> None:
         self.uuid = call_uuid
-        self.id = str(call_uuid)
+        self.id = call_id or str(call_uuid)
         self.playout = playout
         self.peer = peer
         self.app = app

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from audiosocket import metrics
-from audiosocket.call import Call
+from audiosocket.call import Call, CallIds
 from audiosocket.clock import (
     LINE_PLAYOUT,
     LINE_STATE,
@@ -330,10 +330,13 @@ class Connection(asyncio.Protocol):
             self._uuid_timer.cancel()
             self._uuid_timer = None
         self.log = self.log.bind(call=str(call_uuid), app=server.app_name)
+        # A UUID an earlier call had (fixed in the dialplan) gets a fresh id: that call's
+        # rows and files are named by it and must never be overwritten.
+        reused = server.id_taken(str(call_uuid))
         refuse = None
         if len(server.calls) >= server.config.max_calls:
             refuse = "overload"
-        elif str(call_uuid) in server.calls:
+        elif reused and server.uuid_live(call_uuid):
             refuse = "duplicate_uuid"
         if refuse is not None:
             self._ended = True
@@ -346,7 +349,11 @@ class Connection(asyncio.Protocol):
             self.transport, 8000, lead_ms=server.config.lead_ms,
             max_seconds=server.config.playout_max_s, loop=self.loop,
         )
-        call = Call(call_uuid, playout, peer=self.peer, app=server.app_name, end=self.end)
+        call = Call(call_uuid, playout, peer=self.peer, app=server.app_name, end=self.end,
+                    call_id=str(_uuid.uuid4()) if reused else None)
+        server.call_ids.add(call.id)
+        if reused:
+            self.log = self.log.bind(call=call.id, audiosocket_uuid=str(call_uuid))
         self.call = call
         server.calls[call.id] = self
         server.clock.register(playout)
@@ -560,6 +567,10 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None
 
 
+def _never(call_id: str) -> bool:
+    return False
+
+
 @functools.cache
 def _session_base() -> type[Session]:
     # Imported late: sessions import the call interface from here, not the other way.
@@ -590,6 +601,24 @@ class AudioSocketServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.observers: list[CallObserver] = []
+        #: Ids of this process's calls; the call store's observer knows the older ones.
+        self.call_ids = CallIds()
+
+    def id_taken(self, call_id: str) -> bool:
+        """Whether an earlier call had this id: in this process, or as an observer with an
+        ``id_taken`` method (the call store's) knows."""
+        if call_id in self.calls or call_id in self.call_ids:
+            return True
+        return any(
+            getattr(observer, "id_taken", _never)(call_id) for observer in self.observers
+        )
+
+    def uuid_live(self, call_uuid: _uuid.UUID) -> bool:
+        """Whether a call that has not ended arrived with this AudioSocket UUID."""
+        return any(
+            conn.call is not None and not conn.call.ended and conn.call.uuid == call_uuid
+            for conn in self.calls.values()
+        )
 
     def notify(self, event: str, call: Call) -> None:
         """Tell observers; one failing observer never breaks a call."""

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from audiosocket.call import CallIds
+
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
@@ -27,13 +29,20 @@ _REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 class StoreObserver:
-    """Writes every call's start and end to the call store (via its writer thread)."""
+    """Writes every call's start and end to the call store (via its writer thread), and
+    tells the server which call ids the store already holds (``known``, read at start-up)."""
 
-    def __init__(self, store: CallStore) -> None:
+    def __init__(self, store: CallStore, known: CallIds | None = None) -> None:
         self.store = store
+        self.known = known if known is not None else CallIds()
+
+    def id_taken(self, call_id: str) -> bool:
+        """Whether a call in the store has this id (from memory: runs on the loop)."""
+        return call_id in self.known
 
     def call_started(self, call: Call) -> None:
-        self.store.call_started(call.id, call.app, call.rate, call.peer, call.started_at)
+        self.store.call_started(call.id, call.app, call.rate, call.peer, call.started_at,
+                                audiosocket_uuid=str(call.uuid))
 
     def call_ended(self, call: Call) -> None:
         self.store.call_ended(
@@ -55,8 +64,9 @@ async def ensure_store(ctx: AppContext) -> CallStore:
         closed = await asyncio.to_thread(lambda: store.close_dangling_calls().result())
         if closed:
             log.warning("dangling_calls_closed", count=closed)
+        known = await asyncio.to_thread(lambda: CallIds(store.call_ids()))
         ctx.services["store"] = store
-        ctx.observers.insert(0, StoreObserver(store))
+        ctx.observers.insert(0, StoreObserver(store, known))
     return store
 
 

@@ -127,13 +127,23 @@ class CallRecorder:
         self._unwritten = bytearray()  # refused by the disk; written before the next chunk
         self.closed = False
         self.error: str | None = None
+        #: The file already existed (another call's): nothing of it is touched or written.
+        self.refused = False
         header = _header(rate, 2, 0)
         self._writer.submit(lambda: self._create(header))
 
     def _create(self, header: bytes) -> None:
-        # On the writer thread, like every other file operation of the recorder.
+        # On the writer thread, like every other file operation of the recorder. Exclusive
+        # create: a file already there is another call's recording, never to be truncated
+        # (call ids are unique, so this is the last line of defence, not the rule).
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "wb") as fh:
+        try:
+            fh = open(self.path, "xb")
+        except FileExistsError:
+            self.refused = True
+            self.error = "a recording already exists at this path"
+            raise
+        with fh:
             fh.write(header)
 
     # -- the loop side: cheap list appends ---------------------------------------------
@@ -195,6 +205,9 @@ class CallRecorder:
         # On the writer thread. A chunk the disk refused is kept and goes out first next
         # time, so a transient full disk loses nothing; past RETRY_MAX_BYTES the oldest
         # audio is dropped (counted) rather than growing memory without bound.
+        if self.refused:
+            RECORDING_BYTES_LOST.inc(len(data))
+            return
         pending = bytes(self._unwritten) + data if self._unwritten else data
         try:
             with open(self.path, "r+b") as fh:

@@ -70,7 +70,8 @@ JOB_STATUSES = ("pending", "running", "done", "failed")
 RECORDING_FORMATS = ("wav", "m4a", "mp3", "peaks")
 
 # kind: statement (a write failed and was dropped), disk_full (a transient failure that
-# will be retried), dropped (gave up after the retries), queue_full (refused at the door).
+# will be retried), dropped (gave up after the retries), queue_full (refused at the door),
+# call_id_taken (a new call under an id another call has: it would have overwritten it).
 STORE_ERRORS = Counter(
     "audiosocket_store_errors_total",
     "Call store write failures, by kind",
@@ -476,19 +477,27 @@ class CallStore(StoreQueries):
         started_at: float,
         caller: str | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> concurrent.futures.Future[None]:
-        """Record a new call (a repeated UUID updates the row rather than failing)."""
+        audiosocket_uuid: str | None = None,
+    ) -> concurrent.futures.Future[bool]:
+        """Record a new call under its own id ``uuid``; the future says if it was new.
+
+        A row already under that id is another call's and is never touched (the server
+        gives a reused AudioSocket UUID a fresh id; see ``audiosocket.call.CallIds``).
+        """
         meta_json = json.dumps(meta or {})
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO calls (uuid, app, rate, peer, started_at, caller, meta) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(uuid) DO UPDATE SET app=excluded.app, rate=excluded.rate, "
-                "peer=excluded.peer, started_at=excluded.started_at, "
-                "caller=excluded.caller, meta=excluded.meta",
-                (uuid, app, rate, peer, started_at, caller, meta_json),
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO calls (uuid, app, rate, peer, started_at, caller, meta, "
+                "audiosocket_uuid) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(uuid) DO NOTHING",
+                (uuid, app, rate, peer, started_at, caller, meta_json, audiosocket_uuid),
             )
+            if cur.rowcount == 0:
+                STORE_ERRORS.labels(kind="call_id_taken").inc()
+                log.error("call_id_taken", call=uuid)
+                return False
+            return True
 
         return self._submit(op, "call_started")
 
@@ -500,12 +509,13 @@ class CallStore(StoreQueries):
         frames_in: int,
         frames_out: int,
     ) -> concurrent.futures.Future[None]:
-        """Close a call; duration is computed from its started_at."""
+        """Close a live call; duration is computed from its started_at. A call that has
+        already ended keeps its end (nothing of a finished call is overwritten)."""
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE calls SET ended_at=?, end_reason=?, frames_in=?, frames_out=?, "
-                "duration=max(0.0, ? - started_at) WHERE uuid=?",
+                "duration=max(0.0, ? - started_at) WHERE uuid=? AND ended_at IS NULL",
                 (ended_at, end_reason, frames_in, frames_out, ended_at, uuid),
             )
 

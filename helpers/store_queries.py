@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +104,7 @@ class StoreQueries:
             ).fetchall()
         return {
             "uuid": row["uuid"],
+            "audiosocket_uuid": row["audiosocket_uuid"],
             "app": row["app"],
             "rate": row["rate"],
             "peer": row["peer"],
@@ -144,6 +145,12 @@ class StoreQueries:
         out["meta"] = _json_load(out["meta"], {})
         return out
 
+    def call_ids(self) -> Iterator[str]:
+        """Every call's id, streamed (the server's index of taken ids is built from it)."""
+        with self._reader() as conn:
+            for (call_id,) in conn.execute("SELECT uuid FROM calls"):
+                yield call_id
+
     def recordings_for(self, call_uuid: str) -> dict[str, dict[str, Any]]:
         """The call's stored files by format: {fmt: {path, bytes, duration, created_at}}."""
         with self._reader() as conn:
@@ -166,15 +173,20 @@ class StoreQueries:
         has_summary: bool | None = None,
         ivr_result: str | None = None,
         q: str | None = None,
+        uuid: str | None = None,
     ) -> dict[str, Any]:
         """Calls newest first as ``{"items": [...], "total": N}``.
 
         ``since`` is inclusive, ``until`` exclusive (unix times, on started_at). ``q`` keeps
         calls whose transcript matches and adds a ``snippet`` (HTML-safe, ``<mark>``) per
-        item.
+        item. ``uuid`` keeps every call that arrived with that AudioSocket UUID (a fixed
+        one in a dialplan gives many), or whose id it is.
         """
         where: list[str] = []
         params: list[Any] = []
+        if uuid is not None:
+            where.append("(c.audiosocket_uuid = ? OR c.uuid = ?)")
+            params += [uuid, uuid]
         if app is not None:
             where.append("c.app = ?")
             params.append(app)
@@ -210,7 +222,8 @@ class StoreQueries:
             # pass as the page (a window count) instead of evaluating it twice.
             window = ", count(*) OVER () AS total_rows" if match is not None else ""
             rows = conn.execute(
-                "SELECT c.uuid, c.app, c.rate, c.caller, c.started_at, c.ended_at, c.duration, "
+                "SELECT c.uuid, c.audiosocket_uuid, c.app, c.rate, c.caller, c.started_at, "
+                "c.ended_at, c.duration, "
                 f"c.end_reason, sm.title AS summary_title{window} FROM calls c "
                 f"LEFT JOIN summaries sm ON sm.call_uuid = c.uuid {where_sql} "
                 "ORDER BY c.started_at DESC, c.uuid DESC LIMIT ? OFFSET ?",
@@ -230,6 +243,7 @@ class StoreQueries:
         for r in rows:
             item = {
                 "uuid": r["uuid"],
+                "audiosocket_uuid": r["audiosocket_uuid"],
                 "app": r["app"],
                 "rate": r["rate"],
                 "caller": r["caller"],

@@ -119,11 +119,21 @@ CREATE TABLE audit (
 CREATE INDEX audit_at ON audit(at);
 """
 
+# v2: each call is its own record. ``calls.uuid`` stays the call's id (the key every table,
+# file name and URL uses); the AudioSocket UUID it arrived with is an attribute of its own,
+# because dialplans with a fixed UUID send the same one on every call. Calls before v2 were
+# keyed by that UUID, so it is their AudioSocket UUID too (imported calls never had one).
+_V2 = """
+ALTER TABLE calls ADD COLUMN audiosocket_uuid TEXT;
+UPDATE calls SET audiosocket_uuid = uuid WHERE end_reason IS NOT 'imported';
+CREATE INDEX calls_audiosocket_uuid ON calls(audiosocket_uuid);
+"""
+
 # MIGRATIONS[i] takes a database from user_version i to i + 1. Append only: never edit a
 # migration that has shipped; add a new one. Each is SQL text or a callable on the
 # connection, run inside one transaction together with the user_version bump.
 Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = [_V1]
+MIGRATIONS: list[Migration] = [_V1, _V2]
 
 
 def _split_sql(script: str) -> list[str]:

@@ -61,6 +61,8 @@ class Session:
 
     @property
     def uuid(self) -> str:
+        """The call's own id (store rows, files, URLs); ``call.uuid`` is the AudioSocket
+        UUID, which differs when an earlier call arrived with the same one."""
         return self.call.id
 
     @property

@@ -304,8 +304,9 @@ class IvrSession(TranscribeSession):
     async def _webhook(self, hook: Webhook) -> None:
         import aiohttp
 
-        body = {"call": self.uuid, "path": self.path, "variables": self.variables,
-                "digits": "".join(self.digits), "speech": self.speech}
+        body = {"call": self.uuid, "audiosocket_uuid": str(self.call.uuid), "path": self.path,
+                "variables": self.variables, "digits": "".join(self.digits),
+                "speech": self.speech}
         try:
             timeout = aiohttp.ClientTimeout(total=hook.timeout)
             async with aiohttp.ClientSession(timeout=timeout) as http, http.post(

@@ -20,7 +20,8 @@ _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 def recording_path(data_dir: Path, call_id: str) -> Path:
-    """Where a call's WAV lives: ``<data>/recordings/<uuid>.wav``."""
+    """Where a call's WAV lives: ``<data>/recordings/<call id>.wav`` (the call's own id, not
+    its AudioSocket UUID, which a fixed-UUID dialplan repeats)."""
     return data_dir / "recordings" / f"{call_id}.wav"
 
 
@@ -49,6 +50,11 @@ class RecordSession(Session):
         # The writer thread may still hold the last second: wait for it before the
         # post-call jobs read the file.
         await asyncio.to_thread(shared_writer().flush)
+        if self.recorder.refused:
+            # Its jobs would archive the other call's file as this one's.
+            self.log.error("recording_refused", path=str(self.recording),
+                           error=self.recorder.error)
+            return
         self.log.info("recording_closed", path=str(self.recording),
                       seconds=round(self.recorder.duration, 2))
         if self.recorder.pending_bytes:

@@ -106,6 +106,17 @@ def _str_param(request: web.Request, name: str) -> str | None:
     return raw if raw else None
 
 
+def _uuid_param(request: web.Request, name: str) -> str | None:
+    """A UUID query parameter in canonical form (as stored), or None when absent."""
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return str(uuid_mod.UUID(raw))
+    except ValueError:
+        raise _BadParam(f"{name} must be a UUID") from None
+
+
 def _call_uuid(request: web.Request) -> str | None:
     """The canonical form of the path's UUID, or None when it is not a UUID at all.
 
@@ -141,6 +152,7 @@ class _CallsApi:
             has_summary=_bool_param(request, "has_summary"),
             ivr_result=_str_param(request, "ivr_result"),
             q=_str_param(request, "q"),
+            uuid=_uuid_param(request, "uuid"),
         )
         return web.json_response({**result, "limit": limit, "offset": offset})
 

@@ -58,6 +58,9 @@ _QUERY = [
     ("ivr_result", {"type": "string"}, "Only calls whose IVR ended with this result"),
     ("q", {"type": "string"},
      "Full-text search in transcripts; adds a `snippet` with <mark> highlights"),
+    ("uuid", {"type": "string", "format": "uuid"},
+     "Calls that arrived with this AudioSocket UUID (a fixed one in a dialplan gives many), "
+     "or whose id it is"),
 ]
 
 OPENAPI: Final[dict[str, Any]] = {
@@ -85,7 +88,12 @@ OPENAPI: Final[dict[str, Any]] = {
             "CallSummary": {
                 "type": "object",
                 "properties": {
-                    "uuid": {"type": "string", "format": "uuid"},
+                    "uuid": {"type": "string", "format": "uuid",
+                             "description": "The call's own id (in every URL of the call)"},
+                    "audiosocket_uuid": {
+                        "type": ["string", "null"], "format": "uuid",
+                        "description": "The UUID the call arrived with; equal to `uuid` "
+                                       "unless an earlier call had it (null: imported)"},
                     "app": {"type": "string"}, "rate": {"type": "integer"},
                     "caller": {"type": ["string", "null"]},
                     "started_at": {"type": "string", "format": "date-time"},

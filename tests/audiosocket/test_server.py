@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
+from audiosocket.call import CallIds
 from audiosocket.caller import place_call
 from audiosocket.protocol import (
     Audio,
@@ -342,6 +343,92 @@ async def test_duplicate_uuid_refused(start_server: Any) -> None:
     second.send(encode_frame(CallId(u)))
     assert await second.read_for(1.0) == [Hangup()]
     first.close()
+
+
+class Ids(Probe):
+    """Remembers each call's id and the AudioSocket UUID it arrived with."""
+
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    async def on_start(self) -> None:
+        Ids.seen.append((self.uuid, str(self.call.uuid)))
+
+
+class SlowEnd(Ids):
+    async def on_end(self, reason: str) -> None:
+        await asyncio.sleep(1.0)  # e.g. flushing a recording
+        await super().on_end(reason)
+
+
+async def test_a_reused_uuid_gets_an_id_of_its_own(start_server: Any) -> None:
+    Ids.seen = []
+    server = await start_server(Ids)
+    fixed = uuid.UUID("01234567-89ab-cdef-0123-456789abcdef")
+    await place_call("127.0.0.1", server.port, pcm=bytes(3200), call_uuid=fixed, linger=0.1)
+    await wait_for(lambda: not server.calls)
+    second = await Raw.connect(server.port)
+    second.send(encode_frame(CallId(fixed)) + encode_audio(bytes(320)))
+    await wait_for(lambda: len(Ids.seen) == 2)
+    # A third call while the second is live: two live calls never share a UUID.
+    third = await Raw.connect(server.port)
+    third.send(encode_frame(CallId(fixed)))
+    assert await third.read_for(1.0) == [Hangup()]
+    second.close()
+    await wait_for(lambda: not server.calls)
+    (id1, u1), (id2, u2) = Ids.seen
+    assert u1 == u2 == id1 == str(fixed)
+    assert id2 != id1 and uuid.UUID(id2).version == 4
+    assert set(Probe.ended) == {id1, id2}
+
+
+async def test_an_id_the_store_already_has_is_not_given_again(start_server: Any) -> None:
+    Ids.seen = []
+    server = await start_server(Ids)
+    before_restart = uuid.uuid4()
+
+    class Store:
+        """An observer that knows the ids of calls before this process started."""
+
+        def id_taken(self, call_id: str) -> bool:
+            return call_id == str(before_restart)
+
+        def call_started(self, call: Any) -> None: ...
+
+        def call_ended(self, call: Any) -> None: ...
+
+    server.observers.append(Store())
+    await place_call("127.0.0.1", server.port, pcm=bytes(1600), call_uuid=before_restart,
+                     linger=0.1)
+    await wait_for(lambda: not server.calls)
+    [(call_id, arrived_with)] = Ids.seen
+    assert arrived_with == str(before_restart) and call_id != arrived_with
+
+
+async def test_a_uuid_whose_call_is_still_finishing_is_a_new_call(start_server: Any) -> None:
+    Ids.seen = []
+    server = await start_server(SlowEnd)
+    u = uuid.uuid4()
+    await place_call("127.0.0.1", server.port, pcm=bytes(1600), call_uuid=u, linger=0.1)
+    assert server.calls  # hung up, but its on_end is still running
+    result = await place_call("127.0.0.1", server.port, pcm=bytes(1600), call_uuid=u,
+                              linger=0.1)
+    assert not result.hangup_by_server
+    await wait_for(lambda: not server.calls)
+    assert [a for _, a in Ids.seen] == [str(u), str(u)]
+    assert len({i for i, _ in Ids.seen}) == 2
+
+
+def test_call_ids_remember_many_ids_compactly() -> None:
+    old = [str(uuid.uuid4()) for _ in range(1000)]
+    ids = CallIds(iter(old))
+    ids.MERGE_AT = 100  # type: ignore[misc]
+    assert all(i in ids for i in old) and len(ids) == 1000
+    new = [str(uuid.uuid4()) for _ in range(250)]
+    for i in new:
+        ids.add(i)
+    assert all(i in ids for i in old + new) and len(ids) == 1250
+    assert len(ids._recent) == 50  # two merges into the sorted array
+    assert str(uuid.uuid4()) not in ids
 
 
 async def test_max_duration(start_server: Any) -> None:

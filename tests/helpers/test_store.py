@@ -70,13 +70,64 @@ def test_opening_a_v0_database_migrates_it(tmp_path: Path) -> None:
         assert {"recordings", "audit", "unrelated"} <= names
 
 
+def old_call(store: CallStore, cid: str, end_reason: str | None = None) -> None:
+    """A call written the way v1 code wrote it (no column added since)."""
+    store._submit(lambda conn: conn.execute(
+        "INSERT INTO calls (uuid, app, rate, peer, started_at, ended_at, end_reason) "
+        "VALUES (?, 'record', 8000, '127.0.0.1:1', ?, ?, ?)",
+        (cid, T0, T0 + 5 if end_reason else None, end_reason),
+    )).result(5)
+
+
 def test_opening_an_older_version_applies_only_newer_migrations(tmp_path: Path) -> None:
     with CallStore(tmp_path, migrations=MIGRATIONS[:1]) as s:
-        cid = make_call(s)
+        cid = new_id()
+        old_call(s, cid)
     v2 = [*MIGRATIONS, "ALTER TABLE calls ADD COLUMN note TEXT; UPDATE calls SET note = 'old'"]
     with CallStore(tmp_path, migrations=v2) as s:
         assert s.execute_read("PRAGMA user_version")[0]["user_version"] == len(v2)
         assert s.execute_read("SELECT uuid, note FROM calls") == [{"uuid": cid, "note": "old"}]
+
+
+def test_a_v1_database_keeps_its_calls_and_gets_their_audiosocket_uuids(
+    tmp_path: Path,
+) -> None:
+    # Before v2 a call's id was its AudioSocket UUID; imported calls never had one.
+    asterisk, imported = new_id(), new_id()
+    with CallStore(tmp_path, migrations=MIGRATIONS[:1]) as s:
+        old_call(s, asterisk, "remote_closed")
+        old_call(s, imported, "imported")
+        s.add_segment(asterisk, 0.0, 1.0, "hello there", 0.9, 100.0)
+        s.set_recording(asterisk, "wav", "/data/recordings/x.wav", 1000, 5.0)
+        s.enqueue_jobs(asterisk, ["archive_aac"])
+        s.flush()
+        assert writer_value(s, "PRAGMA user_version") == 1
+    with CallStore(tmp_path) as s:
+        assert writer_value(s, "PRAGMA user_version") == len(MIGRATIONS)
+        rows = s.execute_read("SELECT uuid, audiosocket_uuid FROM calls ORDER BY end_reason")
+        assert {r["uuid"]: r["audiosocket_uuid"] for r in rows} == {
+            imported: None, asterisk: asterisk,
+        }
+        call = s.get_call(asterisk)
+        assert call is not None and call["audiosocket_uuid"] == asterisk
+        assert call["transcript"][0]["text"] == "hello there"
+        assert call["recordings"] == {"wav": f"/api/calls/{asterisk}/recording.wav"}
+        assert call["jobs"] == {"archive_aac": "pending"}
+        assert [c["uuid"] for c in s.list_calls(uuid=asterisk)["items"]] == [asterisk]
+        assert [c["uuid"] for c in s.list_calls(uuid=imported)["items"]] == [imported]
+        plan = s.execute_read(
+            "EXPLAIN QUERY PLAN SELECT uuid FROM calls WHERE audiosocket_uuid = ?", ["x"]
+        )
+        assert any("calls_audiosocket_uuid" in r["detail"] for r in plan)
+        # The next call with that UUID is a call of its own, beside the old one.
+        again = new_id()
+        assert s.call_started(again, "record", 8000, None, T0 + 60,
+                              audiosocket_uuid=asterisk).result(5)
+        listed = s.list_calls(uuid=asterisk)["items"]
+        assert [(c["uuid"], c["audiosocket_uuid"]) for c in listed] == [
+            (again, asterisk), (asterisk, asterisk),
+        ]
+        assert sorted(s.call_ids()) == sorted([asterisk, imported, again])
 
 
 def test_failed_migration_rolls_back_to_previous_version(tmp_path: Path) -> None:
@@ -108,8 +159,8 @@ def test_call_lifecycle_and_api_shape(store: CallStore) -> None:
     live = store.get_call(cid)
     assert live is not None
     assert list(live) == [
-        "uuid", "app", "rate", "peer", "caller", "started_at", "ended_at", "duration",
-        "end_reason", "live", "frames_in", "frames_out", "transcript", "ivr", "summary",
+        "uuid", "audiosocket_uuid", "app", "rate", "peer", "caller", "started_at", "ended_at",
+        "duration", "end_reason", "live", "frames_in", "frames_out", "transcript", "ivr", "summary",
         "recordings", "jobs",
     ]  # fmt: skip
     assert live["live"] is True and live["ended_at"] is None and live["duration"] is None
@@ -151,6 +202,32 @@ def test_call_lifecycle_and_api_shape(store: CallStore) -> None:
     store.flush()
     assert set(store.get_call(cid)["recordings"]) == {"wav"}  # type: ignore[index]
     assert store.get_call(new_id()) is None
+
+
+def test_a_call_is_never_overwritten_by_one_under_the_same_id(store: CallStore) -> None:
+    cid = make_call(store, audiosocket_uuid="u-1")
+    store.call_ended(cid, T0 + 10, "remote_closed", 500, 500)
+    store.flush()
+    before = store.get_call_row(cid)
+    taken = errors("call_id_taken")
+    assert store.call_started(cid, "echo", 16000, "10.0.0.9:1", T0 + 100).result(5) is False
+    store.call_ended(cid, T0 + 200, "remote_hangup", 9, 9)  # a stray end changes nothing
+    store.flush()
+    assert store.get_call_row(cid) == before
+    assert errors("call_id_taken") == taken + 1
+
+
+def test_list_by_audiosocket_uuid(store: CallStore) -> None:
+    fixed = new_id()
+    first = make_call(store, T0, uuid=fixed, audiosocket_uuid=fixed)
+    second = make_call(store, T0 + 1, audiosocket_uuid=fixed)
+    other = make_call(store, T0 + 2, audiosocket_uuid=new_id())
+    store.flush()
+    assert [c["uuid"] for c in store.list_calls(uuid=fixed)["items"]] == [second, first]
+    assert store.list_calls(uuid=fixed)["total"] == 2
+    assert [c["uuid"] for c in store.list_calls(uuid=second)["items"]] == [second]
+    assert store.list_calls(uuid=new_id())["total"] == 0
+    assert store.list_calls()["total"] == 3 and other
 
 
 def test_final_transcript_replaces_live_one(store: CallStore) -> None:
@@ -515,8 +592,9 @@ def test_list_filters_and_pagination(store: CallStore) -> None:
     assert store.list_calls(limit=7, offset=28)["total"] == 30
 
     first = everything["items"][-1]
-    assert set(first) == {"uuid", "app", "rate", "caller", "started_at", "ended_at",
-                          "duration", "end_reason", "live", "summary_title"}  # fmt: skip
+    assert set(first) == {"uuid", "audiosocket_uuid", "app", "rate", "caller", "started_at",
+                          "ended_at", "duration", "end_reason", "live",
+                          "summary_title"}  # fmt: skip
     assert first["summary_title"] == "title 0" and first["live"] is False
 
     def uuids(**kw: Any) -> set[str]:

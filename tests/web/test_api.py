@@ -91,7 +91,7 @@ async def test_list_calls(client: Client, store: CallStore) -> None:
 @pytest.mark.parametrize(
     "params",
     [{"limit": "x"}, {"limit": "0"}, {"offset": "-1"}, {"since": "yesterday"},
-     {"until": "nan"}, {"has_summary": "maybe"}],
+     {"until": "nan"}, {"has_summary": "maybe"}, {"uuid": "../etc"}],
 )  # fmt: skip
 async def test_list_bad_params_are_json_400(
     client: Client, store: CallStore, params: dict[str, str]
@@ -99,6 +99,27 @@ async def test_list_bad_params_are_json_400(
     r = await client.get("/api/calls", params=params)
     assert r.status == 400
     assert (await r.json())["error"] == "bad_request"
+
+
+async def test_calls_of_one_audiosocket_uuid(client: Client, store: CallStore) -> None:
+    # A dialplan with a fixed UUID: every call arrives with it; each has its own id.
+    fixed = str(uuid.uuid4())
+    again = str(uuid.uuid4())
+    store.call_started(fixed, "record", 8000, None, T0, audiosocket_uuid=fixed)
+    store.call_ended(fixed, T0 + 5, "remote_closed", 250, 250)
+    store.call_started(again, "record", 8000, None, T0 + 60, audiosocket_uuid=fixed)
+    seed(store, 2)
+    r = await client.get("/api/calls", params={"uuid": fixed.upper()})  # any spelling
+    body = await r.json()
+    assert body["total"] == 2
+    assert [(c["uuid"], c["audiosocket_uuid"], c["live"]) for c in body["items"]] == [
+        (again, fixed, True), (fixed, fixed, False),
+    ]
+    r = await client.get(f"/api/calls/{again}")
+    assert (await r.json())["audiosocket_uuid"] == fixed
+    r = await client.delete(f"/api/calls/{again}")
+    assert r.status == 409 and (await r.json())["error"] == "conflict"
+    assert store.get_call(again) is not None
 
 
 async def test_call_detail(client: Client, store: CallStore) -> None:
