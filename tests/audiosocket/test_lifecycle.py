@@ -35,9 +35,9 @@ def test_watchdog_logs_stacks_once_per_stall_then_exits() -> None:
             async def main() -> None:
                 dog.start()
                 await asyncio.sleep(0.2)
-                time.sleep(0.7)  # a stall past stall_s, short of exit_s: reported, survived
+                time.sleep(0.7)  # noqa: ASYNC251 - a stall past stall_s, short of exit_s
                 await asyncio.sleep(0.3)
-                time.sleep(1.6)  # past exit_s
+                time.sleep(1.6)  # noqa: ASYNC251 - past exit_s
                 await asyncio.sleep(0.1)
                 dog.stop()
 
@@ -63,7 +63,7 @@ def test_watchdog_stays_quiet_on_a_healthy_loop() -> None:
             async def main() -> None:
                 dog.start()
                 for _ in range(30):
-                    time.sleep(0.02)  # busy, but it turns every 20 ms
+                    time.sleep(0.02)  # noqa: ASYNC251 - busy, but it turns every 20 ms
                     await asyncio.sleep(0.02)
                 dog.stop()
 
@@ -140,7 +140,7 @@ def test_a_frozen_loop_is_dumped_and_exits_and_a_restart_serves_again(tmp_path: 
             assert wf.getnframes() * 4 + 44 == wav.stat().st_size  # header fixed
             assert wf.getnframes() >= 8000 * 0.5  # the audio before the freeze is kept
         again = _call(port, "--linger", "0.5", "--max-seconds", "3")
-        out, err = again.communicate(timeout=30)
+        _, err = again.communicate(timeout=30)
         assert again.returncode == 0, err
         assert "received" in err
     finally:
