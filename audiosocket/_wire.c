@@ -7,7 +7,10 @@
  * Measured on a 2-core VM that is ~4 us of user-space CPU per frame, as much again as the
  * kernel's TCP work, and it is what put 1000 calls past one core. Here one Python call per
  * tick sends every attached call's frame (one non-blocking send() each), then reads each
- * socket once (one recv()) and hands whole audio frames to the app's fast sink.
+ * socket once (one recv()) and hands whole audio frames to the app's fast sink. A relay line
+ * (echo: the sink is the playout queue's own append) is read just before its send instead,
+ * so a frame that arrived since the last tick goes out now, as on the Python path, not one
+ * tick later behind a silent frame.
  *
  * Scope, on purpose: only the clean case. A read that is not a run of whole audio frames of
  * the call's kind, EOF, a socket error, a sink that raises, a playout that is not plain or
@@ -38,7 +41,13 @@ typedef struct {
     int64_t popped;     /* frames taken off the queue (Playout._sent_seq) */
     int64_t audio_sent; /* of which sent (Playout.audio_frames_sent) */
     int64_t frames_in;  /* audio frames handed to the sink (Connection.fast_frames) */
+    int64_t gap;        /* silent ticks since the last frame sent (Playout._gap) */
+    int64_t underruns;  /* gaps of at most GAP_TICKS closed by a frame (Playout.underruns) */
 } line_state;
+
+/* A run of at most this many silent ticks between two queued frames is a hole in a live
+ * stream (an underrun); a longer one is the caller pausing. Same as playout.GAP_TICKS. */
+#define GAP_TICKS 5
 
 enum {
     EV_CHUNK = 1,    /* bytes read that the fast path does not take */
@@ -89,7 +98,7 @@ static PyObject *get_field(PyObject *obj, int field) {
 static line_state *state_of(PyObject *line) {
     PyObject *ba = PyTuple_GET_ITEM(line, LINE_STATE);
     if (!PyByteArray_CheckExact(ba) || PyByteArray_GET_SIZE(ba) != (Py_ssize_t)sizeof(line_state)) {
-        PyErr_SetString(PyExc_TypeError, "a line's state must be a bytearray of 64 bytes");
+        PyErr_SetString(PyExc_TypeError, "a line's state must be a bytearray of STATE_SIZE bytes");
         return NULL;
     }
     return (line_state *)PyByteArray_AS_STRING(ba);
@@ -167,6 +176,14 @@ static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_
     return 0;
 }
 
+/* Does this line's sink append to its own playout queue (echo's fast_frame)? Then it is
+ * C code (no Python runs) and what it reads is what the line sends. */
+static int is_relay(PyObject *line, line_state *st) {
+    PyObject *sink = PyTuple_GET_ITEM(line, LINE_SINK);
+    return st->whole && PyCFunction_Check(sink)
+        && PyCFunction_GET_SELF(sink) == PyTuple_GET_ITEM(line, LINE_FRAMES);
+}
+
 /* This tick's frame: the next queued one, or silence; -1 on a Python error. */
 static int write_line(PyObject *line, line_state *st, PyObject *events, long advance) {
     PyObject *playout = PyTuple_GET_ITEM(line, LINE_PLAYOUT);
@@ -201,7 +218,15 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
      * After a resync (advance > 1) the timeline jumps and still one frame goes out, as in
      * Playout.tick: the skipped ticks' frames are not sent late. */
     st->ticks += advance;
-    if (queued) st->audio_sent++;
+    if (queued) {
+        st->audio_sent++;
+        if (st->gap) {
+            if (st->gap <= GAP_TICKS) st->underruns += st->gap;
+            st->gap = 0;
+        }
+    } else {
+        st->gap++;
+    }
     if (w < 0) w = 0;
     int r = 0;
     if (w < len)
@@ -247,11 +272,26 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if (state_of(line) == NULL) goto fail;
     }
     /* Every call's frame first, in one tight pass: the outbound timing is what Asterisk
-     * hears, so it must not wait behind the reads. No Python code runs in this pass. */
+     * hears, so it must not wait behind the reads. No Python code runs in this pass. A
+     * relay is read first (one recv, its sink is C): what arrived since the last tick is
+     * this tick's frame; reading it after the send made every echo a tick later and put a
+     * silent frame into the stream whenever the caller's phase moved. */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *line = PyList_GET_ITEM(lines, i);
+        line_state *st = state_of(line);
         Py_ssize_t before = PyList_GET_SIZE(events);
-        if (write_line(line, state_of(line), events, advance) < 0) goto fail;
+        if (is_relay(line, st)) {
+            int ran = 0;
+            skip[i] = 1;
+            if (read_line(line, st, events, &ran) < 0) goto fail;
+            if (PyList_GET_SIZE(events) != before) {
+                /* The Python side takes the read over, then writes this tick's frame after
+                 * it (the chunk may hold the audio that frame carries). */
+                if (event(events, line, EV_SLOW, NULL) < 0) goto fail;
+                continue;
+            }
+        }
+        if (write_line(line, st, events, advance) < 0) goto fail;
         /* The Python side takes a line with a write event over, reads included. */
         if (PyList_GET_SIZE(events) != before) skip[i] = 1;
     }

@@ -39,6 +39,7 @@ class CallResult:
     rate: int
     received: bytearray = field(default_factory=bytearray)
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each audio frame
+    frame_sizes: list[int] = field(default_factory=list)  # payload bytes of each audio frame
     frames_sent: int = 0
     frames_received: int = 0
     hangup_by_server: bool = False
@@ -67,6 +68,7 @@ async def place_call(
     ulaw: bool = False,
     send_silence: bool = False,
     frame_ms: int = 20,
+    chunks: list[bytes] | None = None,
 ) -> CallResult:
     """Place one call and return what came back.
 
@@ -78,6 +80,8 @@ async def place_call(
     as Asterisk reads every 0x10 frame. ``send_silence`` keeps sending silence frames after
     the audio ends, like ``transmit_silence=yes``. ``frame_ms`` 10 sends 10 ms frames (SIP
     legs with ptime 10: 160 bytes of slin at 8 kHz, the size of 20 ms of μ-law).
+    ``chunks``: PCM already cut, one frame per 20 ms tick, any sizes (Asterisk's Playback
+    sends a short frame at each file boundary); instead of ``pcm``.
     """
     call_uuid = call_uuid or _uuid.uuid4()
     result = CallResult(uuid=str(call_uuid), rate=rate)
@@ -102,6 +106,7 @@ async def place_call(
                     if isinstance(frame, Audio):
                         result.received += frame.payload
                         result.arrivals.append(now)
+                        result.frame_sizes.append(len(frame.payload))
                         result.frames_received += 1
                     elif isinstance(frame, Hangup):
                         result.hangup_by_server = True
@@ -121,6 +126,8 @@ async def place_call(
         step = frame_ms / 1000
         size = frame_bytes(rate) * frame_ms // 20
         frames = [pcm[i : i + size] for i in range(0, len(pcm), size)]
+        if chunks is not None:
+            frames = list(chunks)
         digit_times = [(dtmf_delay + i * dtmf_gap, d) for i, d in enumerate(dtmf)]
         last_send = 0.0 if not frames else len(frames) * step
         if digit_times:

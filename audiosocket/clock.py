@@ -220,14 +220,17 @@ class Clock:
                     # sent_total == ticks (no lead), so one frame keeps them equal.
                     frames = playout._frames
                     if frames:
-                        if len(frames) > playout.max_frames:
-                            playout.tick()  # the bound, then the general path
+                        if len(frames) > playout._cap:
+                            playout.tick()  # the live target or the bound: the general path
                             continue
                         playout.transport.write(frames.popleft())
                         playout._sent_seq += 1
                         playout.audio_frames_sent += 1
+                        if playout._gap:
+                            playout._end_gap()
                     else:
                         playout.transport.write(playout._silence)
+                        playout._gap += 1
                     playout.ticks += 1
                     playout.sent_total += 1
                 else:

@@ -44,7 +44,11 @@ CLOCK_RESYNCS = Counter(
 )
 UNDERRUNS = Counter(
     "audiosocket_playout_underruns_total",
-    "Ticks where a playback was in progress but its next frame was not ready",
+    "Silent ticks inside a playback or a live stream (echo): its next frame was not ready",
+)
+LIVE_DROPPED = Counter(
+    "audiosocket_live_dropped_frames_total",
+    "Oldest frames of a live stream (echo) dropped to bring its latency back to the target",
 )
 PLAYOUT_DROPPED = Counter(
     "audiosocket_playout_dropped_frames_total",

@@ -29,13 +29,21 @@ __all__ = [
 ]
 
 _HEADER = struct.Struct(">BH")
-#: A native line's state (struct line_state in _wire.c): fd, frame length, max frames,
-#: whole-frame sink, then the counters the C path adds to.
-NATIVE_STATE = struct.Struct("<8q")
+#: A native line's state (struct line_state in _wire.c): fd, frame length, max frames (the
+#: live target when set), whole-frame sink, then the counters the C path adds to, then the
+#: live stream's gap (silent ticks since its last frame) and the underruns counted from it.
+NATIVE_STATE = struct.Struct("<10q")
 _NATIVE_COUNTS = struct.Struct("<3q")  # ticks, popped, audio_sent
 _NATIVE_COUNTS_AT = 32
 NATIVE_FRAMES_IN = struct.Struct("<q")
 NATIVE_FRAMES_IN_AT = 56
+_NATIVE_GAP = struct.Struct("<2q")  # gap, underruns
+_NATIVE_GAP_AT = 64
+#: A run of at most this many silent ticks between two frames of a live stream is a gap
+#: (an underrun: the listener hears a hole); a longer one is the caller pausing. Must match
+#: GAP_TICKS in _wire.c.
+GAP_TICKS = 5
+_NO_GAP = 1 << 40  # no live frame went out last: the silence that follows is not a gap
 
 
 class Transport(Protocol):
@@ -80,18 +88,25 @@ class Playout:
 
     Bounded: at most ``max_frames`` queued; past that the oldest frames are dropped and
     counted (a runaway producer must not grow memory without limit).
+
+    A live stream (audio queued with ``feed``/``append_frame``: echo, relays) has a target
+    latency, ``live_frames``: like a jitter buffer, whatever is queued above it at a tick is
+    the oldest audio and is dropped (``live_dropped``), so a stall costs a moment of audio
+    instead of its length in delay for the rest of the call. Clips (``play``) never are.
     """
 
     __slots__ = (
+        "_cap",
         "_frames",
+        "_gap",
         "_header",
         "_lead",
         "_listener",
         "_loop",
         "_marks",
         "_native_state",
-        "_partial",
         "_sent_seq",
+        "_short",
         "_silence",
         "_start_marks",
         "_stream_from",
@@ -101,6 +116,8 @@ class Playout:
         "audio_frames_sent",
         "frame_size",
         "kind",
+        "live_dropped",
+        "live_frames",
         "max_frames",
         "metric_sent",
         "plain",
@@ -118,6 +135,7 @@ class Playout:
         *,
         lead_ms: int = 0,
         max_seconds: float = 600.0,
+        live_ms: int = 0,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.transport = transport
@@ -130,7 +148,15 @@ class Playout:
         self._lead = max(0, min(lead_ms, 120)) // FRAME_MS
         self.max_frames = max(1, int(max_seconds * 1000 / FRAME_MS))
         self._frames: deque[bytes] = deque()
-        self._partial = b""
+        # Entries of the queue that are not whole frames (a short inbound frame fed as it
+        # is, or the tail of the last re-cut); while there are any, tick() re-cuts the
+        # stream into whole frames, so the call is not plain.
+        self._short = 0
+        self._gap = _NO_GAP
+        self.live_dropped = 0
+        self.live_frames = 0
+        self._cap = self.max_frames
+        self.set_live_target(live_ms)
         self._marks: deque[tuple[int, asyncio.Future[bool]]] = deque()
         self._start_marks: deque[tuple[int, asyncio.Future[float]]] = deque()
         # Frames ever taken off the queue (sent, cleared or dropped); frames ever queued is
@@ -167,6 +193,17 @@ class Playout:
         self._listener = listener
         self._replan()
 
+    def set_live_target(self, ms: int) -> None:
+        """The live stream's target latency (0: none, only ``max_frames`` bounds it)."""
+        self.live_frames = max(1, ms // FRAME_MS) if ms > 0 else 0
+        self._cap = min(self.max_frames, self.live_frames or self.max_frames)
+
+    def native_state(self, fd: int, frame_len: int, whole: bool) -> bytearray:
+        """A new native line's state for this playout (``NATIVE_STATE``, _wire.c)."""
+        return bytearray(
+            NATIVE_STATE.pack(fd, frame_len, self._cap, int(whole), 0, 0, 0, 0, self._gap, 0)
+        )
+
     def _replan(self) -> None:
         self.plain = (
             self._listener is None
@@ -174,6 +211,7 @@ class Playout:
             and not self._lead
             and not self._marks
             and not self._start_marks
+            and not self._short
         )
 
     def use_ulaw(self) -> None:
@@ -204,6 +242,12 @@ class Playout:
             self.sent_total += ticks
             self._sent_seq += popped
             self.audio_frames_sent += audio
+        gap, under = _NATIVE_GAP.unpack_from(state, _NATIVE_GAP_AT)
+        self._gap = gap
+        if under:
+            _NATIVE_GAP.pack_into(state, _NATIVE_GAP_AT, gap, 0)
+            self.underruns += under
+            metrics.UNDERRUNS.inc(under)
 
     # -- producers -----------------------------------------------------------------------
 
@@ -228,9 +272,12 @@ class Playout:
         return self._loop
 
     def feed(self, pcm: bytes) -> None:
-        """Queue PCM as a continuous stream (echo, live relays): a short tail waits for the
-        next call rather than being padded, so odd-sized input keeps its timing."""
-        if not self._partial and len(pcm) == self.frame_size and not self._ulaw:
+        """Queue PCM of a live stream (echo, relays), any length: it goes out bit for bit in
+        order. A piece shorter than a frame (Asterisk sends such at file boundaries) is
+        queued as it is; the tick re-cuts the stream into whole frames and sends what does
+        not fill one as a short frame when it is all there is. Never padded. Subject to the
+        live target (``live_frames``)."""
+        if len(pcm) == self.frame_size and not self._ulaw:
             # The usual case, exactly one frame: _push inlined (this runs per call per tick).
             frames = self._frames
             frames.append(self._header + pcm)
@@ -240,15 +287,17 @@ class Playout:
                 metrics.PLAYOUT_DROPPED.inc()
                 self._resolve_marks()
             return
-        if self._partial:
-            pcm = self._partial + pcm
-            self._partial = b""
         n = self.frame_size
         end = len(pcm) - len(pcm) % n
-        if end != len(pcm):
-            self._partial = pcm[end:]
         for i in range(0, end, n):
             self._push(pcm[i : i + n])
+        if end != len(pcm):
+            rest = pcm[end:]
+            if self._ulaw:
+                rest = lin2ulaw(rest)
+            self._frames.append(_HEADER.pack(self.kind, len(rest)) + rest)
+            self._short += 1
+            self.plain = False
 
     def play(self, pcm: bytes) -> Playback:
         """Queue one clip; the result completes when its last frame has been sent.
@@ -256,9 +305,8 @@ class Playout:
         The clip's tail is padded with silence to a whole frame (Asterisk handles short
         frames, but a fixed size keeps the peer's jitter buffer simple).
         """
-        if self._partial:
-            pcm = self._partial + pcm
-            self._partial = b""
+        if self._short and not self._marks:
+            self._restitch()  # the live audio before the clip in as few frames as it fills
         n = self.frame_size
         rem = len(pcm) % n
         if rem:
@@ -310,7 +358,7 @@ class Playout:
         dropped = len(self._frames)
         self._sent_seq += dropped
         self._frames.clear()
-        self._partial = b""
+        self._short = 0
         while self._marks:
             _, fut = self._marks.popleft()
             if not fut.done():
@@ -361,9 +409,17 @@ class Playout:
             sent = ticks - 1
         frames = self._frames
         listener = self._listener
+        # Nothing but fed audio queued (no clip, no stream): the live stream's rules apply.
+        live = not self._marks and not self._streams
+        if live and frames:
+            if self._short:
+                self._restitch()
+            if self.live_frames and len(frames) > self.live_frames:
+                self._trim_live()
         if not frames and listener is None and not self._streams:
             if sent < ticks:
                 self.transport.write(self._silence)
+                self._gap += 1
                 sent += 1
             self.sent_total = sent
             if self._marks or self._start_marks:
@@ -373,12 +429,25 @@ class Playout:
             self._trim()
         write = self.transport.write
         due = ticks + self._lead
+        whole = len(self._silence)
         n = 0
         while frames and sent < due:
             frame = frames.popleft()
+            if len(frame) != whole:
+                # Less than a frame of live audio is all there is: it goes out as it is, a
+                # short frame on its tick as Asterisk sent it, rather than wait a tick behind
+                # a silent frame or be padded (a hole in the audio either way). Asterisk
+                # takes any length (samples = length / 2).
+                self._short -= 1
+                if not self._short:
+                    self._replan()
             write(frame)
             if listener is not None:
                 listener(sent, self._pcm_of(frame))
+            if not live:
+                self._gap = _NO_GAP
+            elif self._gap:
+                self._end_gap()
             sent += 1
             n += 1
         if n:
@@ -391,10 +460,54 @@ class Playout:
                 self.underruns += 1
                 metrics.UNDERRUNS.inc()
             write(self._silence)
+            self._gap += 1
             if listener is not None:
                 listener(sent, None)
             sent += 1
         self.sent_total = sent
+
+    def _end_gap(self) -> None:
+        """A live frame goes out after ``_gap`` silent ticks: a short run was a hole in
+        the stream (an underrun), a long one the caller pausing."""
+        gap = self._gap
+        if gap <= GAP_TICKS:
+            self.underruns += gap
+            metrics.UNDERRUNS.inc(gap)
+        self._gap = 0
+
+    def _restitch(self) -> None:
+        """Re-cut the queued live stream into whole frames; what does not fill one stays
+        queued as a short tail. Frames-ever-queued (``_queued_seq``) is kept, so marks and
+        the "fed since" check still count right."""
+        frames = self._frames
+        count = len(frames)
+        size = len(self._silence) - 3
+        data = b"".join([f[3:] for f in frames])
+        frames.clear()
+        end = len(data) - len(data) % size
+        header = self._header
+        frames.extend([header + data[i : i + size] for i in range(0, end, size)])
+        self._short = 0
+        if end != len(data):
+            frames.append(_HEADER.pack(self.kind, len(data) - end) + data[end:])
+            self._short = 1
+        self._sent_seq += count - len(frames)
+        if not self._short:
+            self._replan()
+
+    def _trim_live(self) -> None:
+        """Back to the live target: drop the oldest audio above it, and count it."""
+        frames = self._frames
+        whole = len(self._silence)
+        k = len(frames) - self.live_frames
+        for _ in range(k):
+            if len(frames.popleft()) != whole:
+                self._short -= 1
+        self._sent_seq += k
+        self.live_dropped += k
+        metrics.LIVE_DROPPED.inc(k)
+        if not self._short:
+            self._replan()
 
     def _trim(self) -> None:
         """Enforce ``max_frames`` for frames queued with ``append_frame``."""
@@ -403,7 +516,11 @@ class Playout:
             frames.popleft()
             self._sent_seq += 1
             metrics.PLAYOUT_DROPPED.inc()
+        if self._short:
+            whole = len(self._silence)
+            self._short = sum(1 for f in frames if len(f) != whole)
         self._resolve_marks()
+        self._replan()
 
     def _pcm_of(self, frame: bytes) -> bytes:
         """The linear PCM a wire frame carries (for tick listeners, e.g. the recorder)."""

@@ -36,7 +36,6 @@ from audiosocket.clock import (
     NATIVE_AVAILABLE,
     NATIVE_FRAMES_IN,
     NATIVE_FRAMES_IN_AT,
-    NATIVE_STATE,
     Clock,
     Playout,
 )
@@ -185,12 +184,7 @@ class Connection(asyncio.Protocol):
         if sock is None:
             self._native_ok = False
             return
-        state = bytearray(
-            NATIVE_STATE.pack(
-                sock.fileno(), self._fast_len, playout.max_frames, int(self._fast_whole),
-                0, 0, 0, 0,
-            )
-        )
+        state = playout.native_state(sock.fileno(), self._fast_len, self._fast_whole)
         line = (
             state, self, playout, playout._frames, self._fast_audio, self._fast_rate,
             self._fast_header,
@@ -348,6 +342,7 @@ class Connection(asyncio.Protocol):
         playout = Playout(
             self.transport, 8000, lead_ms=server.config.lead_ms,
             max_seconds=server.config.playout_max_s, loop=self.loop,
+            live_ms=server.config.live_latency_ms,
         )
         call = Call(call_uuid, playout, peer=self.peer, app=server.app_name, end=self.end,
                     call_id=str(_uuid.uuid4()) if reused else None)
@@ -386,6 +381,7 @@ class Connection(asyncio.Protocol):
             new = Playout(
                 old.transport, rate, lead_ms=self.server.config.lead_ms,
                 max_seconds=self.server.config.playout_max_s, loop=self.loop,
+                live_ms=self.server.config.live_latency_ms,
             )
             new.ticks = new.sent_total = old.ticks
             self.server.clock.unregister(old)

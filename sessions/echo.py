@@ -14,7 +14,10 @@ __all__ = ["EchoSession"]
 
 
 class EchoSession(Session):
-    """Echo: each inbound frame is queued as-is and leaves on the next clock tick."""
+    """Echo: each inbound frame is queued as-is and leaves on the next clock tick.
+
+    A live stream: frames of any size come back bit for bit (``Playout.feed`` re-cuts them),
+    and the latency is held at ``live_latency_ms`` after a stall."""
 
     name = "echo"
 

@@ -63,7 +63,9 @@ def make_line(
     playout: Playout | None = None,
 ) -> tuple[tuple[object, ...], Playout, Owner]:
     playout = playout or Playout(Transport(), 8000)
-    state = bytearray(NATIVE_STATE.pack(sock.fileno(), 323, max_frames, int(whole), 0, 0, 0, 0))
+    state = bytearray(
+        NATIVE_STATE.pack(sock.fileno(), 323, max_frames, int(whole), 0, 0, 0, 0, 0, 0)
+    )
     owner = Owner()
     line = (state, owner, playout, playout._frames, sink, 8000, HEADER)
     owner._native_line = line
@@ -72,7 +74,7 @@ def make_line(
 
 
 def counters(line: tuple[object, ...]) -> tuple[int, ...]:
-    return NATIVE_STATE.unpack(line[0])[4:]  # type: ignore[arg-type]
+    return NATIVE_STATE.unpack(line[0])[4:8]  # type: ignore[arg-type]
 
 
 def frame(i: int) -> bytes:
@@ -274,3 +276,70 @@ def test_bad_arguments_raise() -> None:
     with pytest.raises(TypeError):
         _wire.pump([bad_state], 1)
     assert _wire.STATE_SIZE == NATIVE_STATE.size
+
+
+def relay_line(sock: socket.socket, target: int = 4) -> tuple[tuple[object, ...], Playout]:
+    """A line as the server builds it for echo: the sink is the playout queue's append."""
+    playout = Playout(Transport(), 8000, live_ms=target * 20)
+    state = playout.native_state(sock.fileno(), 323, True)
+    line = (state, Owner(), playout, playout._frames, playout.append_frame, 8000, HEADER)
+    line[1]._native_line = line  # type: ignore[attr-defined]
+    playout._native_state = state
+    return line, playout
+
+
+def test_a_relay_sends_what_arrived_since_the_last_tick_in_this_tick(pair: Any) -> None:
+    """Issue 12.4: reading after the send echoed every frame a tick late, behind a silent
+    frame inserted while the audio waited in the socket."""
+    ours, peer = pair
+    line, playout = relay_line(ours)
+    assert _wire.pump([line], 1) == []  # nothing yet: silence
+    for i in range(1, 6):
+        peer.sendall(frame(i))
+        settle()
+        assert _wire.pump([line], 1) == []
+    got = recv_exactly(peer, 6 * 323)
+    assert got == playout._silence + b"".join(frame(i) for i in range(1, 6))
+    playout.sync_counters()
+    assert playout.underruns == 0 and not playout._frames
+
+
+def test_a_gap_in_a_relayed_stream_is_an_underrun_and_a_pause_is_not(pair: Any) -> None:
+    ours, peer = pair
+    line, playout = relay_line(ours)
+    script = [1, 1, 0, 1, 0, 0, 1] + [0] * 10 + [1]  # a frame arrives before the tick, or not
+    for k, arrives in enumerate(script):
+        if arrives:
+            peer.sendall(frame(k))
+            settle()
+        assert _wire.pump([line], 1) == []
+    playout.sync_counters()
+    assert playout.underruns == 3  # the holes of 1 and 2 ticks; the 10-tick pause is not one
+    assert playout.audio_frames_sent == sum(script)
+
+
+def test_a_relay_over_its_live_target_goes_to_the_python_tick_read_included(pair: Any) -> None:
+    ours, peer = pair
+    line, playout = relay_line(ours, target=3)
+    peer.sendall(b"".join(frame(i) for i in range(8)))  # a burst after a stall
+    settle()
+    assert _wire.pump([line], 1) == [(line, _wire.EV_SLOW, None)]
+    assert len(playout._frames) == 8  # read and queued: the Python tick trims and sends
+    line[1]._native_line = None  # type: ignore[attr-defined]
+    playout.sync_counters()
+    playout._native_state = None
+    playout.tick()
+    assert playout.live_dropped == 5 and len(playout._frames) == 2
+    assert playout.transport.written == [frame(5)]  # type: ignore[attr-defined]
+
+
+def test_a_relay_read_that_is_not_clean_hands_back_the_read_then_the_write(pair: Any) -> None:
+    ours, peer = pair
+    line, _ = relay_line(ours)
+    data = frame(1) + b"\x10\x00\x18" + bytes(24)  # a whole frame and a short one
+    peer.sendall(data)
+    settle()
+    assert _wire.pump([line], 1) == [(line, _wire.EV_CHUNK, data), (line, _wire.EV_SLOW, None)]
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(1)  # nothing sent: the Python side writes this tick's frame
