@@ -141,7 +141,10 @@ class Call:
         return self.playout.play(pcm)
 
     def feed(self, pcm: bytes) -> None:
-        """Queue continuous audio (no padding, no completion event)."""
+        """Queue live audio (no padding, no completion event), held at the
+        ``live_latency_ms`` target: what is queued beyond it is dropped oldest first and
+        counted, so a stall never leaves a lasting delay. A clip to be heard whole is
+        :meth:`play`'s job."""
         self.playout.feed(pcm)
 
     def clear(self) -> int:

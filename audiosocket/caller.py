@@ -40,12 +40,20 @@ class CallResult:
     received: bytearray = field(default_factory=bytearray)
     arrivals: list[float] = field(default_factory=list)  # monotonic time of each audio frame
     frame_sizes: list[int] = field(default_factory=list)  # payload bytes of each audio frame
+    #: When each frame of ``pcm`` really left, in seconds from the connect: a caller delayed
+    #: by a busy machine sends late, and tests compare the server's timeline with this.
+    sent_at: list[float] = field(default_factory=list)
     frames_sent: int = 0
     frames_received: int = 0
     hangup_by_server: bool = False
     closed_by_server: bool = False
     protocol_error: str | None = None
     duration: float = 0.0
+    #: The call was abandoned because the server sent nothing for ``idle_timeout`` seconds
+    #: (a server must send a frame every 20 ms; Asterisk gives up after 2 s).
+    server_silent: bool = False
+    #: Longest time without a frame from the server while the call was up (from connect).
+    longest_silence_s: float = 0.0
 
     def gaps_ms(self) -> list[float]:
         """Milliseconds between consecutive received frames."""
@@ -69,6 +77,7 @@ async def place_call(
     send_silence: bool = False,
     frame_ms: int = 20,
     chunks: list[bytes] | None = None,
+    idle_timeout: float | None = None,
 ) -> CallResult:
     """Place one call and return what came back.
 
@@ -82,6 +91,8 @@ async def place_call(
     legs with ptime 10: 160 bytes of slin at 8 kHz, the size of 20 ms of μ-law).
     ``chunks``: PCM already cut, one frame per 20 ms tick, any sizes (Asterisk's Playback
     sends a short frame at each file boundary); instead of ``pcm``.
+    ``idle_timeout``: give up (``server_silent``) when the server has sent nothing for that
+    long, as Asterisk's ``AudioSocket()`` does after 2 s; None waits for ever.
     """
     call_uuid = call_uuid or _uuid.uuid4()
     result = CallResult(uuid=str(call_uuid), rate=rate)
@@ -92,6 +103,7 @@ async def place_call(
     started = time.monotonic()
     done = asyncio.Event()
     hanging_up = False
+    last_rx = [started]
 
     async def receive() -> None:
         decoder = Decoder()
@@ -102,6 +114,8 @@ async def place_call(
                     result.closed_by_server = not hanging_up
                     return
                 now = time.monotonic()
+                result.longest_silence_s = max(result.longest_silence_s, now - last_rx[0])
+                last_rx[0] = now
                 for frame in decoder.feed(data):
                     if isinstance(frame, Audio):
                         result.received += frame.payload
@@ -145,6 +159,9 @@ async def place_call(
                         await done.wait()
                 if done.is_set():
                     break
+            if idle_timeout is not None and time.monotonic() - last_rx[0] > idle_timeout:
+                result.server_silent = True
+                break
             while digit_times and digit_times[0][0] <= elapsed:
                 writer.write(encode_frame(Dtmf(digit_times.pop(0)[1])))
             if k < len(frames):
@@ -155,6 +172,7 @@ async def place_call(
                 else:
                     writer.write(encode_audio(chunk, rate))
                 result.frames_sent += 1
+                result.sent_at.append(time.monotonic() - started)
             elif send_silence:
                 writer.write(encode_audio(bytes(size), rate))
                 result.frames_sent += 1
@@ -162,6 +180,10 @@ async def place_call(
         # Asterisk hangs up by closing the socket; it never sends a hang-up frame.
     finally:
         result.duration = time.monotonic() - started
+        if not result.hangup_by_server and not result.closed_by_server:
+            result.longest_silence_s = max(
+                result.longest_silence_s, time.monotonic() - last_rx[0]
+            )
         hanging_up = True
         # Hang up as Asterisk does, by closing: send FIN and keep reading until the server
         # closes too, so no frame is left unread (that would turn the close into a reset).

@@ -698,8 +698,9 @@ class AudioSocketServer:
             ):
                 conn.end("inactivity")
 
-    async def shutdown(self, grace: float | None = None) -> None:
-        """Stop accepting, let calls finish for ``grace`` seconds, then hang up the rest."""
+    async def shutdown(self, grace: float | None = None, finish_s: float = 5.0) -> None:
+        """Stop accepting, let calls finish for ``grace`` seconds, then hang up the rest and
+        give their end-of-call work (recording close, job submit) ``finish_s`` more."""
         grace = self.config.shutdown_grace_s if grace is None else grace
         if self._server is not None:
             self._server.close()
@@ -721,12 +722,12 @@ class AudioSocketServer:
         for conn in list(self.calls.values()):
             conn.end("shutdown")
         if self.finishing:
-            await asyncio.wait(list(self.finishing), timeout=max(grace, 5.0))
+            await asyncio.wait(list(self.finishing), timeout=finish_s)
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.clock.stop()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(1.0):
                     await self._server.wait_closed()
         log.info("stopped")
