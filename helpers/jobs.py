@@ -233,6 +233,8 @@ class PostCallJobs:
                 log.error("job_claim_failed", error=str(exc))
                 job = None
             if job is None:
+                # Idle: the gauge also catches jobs queued since the last job ended.
+                await self._refresh_gauge()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_s):
@@ -243,8 +245,15 @@ class PostCallJobs:
                 await self._run(job)
             finally:
                 self.running -= 1
-                with contextlib.suppress(Exception):
-                    QUEUE.set(await self.store.aread(self.store.pending_job_count))
+                await self._refresh_gauge()
+
+    async def _refresh_gauge(self) -> None:
+        """Set ``audiosocket_jobs_queued`` from the store once the writes queued so far
+        (the job just finished) are committed: counted before, the job still looked
+        running and the gauge kept a stale 1 after every job was done."""
+        with contextlib.suppress(Exception):
+            await self.store.aflush()
+            QUEUE.set(await self.store.aread(self.store.pending_job_count))
 
     async def _run(self, job: dict[str, Any]) -> None:
         step, call_uuid, job_id = job["step"], job["call_uuid"], job["id"]

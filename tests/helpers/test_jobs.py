@@ -62,6 +62,13 @@ async def test_pipeline_archives_transcribes_and_summarises(ctx: Any) -> None:
     assert summary["method"] == "extractive" and summary["model"] is None
     assert 0 < len(summary["title"]) <= 50 and summary["text"]
     assert wav.exists()  # the original is kept (no retention rule)
+    # The gauge follows the store: once every job is done it reads 0 (it kept a stale 1).
+    from helpers.jobs import QUEUE
+
+    deadline = time.monotonic() + 10
+    while QUEUE._value.get() != 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert QUEUE._value.get() == 0
 
 
 async def test_failures_retry_then_fail_with_the_error(ctx: Any) -> None:
