@@ -27,6 +27,10 @@ the caller's event loop: the delay every ``place_call`` send clock in this proce
 
 Server logs (JSON lines), data directories and ``soak.json`` go to ``--out`` (default
 ``bench/results/soak-<time>/``).
+
+One file of ~1000 lines on purpose: a benchmark is run and read as one script (servers,
+traffic, sampling, checks and report in that order), like the other ``bench/`` scripts, and
+nothing in the product imports it.
 """
 
 from __future__ import annotations
