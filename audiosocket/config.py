@@ -88,6 +88,7 @@ class WebConfig:
     max_upload_mb: int = 50
     # Simple recording range requests bypass aiohttp (web/fastpath.py); off: all via aiohttp.
     fast_ranges: bool = True
+    secure_cookies: bool = False  # cookie ``Secure`` on plain HTTP too (TLS proxy in front)
 
 
 @dataclass

@@ -71,6 +71,57 @@ ULAW_SURE_ODDS = 2.0
 
 SessionFactory = Callable[[Call], "Session"]
 
+#: Protocol warnings logged per peer host and window; the rest are summed up in one line.
+PEER_LOG_BURST = 10
+PEER_LOG_WINDOW_S = 60.0
+#: Hosts tracked at once; past this, new hosts share one budget (a spray of addresses).
+PEER_LOG_MAX_HOSTS = 1024
+
+
+class PeerLogLimit:
+    """Rate limit for the log lines a peer can cause (a fuzzer's 1 M frames wrote 30,000).
+
+    Per peer host, the first ``burst`` lines of a ``window_s`` window are logged; the rest
+    are counted and reported in one ``peer_log_suppressed`` line when the window ends.
+    Only logging is limited: callers count every event in the metrics first.
+    """
+
+    def __init__(self, burst: int | None = None, window_s: float | None = None,
+                 max_hosts: int | None = None) -> None:
+        self.burst = PEER_LOG_BURST if burst is None else burst
+        self.window_s = PEER_LOG_WINDOW_S if window_s is None else window_s
+        self.max_hosts = PEER_LOG_MAX_HOSTS if max_hosts is None else max_hosts
+        # host -> (window start, lines logged, suppressed count per event)
+        self._hosts: dict[str, tuple[float, int, dict[str, int]]] = {}
+
+    def allow(self, host: str, event: str) -> bool:
+        """Whether to log ``event`` for ``host`` now; counts it as suppressed if not."""
+        now = time.monotonic()
+        if host not in self._hosts and len(self._hosts) >= self.max_hosts:
+            for old in [h for h, (t0, _, sup) in self._hosts.items()
+                        if now - t0 >= self.window_s and not sup]:
+                del self._hosts[old]
+            if len(self._hosts) >= self.max_hosts:
+                host = "(other peers)"
+        start, logged, suppressed = self._hosts.get(host, (now, 0, {}))
+        if now - start >= self.window_s and not suppressed:
+            start, logged = now, 0
+        if logged < self.burst:
+            self._hosts[host] = (start, logged + 1, suppressed)
+            return True
+        if not suppressed:  # the window's first suppressed line: report at its end
+            asyncio.get_running_loop().call_later(
+                max(0.0, start + self.window_s - now), self._report, host)
+        suppressed[event] = suppressed.get(event, 0) + 1
+        self._hosts[host] = (start, logged, suppressed)
+        return False
+
+    def _report(self, host: str) -> None:
+        _, _, suppressed = self._hosts.pop(host, (0.0, 0, {}))
+        if suppressed:
+            log.warning("peer_log_suppressed", peer=host, suppressed=sum(suppressed.values()),
+                        events=suppressed, window_s=self.window_s)
+
 
 class CallObserver(Protocol):
     """Something that follows calls without being an app (the call store, for one).
@@ -239,7 +290,8 @@ class Connection(asyncio.Protocol):
                 self._cancel_timers()
                 reason = "closed_before_uuid" if exc is None else "reset_before_uuid"
                 metrics.NON_CALLS.labels(reason=reason).inc()
-                self.log.info("non_call", reason=reason)
+                if self._peer_log("non_call"):
+                    self.log.info("non_call", reason=reason)
             return
         self.end("remote_closed" if exc is None else "remote_reset", send_hangup=False)
 
@@ -267,7 +319,8 @@ class Connection(asyncio.Protocol):
             self.end("remote_hangup", send_hangup=False)
         elif isinstance(frame, ErrorFrame):
             metrics.PEER_ERROR_FRAMES.inc()
-            self.log.warning("peer_error_frame", code=frame.code, flags=list(frame.flags))
+            if self._peer_log("peer_error_frame"):
+                self.log.warning("peer_error_frame", code=frame.code, flags=list(frame.flags))
             if "hangup" in frame.flags:
                 self.end("remote_hangup", send_hangup=False)
         elif isinstance(frame, CallId):
@@ -446,7 +499,8 @@ class Connection(asyncio.Protocol):
 
     def _protocol_error(self, error_type: str, message: str) -> None:
         metrics.PROTOCOL_ERRORS.labels(type=error_type).inc()
-        self.log.warning("protocol_error", type=error_type, error=message)
+        if self._peer_log("protocol_error"):
+            self.log.warning("protocol_error", type=error_type, error=message)
         if self.call is None:
             self._ended = True
             self._cancel_timers()
@@ -455,12 +509,17 @@ class Connection(asyncio.Protocol):
         else:
             self.end("protocol_error")
 
+    def _peer_log(self, event: str) -> bool:
+        """Whether this peer may still log ``event`` (:class:`PeerLogLimit`)."""
+        return self.server.peer_log.allow(self.peer.rpartition(":")[0] or self.peer, event)
+
     def _no_uuid(self) -> None:
         self._uuid_timer = None
         if self.call is None and not self._ended:
             self._ended = True
             metrics.NON_CALLS.labels(reason="uuid_timeout").inc()
-            self.log.info("non_call", reason="uuid_timeout")
+            if self._peer_log("non_call"):
+                self.log.info("non_call", reason="uuid_timeout")
             self._close(send_hangup=True)
 
     def _cancel_timers(self) -> None:
@@ -599,6 +658,7 @@ class AudioSocketServer:
         self.observers: list[CallObserver] = []
         #: Ids of this process's calls; the call store's observer knows the older ones.
         self.call_ids = CallIds()
+        self.peer_log = PeerLogLimit()
 
     def id_taken(self, call_id: str) -> bool:
         """Whether an earlier call had this id: in this process, or as an observer with an

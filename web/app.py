@@ -53,6 +53,7 @@ def make_app(services: dict[str, Any] | None = None) -> web.Application:
             app,
             bind=config.http_bind if config is not None else "127.0.0.1",
             token=config.web.token if config is not None else "",
+            secure_cookies=config.web.secure_cookies if config is not None else False,
         )
         setup_api(app, store, data_dir)
         if config is None or config.web.fast_ranges:

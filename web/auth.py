@@ -10,19 +10,25 @@ Policy (see docs/PORTAL.md):
   a session cookie that ``POST /login`` sets (browsers). ``Config.validate`` already refuses
   to start on a non-loopback bind without a token.
 
-The session cookie is stateless: ``<issued_at>.<hex HMAC-SHA256(token, issued_at)>``. It is
-HttpOnly (scripts cannot read it), SameSite=Strict (no cross-site request carries it, which
-is the CSRF defence for the POST/DELETE routes, backed by an Origin check) and expires after
-:data:`SESSION_TTL_S`. Changing the token invalidates every session. All comparisons are
-constant-time (:func:`hmac.compare_digest`).
+The session cookie is ``<issued_at>.<session id>.<hex HMAC-SHA256>`` over both, keyed by the
+token and a key made at process start. It is HttpOnly (scripts cannot read it),
+SameSite=Strict (no cross-site request carries it, which is the CSRF defence for the
+POST/DELETE routes, backed by an Origin check), ``Secure`` over TLS or when
+``[web] secure_cookies`` says a TLS proxy is in front, and expires after
+:data:`SESSION_TTL_S`. ``POST /logout`` revokes its session id server-side (the middleware
+and the range fast path both check through :meth:`AuthPolicy.credentials`). Revocations live
+in memory, so the key is per process: a restart ends every session instead of forgetting a
+logout. Changing the token invalidates every session. All comparisons are constant-time
+(:func:`hmac.compare_digest`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlencode, urlsplit
@@ -44,6 +50,9 @@ __all__ = [
 
 COOKIE_NAME: Final = "portal_session"
 SESSION_TTL_S: Final = 12 * 3600
+#: Revoked sessions remembered at once (each until it would have expired anyway); past
+#: this, every session issued so far is refused instead (fail closed, everyone logs in again).
+MAX_REVOKED: Final = 10_000
 #: Routes that never need the token: probes, the login form, and the static files (the
 #: pages' code and styles hold no call data; the data comes from the API).
 OPEN_PATHS: Final = frozenset({"/healthz", "/metrics", "/login", "/favicon.ico"})
@@ -57,17 +66,42 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+class _Revocations:
+    """Session ids logged out before their expiry, and a floor for the overflow case."""
+
+    def __init__(self) -> None:
+        self.expires: dict[str, float] = {}  # session id -> when its cookie expires anyway
+        self.not_after = -1  # sessions issued at or before this second are all refused
+
+    def revoked(self, sid: str, issued: int) -> bool:
+        return issued <= self.not_after or sid in self.expires
+
+    def add(self, sid: str, issued: int, now: float) -> None:
+        self.expires[sid] = issued + SESSION_TTL_S
+        if len(self.expires) > MAX_REVOKED:
+            for old in [k for k, exp in self.expires.items() if exp < now]:
+                del self.expires[old]
+        if len(self.expires) > MAX_REVOKED:
+            self.not_after = int(now)
+            self.expires.clear()
+
+
 @dataclass(frozen=True)
 class AuthPolicy:
-    """The token (empty: no auth) and whether it is required."""
+    """The token (empty: no auth), whether it is required, and the sessions logged out."""
 
     token: str = ""
     required: bool = False
+    #: Mark the cookie ``Secure`` even on plain HTTP (a TLS-terminating proxy in front).
+    secure_cookies: bool = False
+    _key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False,
+                        compare=False)
+    _revoked: _Revocations = field(default_factory=_Revocations, repr=False, compare=False)
 
     @classmethod
-    def from_config(cls, bind: str, token: str) -> AuthPolicy:
+    def from_config(cls, bind: str, token: str, secure_cookies: bool = False) -> AuthPolicy:
         """Open on loopback; token-protected otherwise."""
-        return cls(token=token, required=not is_loopback(bind))
+        return cls(token=token, required=not is_loopback(bind), secure_cookies=secure_cookies)
 
     # -- checks ------------------------------------------------------------------------
 
@@ -77,26 +111,45 @@ class AuthPolicy:
             return False
         return hmac.compare_digest(candidate.encode("utf-8"), self.token.encode("utf-8"))
 
-    def _mac(self, issued: str) -> str:
-        return hmac.new(self.token.encode("utf-8"), f"session:{issued}".encode(),
-                        hashlib.sha256).hexdigest()
+    def _mac(self, issued: str, sid: str) -> str:
+        return hmac.new(self.token.encode("utf-8") + self._key,
+                        f"session:{issued}:{sid}".encode(), hashlib.sha256).hexdigest()
 
     def new_session(self, now: float | None = None) -> str:
         """A cookie value for a browser that just proved it knows the token."""
         issued = str(int(time.time() if now is None else now))
-        return f"{issued}.{self._mac(issued)}"
+        sid = secrets.token_hex(16)
+        return f"{issued}.{sid}.{self._mac(issued, sid)}"
 
-    def session_ok(self, value: str, now: float | None = None) -> bool:
-        """A cookie we issued with the current token, not older than the TTL."""
-        if not self.token or "." not in value:
-            return False
-        issued, mac = value.split(".", 1)
-        if not issued.isdigit():
-            return False
+    def _session(self, value: str, now: float | None) -> tuple[str, int] | None:
+        """(session id, issued) of a cookie we issued and that is still valid, else None."""
+        parts = value.split(".")
+        if not self.token or len(parts) != 3:
+            return None
+        issued, sid, mac = parts
+        if not issued.isdigit() or len(issued) > 12:
+            return None
         age = (time.time() if now is None else now) - int(issued)
         if not -60 <= age <= SESSION_TTL_S:
+            return None
+        if not hmac.compare_digest(mac.encode("ascii", "replace"),
+                                   self._mac(issued, sid).encode()):
+            return None
+        if self._revoked.revoked(sid, int(issued)):
+            return None
+        return sid, int(issued)
+
+    def session_ok(self, value: str, now: float | None = None) -> bool:
+        """A cookie we issued with the current token, not older than the TTL, not logged out."""
+        return self._session(value, now) is not None
+
+    def revoke(self, value: str, now: float | None = None) -> bool:
+        """Log the session of cookie ``value`` out for good; False if it was not valid."""
+        found = self._session(value, now)
+        if found is None:
             return False
-        return hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(issued).encode())
+        self._revoked.add(*found, time.time() if now is None else now)
+        return True
 
     def credentials(self, authorization: str, session_cookie: str | None) -> str:
         """How the request proves it knows the token: ``bearer``, ``cookie``, or ``""``.
@@ -201,13 +254,20 @@ def setup_login(app: web.Application, static_dir: Path) -> None:
             path="/",
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            secure=request.secure or policy.secure_cookies,
         )
         raise resp
 
     async def logout(request: web.Request) -> web.StreamResponse:
+        policy: AuthPolicy = request.app[AUTH_KEY]
+        # Deleting the browser's copy is not enough: a copied cookie would stay valid for
+        # the rest of its 12 h. Revoke it here, for aiohttp and the fast path alike.
+        cookie = request.cookies.get(COOKIE_NAME)
+        if cookie:
+            policy.revoke(cookie)
         resp = web.HTTPSeeOther("/login")
-        resp.del_cookie(COOKIE_NAME, path="/")
+        resp.del_cookie(COOKIE_NAME, path="/", httponly=True, samesite="Strict",
+                        secure=request.secure or policy.secure_cookies)
         raise resp
 
     app.router.add_get("/login", login_form)

@@ -16,6 +16,7 @@ and a Content-Encoding would change the byte offsets that Range refers to.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
 import os
@@ -101,6 +102,12 @@ async def serve_file(
         return web.Response(status=404, text="Not Found")
     except PermissionError:
         return web.Response(status=403, text="Forbidden")
+    except ValueError:  # a NUL in the name: no such file, not a 500 with a traceback
+        return web.Response(status=404, text="Not Found")
+    except OSError as exc:
+        if exc.errno not in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise  # a real disk fault stays a 500
+        return web.Response(status=404, text="Not Found")
     try:
         return await _respond(request, fobj, st, content_type, max_ranges)
     finally:

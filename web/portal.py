@@ -76,7 +76,12 @@ def _resolve_static(root: Path, rel: str) -> Path | None:
     parts = rel.split("/")
     if not rel or any(p in ("", ".", "..") or p.startswith(".") or "\\" in p for p in parts):
         return None
-    path = (root / rel).resolve()
+    if "\x00" in rel:  # /static/%00: the OS refuses such a name (ValueError, a 500)
+        return None
+    try:
+        path = (root / rel).resolve()
+    except (OSError, ValueError):  # a name too long, a symlink loop: not a file we serve
+        return None
     if not path.is_relative_to(root) or static_content_type(path) is None:
         return None
     return path
@@ -94,11 +99,11 @@ def _page(root: Path, name: str) -> Handler:
 
 def setup_portal(
     app: web.Application, *, bind: str = "127.0.0.1", token: str = "",
-    static_dir: Path = STATIC_DIR,
+    static_dir: Path = STATIC_DIR, secure_cookies: bool = False,
 ) -> None:
     """Install auth, security headers, the pages and ``/static/``; call before adding routes
     is not required (middlewares apply to every route of the app)."""
-    app[AUTH_KEY] = AuthPolicy.from_config(bind, token)
+    app[AUTH_KEY] = AuthPolicy.from_config(bind, token, secure_cookies)
     app.middlewares.append(auth_middleware)
     app.on_response_prepare.append(_security_headers)
     root = static_dir.resolve()

@@ -62,8 +62,10 @@ def test_session_cookie_signing() -> None:
     assert p.session_ok(cookie, now)
     assert not p.session_ok(cookie, now + SESSION_TTL_S + 1)  # expired
     assert not AuthPolicy(token="other", required=True).session_ok(cookie, now)
-    issued, mac = cookie.split(".")
-    assert not p.session_ok(f"{int(issued) + 1}.{mac}", now)
+    issued, sid, mac = cookie.split(".")
+    assert not p.session_ok(f"{int(issued) + 1}.{sid}.{mac}", now)
+    assert not p.session_ok(f"{issued}.{'0' * 32}.{mac}", now)  # another session's id
+    assert not p.session_ok(f"{issued}.{mac}", now)  # the old two-part form
     assert not p.session_ok("garbage", now) and not p.session_ok("x.y", now)
     assert not AuthPolicy(token="", required=True).token_ok("")
 
