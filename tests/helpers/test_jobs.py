@@ -66,7 +66,7 @@ async def test_pipeline_archives_transcribes_and_summarises(ctx: Any) -> None:
     from helpers.jobs import QUEUE
 
     deadline = time.monotonic() + 10
-    while QUEUE._value.get() != 0 and time.monotonic() < deadline:
+    while QUEUE._value.get() != 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a gauge
         await asyncio.sleep(0.1)
     assert QUEUE._value.get() == 0
 
