@@ -33,6 +33,10 @@ class SttConfig:
     beam_size: int = 1
     max_latency_s: float = 4.0
     max_utterance_s: float = 15.0
+    # Bytes bound the same audio at high rates (15 s at 192 kHz is 5.8 MB): an utterance is
+    # cut at whichever comes first; the queue drops its oldest utterance past its bytes.
+    max_utterance_bytes: int = 4 * 2**20
+    queue_max_bytes: int = 32 * 2**20
     rtf_estimate: float = 0.15
     queue_capacity: int = 0  # 0: derived from max_latency / (max_utterance × RTF)
     short_window: bool = True
@@ -117,6 +121,9 @@ class Config:
     # first, so a stall does not delay the rest of the call; 0: no target.
     live_latency_ms: int = 80
     playout_max_s: float = 600.0
+    # The same bound in bytes, so a 192 kHz call's playout costs no more than this (600 s
+    # there would be 230 MB); 16 MiB holds the 600 s up to 12 kHz.
+    playout_max_bytes: int = 16 * 2**20
     write_buffer_max_bytes: int = 256 * 1024
     ulaw_detect_frames: int = 10
     uvloop: bool = True
@@ -158,6 +165,10 @@ class Config:
             raise ConfigError("shutdown_grace_s: must not be negative")
         if self.max_calls < 1:
             raise ConfigError("max_calls: must be at least 1")
+        if self.playout_max_bytes < 65536:
+            raise ConfigError("playout_max_bytes: must be at least 65536 (one maximal frame)")
+        if self.stt.max_utterance_bytes < 65536 or self.stt.queue_max_bytes < 65536:
+            raise ConfigError("stt.max_utterance_bytes, stt.queue_max_bytes: at least 65536")
         if self.http_port and not _is_loopback(self.http_bind) and not self.web.token:
             raise ConfigError(
                 f"web.token: the portal listens on {self.http_bind}, which is not loopback; "

@@ -28,7 +28,7 @@ import select
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -40,9 +40,11 @@ __all__ = [
     "PIPE",
     "Finished",
     "SpawnTimeout",
+    "Stream",
     "run",
     "run_async",
     "start",
+    "stream",
 ]
 
 DEVNULL = subprocess.DEVNULL
@@ -156,6 +158,106 @@ def _collect(
                 with contextlib.suppress(OSError):
                     f.close()
     return Finished(rc, bytes(out), bytes(err[-tail:]))
+
+
+class Stream:
+    """A running child whose stdout is read in chunks as it comes (see :func:`stream`).
+
+    Its stderr is drained alongside (only the tail kept), so a chatty child never blocks on
+    a full stderr pipe while we are reading stdout.
+    """
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], argv: list[str], timeout_s: float | None, tail: int
+    ) -> None:
+        self.proc = proc
+        self.argv = argv
+        self.timeout_s = timeout_s
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._tail = tail
+        self._err = bytearray()
+
+    @property
+    def stderr_tail(self) -> bytes:
+        """The last ``tail`` bytes the child wrote to stderr so far."""
+        return bytes(self._err[-self._tail:])
+
+    def _remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise SpawnTimeout(self.argv, self.timeout_s or 0.0, self.stderr_tail)
+        return left
+
+    def chunks(self, size: int = 65536) -> Iterator[bytes]:
+        """Yield stdout in chunks of at most ``size`` bytes until it closes. Raises
+        :class:`SpawnTimeout` past the deadline (the ``with`` block then kills the child)."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out_fd, err_fd = self.proc.stdout.fileno(), self.proc.stderr.fileno()
+        open_fds = [out_fd, err_fd]
+        while out_fd in open_fds:
+            ready, _, _ = select.select(open_fds, [], [], self._remaining())
+            if not ready:
+                continue  # the deadline passed: _remaining raises on the next turn
+            if err_fd in ready:
+                chunk = os.read(err_fd, 65536)
+                if not chunk:
+                    open_fds.remove(err_fd)
+                else:
+                    self._err.extend(chunk)
+                    if len(self._err) > 2 * self._tail:
+                        del self._err[: len(self._err) - self._tail]
+            if out_fd in ready:
+                chunk = os.read(out_fd, size)
+                if not chunk:
+                    open_fds.remove(out_fd)
+                else:
+                    yield chunk
+
+    def wait(self) -> int:
+        """Drain what is left of stderr, wait for the exit within the deadline, return
+        the exit code. Raises :class:`SpawnTimeout`."""
+        for _ in self.chunks():
+            pass  # stdout the caller did not want; bounded by the deadline
+        if self.proc.stderr is not None:
+            while True:
+                ready, _, _ = select.select([self.proc.stderr], [], [], self._remaining())
+                if not ready:
+                    continue
+                chunk = os.read(self.proc.stderr.fileno(), 65536)
+                if not chunk:
+                    break
+                self._err.extend(chunk)
+                del self._err[: max(0, len(self._err) - self._tail)]
+        try:
+            return self.proc.wait(self._remaining())
+        except subprocess.TimeoutExpired:
+            raise SpawnTimeout(self.argv, self.timeout_s or 0.0, self.stderr_tail) from None
+
+
+@contextlib.contextmanager
+def stream(
+    cmd: Sequence[str],
+    *,
+    timeout_s: float | None,
+    tail: int = 8192,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Stream]:
+    """Start ``cmd`` with its stdout on a pipe, for reading in chunks (blocking; off the
+    event loop). However the ``with`` block ends (done, a limit hit, an exception, a
+    :class:`SpawnTimeout`), the child is killed if still running and always reaped, so a
+    caller that stops reading early never leaves a process or a pipe behind."""
+    proc = start(cmd, stdout=PIPE, stderr=PIPE, cwd=cwd, env=env)
+    try:
+        yield Stream(proc, [str(c) for c in cmd], timeout_s, tail)
+    finally:
+        _kill_and_reap(proc)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
 
 
 def run(

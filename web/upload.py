@@ -4,7 +4,9 @@ The page validates a file before sending it, but the server trusts none of that:
 the declared size against ``web.max_upload_mb`` (413 before reading a byte), counts the
 bytes it actually receives (413 again, the partial file deleted), checks the content type
 (415), and :func:`helpers.importer.import_file` decodes it with FFmpeg and refuses files
-that are undecodable, too short, too long or silent (422 with the reason). Accepted files
+that are undecodable, too short, too long or silent, or that take too long to decode (422
+with the reason; the decode streams and stops at the length limit, so a small file that
+expands to hours costs neither memory nor time). Accepted files
 become a call of app ``upload`` and go through the same jobs as a live call.
 
 The body is either ``multipart/form-data`` with a ``file`` part, or the raw file with an
@@ -28,6 +30,7 @@ from aiohttp import BodyPartReader, hdrs, web
 from prometheus_client import Counter
 
 from helpers.importer import AUDIO_SUFFIXES, ValidationError, import_file
+from helpers.importer import MAX_SECONDS as _IMPORT_MAX_SECONDS
 
 __all__ = ["ACCEPTED_TYPES", "MAX_CONCURRENT_IMPORTS", "UploadLimits", "setup_uploads"]
 
@@ -44,7 +47,7 @@ ACCEPTED_TYPES: Final = frozenset({
     "audio/flac", "audio/x-flac", "audio/webm", "video/webm", "application/octet-stream",
 })
 MIN_SECONDS: Final = 0.5
-MAX_SECONDS: Final = 3 * 3600.0
+MAX_SECONDS: Final = _IMPORT_MAX_SECONDS  # the importer enforces it while decoding
 #: FFmpeg decodes are CPU-heavy: a few at a time, the rest wait (bounded by the HTTP side).
 MAX_CONCURRENT_IMPORTS: Final = 2
 CHUNK: Final = 256 * 1024
