@@ -92,6 +92,15 @@ class WebConfig:
     max_upload_mb: int = 50
     # Simple recording range requests bypass aiohttp (web/fastpath.py); off: all via aiohttp.
     fast_ranges: bool = True
+    # Limits of the HTTP port (web/limits.py): a request head must be whole this long after
+    # the connection opened or the last response ended (also the keep-alive idle time); a
+    # body within body_timeout_s plus a second per body_min_rate bytes; connections beyond
+    # max_connections (0: derived from the open-file limit, keeping descriptors for calls)
+    # get a 503 and are closed at once.
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    body_min_rate: int = 1024
+    max_connections: int = 0
     secure_cookies: bool = False  # cookie ``Secure`` on plain HTTP too (TLS proxy in front)
 
 

@@ -35,8 +35,10 @@ async def run_server(
     ends within ``shutdown_grace_s + 5`` s of it whatever happens.
     """
     from helpers.recorder import repair_all, shared_writer
+    from web.limits import raise_nofile_limit
 
     loop = asyncio.get_running_loop()
+    raise_nofile_limit(config.max_calls)  # before anything opens a file; logs the limit
     stop = asyncio.Event()
     # First: a SIGTERM during start-up (it stays pending until now) is a graceful stop.
     def request_stop() -> None:
@@ -67,7 +69,7 @@ async def run_server(
         from web.app import make_app, start_http
 
         app = make_app({**ctx.services, "config": config})
-        runner = await start_http(app, config.http_bind, config.http_port)
+        runner = await start_http(app, config.http_bind, config.http_port, config)
         log.info("http_listening", host=config.http_bind, port=config.http_port)
     # What start-up loaded (modules, models, the web app) lives as long as the process:
     # freezing it keeps the collector from walking it again during calls. A full

@@ -68,12 +68,24 @@ def make_app(services: dict[str, Any] | None = None) -> web.Application:
     return app
 
 
-async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start serving ``app``; the caller cleans up the returned runner."""
-    from web.fastpath import fast_site
+async def start_http(app: web.Application, host: str, port: int,
+                     config: Any = None) -> web.AppRunner:
+    """Start serving ``app`` under ``config``'s HTTP limits (None: the defaults, see
+    :mod:`web.limits`); the caller cleans up the returned runner."""
+    import structlog
 
-    runner = web.AppRunner(app, access_log=None)
+    from web.fastpath import fast_site
+    from web.limits import HttpGuard, http_limits
+
+    limits = http_limits(config)
+    guard = HttpGuard(limits)
+    app.middlewares.append(guard.body_middleware())  # innermost: the body deadline
+    runner = web.AppRunner(app, access_log=None, **limits.handler_options())
     await runner.setup()
-    site = fast_site(app, runner, host, port, reuse_address=True, backlog=4096)
+    site = fast_site(app, runner, host, port, guard=guard, reuse_address=True, backlog=4096)
     await site.start()
+    structlog.get_logger("audiosocket.web").info(
+        "http_limits", max_connections=limits.max_connections, fd_ceiling=limits.fd_ceiling,
+        head_timeout_s=limits.head_timeout_s, body_timeout_s=limits.body_timeout_s,
+        body_min_rate=limits.body_min_rate)
     return runner

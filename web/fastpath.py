@@ -15,7 +15,8 @@ in the same run. This module is that protocol, with the portal's semantics kept 
   :func:`web.files.serve_file` plus the portal's security headers (a test compares both
   paths header by header).
 * Anything else (another route, HEAD, multipart ranges, 416s, conditionals, 401s, 404s,
-  malformed or oversized heads) is handed to aiohttp untouched: at a request boundary, the
+  malformed heads, heads near aiohttp's size limits, :mod:`web.limits`) is handed to
+  aiohttp untouched: at a request boundary, the
   connection's protocol becomes aiohttp's own handler and stays so. No request is ever
   parsed twice or answered by both.
 * Files are resolved through the store once and kept open for ``ttl_s`` (2 s), so a
@@ -27,8 +28,9 @@ in the same run. This module is that protocol, with the portal's semantics kept 
   uvloop owns the original), which is the backpressure: a slow reader costs one file
   position, never memory.
 
-The idle timeout matches aiohttp's keep-alive (75 s); a sweep closes idle fast-path
-connections.
+A request head must be whole ``head_timeout_s`` after the connection opened or the
+previous response ended, as on aiohttp's side (bytes trickling in do not extend it); the
+site's :class:`~web.limits.HttpGuard` sweeps and caps the connections.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from prometheus_client import Counter
 
 from web.auth import AUTH_KEY, COOKIE_NAME, AuthPolicy
 from web.files import CACHE_CONTROL, content_type_for
+from web.limits import MAX_FIELD_SIZE, MAX_HEADERS, TIMEOUTS, GuardedSite, HttpGuard, http_limits
 from web.portal import SECURITY_HEADERS
 from web.ranges import RangeKind, format_http_date, make_etag, parse_range
 
@@ -75,7 +78,6 @@ _NOT_FAST: Final = frozenset({
     b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
 })
 MAX_HEAD: Final = 16 * 1024
-IDLE_TIMEOUT_S: Final = 75.0
 
 
 @dataclass(eq=False)
@@ -209,8 +211,10 @@ class FrontProtocol(asyncio.Protocol):
     """Per connection: answer fast-path requests, hand the rest (and the connection) over."""
 
     def __init__(self, aiohttp_factory: Callable[[], asyncio.Protocol], index: RecordingIndex,
-                 policy: AuthPolicy, live: set[FrontProtocol]) -> None:
+                 policy: AuthPolicy, live: set[FrontProtocol],
+                 guard: HttpGuard | None = None) -> None:
         self._factory = aiohttp_factory
+        self._guard = guard
         self._index = index
         self._policy = policy
         self._live = live
@@ -224,6 +228,8 @@ class FrontProtocol(asyncio.Protocol):
         self._eof = False
         self._send: tuple[_File, bytes, int, int] | None = None
         self._task: asyncio.Future[None] | None = None  # a running lookup (kept referenced)
+        # When the wait for the current request head began (open, or the last response's
+        # end): the head timeout counts from here, so trickled bytes do not extend it.
         self.last_active = time.monotonic()
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -231,13 +237,17 @@ class FrontProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        if self._guard is not None and not self._guard.admit(transport):
+            self._gone = True  # refused (503, closed): never in the live set
+            return
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno() if sock is not None else -1
         self._live.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._gone:
+            return
         self._buf += data
-        self.last_active = time.monotonic()
         if not self._busy:
             self._process()
 
@@ -266,6 +276,9 @@ class FrontProtocol(asyncio.Protocol):
                 if len(buf) > MAX_HEAD or (buf and not buf.startswith(b"GET "[: len(buf)])):
                     self._handoff("not_fast")  # aiohttp applies its own limits and errors
                 return
+            if end > MAX_HEAD:
+                self._handoff("limits")  # aiohttp applies its own limits and errors
+                return
             req = self._parse(bytes(buf[:end]))
             if req is None:
                 return  # handed off
@@ -287,7 +300,13 @@ class FrontProtocol(asyncio.Protocol):
             return None
         range_value: str | None = None
         auth = cookie = b""
+        if len(lines) - 1 > MAX_HEADERS:
+            self._handoff("limits")  # aiohttp's 400 for too many headers
+            return None
         for line in lines[1:]:
+            if len(line) > MAX_FIELD_SIZE:  # name + value may be over aiohttp's limit
+                self._handoff("limits")
+                return None
             name, sep, value = line.partition(b":")
             # No obs-fold, no whitespace before the colon, no bare LF: aiohttp judges those.
             if not sep or not name or name != name.strip() or b"\n" in line or b"\r" in line:
@@ -389,6 +408,7 @@ class FrontProtocol(asyncio.Protocol):
             self._abort()
             return
         self._finish_send()
+        self.last_active = time.monotonic()  # the next head's wait starts now
         if self._busy:
             self._busy = False
             self._resume()
@@ -453,8 +473,10 @@ class FrontProtocol(asyncio.Protocol):
             handler.data_received(data)
 
     def close_if_idle(self, now: float, idle_s: float) -> None:
-        """Close the connection after ``idle_s`` without a request (keep-alive timeout)."""
-        if not self._busy and now - self.last_active > idle_s:
+        """Close the connection when no whole head came ``idle_s`` after the wait began
+        (a slow head, or an idle keep-alive connection)."""
+        if not self._busy and not self._gone and now - self.last_active > idle_s:
+            TIMEOUTS.labels(phase="head" if self._buf else "idle").inc()
             self.close()
 
     def close(self) -> None:
@@ -467,12 +489,12 @@ class FastSite(TCPSite):
     """aiohttp's TCP site with :class:`FrontProtocol` in front of the app's handler."""
 
     def __init__(self, runner: BaseRunner, host: str, port: int, *, index: RecordingIndex,
-                 policy: AuthPolicy, **kwargs: Any) -> None:
+                 policy: AuthPolicy, guard: HttpGuard, **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         self._index = index
         self._policy = policy
-        self._live: set[FrontProtocol] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._guard = guard
+        self._live: set[FrontProtocol] = guard.front
 
     async def start(self) -> None:
         # TCPSite.start with the factory wrapped; the runner's bookkeeping is the base's.
@@ -481,23 +503,17 @@ class FastSite(TCPSite):
         server = self._runner.server
         assert server is not None
         aiohttp_factory: Callable[[], asyncio.Protocol] = server
+        self._guard.server = server
+        guard = self._guard
         self._server = await loop.create_server(
-            lambda: FrontProtocol(aiohttp_factory, self._index, self._policy, self._live),
+            lambda: FrontProtocol(aiohttp_factory, self._index, self._policy, self._live, guard),
             self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port,
         )
-        self._sweeper = asyncio.create_task(self._sweep())
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(10.0)
-            now = time.monotonic()
-            for proto in list(self._live):
-                proto.close_if_idle(now, IDLE_TIMEOUT_S)
+        self._guard.start()  # its sweep closes slow heads here and in aiohttp's bodies
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        self._guard.stop()
         await super().stop()
         for proto in list(self._live):
             proto.close()
@@ -505,10 +521,14 @@ class FastSite(TCPSite):
 
 
 def fast_site(app: web.Application, runner: BaseRunner, host: str, port: int,
-              **kwargs: Any) -> TCPSite:
-    """The site for ``app``: with the fast path when the app serves recordings."""
+              *, guard: HttpGuard | None = None, **kwargs: Any) -> TCPSite:
+    """The site for ``app``: with the fast path when the app serves recordings; either way
+    behind ``guard`` (default: the limits of a default config)."""
+    guard = guard or HttpGuard(http_limits())
     index = app.get(FAST_INDEX)
     policy = app.get(AUTH_KEY)
     if index is None or policy is None:
-        return TCPSite(runner, host, port, **kwargs)
-    return FastSite(runner, host, port, index=index, policy=policy, **kwargs)
+        return GuardedSite(runner, host, port, guard=guard, **kwargs)
+    # Files the index keeps open count against the HTTP side's descriptors.
+    index.max_entries = min(index.max_entries, max(1, guard.limits.index_files))
+    return FastSite(runner, host, port, index=index, policy=policy, guard=guard, **kwargs)
