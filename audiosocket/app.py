@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class AppContext:
     services: dict[str, Any] = field(default_factory=dict)
     #: Call observers (``call_started(call)`` / ``call_ended(call)``) the server notifies.
     observers: list[Any] = field(default_factory=list)
+    #: One lock per engine name, so concurrent first uses load it once (``services.ensure_*``).
+    loading: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
 
     @property
     def data_dir(self) -> Path:

@@ -86,8 +86,9 @@ TickListener = Callable[[int, bytes | None], None]
 class Playout:
     """A call's outbound buffer: whole 20 ms frames of PCM waiting for their tick.
 
-    Bounded: at most ``max_frames`` queued; past that the oldest frames are dropped and
-    counted (a runaway producer must not grow memory without limit).
+    Bounded: at most ``max_frames`` queued (``max_seconds`` of audio, and at most
+    ``max_bytes`` of it: at 192 kHz seconds alone would allow 230 MB); past that the oldest
+    frames are dropped and counted (a runaway producer must not grow memory without limit).
 
     A live stream (audio queued with ``feed``/``append_frame``: echo, relays) has a target
     latency, ``live_frames``: like a jitter buffer, whatever is queued above it at a tick is
@@ -135,6 +136,7 @@ class Playout:
         *,
         lead_ms: int = 0,
         max_seconds: float = 600.0,
+        max_bytes: int = 16 * 2**20,
         live_ms: int = 0,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
@@ -146,7 +148,9 @@ class Playout:
         self._silence = self._header + bytes(self.frame_size)
         self._ulaw = False
         self._lead = max(0, min(lead_ms, 120)) // FRAME_MS
-        self.max_frames = max(1, int(max_seconds * 1000 / FRAME_MS))
+        self.max_frames = max(
+            1, min(int(max_seconds * 1000 / FRAME_MS), max_bytes // self.frame_size)
+        )
         self._frames: deque[bytes] = deque()
         # Entries of the queue that are not whole frames (a short inbound frame fed as it
         # is, or the tail of the last re-cut); while there are any, tick() re-cuts the

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from audiosocket import metrics
+from audiosocket import memory, metrics
 from audiosocket.call import Call, CallIds
 from audiosocket.clock import (
     LINE_PLAYOUT,
@@ -395,6 +395,7 @@ class Connection(asyncio.Protocol):
         playout = Playout(
             self.transport, 8000, lead_ms=server.config.lead_ms,
             max_seconds=server.config.playout_max_s, loop=self.loop,
+            max_bytes=server.config.playout_max_bytes,
             live_ms=server.config.live_latency_ms,
         )
         call = Call(call_uuid, playout, peer=self.peer, app=server.app_name, end=self.end,
@@ -434,6 +435,7 @@ class Connection(asyncio.Protocol):
             new = Playout(
                 old.transport, rate, lead_ms=self.server.config.lead_ms,
                 max_seconds=self.server.config.playout_max_s, loop=self.loop,
+                max_bytes=self.server.config.playout_max_bytes,
                 live_ms=self.server.config.live_latency_ms,
             )
             new.ticks = new.sent_total = old.ticks
@@ -584,6 +586,8 @@ class Connection(asyncio.Protocol):
         finally:
             self.server.calls.pop(call.id, None)
             call.closed.set()
+            if call.audio_bytes_in >= memory.TRIM_AFTER_BYTES:
+                memory.trim_soon()  # glibc keeps a big call's freed buffers otherwise
             task = _current_task()
             if task is not None:
                 self.server.finishing.discard(task)

@@ -51,8 +51,25 @@ class StoreObserver:
         )
 
 
+def _loading(ctx: AppContext, name: str) -> asyncio.Lock:
+    """The lock that makes concurrent first uses of engine ``name`` load it once: without
+    it, the first post-call transcripts each loaded their own Whisper (and its threads)."""
+    lock = ctx.loading.get(name)
+    if lock is None:
+        lock = ctx.loading[name] = asyncio.Lock()
+    return lock
+
+
 async def ensure_store(ctx: AppContext) -> CallStore:
     """Open ``<data>/calls.db`` once; also registers the observer that records calls."""
+    store = ctx.get("store")
+    if store is not None:
+        return store
+    async with _loading(ctx, "store"):
+        return await _ensure_store(ctx)
+
+
+async def _ensure_store(ctx: AppContext) -> CallStore:
     store = ctx.get("store")
     if store is None:
         from helpers.store import CallStore
@@ -61,7 +78,11 @@ async def ensure_store(ctx: AppContext) -> CallStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         store = await asyncio.to_thread(lambda: CallStore(path).open())
         # Calls cut off by a crash have no end: close them so they do not look live.
-        closed = await asyncio.to_thread(lambda: store.close_dangling_calls().result())
+        # Their length is the last activity known (the recording), not the downtime.
+        recordings = ctx.data_dir / "recordings"
+        closed = await asyncio.to_thread(
+            lambda: store.close_dangling_calls(recordings=recordings).result()
+        )
         if closed:
             log.warning("dangling_calls_closed", count=closed)
         known = await asyncio.to_thread(lambda: CallIds(store.call_ids()))
@@ -72,6 +93,14 @@ async def ensure_store(ctx: AppContext) -> CallStore:
 
 async def ensure_stt(ctx: AppContext) -> SttEngine:
     """Load the Whisper model once (bundled tiny.en unless ``stt.model`` says otherwise)."""
+    stt = ctx.get("stt")
+    if stt is not None:
+        return stt
+    async with _loading(ctx, "stt"):
+        return await _ensure_stt(ctx)
+
+
+async def _ensure_stt(ctx: AppContext) -> SttEngine:
     stt = ctx.get("stt")
     if stt is None:
         from helpers.ai import set_ai_limit
@@ -85,7 +114,8 @@ async def ensure_stt(ctx: AppContext) -> SttEngine:
                 cfg.model or None, workers=cfg.workers, language=cfg.language,
                 beam_size=cfg.beam_size, max_latency_s=cfg.max_latency_s,
                 max_utterance_s=cfg.max_utterance_s, rtf_estimate=cfg.rtf_estimate,
-                queue_capacity=cfg.queue_capacity or None, short_window=cfg.short_window,
+                queue_capacity=cfg.queue_capacity or None, queue_max_bytes=cfg.queue_max_bytes,
+                short_window=cfg.short_window,
                 vad_aggressiveness=cfg.vad_aggressiveness,
             )
             engine.start()
@@ -101,6 +131,14 @@ async def ensure_stt(ctx: AppContext) -> SttEngine:
 
 async def ensure_tts(ctx: AppContext) -> TtsEngine:
     """Load the Piper voice once, with the on-disk prompt cache under the data directory."""
+    tts = ctx.get("tts")
+    if tts is not None:
+        return tts
+    async with _loading(ctx, "tts"):
+        return await _ensure_tts(ctx)
+
+
+async def _ensure_tts(ctx: AppContext) -> TtsEngine:
     tts = ctx.get("tts")
     if tts is None:
         from helpers.prompt_cache import PromptCache
@@ -122,6 +160,14 @@ async def ensure_tts(ctx: AppContext) -> TtsEngine:
 
 async def ensure_jobs(ctx: AppContext) -> Any:
     """Start the post-call job workers (archives, peaks, transcript, summary)."""
+    jobs = ctx.get("jobs")
+    if jobs is not None:
+        return jobs
+    async with _loading(ctx, "jobs"):
+        return await _ensure_jobs(ctx)
+
+
+async def _ensure_jobs(ctx: AppContext) -> Any:
     jobs = ctx.get("jobs")
     if jobs is None:
         from helpers.ai import set_ai_limit

@@ -25,7 +25,7 @@ import numpy as np
 import structlog
 from prometheus_client import Counter
 
-__all__ = ["CallRecorder", "RecorderWriter", "repair_all", "repair_wav"]
+__all__ = ["CallRecorder", "RecorderWriter", "repair_all", "repair_wav", "wav_seconds"]
 
 log = structlog.get_logger("audiosocket.recorder")
 
@@ -34,6 +34,13 @@ _HEADER_SIZE = 44
 JITTER_SLOTS = 3
 #: Audio kept in memory while the disk refuses writes (full, gone read-only), per call.
 RETRY_MAX_BYTES = 8000 * 4 * 300  # 5 minutes of 8 kHz stereo
+#: Inbound audio kept ahead of the clock (a peer sending faster than real time), in slots:
+#: past it frames are dropped and counted, else a flood held the whole call in memory
+#: until hang-up (600 s of 192 kHz is 230 MB). 2 s: 768 kB at 192 kHz.
+AHEAD_SLOTS = 100
+#: Recorded audio handed to the writer thread and not yet written (a disk slower than the
+#: calls), per call: past it new chunks are dropped and counted. 8 MiB: 11 s at 192 kHz.
+QUEUED_MAX_BYTES = 8 * 2**20
 
 WRITE_ERRORS = Counter(
     "audiosocket_recording_write_errors_total",
@@ -42,6 +49,10 @@ WRITE_ERRORS = Counter(
 RECORDING_BYTES_LOST = Counter(
     "audiosocket_recording_bytes_lost_total",
     "Recording bytes dropped because the disk refused them for longer than the retry buffer",
+)
+INBOUND_AHEAD_DROPPED = Counter(
+    "audiosocket_recording_ahead_frames_dropped_total",
+    "Inbound frames not recorded: the peer sent them more than 2 s ahead of the clock",
 )
 
 
@@ -125,6 +136,9 @@ class CallRecorder:
         self.data_bytes = 0
         self.written_bytes = 0  # on disk (the header says this much)
         self._unwritten = bytearray()  # refused by the disk; written before the next chunk
+        # Bytes handed to the writer thread and bytes it took: each written by one thread only.
+        self._queued_in = 0
+        self._queued_out = 0
         self.closed = False
         self.error: str | None = None
         #: The file already existed (another call's): nothing of it is touched or written.
@@ -159,7 +173,11 @@ class CallRecorder:
             self._in_pos = tick - 1  # a gap: the missing slots stay silent
         n = self.frame_bytes
         usable = len(pcm) - len(pcm) % n
+        ahead = tick + AHEAD_SLOTS
         for i in range(0, usable, n):
+            if self._in_pos >= ahead:
+                INBOUND_AHEAD_DROPPED.inc((usable - i) // n)
+                break
             self._put(self._in, self._in_pos, pcm[i : i + n])
             self._in_pos += 1
         if usable != len(pcm):
@@ -198,6 +216,10 @@ class CallRecorder:
         stereo[0::2] = left
         stereo[1::2] = right
         data = stereo.tobytes()
+        if self._queued_in - self._queued_out + len(data) > QUEUED_MAX_BYTES:
+            RECORDING_BYTES_LOST.inc(len(data))  # the disk is this far behind: do not queue
+            return
+        self._queued_in += len(data)
         self.data_bytes += len(data)
         self._writer.submit(lambda: self._append(data))
 
@@ -205,6 +227,7 @@ class CallRecorder:
         # On the writer thread. A chunk the disk refused is kept and goes out first next
         # time, so a transient full disk loses nothing; past RETRY_MAX_BYTES the oldest
         # audio is dropped (counted) rather than growing memory without bound.
+        self._queued_out += len(data)
         if self.refused:
             RECORDING_BYTES_LOST.inc(len(data))
             return
@@ -302,3 +325,20 @@ def repair_all(directory: str | Path) -> int:
         except OSError as exc:
             log.warning("wav_repair_failed", path=str(wav), error=str(exc))
     return fixed
+
+
+def wav_seconds(path: str | Path) -> float | None:
+    """Seconds of audio in a recording this module wrote, from the file's size (so a header
+    a crash left stale does not matter); None when there is no such file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER_SIZE)
+            size = os.fstat(fh.fileno()).st_size - _HEADER_SIZE
+    except OSError:
+        return None
+    if len(head) < _HEADER_SIZE or head[:4] != b"RIFF" or head[36:40] != b"data":
+        return None
+    channels, rate = struct.unpack_from("<HI", head, 22)
+    if not channels or not rate:
+        return None
+    return max(0, size) // (channels * 2) / rate

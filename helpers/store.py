@@ -522,18 +522,40 @@ class CallStore(StoreQueries):
         return self._submit(op, "call_ended")
 
     def close_dangling_calls(
-        self, ended_at: float | None = None, end_reason: str = "server_restart"
+        self,
+        ended_at: float | None = None,
+        end_reason: str = "server_restart",
+        *,
+        recordings: Path | None = None,
     ) -> concurrent.futures.Future[int]:
-        """At start-up: calls left 'live' by a crash get an end; returns how many."""
+        """At start-up: calls left 'live' by a crash get an end; returns how many.
+
+        Their duration is the last activity known, never the downtime: the length of the
+        recording ``<recordings>/<call id>.wav`` when there is one, else the end of the last
+        transcript segment, else 0; ``ended_at`` is ``started_at`` plus that (at most
+        ``ended_at``, default now).
+        """
         at = time.time() if ended_at is None else ended_at
 
         def op(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "UPDATE calls SET ended_at=?, end_reason=?, duration=max(0.0, ? - started_at) "
-                "WHERE ended_at IS NULL",
-                (at, end_reason, at),
-            )
-            return cur.rowcount
+            from helpers.recorder import wav_seconds
+
+            rows = conn.execute(
+                "SELECT c.uuid, c.started_at, (SELECT max(s.\"end\") FROM segments s "
+                "WHERE s.call_uuid = c.uuid) FROM calls c WHERE c.ended_at IS NULL"
+            ).fetchall()
+            for call_id, started_at, last_segment in rows:
+                seconds = None
+                if recordings is not None:
+                    seconds = wav_seconds(recordings / f"{call_id}.wav")
+                if seconds is None:
+                    seconds = float(last_segment or 0.0)
+                seconds = max(0.0, min(seconds, at - started_at))
+                conn.execute(
+                    "UPDATE calls SET ended_at=?, end_reason=?, duration=? WHERE uuid=?",
+                    (started_at + seconds, end_reason, seconds, call_id),
+                )
+            return len(rows)
 
         return self._submit(op, "close_dangling_calls")
 

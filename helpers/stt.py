@@ -350,7 +350,9 @@ class SttEngine:
     Capacity: ``queue_capacity`` if given, else
     ``max(1, floor(max_latency_s / (max_utterance_s * rtf)))`` with ``rtf_estimate`` until
     the moving-average RTF has been measured (then recomputed after every utterance, when
-    ``adaptive_capacity``). A full queue drops its OLDEST waiting utterance.
+    ``adaptive_capacity``). A full queue drops its OLDEST waiting utterance; so does a queue
+    holding more than ``queue_max_bytes`` of audio (high-rate calls: 15 s at 192 kHz is
+    5.8 MB), down to the newest one.
     Guards (each counted by reason): ``vad`` (too little voiced audio, Whisper not run),
     ``empty``, ``no_speech`` (no_speech_prob > threshold and avg_logprob < threshold),
     ``low_logprob``, ``phantom`` (a stock phrase on near-silent audio), ``repetition``.
@@ -367,6 +369,7 @@ class SttEngine:
         max_utterance_s: float = 15.0,
         rtf_estimate: float = 0.15,
         queue_capacity: int | None = None,
+        queue_max_bytes: int = 32 * 2**20,
         no_speech_threshold: float = 0.6,
         logprob_threshold: float = -1.0,
         phantom_rms_dbfs: float = -45.0,
@@ -389,6 +392,8 @@ class SttEngine:
         self.max_utterance_s = max_utterance_s
         self.rtf_estimate = rtf_estimate
         self.fixed_capacity = queue_capacity
+        self.queue_max_bytes = queue_max_bytes
+        self._queued_bytes = 0  # audio bytes waiting in _queue (under _cond)
         self.no_speech_threshold = no_speech_threshold
         self.logprob_threshold = logprob_threshold
         self.phantom_rms_dbfs = phantom_rms_dbfs
@@ -482,6 +487,7 @@ class SttEngine:
             self._running = False
             pending = list(self._queue)
             self._queue.clear()
+            self._queued_bytes = 0
             self._cond.notify_all()
         QUEUE_DEPTH.set(0)
         for job in pending:
@@ -507,7 +513,7 @@ class SttEngine:
         decision); latency is measured from there (default: now).
         """
         now = time.monotonic()
-        dropped: _Job | None = None
+        drops: list[_Job] = []
         with self._cond:
             if not self._running:
                 job = _Job(call_uuid, utt, callback, -1, now, now)
@@ -516,10 +522,15 @@ class SttEngine:
                 self._next_id += 1
                 job = _Job(call_uuid, utt, callback, self._next_id, now,
                            speech_end_monotonic if speech_end_monotonic is not None else now)
-                if len(self._queue) >= self.capacity:
-                    dropped = self._queue.popleft()
-                    self.stats.dropped += 1
-                self._queue.append(job)
+                queue = self._queue
+                if len(queue) >= self.capacity:
+                    drops.append(queue.popleft())
+                queue.append(job)
+                self._queued_bytes += len(utt.pcm) - sum(len(d.utt.pcm) for d in drops)
+                while self._queued_bytes > self.queue_max_bytes and len(queue) > 1:
+                    drops.append(queue.popleft())
+                    self._queued_bytes -= len(drops[-1].utt.pcm)
+                self.stats.dropped += len(drops)
                 self._cond.notify()
                 accepted = True
             depth = len(self._queue)
@@ -527,7 +538,7 @@ class SttEngine:
         if not accepted:
             self._safe_callback(job, None, {"dropped": True, "reason": "not_running"})
             return False
-        if dropped is not None:
+        for dropped in drops:
             DROPPED.inc()
             log.warning("stt_utterance_dropped", call_uuid=dropped.call_uuid,
                         utterance_id=dropped.utterance_id, capacity=self.capacity,
@@ -551,6 +562,7 @@ class SttEngine:
                 if not self._running:
                     return
                 job = self._queue.popleft()
+                self._queued_bytes -= len(job.utt.pcm)
                 depth = len(self._queue)
             QUEUE_DEPTH.set(depth)
             started = time.monotonic()

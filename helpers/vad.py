@@ -156,7 +156,9 @@ class VadSegmenter:
     ``on_speech_start(t)`` fires at that moment (``t`` = onset on the timeline; used for
     barge-in). Speech ends after ``end_silence_ms`` of unvoiced frames. Utterances shorter
     than ``min_speech_ms`` (onset to offset) are discarded; speech longer than
-    ``max_utterance_s`` (counting the pre-roll) is cut and continues as a new utterance.
+    ``max_utterance_s`` (counting the pre-roll) or ``max_utterance_bytes`` is cut and
+    continues as a new utterance; the pre-roll is at most a quarter of those bytes, so at
+    192 kHz one call's VAD holds a few MB, not ``max_utterance_s`` × 384 kB/s.
     Not thread-safe: one segmenter per call, driven from one thread (the event loop).
     """
 
@@ -169,6 +171,7 @@ class VadSegmenter:
         end_silence_ms: int = 600,
         min_speech_ms: int = 250,
         max_utterance_s: float = 15.0,
+        max_utterance_bytes: int = 4 * 2**20,
         start_frames: int = 3,
         on_speech_start: Callable[[float], None] | None = None,
         engine: str = "webrtc",
@@ -186,16 +189,20 @@ class VadSegmenter:
         self.frame_bytes = rate * FRAME_MS // 1000 * 2
         self._vad = webrtcvad.Vad(aggressiveness)
         self._resampler = None if rate in _NATIVE_RATES else _Resampler(rate)
+        self._resampled_voiced = False
         self._silero = SileroClassifier(rate, silero_threshold) if engine == "silero" else None
         self._silence = bytes(self.frame_bytes)
         self.on_speech_start = on_speech_start
         self.start_frames = start_frames
         self._start_window = 2 * start_frames
         # The look-back must cover the start window, else the onset frames would be lost.
-        self._pre_frames = max(pre_roll_ms // FRAME_MS, self._start_window)
+        cap = max(2 * self._start_window, max_utterance_bytes // self.frame_bytes)
+        self._pre_frames = max(min(pre_roll_ms // FRAME_MS, cap // 4), self._start_window)
         self._end_frames = max(1, end_silence_ms // FRAME_MS)
         self._min_frames = max(1, min_speech_ms // FRAME_MS)
-        self._max_frames = max(self._pre_frames + 1, int(max_utterance_s * 1000) // FRAME_MS)
+        self._max_frames = max(
+            self._pre_frames + 1, min(int(max_utterance_s * 1000) // FRAME_MS, cap)
+        )
         self._post_frames = min(_POST_ROLL_MS // FRAME_MS, self._end_frames)
         # Idle state: recent frames and their decisions (pcm, voiced).
         self._ring: deque[tuple[bytes, bool]] = deque(maxlen=self._pre_frames)
@@ -282,9 +289,13 @@ class VadSegmenter:
             return self._silero.is_speech(frame)
         if self._resampler is None:
             return bool(self._vad.is_speech(frame, self.rate))
-        voiced = False
+        # The resampler hands out 16 kHz audio in bursts (at 96 and 192 kHz, several frames
+        # every few calls): a call with none keeps the last decision, else those frames all
+        # read as unvoiced and speech was never detected at those rates.
+        voiced = self._resampled_voiced
         for f16 in self._resampler.frames(frame):
             voiced = bool(self._vad.is_speech(f16, 16000))
+        self._resampled_voiced = voiced
         return voiced
 
     def _frame(self, frame: bytes, tick: int, voiced: bool, out: list[Utterance]) -> None:

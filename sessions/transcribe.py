@@ -52,7 +52,8 @@ class TranscribeSession(RecordSession):
         self.vad = VadSegmenter(
             call.rate, aggressiveness=cfg.vad_aggressiveness, pre_roll_ms=cfg.pre_roll_ms,
             end_silence_ms=cfg.end_silence_ms, min_speech_ms=cfg.min_speech_ms,
-            max_utterance_s=cfg.max_utterance_s, on_speech_start=self._speech_started,
+            max_utterance_s=cfg.max_utterance_s, max_utterance_bytes=cfg.max_utterance_bytes,
+            on_speech_start=self._speech_started,
             engine=cfg.vad_engine, silero_threshold=cfg.silero_threshold,
         )
         self.segments: list[Segment] = []

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -634,3 +635,23 @@ def test_list_10k_calls_is_fast(tmp_path: Path) -> None:
         print(f"\n10k call_started via writer: {write_s:.2f} s; list_calls ms: "
               + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))  # fmt: skip
         assert max(timings.values()) < 2000
+
+
+def test_dangling_calls_last_as_long_as_their_recording_or_transcript(
+    store: CallStore, tmp_path: Path
+) -> None:
+    # A crash and a restart an hour later: the downtime is no part of any call.
+    recorded, transcribed, silent = make_call(store), make_call(store), make_call(store)
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    with wave.open(str(recordings / f"{recorded}.wav"), "wb") as wf:
+        wf.setnchannels(2)
+        wf.setsampwidth(2)
+        wf.setframerate(8000)
+        wf.writeframes(bytes(4 * 8000 * 7 + 4 * 4000))  # 7.5 s
+    store.add_segment(transcribed, 1.0, 4.25, "hello", 0.9, 100.0)
+    assert store.close_dangling_calls(T0 + 3600, recordings=recordings).result(5) == 3
+    for cid, seconds in ((recorded, 7.5), (transcribed, 4.25), (silent, 0.0)):
+        call = store.get_call(cid)
+        assert call is not None and not call["live"]
+        assert call["duration"] == seconds, (cid, call["duration"])
