@@ -74,6 +74,21 @@ def playback_sizes(files: int = 8) -> list[int]:
     return sizes + [FRAME] * 10
 
 
+def caller_late_ticks(result: CallResult) -> list[int]:
+    """For each chunk, the most ticks the caller had fallen behind its own schedule by then.
+
+    The caller shares the machine (and in these tests the event loop) with the server: on a
+    busy machine it sends late and then catches up in a burst, which the echo can only send
+    back one frame a tick. Bounds on lag allow for exactly that much, no more.
+    """
+    sent = result.sent_at
+    worst, out = 0, []
+    for k, at in enumerate(sent):
+        worst = max(worst, round((at - sent[0]) / 0.02) - k)
+        out.append(worst)
+    return out
+
+
 def received_frames(result: CallResult) -> list[bytes]:
     got = bytes(result.received)
     out, at = [], 0
@@ -87,7 +102,9 @@ def received_frames(result: CallResult) -> list[bytes]:
 async def test_echo_is_bit_exact_with_short_frames_and_at_most_two_ticks_late(
     start_server: Any, native: bool
 ) -> None:
-    server = await start_server(Echo, native_media=native)
+    # The live target (tested below) would trim a burst a late caller sends on a busy
+    # machine; exactness is the point here, so it is set out of the way.
+    server = await start_server(Echo, native_media=native, live_latency_ms=2000)
     sizes = playback_sizes()
     chunks = noise_chunks(sizes)
     result = await place_call("127.0.0.1", server.port, chunks=chunks, linger=0.3)
@@ -108,7 +125,8 @@ async def test_echo_is_bit_exact_with_short_frames_and_at_most_two_ticks_late(
     for k, chunk in enumerate(chunks):
         end += len(chunk)
         lags.append(audio_at[int(np.searchsorted(ends, end))] - k)
-    assert max(lags) - lags[0] <= 2, lags
+    late = caller_late_ticks(result)
+    assert all(lag - lags[0] <= 2 + late[k] for k, lag in enumerate(lags)), (lags, late)
     assert Echo.stats[result.uuid]["live_dropped"] == 0
 
 
@@ -129,13 +147,19 @@ async def test_no_silence_while_audio_waits_and_every_gap_is_an_underrun(
     await wait_for(lambda: result.uuid in Echo.stats)
     frames = received_frames(result)
     audio_at = [i for i, f in enumerate(frames) if f != SILENCE]
-    assert [frames[i] for i in audio_at] == chunks
+    index = {c: k for k, c in enumerate(chunks)}
+    ks = [index[frames[i]] for i in audio_at]  # every frame back is one the caller sent
+    # In order; what is missing is what the live target dropped after a late caller's
+    # burst (a busy machine), and it is counted.
+    assert ks == sorted(ks)
+    assert len(chunks) - len(ks) == Echo.stats[result.uuid]["live_dropped"]
     holes = (audio_at[-1] - audio_at[0] + 1) - len(audio_at)
     # A hole can only come from a late caller on a busy machine, and then it is counted.
     assert Echo.stats[result.uuid]["underruns"] == holes
-    assert holes <= 3
-    lags = [i - k for k, i in enumerate(audio_at)]
-    assert max(lags) - lags[0] <= 2, lags
+    late = caller_late_ticks(result)
+    assert holes <= 3 + late[-1]
+    lags = [i - k for i, k in zip(audio_at, ks, strict=True)]
+    assert all(lag - lags[0] <= 2 + late[k] for lag, k in zip(lags, ks, strict=True)), lags
 
 
 @PATHS

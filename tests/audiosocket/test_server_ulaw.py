@@ -82,15 +82,23 @@ def frames(pcm: bytes) -> list[bytes]:
     return [pcm[i : i + 320] for i in range(0, len(pcm), 320)]
 
 
-def assert_echo_is_slin(result: CallResult, expected: bytes) -> None:
-    """Every frame back is 320 bytes of slin, and what is not silence is ``expected``.
+def assert_echo_is_slin(result: CallResult, expected: bytes, *, whole: bool = True) -> None:
+    """Every frame back is slin (320 bytes; with ``whole=False`` a live 10 ms stream may
+    also send a shorter piece when that is all that arrived by the tick, as the media path
+    does rather than hold audio back behind silence), and what is not silence is
+    ``expected``.
 
     Frame by frame, not as one stream: how the echo re-cuts 10 ms pieces and trims a live
     stream to its target latency belongs to the media path, not to this test.
     """
     got = bytes(result.received)
     assert result.frames_received > 20
-    assert len(got) == 320 * result.frames_received, "answer in 320-byte slin frames only"
+    sizes = result.frame_sizes
+    if whole:
+        assert set(sizes) == {320}, "answer in 320-byte slin frames only"
+    else:
+        assert all(n % 2 == 0 and 0 < n <= 320 for n in sizes), sizes
+        assert sizes.count(320) >= 0.8 * len(sizes), "mostly whole 20 ms frames"
     echoed = [f for f in frames(got) if any(f)]
     found = [f for f in echoed if expected.find(f) % 2 == 0]  # -1 (absent) is odd
     assert len(found) >= 0.9 * len(echoed)
@@ -114,7 +122,7 @@ async def test_slin_10ms_speech_at_call_start_is_slin(start_server: Any) -> None
     pcm = speech()
     result, logs = await call(server, pcm, frame_ms=10)
     assert Hears.heard[result.uuid] == pcm  # the app hears exactly what was sent
-    assert_echo_is_slin(result, pcm)
+    assert_echo_is_slin(result, pcm, whole=False)
     assert ulaw_calls() == before
     assert_not_blamed_on_dial(logs)
 
@@ -131,7 +139,7 @@ async def test_slin_10ms_silence_at_call_start_is_slin(start_server: Any, kind: 
     # Until the speech could be back, only silence comes back (no -32124 from μ-law zeros).
     head = got[: int((SILENCE_S - 0.1) * 8000)]
     assert np.abs(head).max() <= np.abs(np.frombuffer(silence, "<i2").astype(int)).max()
-    assert_echo_is_slin(result, pcm)
+    assert_echo_is_slin(result, pcm, whole=False)
     assert ulaw_calls() == before
     assert_not_blamed_on_dial(logs)
 
