@@ -36,6 +36,9 @@ __all__ = ["DEMO_FLOWS", "IvrSession"]
 DEMO_FLOWS = Path(__file__).parent / "flows"
 #: A menu timeout is extended while the caller is still speaking, up to this much.
 SPEECH_GRACE_S = 8.0
+#: A recorded message holds at most its ``max_seconds`` of audio and at most this many bytes
+#: (16 MiB: 43 s at 192 kHz), even from a peer sending faster than real time.
+MESSAGE_MAX_BYTES = 16 * 2**20
 _VAR = re.compile(r"\{(\w+)\}")
 
 
@@ -95,6 +98,7 @@ class IvrSession(TranscribeSession):
         self._inputs: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._input_event = asyncio.Event()
         self._message: bytearray | None = None
+        self._message_cap = 0
         self._last_voice = 0.0
         self._terminator: str | None = None
 
@@ -114,8 +118,9 @@ class IvrSession(TranscribeSession):
 
     def on_audio(self, pcm: bytes, rate: int) -> None:
         super().on_audio(pcm, rate)
-        if self._message is not None and rate == self.call.rate:
-            self._message += pcm
+        message = self._message
+        if message is not None and rate == self.call.rate and len(message) < self._message_cap:
+            message += pcm
         if self.vad.in_speech:
             self._last_voice = self.call.time
 
@@ -268,6 +273,7 @@ class IvrSession(TranscribeSession):
         while not self._inputs.empty():  # keys pressed before the tone do not stop it
             self._inputs.get_nowait()
         self._message = bytearray()
+        self._message_cap = min(int(r.max_seconds * self.rate) * 2, MESSAGE_MAX_BYTES)
         start = self.call.time
         self._last_voice = start
         stopped = "max_seconds"
