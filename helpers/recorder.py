@@ -32,6 +32,10 @@ log = structlog.get_logger("audiosocket.recorder")
 _HEADER_SIZE = 44
 #: An inbound frame arriving more than this many slots behind the clock is a gap, not jitter.
 JITTER_SLOTS = 3
+#: Slots the record app keeps unwritten behind the clock, so a burst that ends a gap (a
+#: network hiccup) can be placed where it was sent: 0.5 s. A crash loses at most
+#: flush_every + this (1.5 s).
+HOLD_SLOTS = 25
 #: Audio kept in memory while the disk refuses writes (full, gone read-only), per call.
 RETRY_MAX_BYTES = 8000 * 4 * 300  # 5 minutes of 8 kHz stereo
 #: Inbound audio kept ahead of the clock (a peer sending faster than real time), in slots:
@@ -119,6 +123,7 @@ class CallRecorder:
         rate: int,
         *,
         flush_every: int = 50,
+        hold_slots: int = 0,
         writer: RecorderWriter | None = None,
     ) -> None:
         self.path = Path(path)
@@ -126,11 +131,17 @@ class CallRecorder:
         self.frame_samples = rate // 50
         self.frame_bytes = self.frame_samples * 2
         self.flush_every = flush_every
+        self.hold_slots = hold_slots
         self._writer = writer or shared_writer()
         self._in: list[bytes | None] = []  # inbound slots not yet written
         self._out: list[bytes | None] = []
         self._in_pos = 0  # absolute slot index of the next inbound frame
         self._in_partial = b""
+        # The caller's frames of the current tick, placed together (see add_inbound).
+        self._batch: list[bytes] = []
+        self._batch_tick = -1
+        self._batch_bytes = 0
+        self._batch_max = AHEAD_SLOTS * self.frame_bytes
         self._base = 0  # absolute slot index of _in[0] / _out[0]
         self._out_pos = 0
         self.data_bytes = 0
@@ -163,16 +174,38 @@ class CallRecorder:
     # -- the loop side: cheap list appends ---------------------------------------------
 
     def add_inbound(self, pcm: bytes, tick: int) -> None:
-        """A caller frame arrived while the clock was at ``tick``."""
+        """A caller frame arrived while the clock was at ``tick``.
+
+        Frames are placed a tick at a time: after a gap, a burst (what a network hiccup
+        delivers at once) is right-aligned to end at the clock, as it was sent, instead of
+        starting there and running the caller's channel ahead of ours for the rest of the
+        call (seen in the soak: +0.6 s after one stall).
+        """
         if self.closed:
             return
+        if tick != self._batch_tick:
+            self._place_batch()
+            self._batch_tick = tick
+        self._batch.append(pcm)
+        self._batch_bytes += len(pcm)
+        if self._batch_bytes >= self._batch_max:
+            self._place_batch()  # a flood within one tick: bounded like any other
+
+    def _place_batch(self) -> None:
+        if not self._batch:
+            return
+        tick = self._batch_tick
+        pcm = b"".join(self._batch)
+        self._batch.clear()
+        self._batch_bytes = 0
         if self._in_partial:
             pcm = self._in_partial + pcm
             self._in_partial = b""
-        if self._in_pos < tick - JITTER_SLOTS:
-            self._in_pos = tick - 1  # a gap: the missing slots stay silent
         n = self.frame_bytes
         usable = len(pcm) - len(pcm) % n
+        if self._in_pos < tick - JITTER_SLOTS:
+            # A gap: the missing slots stay silent, and the burst ends at the clock's slot.
+            self._in_pos = max(self._in_pos, tick - max(1, usable // n), self._base)
         ahead = tick + AHEAD_SLOTS
         for i in range(0, usable, n):
             if self._in_pos >= ahead:
@@ -187,10 +220,13 @@ class CallRecorder:
         """Outbound frame ``slot`` (None: silence). Called from the clock's tick."""
         if self.closed:
             return
+        self._place_batch()  # the caller's frames of the last tick, before anything flushes
         self._put(self._out, slot, pcm)
         self._out_pos = max(self._out_pos, slot + 1)
-        if self._out_pos - self._base >= self.flush_every:
-            self._flush(self._out_pos)
+        # The last hold_slots stay in memory so a burst after a gap can still be placed
+        # where it belongs (add_inbound); the cost is that much more lost in a crash.
+        if self._out_pos - self._base >= self.flush_every + self.hold_slots:
+            self._flush(self._out_pos - self.hold_slots)
 
     def _put(self, slots: list[bytes | None], index: int, pcm: bytes | None) -> None:
         rel = index - self._base
@@ -268,6 +304,7 @@ class CallRecorder:
         """Write out everything up to the later of the two legs. Non-blocking."""
         if self.closed:
             return
+        self._place_batch()
         if self._in_partial:
             pad = self._in_partial + bytes(self.frame_bytes - len(self._in_partial))
             self._put(self._in, self._in_pos, pad)

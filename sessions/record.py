@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helpers.recorder import CallRecorder, shared_writer
+from helpers.recorder import HOLD_SLOTS, CallRecorder, shared_writer
 from sessions.base import Session
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class RecordSession(Session):
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
         self.recording = recording_path(ctx.data_dir, call.id)
-        self.recorder = CallRecorder(self.recording, call.rate)
+        self.recorder = CallRecorder(self.recording, call.rate, hold_slots=HOLD_SLOTS)
 
     def on_audio(self, pcm: bytes, rate: int) -> None:
         if rate == self.call.rate:

@@ -153,3 +153,31 @@ def test_retry_writes_a_refused_tail(tmp_path: Path, monkeypatch: Any) -> None:
     assert rec.pending_bytes == 0
     _, right, _ = read_stereo(path)
     assert right[:160].tolist() == [7] * 160
+
+
+def test_a_burst_after_a_gap_ends_at_the_clock(tmp_path: Path) -> None:
+    # A network hiccup: the caller sent on time, but frames 11-40 arrive together at tick
+    # 41. They belong right before the clock, not after it: placed from the clock on, the
+    # caller's channel ran 0.6 s ahead of ours for the rest of the call.
+    writer = RecorderWriter()
+    rec = CallRecorder(tmp_path / "e.wav", 8000, flush_every=10, hold_slots=40, writer=writer)
+    for tick in range(1, 61):
+        if tick <= 10:
+            rec.add_inbound(frame(1000 + tick), tick)
+        elif tick == 41:
+            for k in range(11, 41):
+                rec.add_inbound(frame(1000 + k), tick)
+        elif tick > 41:
+            rec.add_inbound(frame(1000 + tick - 1), tick)
+        rec.add_outbound(tick - 1, None)
+    rec.close()
+    assert writer.flush()
+    left, _, _ = read_stereo(tmp_path / "e.wav")
+    slots = left.reshape(-1, 160)[:, 0].tolist()
+    audio = [v for v in slots if v]
+    assert audio == [1001 + i for i in range(59)]  # every frame, in order
+    # Where it was sent, to within the one slot "arrived during tick t" leaves open: the
+    # caller's last frame is not pushed past the end of the call.
+    assert slots.index(1040) in (39, 40)
+    assert slots.index(1059) in (58, 59)
+    assert len(slots) == 60
