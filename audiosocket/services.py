@@ -7,8 +7,9 @@ when a call arrives. Apps ask for what they need in ``Session.prepare``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["StoreObserver", "ensure_store", "ensure_stt", "ensure_tts"]
 
 log = structlog.get_logger("audiosocket.services")
+T = TypeVar("T")
 #: Where ``audiosocket models fetch`` puts checkpoints (the repository's models/ folder).
 _REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -51,6 +53,19 @@ class StoreObserver:
         )
 
 
+async def _once(ctx: AppContext, name: str, build: Callable[[AppContext], Awaitable[T]]) -> T:
+    """Engine ``name`` from ``ctx``, built by ``build`` the first time, exactly once even
+    when several coroutines ask at the same moment."""
+    engine = ctx.get(name)
+    if engine is None:
+        async with _loading(ctx, name):
+            engine = ctx.get(name)
+            if engine is None:
+                engine = await build(ctx)
+                ctx.services[name] = engine
+    return cast(T, engine)
+
+
 def _loading(ctx: AppContext, name: str) -> asyncio.Lock:
     """The lock that makes concurrent first uses of engine ``name`` load it once: without
     it, the first post-call transcripts each loaded their own Whisper (and its threads)."""
@@ -62,137 +77,109 @@ def _loading(ctx: AppContext, name: str) -> asyncio.Lock:
 
 async def ensure_store(ctx: AppContext) -> CallStore:
     """Open ``<data>/calls.db`` once; also registers the observer that records calls."""
-    store = ctx.get("store")
-    if store is not None:
-        return store
-    async with _loading(ctx, "store"):
-        return await _ensure_store(ctx)
+    return await _once(ctx, "store", _build_store)
 
 
-async def _ensure_store(ctx: AppContext) -> CallStore:
-    store = ctx.get("store")
-    if store is None:
-        from helpers.store import CallStore
+async def _build_store(ctx: AppContext) -> CallStore:
+    from helpers.store import CallStore
 
-        path = ctx.data_dir / "calls.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = await asyncio.to_thread(lambda: CallStore(path).open())
-        # Calls cut off by a crash have no end: close them so they do not look live.
-        # Their length is the last activity known (the recording), not the downtime.
-        recordings = ctx.data_dir / "recordings"
-        closed = await asyncio.to_thread(
-            lambda: store.close_dangling_calls(recordings=recordings).result()
-        )
-        if closed:
-            log.warning("dangling_calls_closed", count=closed)
-        known = await asyncio.to_thread(lambda: CallIds(store.call_ids()))
-        ctx.services["store"] = store
-        ctx.observers.insert(0, StoreObserver(store, known))
+    path = ctx.data_dir / "calls.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = await asyncio.to_thread(lambda: CallStore(path).open())
+    # Calls cut off by a crash have no end: close them so they do not look live.
+    # Their length is the last activity known (the recording), not the downtime.
+    recordings = ctx.data_dir / "recordings"
+    closed = await asyncio.to_thread(
+        lambda: store.close_dangling_calls(recordings=recordings).result()
+    )
+    if closed:
+        log.warning("dangling_calls_closed", count=closed)
+    known = await asyncio.to_thread(lambda: CallIds(store.call_ids()))
+    ctx.observers.insert(0, StoreObserver(store, known))
     return store
 
 
 async def ensure_stt(ctx: AppContext) -> SttEngine:
     """Load the Whisper model once (bundled tiny.en unless ``stt.model`` says otherwise)."""
-    stt = ctx.get("stt")
-    if stt is not None:
-        return stt
-    async with _loading(ctx, "stt"):
-        return await _ensure_stt(ctx)
+    return await _once(ctx, "stt", _build_stt)
 
 
-async def _ensure_stt(ctx: AppContext) -> SttEngine:
-    stt = ctx.get("stt")
-    if stt is None:
-        from helpers.ai import set_ai_limit
-        from helpers.stt import SttEngine
+async def _build_stt(ctx: AppContext) -> SttEngine:
+    from helpers.ai import set_ai_limit
+    from helpers.stt import SttEngine
 
-        cfg = ctx.config.stt
-        set_ai_limit(ctx.config.postcall.ai_limit)
+    cfg = ctx.config.stt
+    set_ai_limit(ctx.config.postcall.ai_limit)
 
-        def load() -> SttEngine:
-            engine = SttEngine(
-                cfg.model or None, workers=cfg.workers, language=cfg.language,
-                beam_size=cfg.beam_size, max_latency_s=cfg.max_latency_s,
-                max_utterance_s=cfg.max_utterance_s, rtf_estimate=cfg.rtf_estimate,
-                queue_capacity=cfg.queue_capacity or None, queue_max_bytes=cfg.queue_max_bytes,
-                short_window=cfg.short_window,
-                vad_aggressiveness=cfg.vad_aggressiveness,
-            )
-            engine.start()
-            _ = engine.backend  # load the model now, not on the first utterance
-            return engine
+    def load() -> SttEngine:
+        engine = SttEngine(
+            cfg.model or None, workers=cfg.workers, language=cfg.language,
+            beam_size=cfg.beam_size, max_latency_s=cfg.max_latency_s,
+            max_utterance_s=cfg.max_utterance_s, rtf_estimate=cfg.rtf_estimate,
+            queue_capacity=cfg.queue_capacity or None, queue_max_bytes=cfg.queue_max_bytes,
+            short_window=cfg.short_window,
+            vad_aggressiveness=cfg.vad_aggressiveness,
+        )
+        engine.start()
+        _ = engine.backend  # load the model now, not on the first utterance
+        return engine
 
-        stt = await asyncio.to_thread(load)
-        log.info("stt_ready", model=cfg.model or "tiny.en (bundled)", workers=cfg.workers,
-                 queue_capacity=stt.capacity)
-        ctx.services["stt"] = stt
+    stt = await asyncio.to_thread(load)
+    log.info("stt_ready", model=cfg.model or "tiny.en (bundled)", workers=cfg.workers,
+             queue_capacity=stt.capacity)
     return stt
 
 
 async def ensure_tts(ctx: AppContext) -> TtsEngine:
     """Load the Piper voice once, with the on-disk prompt cache under the data directory."""
-    tts = ctx.get("tts")
-    if tts is not None:
-        return tts
-    async with _loading(ctx, "tts"):
-        return await _ensure_tts(ctx)
+    return await _once(ctx, "tts", _build_tts)
 
 
-async def _ensure_tts(ctx: AppContext) -> TtsEngine:
-    tts = ctx.get("tts")
-    if tts is None:
-        from helpers.prompt_cache import PromptCache
-        from helpers.tts import TtsEngine, TtsSettings
+async def _build_tts(ctx: AppContext) -> TtsEngine:
+    from helpers.prompt_cache import PromptCache
+    from helpers.tts import TtsEngine, TtsSettings
 
-        cfg = ctx.config.tts
-        def load() -> TtsEngine:
-            cache = PromptCache(ctx.data_dir / "prompt-cache", max_bytes=cfg.cache_mb * 2**20)
-            return TtsEngine(
-                cfg.voice or None, cache=cache,
-                settings=TtsSettings(length_scale=cfg.length_scale), threads=1,
-            )
+    cfg = ctx.config.tts
+    def load() -> TtsEngine:
+        cache = PromptCache(ctx.data_dir / "prompt-cache", max_bytes=cfg.cache_mb * 2**20)
+        return TtsEngine(
+            cfg.voice or None, cache=cache,
+            settings=TtsSettings(length_scale=cfg.length_scale), threads=1,
+        )
 
-        tts = await asyncio.to_thread(load)
-        log.info("tts_ready", voice=str(tts.voice_path), rate=tts.sample_rate)
-        ctx.services["tts"] = tts
+    tts = await asyncio.to_thread(load)
+    log.info("tts_ready", voice=str(tts.voice_path), rate=tts.sample_rate)
     return tts
 
 
 async def ensure_jobs(ctx: AppContext) -> Any:
     """Start the post-call job workers (archives, peaks, transcript, summary)."""
-    jobs = ctx.get("jobs")
-    if jobs is not None:
-        return jobs
-    async with _loading(ctx, "jobs"):
-        return await _ensure_jobs(ctx)
+    return await _once(ctx, "jobs", _build_jobs)
 
 
-async def _ensure_jobs(ctx: AppContext) -> Any:
-    jobs = ctx.get("jobs")
-    if jobs is None:
-        from helpers.ai import set_ai_limit
-        from helpers.archive import ArchiveSettings, set_ffmpeg_limit
-        from helpers.jobs import PostCallJobs
-        from helpers.summarize import load_summarizer
+async def _build_jobs(ctx: AppContext) -> Any:
+    from helpers.ai import set_ai_limit
+    from helpers.archive import ArchiveSettings, set_ffmpeg_limit
+    from helpers.jobs import PostCallJobs
+    from helpers.summarize import load_summarizer
 
-        cfg = ctx.config.postcall
-        set_ffmpeg_limit(cfg.ffmpeg_limit)
-        set_ai_limit(cfg.ai_limit)
-        store = await ensure_store(ctx)
-        search = [_REPO_MODELS, ctx.data_dir / "models"]
+    cfg = ctx.config.postcall
+    set_ffmpeg_limit(cfg.ffmpeg_limit)
+    set_ai_limit(cfg.ai_limit)
+    store = await ensure_store(ctx)
+    search = [_REPO_MODELS, ctx.data_dir / "models"]
 
-        async def stt() -> Any:
-            return await ensure_stt(ctx)
+    async def stt() -> Any:
+        return await ensure_stt(ctx)
 
-        jobs = PostCallJobs(
-            store, ctx.data_dir,
-            archive=ArchiveSettings(aac_bitrate=cfg.aac_bitrate, mp3_bitrate=cfg.mp3_bitrate,
-                                    aecho=cfg.aecho),
-            stt=stt,
-            summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search),
-        )
-        await jobs.start()
-        ctx.services["jobs"] = jobs
+    jobs = PostCallJobs(
+        store, ctx.data_dir,
+        archive=ArchiveSettings(aac_bitrate=cfg.aac_bitrate, mp3_bitrate=cfg.mp3_bitrate,
+                                aecho=cfg.aecho),
+        stt=stt,
+        summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search),
+    )
+    await jobs.start()
     return jobs
 
 

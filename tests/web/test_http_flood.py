@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,12 @@ import numpy as np
 import pytest
 
 from audiosocket.caller import place_call
+from tests.audiosocket.test_cli import free_port
 
 BIN = Path(sys.executable).parent / "audiosocket"
 FRAME = 320
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/prlimit").exists(), reason="no prlimit")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def events(log: Path, name: str) -> list[dict[str, Any]]:
