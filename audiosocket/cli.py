@@ -1,4 +1,5 @@
-"""The ``audiosocket`` command: ``serve`` runs the server, ``call`` is a software Asterisk."""
+"""The audiosocket command: "serve" runs the server, "call" is a software Asterisk, and the
+other commands manage recordings and models."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ __all__ = ["main"]
 
 log = structlog.get_logger("audiosocket")
 
+#: The rates AudioSocket has a frame kind for (0x10-0x18).
+CALL_RATES = (8000, 12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000)
+#: What a DTMF frame may carry.
+DTMF_KEYS = frozenset("0123456789*#ABCD")
+
 
 def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the AudioSocket server (and the HTTP side)")
@@ -29,8 +35,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--data-dir", help="recordings, database, caches (default ./var)")
     p.add_argument("--app", help="echo, record, transcribe, ivr (default) or module:Class")
     p.add_argument("--config", help="TOML settings file")
-    p.add_argument("--log-format", choices=["json", "console"])
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "console"], help="log line format")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="lowest level logged")
     p.add_argument("--max-calls", type=int, help="refuse calls beyond this many")
     p.add_argument("--lead-ms", type=int, help="audio queued ahead of the clock (0-120 ms)")
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
@@ -41,15 +48,17 @@ def _serve_parser(sub: Any) -> None:
 def _call_parser(sub: Any) -> None:
     p = sub.add_parser("call", help="place a call like Asterisk would (a software caller)")
     p.add_argument("wav", nargs="?", help="WAV to stream (any rate or channel count)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9092)
-    p.add_argument("--rate", type=int, default=8000, help="call rate: 8000, 16000, ...")
+    p.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9092, help="server port (default 9092)")
+    p.add_argument("--rate", type=int, default=8000,
+                   help="call rate: " + ", ".join(map(str, CALL_RATES)) + " (default 8000)")
     p.add_argument("--dtmf", default="", help="digits to send, e.g. 2 or 1234#")
     p.add_argument("--dtmf-delay", type=float, default=1.0, help="seconds before the first digit")
     p.add_argument("--dtmf-gap", type=float, default=0.3, help="seconds between digits")
     p.add_argument("--linger", type=float, default=10.0,
                    help="seconds to stay after the last thing sent, unless the server hangs up")
-    p.add_argument("--max-seconds", type=float, default=120.0)
+    p.add_argument("--max-seconds", type=float, default=120.0,
+                   help="hang up after this many seconds (default 120)")
     p.add_argument("--uuid", help="call UUID (default: random)")
     p.add_argument("--out", help="write what the server sent to this WAV")
     p.add_argument("--ulaw", action="store_true",
@@ -135,11 +144,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
+def _call_arg_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the ``call`` options, checked before connecting (or None)."""
+    if args.rate not in CALL_RATES:
+        return f"--rate {args.rate}: not an AudioSocket rate (one of " + \
+            ", ".join(map(str, CALL_RATES)) + ")"
+    if args.uuid:
+        try:
+            _uuid.UUID(args.uuid)
+        except ValueError:
+            return f"--uuid {args.uuid!r}: not a UUID"
+    bad = sorted(set(args.dtmf) - DTMF_KEYS)
+    if bad:
+        return f"--dtmf {args.dtmf!r}: {''.join(bad)!r} not allowed (only 0-9 * # A-D)"
+    return None
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     """``audiosocket call``."""
     from audiosocket.caller import place_call
     from helpers.audio import read_audio, write_wav
 
+    error = _call_arg_error(args)
+    if error:
+        print(f"audiosocket call: {error}", file=sys.stderr)
+        return 2
     pcm = b""
     if args.wav:
         try:

@@ -48,7 +48,8 @@ def add_extra_commands(sub: Any) -> None:
     msub = p.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="download a hub checkpoint into models/ (needs internet)")
     f.add_argument("name", help="e.g. google/flan-t5-small")
-    f.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "models"))
+    f.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "models"),
+                   help="where the checkpoint directory goes (default models/)")
     f.set_defaults(handler=cmd_models_fetch)
     ls = msub.add_parser("list", help="which model serves which role")
     _common(ls)
@@ -177,6 +178,10 @@ def cmd_retention(args: argparse.Namespace) -> int:
     pc = config.postcall
     rules = {"wav": pc.retention_days_wav, "m4a": pc.retention_days_m4a,
              "mp3": pc.retention_days_mp3}
+    if not any(days and days > 0 for days in rules.values()):
+        print("no retention rule is set (postcall.retention_days_wav, _m4a and _mp3 are all 0: "
+              "recordings are kept forever); nothing to delete")
+        return 0
     store = CallStore(config.data_path / "calls.db").open()
     try:
         done = apply_retention(store, rules, dry_run=args.dry_run)
@@ -191,11 +196,19 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     """``audiosocket models fetch google/flan-t5-small``."""
+    import shutil
+
     from helpers.summarize import fetch_model
 
+    dest = Path(args.dest)
+    # Directories this run creates: a failed download must not leave them behind (an empty
+    # model dir would later look like a broken checkpoint).
+    made = [d for d in (dest / args.name.rsplit("/", 1)[-1], dest) if not d.exists()]
     try:
-        path = fetch_model(args.name, Path(args.dest))
+        path = fetch_model(args.name, dest)
     except RuntimeError as exc:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
         print(f"audiosocket models fetch: {exc}", file=sys.stderr)
         return 1
     print(f"{args.name} is in {path}; set postcall.summary_model = \"{args.name}\"")

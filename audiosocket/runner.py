@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -25,6 +26,20 @@ log = structlog.get_logger("audiosocket")
 SHUTDOWN_EXTRA_S = 5.0
 
 
+def _busy_port(config: Config) -> str | None:
+    """A message naming the first of our ports (AudioSocket, HTTP) that is taken, or None."""
+    from audiosocket.ports import port_in_use
+
+    wanted = [("AudioSocket", config.host, config.port)]
+    if config.http_port:
+        wanted.append(("HTTP", config.http_bind, config.http_port))
+    for what, host, port in wanted:
+        why = port_in_use(host, port)
+        if why:
+            return f"cannot listen on {what} port {port} ({host}): {why}"
+    return None
+
+
 async def run_server(
     config: Config, *, loop_name: str = "asyncio", native_threads: dict[str, str] | None = None
 ) -> int:
@@ -37,6 +52,12 @@ async def run_server(
     from helpers.recorder import repair_all, shared_writer
     from web.limits import raise_nofile_limit
 
+    # First of all, before any model loads: a busy port is a one-line error now, not a
+    # traceback after the prompt warm-up.
+    busy = _busy_port(config)
+    if busy:
+        print(f"audiosocket: {busy}", file=sys.stderr, flush=True)
+        return 2
     loop = asyncio.get_running_loop()
     raise_nofile_limit(config.max_calls)  # before anything opens a file; logs the limit
     stop = asyncio.Event()
