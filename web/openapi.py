@@ -215,7 +215,9 @@ OPENAPI: Final[dict[str, Any]] = {
                         "max_seconds": {"type": "number"},
                         "accepted_types": {"type": "array", "items": {"type": "string"}},
                         "accepted_suffixes": {"type": "array", "items": {"type": "string"}},
-                        "enabled": {"type": "boolean"}}}}}}},
+                        "enabled": {"type": "boolean"},
+                        "browser_asr": {"type": "boolean", "description":
+                                        "whether the browser Whisper is installed"}}}}}}},
             },
             "post": {
                 "summary": "Upload a recording; re-validated, then imported as app 'upload'",

@@ -52,6 +52,10 @@ MAX_SECONDS: Final = _IMPORT_MAX_SECONDS  # the importer enforces it while decod
 MAX_CONCURRENT_IMPORTS: Final = 2
 CHUNK: Final = 256 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+#: The browser Whisper (``audiosocket models build-web``), served under /static/models/. The
+#: page asks us whether it is there rather than probing for it (a 404 in the console).
+WEB_WHISPER_CONFIG = Path(__file__).resolve().parent / "static" / "models" / \
+    "whisper-tiny.en" / "config.json"
 
 class UploadLimits:
     """Everything the upload handler needs, fixed at start-up."""
@@ -72,6 +76,8 @@ class UploadLimits:
             "accepted_types": sorted(ACCEPTED_TYPES),
             "accepted_suffixes": sorted(AUDIO_SUFFIXES),
             "enabled": self.jobs is not None,
+            # Looked at per request: a model built while the server runs counts at once.
+            "browser_asr": WEB_WHISPER_CONFIG.is_file(),
         }
 
 

@@ -14,6 +14,14 @@ let limits = { max_bytes: 50 * 1024 * 1024, min_seconds: 0.5, max_seconds: 3 * 3
 let accepted = null; // the File that passed, and only that one may be sent
 let seq = 0;
 const pending = new Map();
+// Resolved once the limits and the probes are in (init below).
+let markReady;
+const ready = new Promise((resolve) => { markReady = resolve; });
+// Listen from the first moment: a file picked while init() still waits for the server used
+// to be ignored, as the listener came after those awaits. Its check starts once init is done.
+fileInput.addEventListener("change", () => {
+  ready.then(() => { if (fileInput.files[0]) validate(fileInput.files[0]); });
+});
 
 worker.onmessage = (ev) => {
   const cb = pending.get(ev.data.id);
@@ -188,21 +196,27 @@ async function init() {
     ? "Speech check: Silero VAD (ONNX Runtime Web, WASM), in this browser."
     : "Silero VAD check off (assets not installed: run scripts/web-assets.sh); using an energy heuristic.");
   document.body.dataset.vad = probe.vad ? "silero" : "off";
-  // Whisper only when the server has the model and the vendored transformers.js.
-  const asrProbe = await ask({ type: "probe" }, [], startAsrWorker());
-  asrAvailable = Boolean(asrProbe.available);
+  // Whisper only when the server has the model (it says so: probing for the files would log
+  // a 404 on every load where it is absent) and the vendored transformers.js.
+  if (limits.browser_asr) {
+    const asrProbe = await ask({ type: "probe" }, [], startAsrWorker());
+    asrAvailable = Boolean(asrProbe.available);
+  }
   if (asrAvailable) {
     $("asr-state").textContent = "Transcript check: Whisper tiny.en (transformers.js), in this browser; the model (~150 MB) is downloaded once, then cached.";
     $("keywords-row").hidden = false;
   } else {
-    asrWorker.terminate();
+    $("asr-state").textContent = limits.browser_asr
+      ? "Transcript check off: the browser Whisper did not load."
+      : "Transcript check off: the browser Whisper is not installed on this server (make web-model builds it).";
+    if (asrWorker) asrWorker.terminate();
     asrWorker = null;
   }
   document.body.dataset.asr = asrAvailable ? "whisper" : "off";
   // New keywords change the verdict: check the chosen file again.
   $("keywords").addEventListener("change", () => { if (fileInput.files[0]) validate(fileInput.files[0]); });
-  fileInput.addEventListener("change", () => { if (fileInput.files[0]) validate(fileInput.files[0]); });
   $("form").addEventListener("submit", upload);
+  markReady();
   document.body.dataset.ready = "1";
 }
 
