@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 
 from helpers.ai import ai_slots
+from helpers.titles import fallback_title, find_reason, is_small_talk
 
 __all__ = [
     "CT2_SUFFIX",
@@ -173,7 +174,9 @@ class ExtractiveSummarizer:
     Sentences are scored by how frequent their content words are across the whole call
     (normalised by sqrt(length), so long rambling sentences do not win by size alone), with a
     bonus for the opening fifth, where callers usually say why they call. Up to three are
-    kept, in call order. The title is made of the most frequent content-word phrases.
+    kept, in call order. The title is the sentence that states the reason for the call,
+    compressed to a phrase (:mod:`helpers.titles`); failing that, "Call about"
+    the most frequent content-word phrase.
     """
 
     method = "extractive"
@@ -198,6 +201,7 @@ class ExtractiveSummarizer:
             return Summary(title, _trim_sentences(text, 1), self.method, None)
         top = max(freq.values())
         n = len(sentences)
+        reason = find_reason(sentences)
         scored: list[tuple[float, int]] = []
         for i, ws in enumerate(words_per_sentence):
             if not ws:
@@ -208,13 +212,21 @@ class ExtractiveSummarizer:
                 score *= 0.5  # "Hi, this is Anna." is rarely the point of the call
             if i < max(1, n // 5):
                 score *= 1.2
+            if is_small_talk(sentences[i]):
+                score *= 0.3  # "Thank you for calling, how can I help?"
+            if reason is not None and i == reason[0]:
+                score += 10.0  # the sentence the title comes from: always in the text
             scored.append((score, i))
         keep = 1 if n <= 3 else 2 if n <= 12 else MAX_SENTENCES
         # Highest score first; ties go to the earlier sentence, so output is deterministic.
-        chosen = sorted(i for _, i in sorted(scored, key=lambda t: (-t[0], t[1]))[:keep])
+        ranked = [i for _, i in sorted(scored, key=lambda t: (-t[0], t[1]))]
+        chosen = sorted(ranked[:keep])
         summary_text = " ".join(sentences[i] for i in chosen)
-        return Summary(self._title(words_per_sentence, freq, ivr_path), summary_text,
-                       self.method, None)
+        # The reason for the call as a phrase; the key-phrase title only when no sentence
+        # compresses into one (helpers.titles).
+        title = (reason[1] if reason is not None else fallback_title(sentences, ranked)) \
+            or self._title(words_per_sentence, freq, ivr_path)
+        return Summary(title, summary_text, self.method, None)
 
     @staticmethod
     def _title(
@@ -252,12 +264,8 @@ class ExtractiveSummarizer:
             if w not in used:
                 phrases.append(w)
                 used.add(w)
-        title = ""
-        for p in phrases:
-            candidate = f"{title}, {p}" if title else p
-            if len(candidate) > TITLE_MAX_CHARS:
-                break
-            title = candidate
+        # One phrase that reads ("Call about parcel delivery"), never a comma-joined list.
+        title = f"Call about {phrases[0]}" if phrases else ""
         return cap_title(title or _ivr_title(ivr_path) or "Call")
 
 
