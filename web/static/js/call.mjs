@@ -115,8 +115,17 @@ function highlight() {
   if (idx >= 0) {
     const node = segments[idx].node;
     node.classList.add("current");
-    if (!audio.paused) node.scrollIntoView({ block: "nearest" });
+    if (!audio.paused) revealInList(node, $("transcript"));
   }
+}
+
+/** Scroll ``box`` (and only it) so ``node`` is visible. scrollIntoView also scrolls the page,
+ * which pushed the player off screen whenever playback reached a line below the fold. */
+function revealInList(node, box) {
+  const b = box.getBoundingClientRect();
+  const n = node.getBoundingClientRect();
+  if (n.top < b.top) box.scrollTop -= b.top - n.top;
+  else if (n.bottom > b.bottom) box.scrollTop += n.bottom - b.bottom;
 }
 
 function renderTranscript(call) {
