@@ -251,9 +251,15 @@ def cmd_models_fetch_web(args: argparse.Namespace) -> int:
     """``audiosocket models fetch-web [--dest DIR]``: the hub's ready-made ONNX Whisper."""
     from helpers.webmodel import WebModelError, fetch_web_whisper
 
+    dest = Path(args.dest)
+    made = not dest.exists()
     try:
-        path = fetch_web_whisper(Path(args.dest))
+        path = fetch_web_whisper(dest)
     except WebModelError as exc:
+        if made:  # as for ``models fetch``: no empty folder left behind
+            import shutil
+
+            shutil.rmtree(dest, ignore_errors=True)
         print(f"audiosocket models fetch-web: {exc}", file=sys.stderr)
         return 1
     print(f"browser Whisper in {path}; the upload page uses it on its next load")

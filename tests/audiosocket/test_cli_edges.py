@@ -128,6 +128,15 @@ def test_models_fetch_offline_leaves_no_directory(tmp_path: Path) -> None:
     assert dest.is_dir() and list(dest.iterdir()) == []
 
 
+def test_models_fetch_web_offline_leaves_no_directory(tmp_path: Path) -> None:
+    dest = tmp_path / "static" / "models"
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = run(["models", "fetch-web", "--dest", str(dest)], tmp_path, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not dest.exists(), list(dest.rglob("*"))
+
+
 def test_retention_dry_run_says_no_rule_is_set(tmp_path: Path) -> None:
     proc = run(["retention", "--dry-run", "--data-dir", str(tmp_path / "var")], tmp_path)
     assert proc.returncode == 0, proc.stderr
