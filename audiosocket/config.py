@@ -31,14 +31,19 @@ class SttConfig:
     workers: int = 2
     language: str = "en"
     beam_size: int = 1
-    max_latency_s: float = 4.0
+    # Deadlines from the end of speech (issue 16): an IVR answer is wanted within
+    # answer_deadline_s, a live transcript line within live_deadline_s; the STT engine admits
+    # what it can transcribe by then, earliest deadline first, and drops only the rest.
+    answer_deadline_s: float = 3.0
+    live_deadline_s: float = 10.0
+    max_latency_s: float = 4.0  # unused since deadline admission; kept so old files load
     max_utterance_s: float = 15.0
     # Bytes bound the same audio at high rates (15 s at 192 kHz is 5.8 MB): an utterance is
     # cut at whichever comes first; the queue drops its oldest utterance past its bytes.
     max_utterance_bytes: int = 4 * 2**20
     queue_max_bytes: int = 32 * 2**20
     rtf_estimate: float = 0.15
-    queue_capacity: int = 0  # 0: derived from max_latency / (max_utterance × RTF)
+    queue_capacity: int = 0  # 0: no count bound (deadlines and queue_max_bytes bound it)
     short_window: bool = True
     vad_aggressiveness: int = 2
     vad_engine: str = "webrtc"  # or "silero": more accurate on noise, ~60x the CPU per call

@@ -114,7 +114,7 @@ async def _build_stt(ctx: AppContext) -> SttEngine:
     def load() -> SttEngine:
         engine = SttEngine(
             cfg.model or None, workers=cfg.workers, language=cfg.language,
-            beam_size=cfg.beam_size, max_latency_s=cfg.max_latency_s,
+            beam_size=cfg.beam_size, live_deadline_s=cfg.live_deadline_s,
             max_utterance_s=cfg.max_utterance_s, rtf_estimate=cfg.rtf_estimate,
             queue_capacity=cfg.queue_capacity or None, queue_max_bytes=cfg.queue_max_bytes,
             short_window=cfg.short_window,
@@ -126,7 +126,8 @@ async def _build_stt(ctx: AppContext) -> SttEngine:
 
     stt = await asyncio.to_thread(load)
     log.info("stt_ready", model=cfg.model or "tiny.en (bundled)", workers=cfg.workers,
-             queue_capacity=stt.capacity)
+             queue_capacity=stt.capacity or None, answer_deadline_s=cfg.answer_deadline_s,
+             live_deadline_s=cfg.live_deadline_s)
     return stt
 
 

@@ -96,7 +96,8 @@ async def run_point(port: int, http: int, n: int, seconds: float) -> dict[str, f
     return {
         "callers": n,
         "utterances": delta(before, after, "audiosocket_stt_latency_seconds_count"),
-        "dropped": delta(before, after, "audiosocket_stt_utterances_dropped_total"),
+        "dropped": sum(delta(before, after, k) for k in after  # every reason label
+                       if k.startswith("audiosocket_stt_utterances_dropped_total")),
         "lat_p50": quantile(before, after, "audiosocket_stt_latency_seconds", 0.5),
         "lat_p95": quantile(before, after, "audiosocket_stt_latency_seconds", 0.95),
         "tick_p50": quantile(before, after, "audiosocket_tick_lateness_seconds", 0.5),

@@ -11,24 +11,24 @@ encoder accepts fewer than 3000 frames, and encoding 3 s takes ~30 ms instead of
 ``short_window=False`` keeps the standard path (it is also used for audio over ~28 s).
 
 Threading: :meth:`SttEngine.submit` never blocks; results come back through a callback that
-runs **on a worker thread** (or, for an utterance dropped by a full queue, on the thread that
+runs **on a worker thread** (or, for an utterance refused at admission, on the thread that
 called ``submit``). From asyncio, marshal it back to the loop::
 
     engine.submit(uuid, utt, lambda seg, info: loop.call_soon_threadsafe(handle, seg, info))
 
-Why this module is ~640 lines: the engine (queue, workers, capacity), the short-window
+Why this module is ~710 lines: the engine (deadline admission, workers), the short-window
 Whisper path and the hallucination guards act on each other's results; they are kept in
 one place so each guard sits next to the figure it checks.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,7 +37,7 @@ import numpy as np
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from helpers.ai import ai_slots
+from helpers.ai import ai_limit, ai_slots
 from helpers.audio import dbfs, pcm_to_float, resample_float
 from helpers.vad import Utterance, voiced_ms
 
@@ -93,7 +93,9 @@ PHANTOM_PHRASES = frozenset(
 # -- metrics (module-level, default registry) ------------------------------------------------
 _LAT_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 QUEUE_DEPTH = Gauge("audiosocket_stt_queue_depth", "Utterances waiting for an STT worker")
-QUEUE_CAPACITY = Gauge("audiosocket_stt_queue_capacity", "Current STT queue capacity")
+QUEUE_CAPACITY = Gauge(
+    "audiosocket_stt_queue_capacity", "Fixed STT queue capacity (0: none, deadlines admit)"
+)
 QUEUE_WAIT = Histogram(
     "audiosocket_stt_queue_wait_seconds", "Time an utterance waited in the STT queue",
     buckets=_LAT_BUCKETS,
@@ -108,7 +110,10 @@ LATENCY = Histogram(
 )
 DROPPED = Counter(
     "audiosocket_stt_utterances_dropped_total",
-    "Utterances dropped because the STT queue was full (oldest first)",
+    "Utterances dropped, by reason: deadline (could not be transcribed by its deadline), "
+    "queue_bytes (the queue's audio bound), queue_full (a fixed queue_capacity), stopped, "
+    "not_running",
+    ["reason"],
 )
 REJECTED = Counter(
     "audiosocket_stt_rejections_total", "Transcripts rejected by a hallucination guard",
@@ -335,6 +340,14 @@ class _Job:
     utterance_id: int
     enqueued: float
     speech_end: float
+    deadline: float = math.inf  # monotonic time by which its text is wanted
+    cost: float = 0.0  # estimated processing seconds (RTF × audio seconds)
+    started: float = 0.0  # when a worker took it
+
+    @property
+    def key(self) -> tuple[float, int]:
+        """Earliest deadline first; ties in arrival order."""
+        return (self.deadline, self.utterance_id)
 
 
 @dataclass
@@ -345,14 +358,21 @@ class _Stats:
 
 
 class SttEngine:
-    """Bounded-queue STT service shared by all calls of the process.
+    """Deadline-admitted STT service shared by all calls of the process.
 
-    Capacity: ``queue_capacity`` if given, else
-    ``max(1, floor(max_latency_s / (max_utterance_s * rtf)))`` with ``rtf_estimate`` until
-    the moving-average RTF has been measured (then recomputed after every utterance, when
-    ``adaptive_capacity``). A full queue drops its OLDEST waiting utterance; so does a queue
-    holding more than ``queue_max_bytes`` of audio (high-rate calls: 15 s at 192 kHz is
-    5.8 MB), down to the newest one.
+    Every utterance carries a deadline (end of speech + ``deadline_s``: an IVR answer a few
+    seconds, a live transcript line ``live_deadline_s``). Workers take the earliest deadline
+    first. An utterance is admitted when, placed in that order, it and every utterance
+    already admitted are still estimated to finish by their deadlines; otherwise it is
+    dropped at once (reason ``deadline``), so admitted work is never displaced by later
+    work. The estimate: (what the running jobs have left + the cost of the queued jobs up to
+    and including this one) / workers (at most the AI slots), each cost RTF × audio s, with the
+    moving-average RTF as measured (``rtf_estimate`` until then). Once admitted an utterance
+    is transcribed even if the estimate proves optimistic: a late answer still beats none.
+    Memory stays bounded: a queue holding more than ``queue_max_bytes`` of audio (15 s at
+    192 kHz is 5.8 MB) drops its OLDEST utterances down to the newest one (``queue_bytes``),
+    and a fixed ``queue_capacity`` (0/None: none; the deadlines bound the count) drops the
+    oldest past it (``queue_full``).
     Guards (each counted by reason): ``vad`` (too little voiced audio, Whisper not run),
     ``empty``, ``no_speech`` (no_speech_prob > threshold and avg_logprob < threshold),
     ``low_logprob``, ``phantom`` (a stock phrase on near-silent audio), ``repetition``.
@@ -365,7 +385,7 @@ class SttEngine:
         workers: int = 2,
         language: str = "en",
         beam_size: int = 1,
-        max_latency_s: float = 4.0,
+        live_deadline_s: float = 10.0,
         max_utterance_s: float = 15.0,
         rtf_estimate: float = 0.15,
         queue_capacity: int | None = None,
@@ -388,7 +408,7 @@ class SttEngine:
         self.workers = max(1, workers)
         self.language = language
         self.beam_size = beam_size
-        self.max_latency_s = max_latency_s
+        self.live_deadline_s = live_deadline_s
         self.max_utterance_s = max_utterance_s
         self.rtf_estimate = rtf_estimate
         self.fixed_capacity = queue_capacity
@@ -410,7 +430,8 @@ class SttEngine:
         self.cpu_threads = cpu_threads or max(1, (os.cpu_count() or 1) // self.workers)
         self._backend = backend
         self._rtf: float | None = None
-        self._queue: deque[_Job] = deque()
+        self._queue: list[_Job] = []  # sorted by _Job.key (earliest deadline first)
+        self._in_progress: dict[int, _Job] = {}
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._running = False
@@ -422,9 +443,8 @@ class SttEngine:
     # -- capacity / RTF --------------------------------------------------------------------
 
     def _capacity_for(self, rtf: float) -> int:
-        if self.fixed_capacity:
-            return max(1, int(self.fixed_capacity))
-        return max(1, math.floor(self.max_latency_s / (self.max_utterance_s * max(rtf, 1e-3))))
+        # Deadlines bound the queue; a count bound only when one is configured (0: none).
+        return max(1, int(self.fixed_capacity)) if self.fixed_capacity else 0
 
     @property
     def rtf(self) -> float:
@@ -433,7 +453,7 @@ class SttEngine:
         return self._rtf if self._rtf is not None else self.rtf_estimate
 
     def recompute_capacity(self) -> int:
-        """Apply the capacity formula with the measured RTF; returns the new capacity."""
+        """The count bound (0: none, deadlines bound the queue); kept for the gauge."""
         with self._cond:
             self.capacity = self._capacity_for(self.rtf)
         QUEUE_CAPACITY.set(self.capacity)
@@ -491,12 +511,30 @@ class SttEngine:
             self._cond.notify_all()
         QUEUE_DEPTH.set(0)
         for job in pending:
-            self._safe_callback(job, None, {"dropped": True, "reason": "stopped"})
+            self._drop(job, "stopped", time.monotonic())
         for t in self._threads:
             t.join(timeout)
         self._threads = []
 
     # -- submission --------------------------------------------------------------------------
+
+    def estimate(self, audio_s: float) -> float:
+        """Estimated processing seconds for ``audio_s`` of audio at the current RTF."""
+        return audio_s * self.rtf
+
+    def _finish_times(self, now: float) -> list[float]:
+        """Estimated finish time of each queued job, in queue order (under ``_cond``)."""
+        # What the running jobs have left, then the queue in EDF order, shared by the workers
+        # (no more of them run at once than there are AI slots).
+        work = sum(max(0.0, j.started + j.cost - now) for j in self._in_progress.values())
+        out = []
+        for job in self._queue:
+            work += job.cost
+            out.append(now + work / self._parallel())
+        return out
+
+    def _parallel(self) -> int:
+        return max(1, min(self.workers, ai_limit()))
 
     def submit(
         self,
@@ -504,49 +542,78 @@ class SttEngine:
         utt: Utterance,
         callback: Callable[[Segment | None, dict[str, Any]], None],
         speech_end_monotonic: float | None = None,
+        deadline_s: float | None = None,
     ) -> bool:
-        """Queue ``utt``; never blocks. Returns False (and calls back with ``dropped``) when
-        the engine is not running. A full queue drops its oldest waiting utterance, whose
-        callback gets ``(None, {"dropped": True, ...})`` on this thread.
+        """Admit ``utt`` by its deadline; never blocks. Returns False (and calls back with
+        ``(None, {"dropped": True, "reason": ...})`` on this thread) when it is refused:
+        the engine is not running, or it cannot be transcribed by its deadline without
+        making an admitted utterance miss its own. The byte bound (and a fixed
+        ``queue_capacity``) may also drop the oldest waiting utterances.
 
         ``speech_end_monotonic``: ``time.monotonic()`` when the speech ended (the VAD's
-        decision); latency is measured from there (default: now).
+        decision); latency and the deadline count from there (default: now).
+        ``deadline_s``: how long after that its text is still useful (default
+        ``live_deadline_s``; an IVR answer passes a shorter one and so goes first).
         """
         now = time.monotonic()
-        drops: list[_Job] = []
+        end = speech_end_monotonic if speech_end_monotonic is not None else now
+        drops: list[tuple[_Job, str]] = []
         with self._cond:
             if not self._running:
-                job = _Job(call_uuid, utt, callback, -1, now, now)
-                accepted = False
+                job = _Job(call_uuid, utt, callback, -1, now, end)
+                drops.append((job, "not_running"))
             else:
                 self._next_id += 1
-                job = _Job(call_uuid, utt, callback, self._next_id, now,
-                           speech_end_monotonic if speech_end_monotonic is not None else now)
+                audio_s = len(utt.pcm) / 2 / utt.rate if utt.rate else 0.0
+                job = _Job(call_uuid, utt, callback, self._next_id, now, end,
+                           deadline=end + (self.live_deadline_s if deadline_s is None
+                                           else deadline_s),
+                           cost=self.estimate(audio_s))
                 queue = self._queue
-                if len(queue) >= self.capacity:
-                    drops.append(queue.popleft())
-                queue.append(job)
-                self._queued_bytes += len(utt.pcm) - sum(len(d.utt.pcm) for d in drops)
-                while self._queued_bytes > self.queue_max_bytes and len(queue) > 1:
-                    drops.append(queue.popleft())
-                    self._queued_bytes -= len(drops[-1].utt.pcm)
-                self.stats.dropped += len(drops)
-                self._cond.notify()
-                accepted = True
+                at = bisect.bisect([j.key for j in queue], job.key)
+                queue.insert(at, job)
+                finish = self._finish_times(now)
+                push = job.cost / self._parallel()  # how much later each job behind it ends
+                # Refused if it would miss, or would make a job behind it miss that would
+                # have made it without it (one already late does not block everyone).
+                if finish[at] > job.deadline or any(
+                    finish[i] > j.deadline >= finish[i] - push
+                    for i, j in enumerate(queue[at + 1:], at + 1)
+                ):
+                    queue.remove(job)
+                    drops.append((job, "deadline"))
+                else:
+                    self._queued_bytes += len(utt.pcm)
+                    # Memory bounds: the oldest waiting utterances go first.
+                    while self.capacity and len(queue) > self.capacity:
+                        drops.append((self._pop_oldest(), "queue_full"))
+                    while self._queued_bytes > self.queue_max_bytes and len(queue) > 1:
+                        drops.append((self._pop_oldest(), "queue_bytes"))
+                    self._cond.notify()
+                self.stats.dropped += len(drops)  # a refusal at start-up is not a drop
             depth = len(self._queue)
         QUEUE_DEPTH.set(depth)
-        if not accepted:
-            self._safe_callback(job, None, {"dropped": True, "reason": "not_running"})
-            return False
-        for dropped in drops:
-            DROPPED.inc()
-            log.warning("stt_utterance_dropped", call_uuid=dropped.call_uuid,
-                        utterance_id=dropped.utterance_id, capacity=self.capacity,
-                        waited_s=round(now - dropped.enqueued, 3))
-            self._safe_callback(dropped, None, {
-                "dropped": True, "reason": "queue_full", "utterance_id": dropped.utterance_id,
-            })
-        return True
+        for dropped, reason in drops:
+            self._drop(dropped, reason, now)
+        return not any(d is job for d, _ in drops)
+
+    def _pop_oldest(self) -> _Job:
+        """Remove the longest-waiting job from the queue (under ``_cond``)."""
+        oldest = min(self._queue, key=lambda j: j.utterance_id)
+        self._queue.remove(oldest)
+        self._queued_bytes -= len(oldest.utt.pcm)
+        return oldest
+
+    def _drop(self, job: _Job, reason: str, now: float) -> None:
+        """Count, log and report one dropped utterance."""
+        if reason != "not_running":
+            DROPPED.labels(reason=reason).inc()
+            log.warning("stt_utterance_dropped", call_uuid=job.call_uuid, reason=reason,
+                        utterance_id=job.utterance_id, waited_s=round(now - job.enqueued, 3),
+                        deadline_in_s=round(job.deadline - now, 3), rtf=round(self.rtf, 3))
+        self._safe_callback(job, None, {
+            "dropped": True, "reason": reason, "utterance_id": job.utterance_id,
+        })
 
     def _safe_callback(self, job: _Job, seg: Segment | None, info: dict[str, Any]) -> None:
         try:
@@ -561,39 +628,50 @@ class SttEngine:
                     self._cond.wait()
                 if not self._running:
                     return
-                job = self._queue.popleft()
+                job = self._queue.pop(0)  # earliest deadline
                 self._queued_bytes -= len(job.utt.pcm)
+                job.started = time.monotonic()
+                self._in_progress[job.utterance_id] = job
                 depth = len(self._queue)
             QUEUE_DEPTH.set(depth)
-            started = time.monotonic()
-            QUEUE_WAIT.observe(started - job.enqueued)
             try:
-                text, conf, info = self.transcribe(job.utt.pcm, job.utt.rate,
-                                                   voiced=job.utt.voiced_ms)
-            except Exception as exc:
-                ERRORS.inc()
-                log.exception("stt_failed", call_uuid=job.call_uuid)
-                self._safe_callback(job, None, {"error": repr(exc)})
-                continue
-            done = time.monotonic()
-            latency = done - job.speech_end
-            LATENCY.observe(latency)
-            info.update(queue_wait_ms=(started - job.enqueued) * 1000,
-                        latency_ms=latency * 1000, utterance_id=job.utterance_id)
-            seg = None
-            if text:
-                seg = Segment(job.call_uuid, job.utt.start, job.utt.end, text, conf,
-                              latency * 1000, job.utterance_id)
-            self._safe_callback(job, seg, info)
+                self._run(job)
+            finally:
+                with self._cond:
+                    self._in_progress.pop(job.utterance_id, None)
+
+    def _run(self, job: _Job) -> None:
+        started = job.started
+        QUEUE_WAIT.observe(started - job.enqueued)
+        try:
+            text, conf, info = self.transcribe(job.utt.pcm, job.utt.rate,
+                                               voiced=job.utt.voiced_ms, live=True)
+        except Exception as exc:
+            ERRORS.inc()
+            log.exception("stt_failed", call_uuid=job.call_uuid)
+            self._safe_callback(job, None, {"error": repr(exc)})
+            return
+        done = time.monotonic()
+        latency = done - job.speech_end
+        LATENCY.observe(latency)
+        info.update(queue_wait_ms=(started - job.enqueued) * 1000,
+                    latency_ms=latency * 1000, utterance_id=job.utterance_id,
+                    late_ms=max(0.0, done - job.deadline) * 1000)
+        seg = None
+        if text:
+            seg = Segment(job.call_uuid, job.utt.start, job.utt.end, text, conf,
+                          latency * 1000, job.utterance_id)
+        self._safe_callback(job, seg, info)
 
     # -- recognition -------------------------------------------------------------------------
 
     def transcribe(
-        self, pcm: bytes, rate: int, *, voiced: float | None = None
+        self, pcm: bytes, rate: int, *, voiced: float | None = None, live: bool = False
     ) -> tuple[str, float, dict[str, Any]]:
         """Transcribe int16 PCM synchronously (guards applied). Returns
         ``(text, confidence, info)``; ``text`` is empty when a guard rejected it and
-        ``info["rejected"]`` names the reason. Safe to call from several threads."""
+        ``info["rejected"]`` names the reason. Safe to call from several threads.
+        ``live``: take the AI slot ahead of post-call work (the engine's workers do)."""
         t0 = time.perf_counter()
         audio_s = len(pcm) / 2 / rate if rate else 0.0
         level = dbfs(pcm)
@@ -604,7 +682,8 @@ class SttEngine:
         if voiced < self.min_voiced_ms:
             return self._reject("vad", info, t0, audio_s)
         audio = resample_float(pcm_to_float(pcm), rate, SAMPLE_RATE)
-        with ai_slots():
+        slots = ai_slots()
+        with slots.live() if live else slots:
             raw = self.backend.recognize(audio)
         info.update(avg_logprob=raw.avg_logprob, no_speech_prob=raw.no_speech_prob,
                     tokens=raw.tokens, path=raw.path, raw_text=raw.text)

@@ -116,6 +116,19 @@ class IvrSession(TranscribeSession):
         self._inputs.put_nowait(("speech", seg.text))
         self._input_event.set()
 
+    def stt_deadline_s(self) -> float:
+        """Speech here is an answer the flow waits on (a message being left is not)."""
+        if self._message is not None:
+            return super().stt_deadline_s()
+        return float(self.ctx.config.stt.answer_deadline_s)
+
+    def on_dropped(self, reason: str) -> None:
+        # An answer the engine could not hear in time: say so now (the menu counts it as an
+        # attempt and asks again) instead of leaving the caller in silence until the timeout.
+        if self._message is None:
+            self._inputs.put_nowait(("dropped", reason))
+            self._input_event.set()
+
     def on_audio(self, pcm: bytes, rate: int) -> None:
         super().on_audio(pcm, rate)
         message = self._message
@@ -231,6 +244,11 @@ class IvrSession(TranscribeSession):
                 self.log.info("menu_timeout", attempt=attempt + 1)
                 continue
             kind, value = got
+            if kind == "dropped":
+                failure = "no_match"
+                IVR_INPUTS.labels(kind="speech", outcome="dropped").inc()
+                self.log.warning("menu_answer_dropped", reason=value, attempt=attempt + 1)
+                continue
             if kind == "dtmf":
                 choice = next((c for c in menu.choices if c.key == value), None)
             else:

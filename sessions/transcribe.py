@@ -93,7 +93,12 @@ class TranscribeSession(RecordSession):
             return
         self._pending += 1
         self._idle.clear()
-        self.stt.submit(self.uuid, utt, self._from_worker, speech_end_monotonic=time.monotonic())
+        self.stt.submit(self.uuid, utt, self._from_worker, speech_end_monotonic=time.monotonic(),
+                        deadline_s=self.stt_deadline_s())
+
+    def stt_deadline_s(self) -> float:
+        """How long after the end of speech its text is still wanted: a live line's."""
+        return float(self.ctx.config.stt.live_deadline_s)
 
     def _from_worker(self, seg: Segment | None, info: dict[str, Any]) -> None:
         # Called on an STT worker thread (or inline when dropping): hop back to the loop.
@@ -110,6 +115,7 @@ class TranscribeSession(RecordSession):
         if info.get("dropped"):
             self.dropped += 1
             self.log.warning("utterance_dropped", reason=info.get("reason"))
+            self.on_dropped(str(info.get("reason")))
             return
         if seg is None:
             if info.get("rejected"):
@@ -129,6 +135,9 @@ class TranscribeSession(RecordSession):
 
     def on_transcript(self, seg: Segment) -> None:
         """A final segment of what the caller said."""
+
+    def on_dropped(self, reason: str) -> None:
+        """An utterance of the caller's was dropped unheard (``reason`` as the metric's)."""
 
     @property
     def transcribing(self) -> bool:

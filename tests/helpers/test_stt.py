@@ -189,14 +189,13 @@ def test_repetition_and_empty_guards() -> None:
 # -- queue -------------------------------------------------------------------------------
 
 
-def test_capacity_formula_and_rtf() -> None:
-    eng = SttEngine(backend=FakeBackend(), max_latency_s=4.0, max_utterance_s=15.0,
-                    rtf_estimate=0.15)
-    assert eng.capacity == 1  # floor(4 / (15 * 0.15))
-    assert SttEngine(backend=FakeBackend(), rtf_estimate=0.03).capacity == 8
+def test_capacity_and_rtf() -> None:
+    eng = SttEngine(backend=FakeBackend(), rtf_estimate=0.15)
+    assert eng.capacity == 0  # no count bound: deadlines admit (tests/helpers/test_stt_admission)
     assert SttEngine(backend=FakeBackend(), queue_capacity=5).capacity == 5
+    assert eng.rtf == pytest.approx(0.15) and eng.estimate(2.0) == pytest.approx(0.3)
     eng._note_rtf(0.3, 10.0)  # measured RTF 0.03
-    assert eng.rtf == pytest.approx(0.03) and eng.capacity == 8
+    assert eng.rtf == pytest.approx(0.03) and eng.estimate(2.0) == pytest.approx(0.06)
 
 
 def test_full_queue_drops_oldest_and_never_blocks() -> None:
@@ -215,7 +214,7 @@ def test_full_queue_drops_oldest_and_never_blocks() -> None:
     fake.release.set()
     eng.start()  # warm-up call goes through
     fake.release.clear()
-    before = _metric("audiosocket_stt_utterances_dropped_total")
+    before = _metric("audiosocket_stt_utterances_dropped_total", reason="queue_full")
     pcm = _speechlike(0.5)
     t0 = time.perf_counter()
     assert eng.submit("c", _utt(pcm), cb_for(0))
@@ -231,7 +230,7 @@ def test_full_queue_drops_oldest_and_never_blocks() -> None:
     assert time.perf_counter() - t0 < 1.0
     # Queue of 2 behind the busy worker: 1, 2, 3 were dropped (oldest first), 4 and 5 wait.
     assert eng.queue_depth == 2 and eng.stats.dropped == 3
-    assert _metric("audiosocket_stt_utterances_dropped_total") == before + 3
+    assert _metric("audiosocket_stt_utterances_dropped_total", reason="queue_full") == before + 3
     with lock:
         assert sorted(results) == [1, 2, 3]
         assert all(s is None and info["dropped"] for s, info in results.values())
