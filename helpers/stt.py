@@ -16,7 +16,7 @@ called ``submit``). From asyncio, marshal it back to the loop::
 
     engine.submit(uuid, utt, lambda seg, info: loop.call_soon_threadsafe(handle, seg, info))
 
-Why this module is ~710 lines: the engine (deadline admission, workers), the short-window
+Why this module is ~730 lines: the engine (deadline admission, workers), the short-window
 Whisper path and the hallucination guards act on each other's results; they are kept in
 one place so each guard sits next to the figure it checks.
 """
