@@ -116,7 +116,9 @@ def test_a_frozen_loop_is_dumped_and_exits_and_a_restart_serves_again(tmp_path: 
     port = free_port()
     proc = _serve(tmp_path, port, AUDIOSOCKET_WATCHDOG_STALL_S="1",
                   AUDIOSOCKET_WATCHDOG_EXIT_S="4")
-    caller = _call(port, "--dtmf", "9", "--dtmf-delay", "1.0", "--linger", "30",
+    # The freeze comes 3 s in: the record app writes what is older than 0.5 s every second,
+    # so at least a second of the call is on disk when the loop stops.
+    caller = _call(port, "--dtmf", "9", "--dtmf-delay", "3.0", "--linger", "30",
                    "--max-seconds", "20")
     assert caller.stdout is not None
     frozen_uuid = caller.stdout.readline().strip()
