@@ -9,7 +9,7 @@ import pytest
 import structlog
 from prometheus_client import REGISTRY
 
-import audiosocket.server as server_mod
+import audiosocket.peerlog as peerlog_mod
 from audiosocket.protocol import ErrorFrame, encode_frame
 from tests.audiosocket.test_server import Probe, Raw
 
@@ -35,8 +35,8 @@ async def _bad_connection(port: int, data: bytes) -> None:
 
 async def test_many_bad_connections_from_one_peer_log_a_bounded_number_of_lines(
         start_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_mod, "PEER_LOG_BURST", BURST, raising=False)
-    monkeypatch.setattr(server_mod, "PEER_LOG_WINDOW_S", WINDOW_S, raising=False)
+    monkeypatch.setattr(peerlog_mod, "PEER_LOG_BURST", BURST)
+    monkeypatch.setattr(peerlog_mod, "PEER_LOG_WINDOW_S", WINDOW_S)
     server = await start_server(Probe)
     before = protocol_errors()
     with structlog.testing.capture_logs() as logs:
@@ -65,7 +65,7 @@ async def test_peer_error_frames_on_a_live_call_are_limited_too(
 
     from audiosocket.protocol import CallId, encode_audio
 
-    monkeypatch.setattr(server_mod, "PEER_LOG_BURST", BURST, raising=False)
+    monkeypatch.setattr(peerlog_mod, "PEER_LOG_BURST", BURST)
     server = await start_server(Probe)
     counter = REGISTRY.get_sample_value("audiosocket_peer_error_frames_total") or 0.0
     raw = await Raw.connect(server.port)
@@ -81,7 +81,7 @@ async def test_peer_error_frames_on_a_live_call_are_limited_too(
 
 
 async def test_hosts_tracked_are_bounded() -> None:
-    limit = server_mod.PeerLogLimit(burst=1, window_s=60.0, max_hosts=10)
+    limit = peerlog_mod.PeerLogLimit(burst=1, window_s=60.0, max_hosts=10)
     for i in range(1000):
         assert limit.allow(f"10.0.{i // 256}.{i % 256}", "non_call") is (i < 10 or i == 10)
     assert len(limit._hosts) <= 11  # ten hosts and the shared "(other peers)" budget
