@@ -61,8 +61,10 @@ def test_stt_queue_drops_oldest_past_its_bytes() -> None:
     big = bytes(2**20)  # ~2.7 s at 192 kHz
     assert eng.submit("c", Utterance(big, 192000, 0.0, 1.0), cb_for(0))
     deadline = time.monotonic() + 30
-    while fake.calls < 2 and time.monotonic() < deadline:  # warm-up, then job 0 taken
+    # Job 0 taken by the worker (which the fake then holds): the queue is empty again.
+    while (fake.calls < 1 or eng.queue_depth) and time.monotonic() < deadline:
         time.sleep(0.005)
+    assert fake.calls >= 1 and eng.queue_depth == 0
     for i in range(1, 11):
         eng.submit("c", Utterance(big, 192000, 0.0, 1.0), cb_for(i))
     assert eng.queue_depth == 3 and eng._queued_bytes == 3 * 2**20
