@@ -16,7 +16,6 @@ from typing import Protocol
 
 from audiosocket import metrics
 from audiosocket.protocol import FRAME_MS, KIND_FOR_RATE, frame_bytes
-from audiosocket.ulaw import ULAW_FRAME_BYTES, lin2ulaw, ulaw2lin
 
 __all__ = [
     "NATIVE_FRAMES_IN",
@@ -112,7 +111,6 @@ class Playout:
         "_start_marks",
         "_stream_from",
         "_streams",
-        "_ulaw",
         "append_frame",
         "audio_frames_sent",
         "frame_size",
@@ -146,7 +144,6 @@ class Playout:
         self.frame_size = frame_bytes(rate)
         self._header = _HEADER.pack(self.kind, self.frame_size)
         self._silence = self._header + bytes(self.frame_size)
-        self._ulaw = False
         self._lead = max(0, min(lead_ms, 120)) // FRAME_MS
         self.max_frames = max(
             1, min(int(max_seconds * 1000 / FRAME_MS), max_bytes // self.frame_size)
@@ -218,20 +215,6 @@ class Playout:
             and not self._short
         )
 
-    def use_ulaw(self) -> None:
-        """Send 160-byte μ-law payloads in kind 0x10 (the peer's channel is μ-law)."""
-        if self.rate != 8000:
-            raise ValueError("μ-law framing only exists at 8 kHz")
-        self._ulaw = True
-        old_header = len(self._header)
-        self._header = _HEADER.pack(self.kind, ULAW_FRAME_BYTES)
-        self._silence = self._header + lin2ulaw(bytes(self.frame_size))
-        # Queued frames are wire frames: re-encode any already waiting (in place, as
-        # ``append_frame`` is bound to this deque).
-        frames = [self._header + lin2ulaw(f[old_header:]) for f in self._frames]
-        self._frames.clear()
-        self._frames.extend(frames)
-
     def sync_counters(self) -> None:
         """Fold in what the C media path counted since the last fold (ticks, frames sent).
         Everything here that reads the counters calls it; so do the clock's once-a-second
@@ -281,7 +264,7 @@ class Playout:
         queued as it is; the tick re-cuts the stream into whole frames and sends what does
         not fill one as a short frame when it is all there is. Never padded. Subject to the
         live target (``live_frames``)."""
-        if len(pcm) == self.frame_size and not self._ulaw:
+        if len(pcm) == self.frame_size:
             # The usual case, exactly one frame: _push inlined (this runs per call per tick).
             frames = self._frames
             frames.append(self._header + pcm)
@@ -297,8 +280,6 @@ class Playout:
             self._push(pcm[i : i + n])
         if end != len(pcm):
             rest = pcm[end:]
-            if self._ulaw:
-                rest = lin2ulaw(rest)
             self._frames.append(_HEADER.pack(self.kind, len(rest)) + rest)
             self._short += 1
             self.plain = False
@@ -333,7 +314,7 @@ class Playout:
 
     def _push(self, pcm: bytes) -> None:
         # The queue holds wire frames, so the tick writes each with no per-frame work.
-        self._frames.append(self._header + (lin2ulaw(pcm) if self._ulaw else pcm))
+        self._frames.append(self._header + pcm)
         if len(self._frames) > self.max_frames:
             self._frames.popleft()
             self._sent_seq += 1
@@ -528,8 +509,7 @@ class Playout:
 
     def _pcm_of(self, frame: bytes) -> bytes:
         """The linear PCM a wire frame carries (for tick listeners, e.g. the recorder)."""
-        payload = frame[len(self._header):]
-        return ulaw2lin(payload) if self._ulaw else payload
+        return frame[len(self._header):]
 
     @property
     def silence_frames_sent(self) -> int:

@@ -275,26 +275,6 @@ def test_append_frame_sends_the_wire_frame_as_is() -> None:
     asyncio.run(go())
 
 
-def test_ulaw_switch_reencodes_queued_frames_and_listener_gets_linear() -> None:
-    from audiosocket.ulaw import lin2ulaw, ulaw2lin
-
-    async def go() -> None:
-        t = FakeTransport()
-        p = Playout(t, 8000)
-        pcm = (b"\x00\x10" * 160)
-        p.feed(pcm)  # queued as linear...
-        p.use_ulaw()  # ...then the call turns out to be μ-law
-        p.feed(pcm)
-        heard: list[bytes | None] = []
-        p.on_tick = lambda tick, sent: heard.append(sent)
-        p.tick()
-        p.tick()
-        assert t.writes[0] == t.writes[1] == b"\x10\x00\xa0" + lin2ulaw(pcm)
-        assert heard == [ulaw2lin(lin2ulaw(pcm))] * 2
-
-    asyncio.run(go())
-
-
 def test_append_frame_is_bounded_on_the_next_tick_and_drops_are_counted() -> None:
     from audiosocket import metrics
 
@@ -331,22 +311,6 @@ async def test_playback_marks_count_frames_appended_before_them() -> None:
     assert p.clear() == 1  # clearing counts appended frames too
     p.tick()
     assert t.writes[-1] == b"\x10\x01\x40" + bytes(320)
-
-
-def test_append_frame_still_feeds_the_live_queue_after_the_ulaw_switch() -> None:
-    async def go() -> None:
-        t = FakeTransport()
-        p = Playout(t, 8000)
-        append = p.append_frame
-        p.feed(b"\x00\x10" * 160)
-        p.use_ulaw()
-        ulaw_frame = b"\x10\x00\xa0" + bytes(range(160))
-        append(ulaw_frame)
-        p.tick()
-        p.tick()
-        assert t.writes[1] is ulaw_frame
-
-    asyncio.run(go())
 
 
 @pytest.mark.parametrize("seed", range(5))
