@@ -32,6 +32,10 @@ __all__ = ["FRAME_MS", "Utterance", "VadSegmenter", "voiced_ms"]
 FRAME_MS = 20
 FRAME_S = FRAME_MS / 1000.0
 _NATIVE_RATES = (8000, 16000, 32000, 48000)
+#: Audio arriving up to this many ticks after the previous audio is jitter and placed right
+#: after it; later, the gap is silence. The recorder's JITTER_SLOTS, so lines and the
+#: recording agree.
+JITTER_TICKS = 3
 _POST_ROLL_MS = 200  # audio kept after the last voiced frame: word endings are often unvoiced
 _TRIM_DB = 25.0  # offset refinement: frames this far below the speech level are not speech
 _MAX_HANGOVER = 15  # frames (300 ms): webrtcvad's own hangover is about 12 at mode 2
@@ -216,6 +220,7 @@ class VadSegmenter:
         self._trailing = 0  # unvoiced frames since the last voiced one
         self._continued = False  # this utterance continues one cut at the maximum length
         self._next_tick = 0
+        self._partial = b""  # the start of a frame cut short (Asterisk's file boundaries)
         self.frames_seen = 0
 
     @property
@@ -226,26 +231,32 @@ class VadSegmenter:
     # -- feeding -------------------------------------------------------------------------
 
     def push(self, pcm: bytes, tick: int) -> list[Utterance]:
-        """Add one 20 ms frame at timeline ``tick``; return utterances that ended.
+        """Add audio that arrived while the clock was at ``tick``; return utterances that ended.
 
-        A frame of the wrong size is split into 20 ms frames on consecutive ticks (the last
-        one zero-padded). Ticks skipped since the previous frame count as silence; a tick
-        already used (a late frame) is placed right after the previous one.
+        ``pcm`` is one 20 ms frame or several (what arrived in one tick); frames of other
+        sizes are cut into 20 ms frames and a remainder waits for the next audio. Placement
+        follows the recorder's rule, so a line's time is where it is in the recording: audio
+        goes right after the previous audio, and only when it arrives more than
+        ``JITTER_TICKS`` later is the gap silence, with the burst right-aligned to end at
+        ``tick`` (a network or loop stall delivers late what was sent in time; placing it at
+        its arrival tick shifted the rest of the call's lines by the stall).
         """
         out: list[Utterance] = []
-        if tick > self._next_tick:
-            out.extend(self.silence_until(tick))
-        tick = self._next_tick
         fb = self.frame_bytes
-        if len(pcm) == fb:
-            self._frame(pcm, tick, self._classify(pcm), out)
+        if self._partial:
+            pcm = self._partial + pcm
+            self._partial = b""
+        whole = len(pcm) // fb
+        if tick - JITTER_TICKS > self._next_tick:
+            out.extend(self.silence_until(max(self._next_tick, tick - max(1, whole))))
+        if whole == 1 and len(pcm) == fb:
+            self._frame(pcm, self._next_tick, self._classify(pcm), out)
             return out
-        for i in range(0, max(len(pcm), 1), fb):
+        for i in range(0, whole * fb, fb):
             frame = pcm[i : i + fb]
-            if len(frame) < fb:
-                frame = frame + bytes(fb - len(frame))
-            self._frame(frame, tick, self._classify(frame), out)
-            tick += 1
+            self._frame(frame, self._next_tick, self._classify(frame), out)
+        if len(pcm) > whole * fb:
+            self._partial = pcm[whole * fb :]
         return out
 
     def silence_until(self, tick: int) -> list[Utterance]:
@@ -274,6 +285,7 @@ class VadSegmenter:
         frame either way.
         """
         utt = None
+        self._partial = b""
         if self._in_speech:
             utt = self._finish(cut=False)
         self._reset_idle()

@@ -3,7 +3,10 @@
 The caller's frames go through the VAD on the loop (a few µs a frame); each finished
 utterance goes to the shared STT engine's bounded queue (never blocking), and its text comes
 back on the loop as a segment: stored, and handed to ``on_transcript``. Silence is measured on
-the clock's timeline, so a caller who simply stops sending frames still ends an utterance.
+the clock's timeline, so a caller who simply stops sending frames still ends an utterance
+(half a second later than one who sends silent frames: frames a stalled loop has not read yet
+must not count as a pause). Audio is placed on that timeline as the recorder places it, so a
+line's time is its position in the recording.
 At hang-up the speech in progress is flushed and the app waits (bounded) for the last
 segments, so the stored transcript is complete within seconds of the end of the call.
 """
@@ -15,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from audiosocket.services import ensure_store, ensure_stt
+from helpers.recorder import HOLD_SLOTS
 from helpers.vad import Utterance, VadSegmenter
 from sessions.metrics import TRANSCRIPT_SEGMENTS
 from sessions.record import RecordSession
@@ -26,9 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TranscribeSession"]
 
-#: Check for silence (no frames) every this many ticks; frames this late are jitter.
+#: Check for silence (no frames) every this many ticks.
 SILENCE_CHECK_TICKS = 5
-JITTER_TICKS = 3
 #: At hang-up, wait at most this long for the last utterances to be transcribed.
 FINAL_WAIT_S = 30.0
 
@@ -61,6 +64,8 @@ class TranscribeSession(RecordSession):
         self._pending = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._batch: list[bytes] = []
+        self._batch_tick = 0
 
     # -- audio in ------------------------------------------------------------------------
 
@@ -68,13 +73,29 @@ class TranscribeSession(RecordSession):
         super().on_audio(pcm, rate)
         if rate != self.call.rate:
             return
-        for utt in self.vad.push(pcm, self.call.tick):
+        # What arrives in one tick goes to the VAD together, so a burst after a stall is
+        # placed as the recorder places it (right-aligned), and lines match the recording.
+        tick = self.call.tick
+        if tick != self._batch_tick:
+            self._push_batch()
+            self._batch_tick = tick
+        self._batch.append(pcm)
+
+    def _push_batch(self) -> None:
+        if not self._batch:
+            return
+        pcm = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
+        self._batch.clear()
+        for utt in self.vad.push(pcm, self._batch_tick):
             self._submit(utt)
 
     def on_tick(self, tick: int, sent: bytes | None) -> None:
         super().on_tick(tick, sent)
-        if tick % SILENCE_CHECK_TICKS == 0 and tick > JITTER_TICKS:
-            for utt in self.vad.silence_until(tick - JITTER_TICKS):
+        self._push_batch()
+        # Missing audio becomes silence only HOLD_SLOTS behind the clock: a stalled loop
+        # reads half a second of frames late, and they must fill the gap, not follow it.
+        if tick % SILENCE_CHECK_TICKS == 0 and tick > HOLD_SLOTS:
+            for utt in self.vad.silence_until(tick - HOLD_SLOTS):
                 self._submit(utt)
 
     def _speech_started(self, at: float) -> None:
@@ -121,6 +142,10 @@ class TranscribeSession(RecordSession):
             if info.get("rejected"):
                 self.log.debug("utterance_rejected", reason=info.get("rejected"))
             return
+        self._add_line(seg)
+
+    def _add_line(self, seg: Segment) -> None:
+        """One line of what the caller said: kept, stored, logged, handed to the app."""
         self.segments.append(seg)
         TRANSCRIPT_SEGMENTS.inc()
         if self.store is not None:
@@ -145,6 +170,7 @@ class TranscribeSession(RecordSession):
         return self.vad.in_speech or self._pending > 0
 
     async def on_end(self, reason: str) -> None:
+        self._push_batch()
         last = self.vad.flush(self.call.tick)
         if last is not None:
             self._submit(last)

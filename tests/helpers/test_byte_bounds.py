@@ -59,14 +59,19 @@ def test_stt_queue_drops_oldest_past_its_bytes() -> None:
         return cb
 
     big = bytes(2**20)  # ~2.7 s at 192 kHz
-    assert eng.submit("c", Utterance(big, 192000, 0.0, 1.0), cb_for(0))
+    # Declared voiced, so job 0 passes the VAD gate and the held backend keeps it: the worker
+    # is then busy for the rest of the test (silence would be refused at once, and the worker
+    # would take job 1 or 2 depending on timing).
+    def utt() -> Utterance:
+        return Utterance(big, 192000, 0.0, 1.0, voiced_ms=2000.0)
+
+    assert eng.submit("c", utt(), cb_for(0))
     deadline = time.monotonic() + 30
-    # Job 0 taken by the worker (which the fake then holds): the queue is empty again.
-    while (fake.calls < 1 or eng.queue_depth) and time.monotonic() < deadline:
+    while fake.calls < 2 and time.monotonic() < deadline:  # the warm-up, then job 0
         time.sleep(0.005)
-    assert fake.calls >= 1 and eng.queue_depth == 0
+    assert fake.calls == 2 and eng.queue_depth == 0
     for i in range(1, 11):
-        eng.submit("c", Utterance(big, 192000, 0.0, 1.0), cb_for(i))
+        eng.submit("c", utt(), cb_for(i))
     assert eng.queue_depth == 3 and eng._queued_bytes == 3 * 2**20
     with lock:
         assert dropped == [1, 2, 3, 4, 5, 6, 7]  # oldest first

@@ -222,3 +222,41 @@ def test_a_short_tail_after_a_cut_is_kept() -> None:
         if not tail.cut and len(utts) >= 2 and tail.voiced_ms < 250:
             return
     pytest.fail("no maximum left a short tail: the test needs another sentence")
+
+
+@pytest.mark.parametrize("stall_ticks", [4, 10, 25])
+def test_burst_after_a_stall_keeps_the_timeline(stall_ticks: int) -> None:
+    # A loop stall during the pause: the frames sent meanwhile arrive together at the end of
+    # it. Placed as the recorder places them, the next sentence keeps its real start (it
+    # started 4.36 s late by 0.5 s in a loaded CI run, when the burst followed the gap).
+    rate = 8000
+    a, b = synth_speech(SENT_A, rate), synth_speech(SENT_B, rate)
+    audio = silence(0.5) + a + silence(1.2) + b + silence(1.0)
+    fb = 320
+    frames = [audio[i : i + fb].ljust(fb, b"\0") for i in range(0, len(audio), fb)]
+    stall_at = int((0.5 + len(a) / 2 / rate + 0.6) / 0.02)  # mid-pause
+    seg = VadSegmenter(rate)
+    out: list[Utterance] = []
+    for k, frame in enumerate(frames):
+        if stall_at <= k < stall_at + stall_ticks:
+            continue  # sent, not yet read
+        if k == stall_at + stall_ticks:
+            out += seg.push(b"".join(frames[stall_at : k + 1]), k)
+            continue
+        out += seg.push(frame, k)
+    out += [u for u in [seg.flush()] if u is not None]
+    assert len(out) == 2
+    b_start = 0.5 + len(a) / 2 / rate + 1.2 + _bounds(b, rate)[0]
+    assert out[1].start == pytest.approx(b_start, abs=0.1)
+
+
+def test_odd_sized_frames_keep_every_sample() -> None:
+    # Asterisk's Playback sends short frames at file boundaries: the remainder waits for the
+    # next audio instead of being padded, so the timeline does not drift per short frame.
+    seg = VadSegmenter(8000)
+    sizes = [320, 12, 320, 308, 276, 44, 320] * 10
+    total = 0
+    for n in sizes:
+        seg.push(bytes(n), total // 320)  # the clock keeps pace with the audio
+        total += n
+    assert seg._next_tick == total // 320
