@@ -10,4 +10,6 @@ bash scripts/system-deps.sh
 bash scripts/web-model.sh
 .venv/bin/ruff check .
 .venv/bin/mypy audiosocket sessions helpers web models
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist): the suite is mostly real-time calls, and every test is built
+# to pass on a busy machine. PYTEST_WORKERS=0 runs it in one process.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" "$@"

@@ -45,3 +45,14 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
         await server.shutdown(grace=0.5)
         await close_services(server.ctx)  # type: ignore[attr-defined]
     await asyncio.sleep(0)
+
+
+#: Tests that take minutes of real time: run first, so that with ``-n 2`` (scripts/test.sh)
+#: one worker does them while the other works through the rest, instead of the suite
+#: ending with one worker idle and the other in a two-minute soak.
+_LONG_FIRST = ("test_soak.py", "test_shutdown.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the long tests first (a stable sort keeps everything else in its order)."""
+    items.sort(key=lambda item: 0 if item.path.name in _LONG_FIRST else 1)
