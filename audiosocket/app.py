@@ -46,7 +46,7 @@ class AppContext:
         return self.config.data_path
 
     def get(self, name: str) -> Any:
-        """A shared engine by name (``store``, ``stt``, ``tts``, ``jobs``), or None."""
+        """A shared engine by name (``store``, ``stt``, ``tts``, ``jobs``, ``live``), or None."""
         return self.services.get(name)
 
 

@@ -82,6 +82,9 @@ class PostCallConfig:
     ai_limit: int = 2
     aac_bitrate: str = "32k"
     mp3_bitrate: str = "48k"
+    # The MP3 listening copy: "aec" (echo-cancelled, denoised, levelled), "aecho" (FFmpeg's
+    # echo effect with the parameters below) or "none".
+    listen_filter: str = "aec"
     aecho: str = "0.8:0.88:60:0.4"
     summary_model: str = ""  # empty: look for a Flan-T5 checkpoint under models/, else extractive
     retention_days_wav: float = 0.0  # 0: keep forever
@@ -107,6 +110,9 @@ class WebConfig:
     body_min_rate: int = 1024
     max_connections: int = 0
     secure_cookies: bool = False  # cookie ``Secure`` on plain HTTP too (TLS proxy in front)
+    # Listen-in to calls in progress from the live view (docs/PORTAL.md): off until an
+    # operator turns it on, as live monitoring is a separate decision from recording.
+    listen_in: bool = False
 
 
 @dataclass
@@ -171,6 +177,10 @@ class Config:
             raise ConfigError("live_latency_ms: must be 0 (no target) or 20 to 2000")
         if self.stt.vad_engine not in ("webrtc", "silero"):
             raise ConfigError(f"stt.vad_engine: {self.stt.vad_engine!r} is not webrtc or silero")
+        if self.postcall.listen_filter not in ("aec", "aecho", "none"):
+            raise ConfigError(
+                f"postcall.listen_filter: {self.postcall.listen_filter!r} is not aec, aecho or none"
+            )
         if self.watchdog_stall_s <= 0:
             raise ConfigError("watchdog_stall_s: must be more than 0")
         if self.watchdog_exit_s and self.watchdog_exit_s < self.watchdog_stall_s:

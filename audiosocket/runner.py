@@ -159,10 +159,12 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
 
 
 async def _start_services(ctx: AppContext) -> None:
-    """Create the engines every app shares: the call store (every call is recorded in it)."""
-    from audiosocket.services import ensure_jobs, ensure_store
+    """Create the engines every app shares: the call store (every call is recorded in it)
+    and the live-call hub (the portal's live view)."""
+    from audiosocket.services import ensure_jobs, ensure_store, install_live
 
     await ensure_store(ctx)
+    install_live(ctx)
     if ctx.config.postcall.enabled:
         await ensure_jobs(ctx)
 

@@ -18,11 +18,12 @@ from audiosocket.call import CallIds
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.live import LiveHub
     from helpers.store import CallStore
     from helpers.stt import SttEngine
     from helpers.tts import TtsEngine
 
-__all__ = ["StoreObserver", "ensure_store", "ensure_stt", "ensure_tts"]
+__all__ = ["StoreObserver", "ensure_store", "ensure_stt", "ensure_tts", "install_live"]
 
 log = structlog.get_logger("audiosocket.services")
 T = TypeVar("T")
@@ -97,6 +98,18 @@ async def _build_store(ctx: AppContext) -> CallStore:
     known = await asyncio.to_thread(lambda: CallIds(store.call_ids()))
     ctx.observers.insert(0, StoreObserver(store, known))
     return store
+
+
+def install_live(ctx: AppContext) -> LiveHub:
+    """The live-call hub (portal's live view, listen-in), made once: a call observer, and
+    ``ctx.services["live"]`` for sessions and the web app."""
+    hub: LiveHub | None = ctx.get("live")
+    if hub is None:
+        from audiosocket.live import LiveHub
+
+        hub = ctx.services["live"] = LiveHub()
+        ctx.observers.append(hub)
+    return hub
 
 
 async def ensure_stt(ctx: AppContext) -> SttEngine:
@@ -176,7 +189,7 @@ async def _build_jobs(ctx: AppContext) -> Any:
     jobs = PostCallJobs(
         store, ctx.data_dir,
         archive=ArchiveSettings(aac_bitrate=cfg.aac_bitrate, mp3_bitrate=cfg.mp3_bitrate,
-                                aecho=cfg.aecho),
+                                listen_filter=cfg.listen_filter, aecho=cfg.aecho),
         stt=stt,
         summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search),
     )

@@ -1,4 +1,8 @@
-"""Post-call archiving with FFmpeg: AAC (.m4a) for retention and an echo-filtered MP3.
+"""Post-call archiving with FFmpeg: AAC (.m4a) for retention and an MP3 listening copy.
+
+The listening copy (``listen_filter``) is by default echo-*cancelled*: the caller's leg is
+cleaned of the line echo of our prompts by :mod:`helpers.echo_cancel` (run as a child
+process), then denoised and levelled by FFmpeg. The retention AAC is never filtered.
 
 Commands are *built* with ``ffmpeg-python`` and *run* by :mod:`helpers.spawn` (vfork, never
 fork: see there why), so we can cap how many run at once, time them out, kill them and keep
@@ -22,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import wave
@@ -35,9 +41,9 @@ from typing import Any
 
 import ffmpeg
 import structlog
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from helpers import spawn
+from helpers import echo_cancel, spawn
 from helpers.ffmpeg import FFmpegError, ffmpeg_binary
 
 __all__ = [
@@ -65,6 +71,12 @@ FFMPEG_SECONDS = Histogram(
     ["step"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
+LISTEN_COPIES = Counter(
+    "audiosocket_listening_copies_total",
+    "MP3 listening copies published, by the filter they got "
+    "(aec_skipped: the canceller could not read the recording; denoised only)",
+    ["filter"],
+)
 
 #: How far an archive's decoded duration may stray from the WAV's. FFmpeg's AAC encoder
 #: writes an edit list that hides its 1024-sample priming, and LAME's Xing/LAME header lets
@@ -74,6 +86,12 @@ DURATION_TOLERANCE_S = 0.1
 
 #: Bytes of FFmpeg's stderr kept for error messages (the end is where the reason is).
 STDERR_TAIL = 4096
+
+LISTEN_FILTERS = ("aec", "aecho", "none")
+#: Gain limits of the levelling: a near-silent leg is not pumped up into audible hiss.
+_MAX_BOOST_DB = 18.0
+_MAX_CUT_DB = -12.0
+_AEC_SCRIPT = Path(echo_cancel.__file__).resolve()
 
 _AECHO_RE = re.compile(r"^[0-9.]+:[0-9.]+:[0-9.|]+:[0-9.|]+$")
 _TIME_RE = re.compile(rb"time=\s*(-?)(\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -86,7 +104,12 @@ class ArchiveSettings:
 
     aac_bitrate: str = "32k"
     mp3_bitrate: str = "48k"
+    # The MP3 listening copy: "aec" cancels the line echo of our prompts in the caller's leg,
+    # then denoises and levels; "aecho" is FFmpeg's echo *effect* (adds echo; kept only as
+    # an explicit choice); "none" encodes the recording as it is.
+    listen_filter: str = "aec"
     aecho: str = "0.8:0.88:60:0.4"  # in_gain:out_gain:delays:decays (ms; '|' for several taps)
+    listen_level_dbfs: float = -20.0  # "aec": active speech level each leg is brought to
     mp3_rate: int | None = None  # None keeps the recording's rate (8 kHz is legal MPEG-2.5)
     timeout_s: float = 300
     verify: bool = True  # decode the result and compare durations before it is published
@@ -354,22 +377,46 @@ async def archive_aac(
 async def archive_mp3(
     src_wav: str | Path, dst_mp3: str | Path, settings: ArchiveSettings | None = None
 ) -> ArchiveResult:
-    """Encode a recording to MP3 through the ``aecho`` filter; publish it atomically.
+    """Encode the listening copy of a recording to MP3; publish it atomically.
 
     Stereo is kept rather than mixed to mono: caller and agent stay separable (a reviewer
     can mute one leg), and LAME's joint stereo costs little for two mostly-alternating
-    voices. ``aecho`` lets its echo ring on past the end of the input, so the output is cut
-    back to the recording's duration (``-t``) to keep the two timelines identical.
+    voices. With ``listen_filter="aec"`` (default) the caller's leg is echo-cancelled
+    against ours, denoised (``afftdn``) and both legs are levelled (a constant gain each,
+    then a peak limiter); see :func:`_aec_mp3`. ``"aecho"`` applies FFmpeg's echo effect,
+    ``"none"`` no filter. Output is cut to the recording's duration (``-t``) so that filter
+    tails never shift the two timelines apart.
     """
     s = settings or ArchiveSettings()
-    if not _AECHO_RE.match(s.aecho):
-        raise ValueError(f"aecho must be in_gain:out_gain:delays:decays, got {s.aecho!r}")
-    in_gain, out_gain, delays, decays = s.aecho.split(":")
+    if s.listen_filter not in LISTEN_FILTERS:
+        raise ValueError(f"listen_filter must be one of {LISTEN_FILTERS}, got {s.listen_filter!r}")
+    if s.listen_filter == "aec":
+        return await _aec_mp3(Path(src_wav), Path(dst_mp3), s)
+    audio_filter: Any = None
+    if s.listen_filter == "aecho":
+        if not _AECHO_RE.match(s.aecho):
+            raise ValueError(f"aecho must be in_gain:out_gain:delays:decays, got {s.aecho!r}")
+        in_gain, out_gain, delays, decays = s.aecho.split(":")
+
+        def audio_filter(audio: Any) -> Any:
+            return audio.filter(
+                "aecho", in_gain=in_gain, out_gain=out_gain, delays=delays, decays=decays
+            )
+
+    res = await _archive(Path(src_wav), Path(dst_mp3),
+                         _mp3_builder(s, audio_filter, None), "mp3", s)
+    LISTEN_COPIES.labels(filter=s.listen_filter).inc()
+    return res
+
+
+def _mp3_builder(s: ArchiveSettings, audio_filter: Any, source: Path | None) -> Any:
+    """``stream_for`` of an MP3 encode: ``source`` (default: the recording) through
+    ``audio_filter`` (a function of an ffmpeg-python stream, or None)."""
 
     def build(src: Path, tmp: Path, duration: float) -> Any:
-        audio = ffmpeg.input(str(src)).audio.filter(
-            "aecho", in_gain=in_gain, out_gain=out_gain, delays=delays, decays=decays
-        )
+        audio = ffmpeg.input(str(source or src)).audio
+        if audio_filter is not None:
+            audio = audio_filter(audio)
         out_kwargs: dict[str, Any] = {
             "f": "mp3", "acodec": "libmp3lame", "audio_bitrate": s.mp3_bitrate,
             "t": f"{duration:.6f}",
@@ -382,7 +429,88 @@ async def archive_mp3(
             .overwrite_output()
         )
 
-    return await _archive(Path(src_wav), Path(dst_mp3), build, "mp3", s)
+    return build
+
+
+async def _aec_mp3(src: Path, dst: Path, s: ArchiveSettings) -> ArchiveResult:
+    """The echo-cancelled listening copy.
+
+    1. :mod:`helpers.echo_cancel` runs as a child process (under the same cap as FFmpeg,
+       killed on timeout or cancellation) and writes a hidden cleaned WAV beside ``dst``,
+       reporting each leg's active speech level.
+    2. FFmpeg encodes that WAV: caller leg ``volume`` then ``afftdn``, our leg ``volume``,
+       joined again, then ``alimiter`` (peaks only: no automatic gain that would lift
+       residual echo or noise between words).
+
+    A recording the canceller cannot read (not 16-bit PCM, a broken header) is still
+    encoded, from the original, denoised and unlevelled, and logged.
+    """
+    if not await asyncio.to_thread(src.is_file):
+        raise FileNotFoundError(src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    clean = dst.with_name(f".{dst.stem}.clean.partial.wav")
+    try:
+        levels: list[float | None] | None = None
+        # -I: the script's own folder (helpers/) must not shadow modules numpy imports.
+        cmd = [sys.executable, "-I", str(_AEC_SCRIPT), str(src), str(clean)]
+        # The canceller's time grows with the call (about 0.7 CPU s per minute at 8 kHz,
+        # more at 48 kHz): allow 10 s a minute on top, or a 3-hour call could never finish.
+        minutes = await _source_duration(src, s.timeout_s) / 60.0
+        try:
+            err = await _run_ffmpeg(cmd, step="aec", timeout_s=s.timeout_s + 10.0 * minutes)
+            levels = _aec_levels(err)
+        except FFmpegError as exc:
+            if "timed out" in str(exc) or "killed" in str(exc):
+                raise
+            log.warning("echo_cancel_skipped", path=str(src), error=exc.stderr.strip()[-300:])
+        if levels is None:
+            res = await _archive(src, dst, _mp3_builder(s, _denoise, None), "mp3", s)
+            LISTEN_COPIES.labels(filter="aec_skipped").inc()
+            return res
+        gains = [_level_gain(lv, s.listen_level_dbfs) for lv in levels]
+        res = await _archive(src, dst, _mp3_builder(s, _clean_chain(gains), clean), "mp3", s)
+        LISTEN_COPIES.labels(filter="aec").inc()
+        return res
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(clean.unlink)
+
+
+def _aec_levels(stderr_tail: bytes) -> list[float | None] | None:
+    for line in reversed(stderr_tail.decode("utf-8", "replace").splitlines()):
+        if line.startswith(echo_cancel.STATS_MARK):
+            levels: list[float | None] = json.loads(line[len(echo_cancel.STATS_MARK):])["levels"]
+            return levels
+    return None
+
+
+def _level_gain(level: float | None, target: float) -> float:
+    """Constant gain (dB) bringing a leg's active level to ``target``; 0 for a silent leg."""
+    if level is None:
+        return 0.0
+    return round(min(_MAX_BOOST_DB, max(_MAX_CUT_DB, target - level)), 2)
+
+
+def _denoise(audio: Any) -> Any:
+    # tn=1 tracks the noise floor: telephone noise changes with the line during a call.
+    return audio.filter("afftdn", nr=12, nf=-50, tn=1)
+
+
+def _limit(audio: Any) -> Any:
+    # level=0: no auto-gain; latency=1: the limiter's look-ahead does not shift the audio.
+    return audio.filter("alimiter", limit=0.89, level=0, latency=1)
+
+
+def _clean_chain(gains: list[float]) -> Any:
+    def chain(audio: Any) -> Any:
+        if len(gains) == 1:
+            return _limit(_denoise(audio.filter("volume", f"{gains[0]}dB")))
+        legs = audio.filter_multi_output("channelsplit", channel_layout="stereo")
+        caller = _denoise(legs.stream(0).filter("volume", f"{gains[0]}dB"))
+        ours = legs.stream(1).filter("volume", f"{gains[1]}dB")
+        return _limit(ffmpeg.filter([caller, ours], "join", inputs=2, channel_layout="stereo"))
+
+    return chain
 
 
 # --------------------------------------------------------------------------- durations

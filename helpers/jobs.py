@@ -27,6 +27,7 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from helpers.archive import ArchiveSettings, archive_aac, archive_mp3, wav_duration
+from helpers.lines import Line, make_lines
 from helpers.peaks import write_peaks
 from helpers.store import CallStore
 
@@ -54,7 +55,7 @@ def transcribe_recording(
 ) -> list[dict[str, Any]]:
     """The full caller transcript of a recording: the left (caller) leg of a stereo call
     recording, or the whole of a mono file, cut into utterances by the VAD and transcribed
-    one by one. Blocking (runs in a thread)."""
+    one by one, each utterance in sentence-sized lines. Blocking (runs in a thread)."""
     import numpy as np
 
     from helpers.vad import VadSegmenter
@@ -85,10 +86,15 @@ def transcribe_recording(
     for utt in utterances:
         if stop is not None and stop.is_set():
             raise Stopped("shutting down")  # a thread cannot be cancelled; it can stop
-        text, confidence, _ = stt.transcribe(utt.pcm, utt.rate, voiced=utt.voiced_ms)
-        if text:
-            out.append({"start": round(utt.start, 3), "end": round(utt.end, 3), "text": text,
-                        "confidence": confidence, "latency_ms": None})
+        text, confidence, info = stt.transcribe(utt.pcm, utt.rate, voiced=utt.voiced_ms)
+        if not text:
+            continue
+        # Sentence-sized lines from Whisper's word times, as live (helpers.lines).
+        lines = make_lines(info.get("words") or (), utt.pcm_start, clamp=(utt.start, utt.end))
+        if not lines:
+            lines = [Line(utt.start, utt.end, text, confidence, ())]
+        out += [{"start": round(ln.start, 3), "end": round(ln.end, 3), "text": ln.text,
+                 "confidence": ln.confidence, "latency_ms": None} for ln in lines]
     return out
 
 
@@ -334,7 +340,7 @@ class PostCallJobs:
         stt = await self._stt_factory()
         segments = await asyncio.to_thread(transcribe_recording, stt, wav, 2, self._stop)
         call = await self.store.aread(self.store.get_call, call_uuid)
-        live = call["transcript"] if call else []
+        live = [s for s in (call["transcript"] if call else []) if s.get("speaker") != "server"]
         for seg in segments:
             # Keep the live latency of the same stretch of speech: it is what the caller
             # experienced; the post-call pass has no latency of its own.
@@ -351,7 +357,9 @@ class PostCallJobs:
         call = await self.store.aread(self.store.get_call, call_uuid)
         if call is None:
             raise LookupError(f"call {call_uuid} is not in the store")
-        text = " ".join(s["text"] for s in call["transcript"])
+        # The caller's words: the prompts are the same on every call and would make every
+        # IVR call's summary about the menu (a left message is in the caller's lines too).
+        text = " ".join(s["text"] for s in call["transcript"] if s.get("speaker") != "server")
         path = (call.get("ivr") or {}).get("path") or None
         summary = await asyncio.to_thread(self._summarizer.summarize, text, path)
         self.store.set_summary(call_uuid, summary.title, summary.text, summary.method,

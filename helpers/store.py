@@ -21,7 +21,7 @@ page cache misses). So:
 Schema changes are numbered migrations recorded in ``PRAGMA user_version``; each runs in
 its own transaction so a failure leaves the file at the previous, consistent version.
 
-Why this module is ~770 lines: the writer thread, its batching, retries and every write
+Why this module is ~900 lines: the writer thread, its batching, retries and every write
 operation (each a closure only the writer runs) belong together; the schema lives in
 ``helpers.store_schema`` and the read queries in ``helpers.store_queries``.
 """
@@ -54,6 +54,7 @@ __all__ = [
     "JOB_STATUSES",
     "MIGRATIONS",
     "RECORDING_FORMATS",
+    "SPEAKERS",
     "STORE_ERRORS",
     "CallStore",
     "StoreClosedError",
@@ -68,6 +69,7 @@ T = TypeVar("T")
 DB_FILENAME = "calls.db"
 JOB_STATUSES = ("pending", "running", "done", "failed")
 RECORDING_FORMATS = ("wav", "m4a", "mp3", "peaks")
+SPEAKERS = ("caller", "server")
 
 # kind: statement (a write failed and was dropped), disk_full (a transient failure that
 # will be retried), dropped (gave up after the retries), queue_full (refused at the door),
@@ -568,25 +570,78 @@ class CallStore(StoreQueries):
         confidence: float | None,
         latency_ms: float | None,
         kind: str = "live",
+        *,
+        speaker: str = "caller",
+        interrupted: bool = False,
     ) -> concurrent.futures.Future[int]:
-        """Append one transcript segment; the future gives its id."""
+        """Append one transcript line; the future gives its id.
+
+        ``speaker`` is ``caller`` (recognised speech) or ``server`` (what the server said:
+        stored as ``live``, and shown beside the live or the final caller transcript);
+        ``interrupted`` marks a server line cut short.
+        """
+        if speaker not in SPEAKERS:
+            raise ValueError(f"unknown speaker {speaker!r}")
         now = time.time()
+        cut = int(bool(interrupted))
 
         def op(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 'INSERT INTO segments (call_uuid, start, "end", text, confidence, latency_ms, '
-                "kind, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (call_uuid, start, end, text, confidence, latency_ms, kind, now),
+                "kind, created_at, speaker, interrupted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (call_uuid, start, end, text, confidence, latency_ms, kind, now, speaker, cut),
             )
             return int(cur.lastrowid or 0)
 
         return self._submit(op, "add_segment")
 
+    def save_message(
+        self,
+        call_uuid: str,
+        name: str,
+        path: str,
+        seconds: float,
+        *,
+        start: float | None = None,
+        stopped_by: str | None = None,
+        transcript: str | None = None,
+    ) -> concurrent.futures.Future[None]:
+        """Record (or overwrite) a voicemail message of the call; ``path`` is relative to the
+        data dir, ``start`` on the call's timeline."""
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO messages (call_uuid, name, path, start, seconds, stopped_by, "
+                "transcript, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(call_uuid, name) DO UPDATE SET path=excluded.path, "
+                "start=excluded.start, seconds=excluded.seconds, "
+                "stopped_by=excluded.stopped_by, transcript=excluded.transcript, "
+                "created_at=excluded.created_at",
+                (call_uuid, name, path, start, seconds, stopped_by, transcript, now),
+            )
+
+        return self._submit(op, "save_message")
+
+    def set_message_transcript(
+        self, call_uuid: str, name: str, text: str
+    ) -> concurrent.futures.Future[bool]:
+        """Store the transcript of a saved message; the future says if the message exists."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "UPDATE messages SET transcript=? WHERE call_uuid=? AND name=?",
+                (text, call_uuid, name),
+            ).rowcount > 0
+
+        return self._submit(op, "set_message_transcript")
+
     def replace_final_transcript(
         self, call_uuid: str, segments: Sequence[dict[str, Any]]
     ) -> concurrent.futures.Future[None]:
-        """Swap in the post-call transcript (dicts with start, end, text, confidence?,
-        latency_ms?); live segments are kept but :meth:`get_call` prefers these."""
+        """Swap in the post-call transcript of the caller (dicts with start, end, text,
+        confidence?, latency_ms?); live segments are kept but :meth:`get_call` prefers
+        these. The server's lines are left as they are."""
         now = time.time()
         rows = [
             (
@@ -602,7 +657,11 @@ class CallStore(StoreQueries):
         ]
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM segments WHERE call_uuid=? AND kind='final'", (call_uuid,))
+            # Only the caller's: what the server said is known, never re-recognised.
+            conn.execute(
+                "DELETE FROM segments WHERE call_uuid=? AND kind='final' AND speaker='caller'",
+                (call_uuid,),
+            )
             conn.executemany(
                 'INSERT INTO segments (call_uuid, start, "end", text, confidence, latency_ms, '
                 "kind, created_at) VALUES (?, ?, ?, ?, ?, ?, 'final', ?)",
@@ -706,7 +765,8 @@ class CallStore(StoreQueries):
     def delete_call(self, uuid: str) -> concurrent.futures.Future[bool]:
         """Delete a call and (by cascade) everything about it; the future says if it existed.
 
-        Files on disk are the caller's business: read :meth:`recordings_for` first.
+        Files on disk are the caller's business: read :meth:`recordings_for` and
+        :meth:`messages_for` first.
         """
 
         def op(conn: sqlite3.Connection) -> bool:

@@ -15,19 +15,37 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["StoreQueries", "fts_query", "iso_utc"]
+__all__ = ["StoreQueries", "fts_query", "iso_utc", "message_url"]
 
 # Snippet markers that cannot occur in transcript text; the snippet is HTML-escaped first
 # and only then are they turned into <mark> tags, so transcript text can never inject HTML.
 _MARK_OPEN = "\x02"
 _MARK_CLOSE = "\x03"
 
-# Transcript rows to use for a call: its 'final' segments if it has any, else the 'live'
-# ones. Used by search so a call with both does not hit twice for the same words.
+# Transcript rows to use for a call: the caller's 'final' segments if it has any, else the
+# 'live' ones, and always the server's lines (they are never re-recognised). Used by search
+# so a call with both caller transcripts does not hit twice for the same words.
 _TRANSCRIPT_KIND_SQL = (
-    "(s.kind = 'final' OR NOT EXISTS "
+    "(s.speaker = 'server' OR s.kind = 'final' OR NOT EXISTS "
     "(SELECT 1 FROM segments f WHERE f.call_uuid = s.call_uuid AND f.kind = 'final'))"
 )
+
+
+def message_url(call_uuid: str, name: str) -> str:
+    """Where the API serves a voicemail message (Range-capable)."""
+    return f"/api/calls/{call_uuid}/messages/{name}.wav"
+
+
+def _message(call_uuid: str, row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "url": message_url(call_uuid, row["name"]),
+        "start": row["start"],
+        "seconds": row["seconds"],
+        "stopped_by": row["stopped_by"],
+        "transcript": row["transcript"],
+        "created_at": iso_utc(row["created_at"]),
+    }
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -85,10 +103,16 @@ class StoreQueries:
             has_final = conn.execute(
                 "SELECT 1 FROM segments WHERE call_uuid=? AND kind='final' LIMIT 1", (uuid,)
             ).fetchone()
+            # Both sides interleaved by time; at equal starts the server (who spoke first
+            # in a turn) before the caller.
             segs = conn.execute(
-                'SELECT start, "end", text, confidence, latency_ms FROM segments '
-                "WHERE call_uuid=? AND kind=? ORDER BY start, id",
+                'SELECT start, "end", text, confidence, latency_ms, speaker, interrupted '
+                "FROM segments WHERE call_uuid=? AND (kind=? OR speaker='server') "
+                "ORDER BY start, speaker DESC, id",
                 (uuid, "final" if has_final else "live"),
+            ).fetchall()
+            messages = conn.execute(
+                "SELECT * FROM messages WHERE call_uuid=? ORDER BY start, created_at", (uuid,)
             ).fetchall()
             ivr = conn.execute(
                 "SELECT path, variables, result FROM ivr WHERE call_uuid=?", (uuid,)
@@ -116,7 +140,10 @@ class StoreQueries:
             "live": row["ended_at"] is None,
             "frames_in": row["frames_in"],
             "frames_out": row["frames_out"],
-            "transcript": [dict(s) for s in segs],
+            "transcript": [
+                {**dict(s), "interrupted": bool(s["interrupted"])} for s in segs
+            ],
+            "messages": [_message(row["uuid"], m) for m in messages],
             "ivr": None
             if ivr is None
             else {
@@ -161,6 +188,15 @@ class StoreQueries:
             ).fetchall()
         return {r["format"]: {k: r[k] for k in r.keys() if k != "format"} for r in rows}
 
+    def messages_for(self, call_uuid: str) -> list[dict[str, Any]]:
+        """The call's voicemail messages as stored (path relative to the data dir)."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT * FROM messages WHERE call_uuid=? ORDER BY start, created_at",
+                (call_uuid,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
     def list_calls(
         self,
         limit: int = 50,
@@ -178,9 +214,10 @@ class StoreQueries:
         """Calls newest first as ``{"items": [...], "total": N}``.
 
         ``since`` is inclusive, ``until`` exclusive (unix times, on started_at). ``q`` keeps
-        calls whose transcript matches and adds a ``snippet`` (HTML-safe, ``<mark>``) per
-        item. ``uuid`` keeps every call that arrived with that AudioSocket UUID (a fixed
-        one in a dialplan gives many), or whose id it is.
+        calls whose transcript (either speaker) matches and adds a ``snippet`` (HTML-safe,
+        ``<mark>``) and its ``snippet_speaker`` per item. ``uuid`` keeps every call that
+        arrived with that AudioSocket UUID (a fixed one in a dialplan gives many), or whose
+        id it is.
         """
         where: list[str] = []
         params: list[Any] = []
@@ -235,7 +272,7 @@ class StoreQueries:
                 total = conn.execute(
                     f"SELECT count(*) FROM calls c {where_sql}", params
                 ).fetchone()[0]
-            snippets: dict[str, str | None] = {}
+            snippets: dict[str, tuple[str | None, str | None]] = {}
             if match is not None:
                 for r in rows:
                     snippets[r["uuid"]] = self._call_snippet(conn, match, r["uuid"])
@@ -255,13 +292,17 @@ class StoreQueries:
                 "summary_title": r["summary_title"],
             }
             if match is not None:
-                item["snippet"] = snippets.get(r["uuid"])
+                snip, speaker = snippets.get(r["uuid"], (None, None))
+                item["snippet"] = snip
+                item["snippet_speaker"] = speaker
             items.append(item)
         return {"items": items, "total": int(total)}
 
     @staticmethod
-    def _call_snippet(conn: sqlite3.Connection, match: str, call_uuid: str) -> str | None:
-        """The call's first matching segment, highlighted.
+    def _call_snippet(
+        conn: sqlite3.Connection, match: str, call_uuid: str
+    ) -> tuple[str | None, str | None]:
+        """The call's first matching segment, highlighted, and who said it.
 
         A plain ``MATCH ? AND call_uuid = ?`` walks the whole doclist of the query for
         every call on the page; bounding the FTS rowid to the call's id range lets FTS5
@@ -271,16 +312,16 @@ class StoreQueries:
             "SELECT min(id), max(id) FROM segments WHERE call_uuid=?", (call_uuid,)
         ).fetchone()
         if lo is None:
-            return None
+            return None, None
         row = conn.execute(
-            "SELECT snippet(segments_fts, 0, ?, ?, '…', 12) FROM segments_fts "
+            "SELECT snippet(segments_fts, 0, ?, ?, '…', 12), s.speaker FROM segments_fts "
             "JOIN segments s ON s.id = segments_fts.rowid "
             "WHERE segments_fts MATCH ? AND segments_fts.rowid BETWEEN ? AND ? "
             f"AND s.call_uuid = ? AND {_TRANSCRIPT_KIND_SQL} "
             "ORDER BY segments_fts.rowid LIMIT 1",
             (_MARK_OPEN, _MARK_CLOSE, match, lo, hi, call_uuid),
         ).fetchone()
-        return None if row is None else _snippet_html(row[0])
+        return (None, None) if row is None else (_snippet_html(row[0]), row[1])
 
     def search(self, q: str, limit: int = 20, offset: int = 0) -> dict[str, Any]:
         """Transcript segments matching ``q``, newest first, with HTML-safe ``<mark>`` snippets.
@@ -288,8 +329,9 @@ class StoreQueries:
         ``q`` is free text (see :func:`fts_query`); it can never cause an FTS syntax error.
         Newest first rather than by bm25 rank: FTS5 yields rowid order for free, so a page
         costs O(limit) even for a word in every call, where ranking must score every hit.
-        Returns ``{"items": [{call_uuid, segment_id, start, end, kind, snippet, app,
-        started_at}], "total": N}``.
+        Both speakers are searched (the server's lines as spoken, the caller's final
+        transcript or else the live one). Returns ``{"items": [{call_uuid, segment_id,
+        start, end, kind, speaker, snippet, app, started_at}], "total": N}``.
         """
         match = fts_query(q)
         if match is None:
@@ -303,7 +345,7 @@ class StoreQueries:
             total = conn.execute(f"SELECT count(*) {base}", (match,)).fetchone()[0]
             rows = conn.execute(
                 'SELECT s.id AS segment_id, s.call_uuid, s.start, s."end", s.kind, '
-                "c.app, c.started_at, "
+                "s.speaker, c.app, c.started_at, "
                 f"snippet(segments_fts, 0, ?, ?, '…', 12) AS snip {base} "
                 "ORDER BY segments_fts.rowid DESC LIMIT ? OFFSET ?",
                 (_MARK_OPEN, _MARK_CLOSE, match, max(0, limit), max(0, offset)),
@@ -315,6 +357,7 @@ class StoreQueries:
                 "start": r["start"],
                 "end": r["end"],
                 "kind": r["kind"],
+                "speaker": r["speaker"],
                 "snippet": _snippet_html(r["snip"]),
                 "app": r["app"],
                 "started_at": iso_utc(r["started_at"]),

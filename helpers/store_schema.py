@@ -129,11 +129,36 @@ UPDATE calls SET audiosocket_uuid = uuid WHERE end_reason IS NOT 'imported';
 CREATE INDEX calls_audiosocket_uuid ON calls(audiosocket_uuid);
 """
 
+# v3: both sides of the conversation and voicemail. A segment says who spoke: the caller
+# (recognised, as before) or the server (the text it spoke: prompts and ``say``, with the
+# call-timeline span it was on the wire; ``interrupted`` when barge-in or a hang-up cut it
+# short). Server lines are kind 'live' and are shown beside whichever caller transcript is
+# used (live or final), so the post-call transcript never replaces them. ``messages`` holds
+# what callers left through an IVR ``record`` node: the file (relative to the data dir),
+# where it sits on the call's timeline, how it ended and its transcript.
+_V3 = """
+ALTER TABLE segments ADD COLUMN speaker TEXT NOT NULL DEFAULT 'caller'
+    CHECK (speaker IN ('caller', 'server'));
+ALTER TABLE segments ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE messages (
+    call_uuid   TEXT NOT NULL REFERENCES calls(uuid) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    start       REAL,
+    seconds     REAL NOT NULL,
+    stopped_by  TEXT,
+    transcript  TEXT,
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (call_uuid, name)
+);
+"""
+
 # MIGRATIONS[i] takes a database from user_version i to i + 1. Append only: never edit a
 # migration that has shipped; add a new one. Each is SQL text or a callable on the
 # connection, run inside one transaction together with the user_version bump.
 Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = [_V1, _V2]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3]
 
 
 def _split_sql(script: str) -> list[str]:

@@ -16,9 +16,15 @@ called ``submit``). From asyncio, marshal it back to the loop::
 
     engine.submit(uuid, utt, lambda seg, info: loop.call_soon_threadsafe(handle, seg, info))
 
-Why this module is ~730 lines: the engine (deadline admission, workers), the short-window
+Words: with ``word_timestamps`` (default) the result carries Whisper's words, timed by
+faster-whisper's cross-attention alignment (~10 % on top of the decode, docs/BENCHMARKS.md),
+so a long utterance becomes sentence-sized lines (:meth:`Segment.lines`, ``helpers.lines``)
+and the word-level guards can tell a quiet invented "Thank you." from a caller's.
+
+Why this module is ~830 lines: the engine (deadline admission, workers), the short-window
 Whisper path and the hallucination guards act on each other's results; they are kept in
-one place so each guard sits next to the figure it checks.
+one place so each guard sits next to the figure it checks (the word-level logic itself
+lives in ``helpers.lines``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,17 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from helpers.ai import ai_limit, ai_slots
 from helpers.audio import dbfs, pcm_to_float, resample_float
+from helpers.lines import (
+    Word,
+    align_words,
+    collapse_loops,
+    drop_repeated_lines,
+    line_text,
+    make_lines,
+    span_level,
+    split_words,
+    unsupported_edges,
+)
 from helpers.vad import Utterance, voiced_ms
 
 __all__ = [
@@ -47,6 +64,7 @@ __all__ = [
     "Segment",
     "SttEngine",
     "WhisperBackend",
+    "Word",
     "cut_loop",
     "load_model",
 ]
@@ -116,7 +134,9 @@ DROPPED = Counter(
     ["reason"],
 )
 REJECTED = Counter(
-    "audiosocket_stt_rejections_total", "Transcripts rejected by a hallucination guard",
+    "audiosocket_stt_rejections_total",
+    "Transcripts rejected, or words removed from one (loop, phantom_edge, repeated_line), "
+    "by a hallucination guard",
     ["reason"],
 )
 UTTERANCES = Counter("audiosocket_stt_utterances_total", "Utterances transcribed")
@@ -136,6 +156,19 @@ class Segment:
     confidence: float
     latency_ms: float
     utterance_id: int
+    #: Whisper's words on the call's timeline (empty when word timestamps are off).
+    words: tuple[Word, ...] = ()
+
+    def lines(self) -> list[Segment]:
+        """This utterance as sentence-sized lines (``helpers.lines``), each timed by its
+        own words and kept inside the utterance; itself when there are no words."""
+        if not self.words:
+            return [self]
+        return [
+            Segment(self.call_uuid, ln.start, ln.end, ln.text, ln.confidence, self.latency_ms,
+                    self.utterance_id, ln.words)
+            for ln in make_lines(self.words, clamp=(self.start, self.end))
+        ] or [self]
 
     def to_json(self) -> dict[str, Any]:
         """The transcript line as stored and served."""
@@ -157,6 +190,13 @@ class RawResult:
     no_speech_prob: float
     tokens: int = 0
     path: str = "short"
+    #: Word timings, seconds from the start of the audio (empty: word timestamps off).
+    words: tuple[Word, ...] = ()
+    #: Words a decoder loop repeated, removed from ``text`` and ``words``.
+    loop_words: int = 0
+    #: The text before that removal (``cut_loop`` only): what the repetition guard judges,
+    #: so a result that is mostly loop is still rejected as before.
+    decoded: str = ""
 
 
 class Backend(Protocol):
@@ -242,6 +282,7 @@ class WhisperBackend:
         cpu_threads: int = 0,
         num_workers: int = 1,
         short_window_min_s: float = DEFAULT_SHORT_WINDOW_MIN_S,
+        word_timestamps: bool = True,
     ) -> None:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -252,6 +293,7 @@ class WhisperBackend:
         self.beam_size = beam_size
         self.short_window = short_window
         self.short_window_min_s = short_window_min_s
+        self.word_timestamps = word_timestamps
         multilingual = bool(self.model.model.is_multilingual)
         self.tokenizer = Tokenizer(
             self.model.hf_tokenizer, multilingual, task="transcribe",
@@ -290,11 +332,17 @@ class WhisperBackend:
         # As faster-whisper: scores are length-normalised cumulative log-probs.
         avg = res.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else res.scores[0]
         text = cut_loop(self.tokenizer.decode(tokens).strip())
+        if self.word_timestamps and tokens:
+            words, looped = align_words(self.model, self.tokenizer, tokens, enc,
+                                        audio.size // self._fe.hop_length)
+            return RawResult(line_text(words), float(avg), float(res.no_speech_prob),
+                             len(tokens), "short", tuple(words), looped, text)
         return RawResult(text, float(avg), float(res.no_speech_prob), len(tokens), "short")
 
     def _padded(self, audio: np.ndarray) -> RawResult:
         segments, _info = self.model.transcribe(
-            audio, language=self.language, beam_size=self.beam_size, without_timestamps=True,
+            audio, language=self.language, beam_size=self.beam_size,
+            without_timestamps=not self.word_timestamps, word_timestamps=self.word_timestamps,
             condition_on_previous_text=False, vad_filter=False, temperature=0.0,
             # Our own guards decide; keep faster-whisper from silently skipping windows.
             no_speech_threshold=None, log_prob_threshold=None,
@@ -304,8 +352,16 @@ class WhisperBackend:
             return RawResult("", 0.0, 1.0, 0, "padded")
         n = sum(len(s.tokens) for s in segs)
         avg = sum(s.avg_logprob * max(1, len(s.tokens)) for s in segs) / max(1, n)
-        return RawResult(" ".join(s.text.strip() for s in segs).strip(), float(avg),
-                         float(min(s.no_speech_prob for s in segs)), n, "padded")
+        no_speech = float(min(s.no_speech_prob for s in segs))
+        text = " ".join(s.text.strip() for s in segs).strip()
+        if self.word_timestamps:
+            words, looped = collapse_loops([
+                Word(w.word, float(w.start), float(w.end), float(w.probability))
+                for s in segs for w in (s.words or [])
+            ])
+            return RawResult(line_text(words), float(avg), no_speech, n, "padded",
+                             tuple(words), looped, text)
+        return RawResult(text, float(avg), no_speech, n, "padded")
 
 
 def cut_loop(text: str) -> str:
@@ -375,7 +431,11 @@ class SttEngine:
     oldest past it (``queue_full``).
     Guards (each counted by reason): ``vad`` (too little voiced audio, Whisper not run),
     ``empty``, ``no_speech`` (no_speech_prob > threshold and avg_logprob < threshold),
-    ``low_logprob``, ``phantom`` (a stock phrase on near-silent audio), ``repetition``.
+    ``low_logprob``, ``phantom`` (a stock phrase alone on near-silent audio or with Whisper's
+    no_speech_prob >= ``phantom_no_speech``), ``repetition``. With word timestamps (on by
+    default) some words of a kept result may go, counted under the same metric: ``loop`` (a
+    decoder loop inside the result), ``phantom_edge`` (a stock phrase at its start or end
+    over audio ``edge_below_speech_db`` quieter than the speech) and ``repeated_line``.
     """
 
     def __init__(
@@ -403,8 +463,14 @@ class SttEngine:
         compute_type: str | None = None,
         cpu_threads: int = 0,
         backend: Backend | None = None,
+        word_timestamps: bool = True,
+        phantom_no_speech: float = 0.5,
+        edge_below_speech_db: float = 20.0,
     ) -> None:
         self.model_name = model
+        self.word_timestamps = word_timestamps
+        self.phantom_no_speech = phantom_no_speech
+        self.edge_below_speech_db = edge_below_speech_db
         self.workers = max(1, workers)
         self.language = language
         self.beam_size = beam_size
@@ -485,6 +551,7 @@ class SttEngine:
                 short_window=self.short_window, device=self.device,
                 compute_type=self.compute_type, cpu_threads=self.cpu_threads,
                 num_workers=self.workers, short_window_min_s=self.short_window_min_s,
+                word_timestamps=self.word_timestamps,
             )
         return self._backend
 
@@ -659,8 +726,11 @@ class SttEngine:
                     late_ms=max(0.0, done - job.deadline) * 1000)
         seg = None
         if text:
+            at = job.utt.pcm_start
+            words = tuple(Word(w.text, at + w.start, at + w.end, w.probability)
+                          for w in info.get("words", ()))
             seg = Segment(job.call_uuid, job.utt.start, job.utt.end, text, conf,
-                          latency * 1000, job.utterance_id)
+                          latency * 1000, job.utterance_id, words)
         self._safe_callback(job, seg, info)
 
     # -- recognition -------------------------------------------------------------------------
@@ -690,6 +760,13 @@ class SttEngine:
         reason = self._guard(raw, level)
         if reason:
             return self._reject(reason, info, t0, audio_s)
+        text = raw.text
+        if raw.words:
+            words = self._guard_words(raw, audio)
+            if not words:
+                return self._reject("phantom", info, t0, audio_s)
+            text = line_text(words)
+            info["words"] = words
         processing = time.perf_counter() - t0
         info["processing_ms"] = processing * 1000
         PROCESSING.observe(processing)
@@ -697,7 +774,7 @@ class SttEngine:
         self.stats.done += 1
         self._note_rtf(processing, audio_s)
         conf = float(min(1.0, math.exp(raw.avg_logprob)))
-        return raw.text, conf, info
+        return text, conf, info
 
     def _guard(self, raw: RawResult, level: float) -> str | None:
         """The hallucination guards; the reason to reject ``raw``, or None to keep it."""
@@ -709,11 +786,36 @@ class SttEngine:
             return "no_speech"
         if raw.avg_logprob < self.logprob_threshold:
             return "low_logprob"
-        if norm in PHANTOM_PHRASES and level < self.phantom_rms_dbfs:
+        # A stock phrase alone is an invention when the audio is near-silent or Whisper
+        # itself doubts there was speech (a clear "Thank you." scores ~0.02).
+        if _normalise(cut_loop(raw.text)) in PHANTOM_PHRASES and (
+            level < self.phantom_rms_dbfs or raw.no_speech_prob >= self.phantom_no_speech
+        ):
             return "phantom"
-        if _compression_ratio(raw.text) > self.compression_ratio_threshold:
+        if _compression_ratio(raw.decoded or raw.text) > self.compression_ratio_threshold:
             return "repetition"
         return None
+
+    def _guard_words(self, raw: RawResult, audio: np.ndarray) -> list[Word]:
+        """The word-level guards (``helpers.lines``); each removal counted by reason."""
+        if raw.loop_words:
+            self._count("loop")
+        words, cut = unsupported_edges(
+            raw.words, PHANTOM_PHRASES, span_level(audio, SAMPLE_RATE),
+            floor_dbfs=self.phantom_rms_dbfs,
+            below_speech_db=self.edge_below_speech_db,
+        )
+        if cut:
+            self._count("phantom_edge")
+        lines, repeated = drop_repeated_lines(split_words(words))
+        if repeated:
+            self._count("repeated_line")
+        return [w for line in lines for w in line]
+
+    def _count(self, reason: str) -> None:
+        REJECTED.labels(reason=reason).inc()
+        with self._cond:
+            self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
 
     def _reject(
         self, reason: str, info: dict[str, Any], t0: float, audio_s: float
@@ -721,9 +823,7 @@ class SttEngine:
         processing = time.perf_counter() - t0
         info["rejected"] = reason
         info["processing_ms"] = processing * 1000
-        REJECTED.labels(reason=reason).inc()
-        with self._cond:
-            self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+        self._count(reason)
         if reason != "vad":  # the VAD gate costs nothing; do not let it skew the RTF
             PROCESSING.observe(processing)
             self._note_rtf(processing, audio_s)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from audiosocket.clock import Playback
+from audiosocket.protocol import FRAME_MS
 from sessions.metrics import BARGE_INS, SAY_FIRST_FRAME
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class Session:
         self.log: Any = structlog.get_logger("audiosocket.session").bind(
             call=call.id, app=self.name, peer=call.peer
         )
+        #: What the server said: ``{start, end, text, interrupted}`` on the call's timeline.
+        self.server_lines: list[dict[str, Any]] = []
 
     @classmethod
     async def prepare(cls, ctx: AppContext) -> None:
@@ -125,27 +128,37 @@ class Session:
             self.barge_in_after = self.call.time + protect
         cleared_before = self._clears
         last: Playback | None = None
-        playout.begin_stream()
+        heard: list[float] = []
+        completed = False
         try:
-            async for pcm in tts.stream(text, self.rate):
-                if self.call.ended or self._clears != cleared_before:
-                    return False
-                pb = self.play(pcm)
-                if last is None:
-                    pb.started.add_done_callback(
-                        lambda f: None if f.cancelled() else SAY_FIRST_FRAME.labels(
-                            cached=str(cached).lower()).observe(f.result() - asked)
-                    )
-                last = pb
+            playout.begin_stream()
+            try:
+                async for pcm in tts.stream(text, self.rate):
+                    if self.call.ended or self._clears != cleared_before:
+                        return False
+                    pb = self.play(pcm)
+                    if last is None:
+                        pb.started.add_done_callback(
+                            lambda f: None if f.cancelled() else SAY_FIRST_FRAME.labels(
+                                cached=str(cached).lower()).observe(f.result() - asked)
+                        )
+                        self._note_first_frame(pb, heard)
+                    last = pb
+            finally:
+                playout.end_stream()
+            if last is None:
+                completed = True
+                return True
+            try:
+                completed = await last
+                return completed
+            finally:
+                if barge_in:
+                    self.barge_in_after = None
         finally:
-            playout.end_stream()
-        if last is None:
-            return True
-        try:
-            return await last
-        finally:
-            if barge_in:
-                self.barge_in_after = None
+            # Also on cancellation (the call ended mid-prompt): the line is still what the
+            # caller heard, up to now.
+            self._server_line(text, heard, completed)
 
     async def play_file(self, path: str | Path, *, barge_in: bool = False) -> bool:
         """Play any audio file FFmpeg reads (decoded off the loop, at the call's rate)."""
@@ -154,11 +167,49 @@ class Session:
         pcm = await asyncio.to_thread(read_audio, path, self.rate)
         if barge_in:
             self.barge_in_after = self.call.time + self.ctx.config.ivr.barge_in_protect_ms / 1000
+        heard: list[float] = []
+        completed = False
         try:
-            return await self.play(pcm)
+            pb = self.play(pcm)
+            self._note_first_frame(pb, heard)
+            completed = await pb
+            return completed
         finally:
             if barge_in:
                 self.barge_in_after = None
+            # A file has no text of its own: the line names what was played.
+            self._server_line(f"[{Path(path).name}]", heard, completed)
+
+    # -- what the server said (the transcript's other side) --------------------------------
+
+    def _note_first_frame(self, pb: Playback, heard: list[float]) -> None:
+        """Put the call time of ``pb``'s first frame on the wire into ``heard``.
+
+        ``started`` resolves on the tick that sent that frame, which has already advanced
+        the timeline by the frame's 20 ms; a clip cleared before it went out leaves
+        ``heard`` empty.
+        """
+        def mark(f: asyncio.Future[float]) -> None:
+            if not f.cancelled() and not heard:
+                heard.append(max(0.0, self.call.time - FRAME_MS / 1000))
+
+        pb.started.add_done_callback(mark)
+
+    def _server_line(self, text: str, heard: list[float], completed: bool) -> None:
+        """Keep and store one thing the server said, if any of it reached the wire."""
+        if not heard:
+            return  # cut before its first frame: the caller heard nothing of it
+        start = heard[0]
+        end = max(start, self.call.time)
+        line = {"start": round(start, 3), "end": round(end, 3), "text": text,
+                "interrupted": not completed}
+        self.server_lines.append(line)
+        store = self.ctx.get("store")
+        if store is not None:
+            store.add_segment(self.uuid, line["start"], line["end"], text, None, None,
+                              speaker="server", interrupted=not completed)
+        self.log.info("server_said", start=line["start"], end=line["end"], text=text,
+                      interrupted=not completed)
 
     _clears = 0
 

@@ -39,6 +39,8 @@ SPEECH_GRACE_S = 8.0
 #: A recorded message holds at most its ``max_seconds`` of audio and at most this many bytes
 #: (16 MiB: 43 s at 192 kHz), even from a peer sending faster than real time.
 MESSAGE_MAX_BYTES = 16 * 2**20
+#: At hang-up, wait at most this long for a message's transcript.
+MESSAGE_STT_WAIT_S = 60.0
 _VAR = re.compile(r"\{(\w+)\}")
 
 
@@ -101,6 +103,7 @@ class IvrSession(TranscribeSession):
         self._message_cap = 0
         self._last_voice = 0.0
         self._terminator: str | None = None
+        self._message_tasks: set[asyncio.Task[None]] = set()
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -110,6 +113,11 @@ class IvrSession(TranscribeSession):
             self.interrupt("dtmf")
         self._inputs.put_nowait(("dtmf", digit))
         self._input_event.set()
+
+    def transcript_lines(self, seg: Segment) -> list[Segment]:
+        # An answer is matched whole ("Hi. Sales, please." is one input, not a miss and then
+        # a match); a message being left is split into sentence lines like any speech.
+        return super().transcript_lines(seg) if self._message is not None else [seg]
 
     def on_transcript(self, seg: Segment) -> None:
         self.speech.append(seg.text)
@@ -320,10 +328,32 @@ class IvrSession(TranscribeSession):
 
         await asyncio.to_thread(save)
         seconds = len(pcm) / 2 / self.rate
-        self.variables[r.var] = str(path.relative_to(self.ctx.data_dir))
+        relative = str(path.relative_to(self.ctx.data_dir))
+        self.variables[r.var] = relative
         self.variables[f"{r.var}_seconds"] = round(seconds, 2)
         self.log.info("message_recorded", path=str(path), seconds=round(seconds, 2),
                       stopped_by=stopped)
+        if self.store is not None:
+            self.store.save_message(self.uuid, r.var, relative, round(seconds, 3),
+                                    start=round(start, 3), stopped_by=stopped)
+            # Transcribed beside the flow (the caller is not kept waiting for Whisper), at
+            # post-call priority: live answers of other callers go first.
+            task = asyncio.create_task(self._transcribe_message(r.var, pcm))
+            self._message_tasks.add(task)
+            task.add_done_callback(self._message_tasks.discard)
+
+    async def _transcribe_message(self, name: str, pcm: bytes) -> None:
+        """Transcribe a saved message with the shared engine (in a thread) and store it."""
+        if self.stt is None or self.store is None or not pcm:
+            return
+        try:
+            text, _, info = await asyncio.to_thread(self.stt.transcribe, pcm, self.rate)
+        except Exception:
+            self.log.exception("message_transcribe_failed", message=name)
+            return
+        self.store.set_message_transcript(self.uuid, name, text)
+        self.log.info("message_transcribed", message=name, text=text,
+                      rejected=info.get("rejected"))
 
     async def _webhook(self, hook: Webhook) -> None:
         import aiohttp
@@ -346,6 +376,8 @@ class IvrSession(TranscribeSession):
     def _save(self) -> None:
         self.call.meta["ivr"] = {"path": self.path, "variables": self.variables,
                                  "result": self.result}
+        if self.live is not None:
+            self.live.set_path(self.path)
         store = self.store
         if store is not None:
             variables = {**self.variables, "digits": "".join(self.digits),
@@ -357,3 +389,9 @@ class IvrSession(TranscribeSession):
         self._save()
         await super().on_end(reason)
         self._save()  # speech transcribed after the hang-up
+        if self._message_tasks:
+            # Bounded like the live transcript's wait; a message still untranscribed after
+            # it keeps its audio and shows without text.
+            _, late = await asyncio.wait(set(self._message_tasks), timeout=MESSAGE_STT_WAIT_S)
+            if late:
+                self.log.warning("message_transcripts_timed_out", pending=len(late))

@@ -12,6 +12,7 @@ from sessions.base import Session
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.live import LiveCall
 
 __all__ = ["RecordSession", "recording_path"]
 
@@ -37,13 +38,24 @@ class RecordSession(Session):
         super().__init__(call, ctx)
         self.recording = recording_path(ctx.data_dir, call.id)
         self.recorder = CallRecorder(self.recording, call.rate, hold_slots=HOLD_SLOTS)
+        live = ctx.get("live")
+        #: This call in the portal's live view (IVR node, transcript lines, listen-in tap).
+        self.live: LiveCall | None = live.attach(call) if live is not None else None
+        if self.live is not None:
+            self.live.tap = True
 
     def on_audio(self, pcm: bytes, rate: int) -> None:
         if rate == self.call.rate:
             self.recorder.add_inbound(pcm, self.call.tick)
+            live = self.live
+            if live is not None and live.listeners:  # the tap costs nothing unheard
+                live.heard(pcm)
 
     def on_tick(self, tick: int, sent: bytes | None) -> None:
         self.recorder.add_outbound(tick, sent)
+        live = self.live
+        if live is not None and live.listeners:
+            live.sent(sent)
 
     async def on_end(self, reason: str) -> None:
         self.recorder.close()

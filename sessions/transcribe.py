@@ -142,7 +142,15 @@ class TranscribeSession(RecordSession):
             if info.get("rejected"):
                 self.log.debug("utterance_rejected", reason=info.get("rejected"))
             return
-        self._add_line(seg)
+        # Fluent speech is one 15-25 s utterance: one line per sentence (Whisper's word
+        # times) makes each line start where its sentence does.
+        for line in self.transcript_lines(seg):
+            self._add_line(line)
+
+    def transcript_lines(self, seg: Segment) -> list[Segment]:
+        """The lines one recognised utterance becomes: sentence-sized. An app that must
+        see the utterance whole (an IVR answer) returns ``[seg]``."""
+        return seg.lines()
 
     def _add_line(self, seg: Segment) -> None:
         """One line of what the caller said: kept, stored, logged, handed to the app."""
@@ -153,6 +161,8 @@ class TranscribeSession(RecordSession):
                                    seg.latency_ms)
         self.log.info("transcript", start=round(seg.start, 2), end=round(seg.end, 2),
                       text=seg.text, latency_ms=round(seg.latency_ms))
+        if self.live is not None:
+            self.live.add_line(seg.start, seg.end, seg.text)
         try:
             self.on_transcript(seg)
         except Exception:

@@ -1,4 +1,5 @@
-"""JSON API over the call store: list, get and delete calls, their files, and the OpenAPI.
+"""JSON API over the call store: list, get and delete calls, their files and voicemail
+messages, and the OpenAPI.
 
 Handlers only parse, call ``await store.aread(...)`` (the read runs in the store's reader
 pool, never on the loop) and shape the answer. Every error they produce is JSON:
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import re
 import uuid as uuid_mod
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import Counter
 
 from helpers.store import CallStore
 from web.fastpath import FAST_INDEX
@@ -29,6 +32,12 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+
+#: A message's name is the flow variable it was recorded into (``\w+``).
+_MESSAGE_NAME = re.compile(r"\w{1,64}", re.ASCII)
+# Counted by status, as the fast path counts recording responses.
+MESSAGES_SERVED = Counter("audiosocket_http_message_responses_total",
+                          "Voicemail message responses, by status", ["status"])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -176,9 +185,12 @@ class _CallsApi:
         if row.get("ended_at") is None:
             return _error(409, "conflict", "the call is live; delete it after it ends")
         files = await self.store.aread(self.store.recordings_for, call_id)
-        removed, refused = await asyncio.to_thread(
-            _remove_files, [str(f["path"]) for f in files.values()], self.data_dir
-        )
+        paths = [str(f["path"]) for f in files.values()]
+        if self.data_dir is not None:
+            # Voicemail is stored relative to the data dir; it goes with its call.
+            messages = await self.store.aread(self.store.messages_for, call_id)
+            paths += [str(self.data_dir / m["path"]) for m in messages]
+        removed, refused = await asyncio.to_thread(_remove_files, paths, self.data_dir)
         index = request.app.get(FAST_INDEX)
         if index is not None:
             index.invalidate(call_id)  # the range fast path must not serve it from its cache
@@ -206,6 +218,27 @@ class _CallsApi:
         """The precomputed waveform peaks of a call (JSON)."""
         return await self._serve(request, "peaks")
 
+    async def message(self, request: web.Request) -> web.StreamResponse:
+        """A voicemail message left through an IVR ``record`` node, with Range / 206.
+
+        The path comes from the store and is resolved (symlinks too) and confined to
+        ``<data_dir>/messages``, as DELETE confines what it unlinks.
+        """
+        call_id = _call_uuid(request)
+        name = request.match_info.get("name", "")
+        if call_id is None or not _MESSAGE_NAME.fullmatch(name) or self.data_dir is None:
+            MESSAGES_SERVED.labels(status="404").inc()
+            return _error(404, "not_found", "no such message")
+        rows = await self.store.aread(self.store.messages_for, call_id)
+        row = next((m for m in rows if m["name"] == name), None)
+        path = None if row is None else _confined(self.data_dir, row["path"], "messages")
+        if path is None:
+            MESSAGES_SERVED.labels(status="404").inc()
+            return _error(404, "not_found", "no such message")
+        resp = await serve_file(request, path, "audio/wav")
+        MESSAGES_SERVED.labels(status=str(resp.status)).inc()
+        return resp
+
     async def _serve(self, request: web.Request, fmt: str) -> web.StreamResponse:
         call_id = _call_uuid(request)
         if call_id is None or fmt not in ("wav", "m4a", "mp3", "peaks"):
@@ -217,6 +250,16 @@ class _CallsApi:
         path = Path(entry["path"])
         ctype = "application/json" if fmt == "peaks" else content_type_for(path)
         return await serve_file(request, path, ctype)
+
+
+def _confined(data_dir: Path, relative: str, folder: str) -> Path | None:
+    """``data_dir / relative`` when it resolves inside ``data_dir / folder``, else None."""
+    root = (data_dir / folder).resolve()
+    try:
+        path = (data_dir / relative).resolve()
+    except (OSError, ValueError):
+        return None
+    return path if path.is_relative_to(root) and path != root else None
 
 
 def _remove_files(paths: list[str], data_dir: Path | None) -> tuple[list[str], list[str]]:
@@ -260,3 +303,4 @@ def setup_api(app: web.Application, store: CallStore, data_dir: Path | None = No
     # GET also answers HEAD (aiohttp adds it), which serve_file handles per RFC 9110.
     app.router.add_get("/api/calls/{uuid}/recording.{fmt}", api.recording)
     app.router.add_get("/api/calls/{uuid}/peaks.json", api.peaks)
+    app.router.add_get("/api/calls/{uuid}/messages/{name}.wav", api.message)

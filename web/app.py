@@ -1,7 +1,8 @@
 """The HTTP server: health, Prometheus metrics, and (when a store is given) the API and portal.
 
 ``web`` reads the call store and files; it never reaches into the live AudioSocket server.
-The one live figure it shows, the active call count, comes through the metrics registry.
+The live view reads only the live-call hub (``services["live"]``, :mod:`web.live`), which
+the composition root hands over like the store.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
 def make_app(services: dict[str, Any] | None = None) -> web.Application:
     """Build the aiohttp application.
 
-    ``services`` may carry ``store``, ``jobs`` and ``config``. With a store the API and the
-    portal are served; auth follows ``config.http_bind`` (open on loopback, token otherwise;
+    ``services`` may carry ``store``, ``jobs``, ``live`` and ``config``. With a store the API
+    and the portal are served; auth follows ``config.http_bind`` (open on loopback, token otherwise;
     without a config the app is taken as loopback). Uploads need ``jobs`` too (else 503).
     """
     services = services or {}
@@ -56,6 +57,10 @@ def make_app(services: dict[str, Any] | None = None) -> web.Application:
             secure_cookies=config.web.secure_cookies if config is not None else False,
         )
         setup_api(app, store, data_dir)
+        from web.live import setup_live
+
+        setup_live(app, services.get("live"), store,
+                   listen_in=bool(config is not None and config.web.listen_in))
         if config is None or config.web.fast_ranges:
             from web.fastpath import FAST_INDEX, RecordingIndex
 

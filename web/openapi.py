@@ -104,6 +104,8 @@ OPENAPI: Final[dict[str, Any]] = {
                     "summary_title": {"type": ["string", "null"]},
                     "snippet": {"type": ["string", "null"],
                                 "description": "HTML-escaped text with <mark> around hits"},
+                    "snippet_speaker": {"enum": ["caller", "server", None],
+                                        "description": "Who said the snippet's line"},
                 },
             },
             "CallList": {
@@ -120,14 +122,40 @@ OPENAPI: Final[dict[str, Any]] = {
                 "properties": {"start": {"type": "number"}, "end": {"type": "number"},
                                "text": {"type": "string"},
                                "confidence": {"type": ["number", "null"]},
-                               "latency_ms": {"type": ["number", "null"]}},
+                               "latency_ms": {"type": ["number", "null"]},
+                               "speaker": {"enum": ["caller", "server"],
+                                           "description": "server: what the server said "
+                                                          "(prompt or say text, not "
+                                                          "recognised); caller: recognised"},
+                               "interrupted": {"type": "boolean",
+                                               "description": "A server line cut short "
+                                                              "(barge-in or hang-up)"}},
+            },
+            "Message": {
+                "type": "object",
+                "description": "A voicemail message left through an IVR record node",
+                "properties": {"name": {"type": "string",
+                                        "description": "The flow variable it was recorded into"},
+                               "url": {"type": "string",
+                                       "description": "The WAV, Range-capable"},
+                               "start": {"type": ["number", "null"],
+                                         "description": "Seconds into the call"},
+                               "seconds": {"type": "number"},
+                               "stopped_by": {"type": ["string", "null"], "enum": [
+                                   "terminator", "silence", "max_seconds", None]},
+                               "transcript": {"type": ["string", "null"],
+                                              "description": "null until transcribed"},
+                               "created_at": {"type": "string", "format": "date-time"}},
             },
             "Call": {
                 "allOf": [{"$ref": "#/components/schemas/CallSummary"}],
                 "type": "object",
                 "properties": {
                     "transcript": {"type": "array",
+                                   "description": "Caller and server lines by start time",
                                    "items": {"$ref": "#/components/schemas/Segment"}},
+                    "messages": {"type": "array",
+                                 "items": {"$ref": "#/components/schemas/Message"}},
                     "ivr": {"type": ["object", "null"],
                             "properties": {"path": {"type": "array"},
                                            "variables": {"type": "object"},
@@ -142,6 +170,33 @@ OPENAPI: Final[dict[str, Any]] = {
                                    "additionalProperties": {"type": "string"}},
                     "jobs": {"type": "object", "additionalProperties": {
                         "enum": ["pending", "running", "done", "failed"]}},
+                },
+            },
+            "LiveCall": {
+                "type": "object",
+                "properties": {
+                    "uuid": {"type": "string", "format": "uuid"}, "app": {"type": "string"},
+                    "caller": {"type": "string",
+                               "description": "The peer (AudioSocket carries no caller ID)"},
+                    "started_at": {"type": "string", "format": "date-time"},
+                    "started": {"type": "number", "description": "Unix seconds"},
+                    "rate": {"type": "integer"},
+                    "node": {"type": ["string", "null"], "description": "Current IVR node"},
+                    "path": {"type": "array", "items": {"type": "string"}},
+                    "lines": {"type": "array", "items": {"type": "object", "properties": {
+                        "start": {"type": "number"}, "end": {"type": "number"},
+                        "text": {"type": "string"}}}},
+                    "listenable": {"type": "boolean",
+                                   "description": "Its audio passes through Python"},
+                },
+            },
+            "LiveSnapshot": {
+                "type": "object",
+                "properties": {
+                    "calls": {"type": "array", "items": {"$ref": "#/components/schemas/LiveCall"}},
+                    "last_event_id": {"type": "integer"},
+                    "now": {"type": "number", "description": "Server time, unix seconds"},
+                    "listen_in": {"type": "boolean"},
                 },
             },
             "UploadResult": {
@@ -206,6 +261,53 @@ OPENAPI: Final[dict[str, Any]] = {
             "application/json",
             "Waveform peaks: {rate, duration, channels, peaks_per_second, bits, length, "
             "data: [[min, max], ...]} with ints in -127..127")},
+        "/api/calls/{uuid}/messages/{name}.wav": {"get": {
+            **_file("audio/wav", "A voicemail message (as recordings: ranges, conditionals)"),
+            "parameters": [
+                *_file("audio/wav", "")["parameters"],
+                {"name": "name", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": "^\\w{1,64}$"},
+                 "description": "The message's name (its flow variable)"},
+            ],
+        }},
+        "/api/live": {"get": {
+            "summary": "Calls in progress: app, caller, IVR node, transcript so far",
+            "responses": {
+                "200": {"description": "A snapshot", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/LiveSnapshot"}}}},
+                "401": _err("Token required"),
+                "503": _err("No AudioSocket server in this process"),
+            },
+        }},
+        "/api/live/events": {"get": {
+            "summary": "Calls in progress as Server-Sent Events",
+            "description": "First a `snapshot` event (a LiveSnapshot), then `call_started` "
+                           "(a LiveCall), `node` ({uuid, node, path}), `line` ({uuid, start, "
+                           "end, text}) and `call_ended` ({uuid, end_reason, duration}), "
+                           "each with an `id`; a `: ping` comment every 15 s. A reader that "
+                           "falls 256 events behind is disconnected; a reconnect starts "
+                           "with a fresh snapshot (Last-Event-ID is not needed).",
+            "responses": {
+                "200": {"description": "The stream", "content": {"text/event-stream": {}}},
+                "401": _err("Token required"),
+                "503": _err("Too many live views open (Retry-After), or no server here"),
+            },
+        }},
+        "/api/calls/{uuid}/listen": {"get": {
+            "summary": "Listen-in: the live call's audio, both directions mixed (audited)",
+            "description": "A WAV stream (16-bit mono at the call's rate) with an "
+                           "open-ended header, until the call ends. Needs `[web] listen_in "
+                           "= true`; each listen is written to the audit trail.",
+            "parameters": [_UUID_PARAM],
+            "responses": {
+                "200": {"description": "The stream", "content": {"audio/wav": {}}},
+                "401": _err("Token required"),
+                "403": _err("Listen-in is off on this server"),
+                "404": _err("No call in progress has this id"),
+                "409": _err("The call's audio stays on the C media path (echo app)"),
+                "503": _err("Too many listen-in streams open, or no server here"),
+            },
+        }},
         "/api/uploads": {
             "get": {
                 "summary": "Upload limits the browser validator applies",
@@ -254,6 +356,8 @@ OPENAPI: Final[dict[str, Any]] = {
                                   "parameters": [_UUID_PARAM],
                                   "responses": {"200": {"description": "HTML"},
                                                 "404": {"description": "Not a UUID"}}}},
+        "/live": {"get": {"summary": "Portal: calls in progress (HTML)",
+                          "responses": {"200": {"description": "HTML"}}}},
         "/upload": {"get": {"summary": "Portal: upload with browser-side validation (HTML)",
                             "responses": {"200": {"description": "HTML"}}}},
         "/login": {

@@ -100,13 +100,9 @@ async def test_verify_rejects_wrong_duration(call_wav: Path, tmp_path: Path) -> 
         await verify_archive(call_wav, junk)
 
 
-async def test_mp3_is_echo_filtered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A tone burst at 1.0-1.2 s in silence. With a 300 ms echo there is sound at 1.3-1.5 s;
-    # without it that window is silent (MP3's 72 ms granule smearing at 8 kHz does not reach).
-    t = np.arange(3 * RATE) / RATE
-    burst = np.where((t >= 1.0) & (t < 1.2), 0.5 * np.sin(2 * np.pi * 500 * t), 0.0)
-    src = write_stereo(tmp_path / "burst.wav", np.stack([burst, burst], axis=1))
-
+@pytest.fixture
+def spy_commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every child the archive module runs (FFmpeg and the echo canceller), in order."""
     commands: list[list[str]] = []
     real_run = archive._run_ffmpeg
 
@@ -115,19 +111,97 @@ async def test_mp3_is_echo_filtered(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         return await real_run(cmd, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(archive, "_run_ffmpeg", spy)
-    await archive_mp3(src, tmp_path / "default.mp3")
-    filters = [c[c.index("-filter_complex") + 1] for c in commands if "-filter_complex" in c]
-    assert len(filters) == 1 and "aecho=" in filters[0]
-    for part in ("in_gain=0.8", "out_gain=0.88", "delays=60", "decays=0.4"):
-        assert part in filters[0]
+    return commands
+
+
+def _filters(commands: list[list[str]]) -> list[str]:
+    return [c[c.index("-filter_complex") + 1] for c in commands if "-filter_complex" in c]
+
+
+def _lag_corr(a: np.ndarray, b: np.ndarray, lag: int) -> float:
+    """Normalised correlation of ``a`` with ``b`` delayed by ``lag`` samples."""
+    x, y = a[lag:], b[: b.size - lag]
+    return float(np.dot(x, y) / np.sqrt(np.dot(x, x) * np.dot(y, y) + 1e-20))
+
+
+def _legs(path: Path) -> np.ndarray:
+    proc = subprocess.run(
+        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-i", str(path), "-ac", "2",
+         "-ar", str(RATE), "-f", "s16le", "-"], capture_output=True, check=True)
+    return np.frombuffer(proc.stdout, "<i2").reshape(-1, 2) / 32768.0
+
+
+async def test_mp3_listening_copy_cancels_the_line_echo(
+    tmp_path: Path, spy_commands: list[list[str]]
+) -> None:
+    # A call: our prompts (Piper) on the right; on the left the caller (Piper, slower) and
+    # the line echo of our prompts 60 ms later, 8 dB down, through G.711-like noise.
+    from tests.helpers.speech_fixtures import synth_speech
+
+    ours = pcm_to_float(synth_speech(
+        "Welcome to the demo line. Press one or say sales, press two or say support. "
+        "Thank you, please hold while I look up your account.")).astype(np.float64)
+    caller = pcm_to_float(synth_speech(
+        "Hi, I am calling about the invoice from last week.", length_scale=1.1))
+    n = ours.size + caller.size + RATE
+    right = np.zeros(n)
+    right[: ours.size] = 0.5 * ours
+    lag = int(0.060 * RATE)
+    echo = np.zeros(n)
+    echo[lag:] = 0.4 * right[: n - lag]
+    echo[lag + 1:] += 0.1 * right[: n - lag - 1]
+    left = echo + 1e-3 * np.random.default_rng(3).standard_normal(n)
+    c0 = ours.size + RATE // 2
+    left[c0: c0 + caller.size] += 0.4 * caller
+    src = write_stereo(tmp_path / "call.wav", np.stack([left, right], axis=1))
+
+    res = await archive_mp3(src, tmp_path / "call.mp3")
+    assert abs(res.duration - n / RATE) <= 0.1
+    # The canceller ran as a child (not in this process), then FFmpeg denoised and levelled.
+    assert any("echo_cancel.py" in " ".join(c) for c in spy_commands)
+    (graph,) = _filters(spy_commands)
+    assert "afftdn" in graph and "alimiter" in graph and "volume" in graph
+    assert "aecho" not in graph
+    assert leftovers(tmp_path) == []  # the cleaned intermediate WAV is gone
+
+    mp3 = _legs(res.path)[: n]
+    echo_only = slice(lag + RATE // 4, ours.size)
+    speech = slice(c0, c0 + caller.size)
+    assert _lag_corr(left, right, lag) > 0.3  # the recording: the echo is plain to see
+    assert abs(_lag_corr(mp3[:, 0], mp3[:, 1], lag)) < 0.05  # the copy: gone
+
+    def ratio_db(x: np.ndarray) -> float:  # echo relative to the caller's own speech
+        return float(10 * np.log10(np.mean(x[echo_only] ** 2) / np.mean(x[speech] ** 2)))
+
+    assert ratio_db(left) - ratio_db(mp3[:, 0]) >= 20
+    # The caller's words are still there, at a listening level (levelled to -20 dBFS).
+    assert -26 < 10 * np.log10(np.mean(mp3[speech, 0] ** 2)) < -14
+
+
+async def test_aac_is_never_filtered(call_wav: Path, tmp_path: Path,
+                                     spy_commands: list[list[str]]) -> None:
+    await archive_aac(call_wav, tmp_path / "call.m4a")
+    assert _filters(spy_commands) == []
+    assert not any("-af" in c or "echo_cancel.py" in " ".join(c) for c in spy_commands)
+
+
+async def test_aecho_is_only_an_explicit_option(
+    tmp_path: Path, spy_commands: list[list[str]]
+) -> None:
+    # A tone burst at 1.0-1.2 s in silence. With a 300 ms echo there is sound at 1.3-1.5 s;
+    # without it that window is silent (MP3's 72 ms granule smearing at 8 kHz does not reach).
+    t = np.arange(3 * RATE) / RATE
+    burst = np.where((t >= 1.0) & (t < 1.2), 0.5 * np.sin(2 * np.pi * 500 * t), 0.0)
+    src = write_stereo(tmp_path / "burst.wav", np.stack([burst, burst], axis=1))
+
+    await archive_mp3(src, tmp_path / "explicit.mp3", ArchiveSettings(listen_filter="aecho"))
+    (graph,) = _filters(spy_commands)
+    for part in ("aecho=", "in_gain=0.8", "out_gain=0.88", "delays=60", "decays=0.4"):
+        assert part in graph
 
     echoed = await archive_mp3(src, tmp_path / "echo.mp3",
-                               ArchiveSettings(aecho="0.8:0.9:300:0.5"))
-    plain = tmp_path / "plain.mp3"
-    await asyncio.to_thread(
-        subprocess.run,
-        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
-         "-c:a", "libmp3lame", "-b:a", "48k", str(plain)], check=True)
+                               ArchiveSettings(listen_filter="aecho", aecho="0.8:0.9:300:0.5"))
+    plain = await archive_mp3(src, tmp_path / "plain.mp3", ArchiveSettings(listen_filter="none"))
 
     def window_rms(path: Path) -> float:
         x = pcm_to_float(decode_to_pcm(path, RATE))
@@ -135,8 +209,40 @@ async def test_mp3_is_echo_filtered(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         return float(np.sqrt(np.mean(seg * seg)))
 
     assert window_rms(echoed.path) > 0.05
-    assert window_rms(plain) < 0.01
-    assert echoed.path.read_bytes() != plain.read_bytes()
+    assert window_rms(plain.path) < 0.01
+    with pytest.raises(ValueError, match="listen_filter"):
+        await archive_mp3(src, tmp_path / "x.mp3", ArchiveSettings(listen_filter="echo"))
+
+
+async def test_listening_copy_of_odd_recordings(tmp_path: Path) -> None:
+    # Mono (nothing to cancel against), a silent recording, a 30 ms call, 48 kHz, and an
+    # 8-bit WAV the canceller refuses: each still gets a listening copy of the right length.
+    rng = np.random.default_rng(5)
+    cases: dict[str, tuple[bytes, int, int]] = {
+        "mono": (((rng.standard_normal(RATE) * 2000).astype("<i2")).tobytes(), RATE, 1),
+        "silent": (bytes(4 * RATE * 2), RATE, 2),
+        "short": (((rng.standard_normal(480) * 2000).astype("<i2")).tobytes(), RATE, 2),
+        "wide": (((rng.standard_normal(48000 * 2) * 2000).astype("<i2")).tobytes(), 48000, 2),
+    }
+    for name, (pcm, rate, ch) in cases.items():
+        write_wav(tmp_path / f"{name}.wav", pcm, rate, channels=ch)
+    import wave
+
+    with wave.open(str(tmp_path / "u8.wav"), "wb") as wf:
+        wf.setnchannels(2)
+        wf.setsampwidth(1)
+        wf.setframerate(RATE)
+        wf.writeframes(bytes(rng.integers(100, 156, 2 * RATE, dtype=np.uint8)))
+    skipped = archive.LISTEN_COPIES.labels(filter="aec_skipped")
+    cleaned = archive.LISTEN_COPIES.labels(filter="aec")
+    before = (skipped._value.get(), cleaned._value.get())
+    for name in [*cases, "u8"]:
+        src = tmp_path / f"{name}.wav"
+        res = await archive_mp3(src, tmp_path / f"{name}.mp3")
+        assert res.path.is_file() and abs(res.duration - archive.wav_duration(src)) <= 0.1
+    assert leftovers(tmp_path) == []
+    # Only the 8-bit file fell back (denoised, not cancelled), and that is counted.
+    assert (skipped._value.get(), cleaned._value.get()) == (before[0] + 1, before[1] + 4)
 
 
 async def _wait_for_pid(limit_s: float = 10.0) -> int:
@@ -180,6 +286,8 @@ async def test_killed_ffmpeg_leaves_no_file(long_wav: Path, tmp_path: Path) -> N
 
 async def test_cancelled_archive_kills_ffmpeg(long_wav: Path, tmp_path: Path) -> None:
     dst = tmp_path / "long.mp3"
+    # The first child of the default listening copy is the echo canceller: cancelling
+    # kills it and removes its half-written WAV as it would FFmpeg and its partial.
     task = asyncio.create_task(archive_mp3(long_wav, dst))
     pid = await _wait_for_pid()
     task.cancel()
@@ -269,3 +377,13 @@ async def test_limit_one_serialises(call_wav: Path, tmp_path: Path) -> None:
     reset_ffmpeg_max()
     await asyncio.gather(*(archive_mp3(call_wav, tmp_path / f"s{i}.mp3") for i in range(3)))
     assert ffmpeg_stats() == (0, 1)
+
+
+def test_listen_filter_setting() -> None:
+    from audiosocket.config import ConfigError, load_config
+
+    assert load_config(environ={}).postcall.listen_filter == "aec"
+    env = {"AUDIOSOCKET_POSTCALL__LISTEN_FILTER": "aecho"}
+    assert load_config(environ=env).postcall.listen_filter == "aecho"
+    with pytest.raises(ConfigError, match="listen_filter"):
+        load_config(environ={"AUDIOSOCKET_POSTCALL__LISTEN_FILTER": "cancel"})

@@ -20,6 +20,7 @@ from tests.helpers.speech_fixtures import silence, synth_speech
 
 pytestmark = pytest.mark.slow
 
+PROMPT = "Welcome to Acme. Say sales, support or billing."
 SPEECH = "My internet connection has been down since yesterday. Please send a technician."
 
 
@@ -47,9 +48,13 @@ async def test_pipeline_archives_transcribes_and_summarises(ctx: Any) -> None:
     seconds = stereo_call(wav, silence(0.5) + synth_speech(SPEECH) + silence(0.5))
     store.call_started("c1", "record", 8000, None, time.time() - seconds)
     store.call_ended("c1", time.time(), "remote_closed", 0, 0)
+    # What the server said is in the transcript too; the summary is of the caller's words.
+    store.add_segment("c1", 0.0, 0.4, PROMPT, None, None, speaker="server")
     jobs.submit("c1", wav)
     await jobs.wait_idle(120)
     call = await store.aread(store.get_call, "c1")
+    assert [s["text"] for s in call["transcript"] if s["speaker"] == "server"] == [PROMPT]
+    assert "welcome" not in (call["summary"]["title"] + call["summary"]["text"]).lower()
     assert call["jobs"] == {s: "done" for s in
                             ("archive_aac", "archive_mp3", "peaks", "transcript", "summary")}
     for fmt in ("m4a", "mp3"):

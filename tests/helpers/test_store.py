@@ -80,6 +80,14 @@ def old_call(store: CallStore, cid: str, end_reason: str | None = None) -> None:
     )).result(5)
 
 
+def old_segment(store: CallStore, cid: str, text: str, kind: str = "live") -> None:
+    """A segment written the way v1/v2 code wrote it (no speaker column yet)."""
+    store._submit(lambda conn: conn.execute(
+        'INSERT INTO segments (call_uuid, start, "end", text, confidence, latency_ms, kind, '
+        "created_at) VALUES (?, 0.0, 1.0, ?, 0.9, 100.0, ?, ?)", (cid, text, kind, T0),
+    )).result(5)
+
+
 def test_opening_an_older_version_applies_only_newer_migrations(tmp_path: Path) -> None:
     with CallStore(tmp_path, migrations=MIGRATIONS[:1]) as s:
         cid = new_id()
@@ -98,7 +106,7 @@ def test_a_v1_database_keeps_its_calls_and_gets_their_audiosocket_uuids(
     with CallStore(tmp_path, migrations=MIGRATIONS[:1]) as s:
         old_call(s, asterisk, "remote_closed")
         old_call(s, imported, "imported")
-        s.add_segment(asterisk, 0.0, 1.0, "hello there", 0.9, 100.0)
+        old_segment(s, asterisk, "hello there")
         s.set_recording(asterisk, "wav", "/data/recordings/x.wav", 1000, 5.0)
         s.enqueue_jobs(asterisk, ["archive_aac"])
         s.flush()
@@ -161,8 +169,8 @@ def test_call_lifecycle_and_api_shape(store: CallStore) -> None:
     assert live is not None
     assert list(live) == [
         "uuid", "audiosocket_uuid", "app", "rate", "peer", "caller", "started_at", "ended_at",
-        "duration", "end_reason", "live", "frames_in", "frames_out", "transcript", "ivr", "summary",
-        "recordings", "jobs",
+        "duration", "end_reason", "live", "frames_in", "frames_out", "transcript", "messages",
+        "ivr", "summary", "recordings", "jobs",
     ]  # fmt: skip
     assert live["live"] is True and live["ended_at"] is None and live["duration"] is None
     assert live["started_at"] == iso_utc(T0) == "2026-11-18T11:06:40.000Z"
@@ -186,8 +194,10 @@ def test_call_lifecycle_and_api_shape(store: CallStore) -> None:
         620,
     )
     assert call["transcript"] == [
-        {"start": 0.5, "end": 2.1, "text": "hello there", "confidence": 0.9, "latency_ms": 210.0}
-    ]
+        {"start": 0.5, "end": 2.1, "text": "hello there", "confidence": 0.9, "latency_ms": 210.0,
+         "speaker": "caller", "interrupted": False}
+    ]  # fmt: skip
+    assert call["messages"] == []
     assert call["ivr"] == {"path": ["menu", "sales"], "variables": {"choice": "1"},
                            "result": "transferred"}  # fmt: skip
     assert call["summary"] == {"title": "Greeting", "text": "Caller said hello.",
@@ -655,3 +665,95 @@ def test_dangling_calls_last_as_long_as_their_recording_or_transcript(
         call = store.get_call(cid)
         assert call is not None and not call["live"]
         assert call["duration"] == seconds, (cid, call["duration"])
+
+
+# ---- both sides of the conversation, voicemail (schema v3) -----------------------------
+
+
+def test_a_v2_database_keeps_its_data_and_gets_speakers_and_messages(tmp_path: Path) -> None:
+    cid = new_id()
+    with CallStore(tmp_path, migrations=MIGRATIONS[:2]) as s:
+        old_call(s, cid)
+        old_segment(s, cid, "old caller words")
+        old_segment(s, cid, "old final", "final")
+        assert writer_value(s, "PRAGMA user_version") == 2
+    with CallStore(tmp_path) as s:
+        assert writer_value(s, "PRAGMA user_version") == len(MIGRATIONS) == 3
+        rows = s.execute_read("SELECT text, kind, speaker, interrupted FROM segments ORDER BY id")
+        assert rows == [
+            {"text": "old caller words", "kind": "live", "speaker": "caller", "interrupted": 0},
+            {"text": "old final", "kind": "final", "speaker": "caller", "interrupted": 0},
+        ]
+        call = s.get_call(cid)
+        assert call is not None
+        assert [(t["text"], t["speaker"]) for t in call["transcript"]] == [("old final", "caller")]
+        assert call["messages"] == []
+        assert s.search("final")["items"][0]["speaker"] == "caller"
+        # The new table works on the migrated file, and a bad speaker is refused.
+        s.save_message(cid, "message", "messages/x.wav", 2.0, start=1.0).result(5)
+        assert [m["name"] for m in s.messages_for(cid)] == ["message"]
+        with pytest.raises(ValueError):
+            s.add_segment(cid, 0, 1, "x", None, None, speaker="robot")
+
+
+def test_server_lines_interleave_and_survive_the_final_transcript(store: CallStore) -> None:
+    cid = make_call(store)
+    store.add_segment(cid, 0.0, 2.0, "Welcome to the demo line.", None, None,
+                      speaker="server")
+    store.add_segment(cid, 2.5, 3.5, "sales please", 0.8, 300.0)  # positional, as before
+    store.add_segment(cid, 3.0, 5.0, "For sales press one", None, None, speaker="server",
+                      interrupted=True)
+    store.flush()
+    tr = store.get_call(cid)["transcript"]  # type: ignore[index]
+    assert [(t["speaker"], t["text"], t["interrupted"]) for t in tr] == [
+        ("server", "Welcome to the demo line.", False),
+        ("caller", "sales please", False),
+        ("server", "For sales press one", True),
+    ]
+    store.replace_final_transcript(cid, [{"start": 2.4, "end": 3.4, "text": "sales, please"}])
+    store.replace_final_transcript(cid, [{"start": 2.4, "end": 3.4, "text": "Sales, please."}])
+    store.flush()
+    tr = store.get_call(cid)["transcript"]  # type: ignore[index]
+    assert [(t["speaker"], t["text"]) for t in tr] == [
+        ("server", "Welcome to the demo line."),
+        ("caller", "Sales, please."),
+        ("server", "For sales press one"),
+    ]
+    assert store.execute_read(
+        "SELECT count(*) AS n FROM segments WHERE speaker='server'")[0]["n"] == 2
+
+
+def test_search_finds_both_speakers_and_says_which(store: CallStore) -> None:
+    cid = make_call(store)
+    store.add_segment(cid, 0.0, 2.0, "Please leave your message after the tone.", None, None,
+                      speaker="server")
+    store.add_segment(cid, 3.0, 4.0, "my parcel never arrived", 0.9, 200.0)
+    store.replace_final_transcript(cid, [{"start": 3.0, "end": 4.0, "text": "My parcel never "
+                                          "arrived."}])
+    store.flush()
+    hits = store.search("message tone")["items"]
+    assert [(h["call_uuid"], h["speaker"], h["kind"]) for h in hits] == [(cid, "server", "live")]
+    assert "<mark>message</mark>" in hits[0]["snippet"]
+    parcel = store.search("parcel")
+    assert parcel["total"] == 1 and parcel["items"][0]["speaker"] == "caller"  # final only
+    listed = store.list_calls(q="tone")["items"]
+    assert [c["uuid"] for c in listed] == [cid]
+    assert listed[0]["snippet_speaker"] == "server" and "<mark>tone</mark>" in listed[0]["snippet"]
+    assert store.list_calls(q="arrived")["items"][0]["snippet_speaker"] == "caller"
+
+
+def test_messages_are_stored_transcribed_and_deleted_with_the_call(store: CallStore) -> None:
+    cid = make_call(store)
+    store.save_message(cid, "message", "messages/m.wav", 4.25, start=12.5,
+                       stopped_by="terminator")
+    store.flush()
+    msg = store.get_call(cid)["messages"]  # type: ignore[index]
+    assert msg == [{"name": "message", "url": f"/api/calls/{cid}/messages/message.wav",
+                    "start": 12.5, "seconds": 4.25, "stopped_by": "terminator",
+                    "transcript": None, "created_at": msg[0]["created_at"]}]
+    assert store.set_message_transcript(cid, "message", "Call me back.").result(5) is True
+    assert store.set_message_transcript(cid, "other", "x").result(5) is False
+    assert store.get_call(cid)["messages"][0]["transcript"] == "Call me back."  # type: ignore[index]
+    assert store.messages_for(cid)[0]["path"] == "messages/m.wav"
+    assert store.delete_call(cid).result(5)
+    assert store.execute_read("SELECT count(*) AS n FROM messages")[0]["n"] == 0

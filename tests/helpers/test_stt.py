@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from helpers import ai
-from helpers.stt import RawResult, Segment, SttEngine
+from helpers.stt import RawResult, Segment, SttEngine, Word
 from helpers.vad import Utterance, VadSegmenter
 
 try:  # works whether or not tests/helpers is a package
@@ -290,3 +290,79 @@ def test_cut_loop_trims_decoder_loops() -> None:
     assert cut_loop("No no") == "No no"
     assert cut_loop("Hello there.") == "Hello there."
     assert cut_loop("") == ""
+
+
+# -- words, lines and the word-level guards ------------------------------------------------
+
+
+def _quieter(pcm: bytes, db: float) -> bytes:
+    x = np.frombuffer(pcm, "<i2").astype(np.float64) * 10 ** (-db / 20)
+    return np.round(x).astype("<i2").tobytes()
+
+
+@pytest.mark.slow
+def test_thank_you_said_clearly_survives_an_invented_one_does_not(engine: SttEngine) -> None:
+    ask = synth_speech("I would like to change my delivery address.", 8000)
+    thanks = synth_speech("Thank you.", 8000)
+    # A caller's own "Thank you." at a normal level: alone and after a sentence.
+    text, _, info = engine.transcribe(silence(0.3) + thanks + silence(0.3), 8000)
+    assert info["rejected"] is None and wer("Thank you.", text) == 0, info
+    text, _, info = engine.transcribe(ask + silence(0.5) + thanks, 8000)
+    assert info["rejected"] is None and "thank you" in text.lower(), info
+    assert [w.text.strip() for w in info["words"]][-2:] == ["Thank", "you."]
+    # The same words 30 dB under the caller (a far-away TV, line crosstalk): Whisper writes
+    # them, the tail guard takes them off because the audio there is not the caller's.
+    before = _metric("audiosocket_stt_rejections_total", reason="phantom_edge")
+    text, _, info = engine.transcribe(ask + silence(0.5) + _quieter(thanks, 30), 8000)
+    assert "thank you" in info["raw_text"].lower(), info  # Whisper did invent it
+    assert "thank" not in text.lower() and wer(
+        "I would like to change my delivery address.", text) <= 0.1, text
+    assert _metric("audiosocket_stt_rejections_total", reason="phantom_edge") == before + 1
+    # Alone and near-silent (-50 dBFS): the whole result goes.
+    text, _, info = engine.transcribe(_quieter(thanks, 30), 8000, voiced=500.0)
+    assert text == "" and info["rejected"] == "phantom" and "thank" in info["raw_text"].lower()
+
+
+@pytest.mark.slow
+def test_real_words_are_timed_on_the_audio(engine: SttEngine) -> None:
+    first = synth_speech("Hello, I am calling about my order.", 8000)
+    second = synth_speech("Could you please check what happened to it?", 8000)
+    gap = 0.4
+    text, _, info = engine.transcribe(silence(0.5) + first + silence(gap) + second, 8000)
+    words = info["words"]
+    assert [w.text for w in words] and "".join(w.text for w in words).strip() == text
+    starts = [w.start for w in words]
+    assert starts == sorted(starts) and all(w.end >= w.start for w in words)
+    could = next(w for w in words if w.text.strip() == "Could")
+    assert could.start == pytest.approx(0.5 + len(first) / 16000 + gap, abs=0.4)
+    assert 0 < min(w.probability for w in words) <= 1
+
+
+def test_word_guards_count_loops_and_repeated_lines() -> None:
+    words = tuple(Word(f" {w}", i * 0.4, i * 0.4 + 0.3, 0.9) for i, w in enumerate(
+        "I need a new card. I need a new card. Please.".split()))
+    eng, _ = _fake_engine(RawResult("x", -0.2, 0.1, 12, "short", words, loop_words=3))
+    before = {r: _metric("audiosocket_stt_rejections_total", reason=r)
+              for r in ("loop", "repeated_line")}
+    text, _, info = eng.transcribe(_speechlike(seconds=5.0), 8000)
+    assert text == "I need a new card. Please." and info["rejected"] is None
+    assert [w.text for w in info["words"]] == [" I", " need", " a", " new", " card.", " Please."]
+    for reason in ("loop", "repeated_line"):
+        assert _metric("audiosocket_stt_rejections_total", reason=reason) == before[reason] + 1
+    assert eng.stats.rejected == {"loop": 1, "repeated_line": 1}
+
+
+def test_phantom_alone_rejected_when_whisper_doubts_speech() -> None:
+    # A stock phrase at a normal level, but Whisper's own no-speech estimate is high.
+    eng, _ = _fake_engine(RawResult("Thank you. Thank you.", -0.3, 0.7))
+    assert eng.transcribe(_speechlike(), 8000)[2]["rejected"] == "phantom"
+    eng, _ = _fake_engine(RawResult("Thank you.", -0.3, 0.05))
+    assert eng.transcribe(_speechlike(), 8000)[0] == "Thank you."
+
+
+def test_a_mostly_looping_result_is_still_a_repetition() -> None:
+    # The word-level collapse would leave "Beep Be"; the guard judges what was decoded.
+    words = (Word(" Beep", 0.0, 0.3, 0.9), Word(" Be", 0.3, 0.4, 0.5))
+    decoded = "Beep " * 30 + "Be"
+    eng, _ = _fake_engine(RawResult("Beep Be", -0.3, 0.9, 31, "short", words, 29, decoded))
+    assert eng.transcribe(_speechlike(), 8000)[2]["rejected"] == "repetition"

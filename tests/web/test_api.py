@@ -130,7 +130,7 @@ async def test_call_detail(client: Client, store: CallStore) -> None:
     assert body == store.get_call(ids[0])
     assert body["transcript"] == [
         {"start": 0.5, "end": 2.0, "text": "please cancel my order", "confidence": 0.8,
-         "latency_ms": 150.0}
+         "latency_ms": 150.0, "speaker": "caller", "interrupted": False}
     ]  # fmt: skip
     assert body["summary"]["title"] == "Cancellation" and body["live"] is False
     # upper case / no dashes are the same UUID

@@ -1,4 +1,5 @@
-// One call: player (MP3, M4A fallback) with waveform, clickable transcript, summary, IVR.
+// One call: player (MP3, M4A fallback) with waveform, voicemail, clickable two-sided
+// transcript, summary, IVR.
 import { el, formatDuration, formatTime, getJSON } from "./common.mjs";
 
 const uuid = location.pathname.split("/").filter(Boolean).pop();
@@ -128,11 +129,19 @@ function revealInList(node, box) {
   else if (n.bottom > b.bottom) box.scrollTop += n.bottom - b.bottom;
 }
 
+/** Both sides, as the API orders them (by start): the caller's recognised speech and what
+ * the server said (prompt and say text, known, not recognised), each labelled. */
 function renderTranscript(call) {
   const list = $("transcript");
   segments = (call.transcript || []).map((s) => {
-    const node = el("li", { tabindex: "0", dataset: { start: s.start, end: s.end }, title: "Play from here" },
-      el("span", { class: "ts" }, formatDuration(s.start)), el("span", { class: "text" }, s.text));
+    const speaker = s.speaker === "server" ? "server" : "caller";
+    const who = speaker === "server" ? "System" : "Caller";
+    const node = el("li", { tabindex: "0", class: speaker, dataset: { start: s.start, end: s.end, speaker },
+      title: "Play from here" },
+      el("span", { class: "ts" }, formatDuration(s.start)),
+      el("span", { class: `who ${speaker}` }, who),
+      el("span", { class: "text" }, s.text,
+        s.interrupted ? el("span", { class: "cut", title: "Cut short (barge-in or hang-up)" }, " — cut short") : null));
     const go = () => { seek(s.start); audio.play().catch(() => {}); };
     node.addEventListener("click", go);
     node.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); go(); } });
@@ -142,6 +151,30 @@ function renderTranscript(call) {
   if (!segments.length) list.append(el("li", { class: "note" }, call.live ? "The call is live; the transcript follows." : "No transcript."));
   $("transcript-card").hidden = false;
 }
+
+/** Voicemail left through an IVR record node: its own player (the WAV, Range-served) and
+ * its transcript beside it (stacked on a phone). */
+function renderMessages(call) {
+  const messages = call.messages || [];
+  if (!messages.length) return;
+  const box = $("messages");
+  for (const m of messages) {
+    const player = el("audio", { controls: true, preload: "metadata", src: m.url, class: "message-audio" });
+    const facts = [`${formatDuration(m.seconds)}`];
+    if (m.start != null) facts.push(`left ${formatDuration(m.start)} into the call`);
+    if (m.stopped_by) facts.push(`ended by ${STOPPED[m.stopped_by] || m.stopped_by}`);
+    const text = m.transcript == null
+      ? el("p", { class: "note" }, call.live ? "Being transcribed…" : "No transcript.")
+      : el("blockquote", { class: "message-text" }, m.transcript || "(no words recognised)");
+    box.append(el("article", { class: "message", dataset: { name: m.name } },
+      el("div", { class: "message-player" }, el("h3", {}, m.name), player,
+        el("p", { class: "note" }, facts.join(" · "))),
+      el("div", { class: "message-transcript" }, text)));
+  }
+  $("voicemail").hidden = false;
+}
+
+const STOPPED = { terminator: "the caller's key", silence: "silence", max_seconds: "the time limit" };
 
 function renderSummary(call) {
   const s = call.summary;
@@ -206,6 +239,7 @@ async function main() {
   wire();
   renderHead(call);
   renderPlayer(call);
+  renderMessages(call);
   renderSummary(call);
   renderIvr(call);
   renderTranscript(call);
