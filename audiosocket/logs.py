@@ -101,4 +101,5 @@ def configure_logging(fmt: str = "console", level: str = "info") -> None:
 
 def get_logger(name: str = "audiosocket", **bound: object) -> structlog.stdlib.BoundLogger:
     """A logger with ``bound`` values on every line (call uuid, caller, app)."""
-    return structlog.get_logger(name).bind(**bound)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name).bind(**bound)
+    return logger

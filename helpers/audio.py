@@ -43,7 +43,8 @@ def resample_float(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndar
     """Resample float32 mono with soxr (high quality, phase-linear enough for speech)."""
     if src_rate == dst_rate or samples.size == 0:
         return samples.astype(np.float32, copy=False)
-    return soxr.resample(samples, src_rate, dst_rate, quality="HQ").astype(np.float32)
+    out: np.ndarray = soxr.resample(samples, src_rate, dst_rate, quality="HQ")
+    return out.astype(np.float32)
 
 
 def resample_pcm(pcm: bytes, src_rate: int, dst_rate: int) -> bytes:

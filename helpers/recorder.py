@@ -378,4 +378,4 @@ def wav_seconds(path: str | Path) -> float | None:
     channels, rate = struct.unpack_from("<HI", head, 22)
     if not channels or not rate:
         return None
-    return max(0, size) // (channels * 2) / rate
+    return max(0, size) // (int(channels) * 2) / int(rate)

@@ -286,7 +286,7 @@ def build_hf_whisper(source: Path, out: Path) -> Path:
         activation_function="gelu",
         use_cache=True,
     )
-    model = WhisperForConditionalGeneration(config).eval()
+    model = WhisperForConditionalGeneration(config).eval()  # type: ignore[no-untyped-call]
     state = _state_dict(v, enc_layers, dec_layers)
     with torch.no_grad():
         result = model.load_state_dict(state, strict=False)
@@ -296,7 +296,7 @@ def build_hf_whisper(source: Path, out: Path) -> Path:
                             f"unexpected {result.unexpected_keys}")
     model.tie_weights()
 
-    generation = GenerationConfig(
+    generation = GenerationConfig(  # type: ignore[no-untyped-call]
         decoder_start_token_id=sot,
         bos_token_id=eot,
         eos_token_id=eot,
@@ -330,7 +330,9 @@ def build_hf_whisper(source: Path, out: Path) -> Path:
     # transformers.js picks its tokenizer class from this field.
     tok_cfg["tokenizer_class"] = "WhisperTokenizer"
     tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
-    WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
+    WhisperFeatureExtractor(  # type: ignore[no-untyped-call]
+        feature_size=config.num_mel_bins
+    ).save_pretrained(out)
     return out
 
 

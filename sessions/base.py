@@ -150,7 +150,7 @@ class Session:
                 completed = True
                 return True
             try:
-                completed = await last
+                completed = bool(await last)
                 return completed
             finally:
                 if barge_in:
@@ -172,7 +172,7 @@ class Session:
         try:
             pb = self.play(pcm)
             self._note_first_frame(pb, heard)
-            completed = await pb
+            completed = bool(await pb)
             return completed
         finally:
             if barge_in:

@@ -62,7 +62,7 @@ _SPEC_RE = re.compile(r"([0-9]*)-([0-9]*)")
 # 4300-digit conversion limit (which would raise) while preserving every comparison that
 # matters against a real file size.
 _MAX_DIGITS = 18
-_HUGE = 10**_MAX_DIGITS
+_HUGE: int = 10**_MAX_DIGITS
 
 
 class RangeKind(Enum):
