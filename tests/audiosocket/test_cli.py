@@ -24,7 +24,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 30.0) -> None:
+def wait_port(port: int, timeout: float = 90.0) -> None:  # a loaded machine starts slowly
     end = time.time() + timeout
     while time.time() < end:
         try:
