@@ -99,6 +99,7 @@ async def test_fluent_speech_gives_sentence_lines_live_and_after_the_call(
 
     jobs = PostCallJobs(store, tmp_path / "jobs", stt=engine)
     await jobs.asubmit(result.uuid, wav)
+    await store.aflush()  # the recording row is a queued write; the step reads it
     await jobs._step_transcript(result.uuid)
     await store.aflush()
     final = await store.aread(store.get_call, result.uuid)
