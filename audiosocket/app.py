@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ if TYPE_CHECKING:
     from audiosocket.call import Call
     from sessions.base import Session
 
-__all__ = ["BUILTIN_APPS", "AppContext", "resolve_app"]
+__all__ = ["BUILTIN_APPS", "AppContext", "SessionFactory", "resolve_app", "session_factory"]
 
 #: Built-in apps by name; any other ``module:Class`` path works too.
 BUILTIN_APPS = {
@@ -30,8 +29,9 @@ BUILTIN_APPS = {
 class AppContext:
     """What sessions share: settings, the data directory and the process-wide engines.
 
-    Engines (``services``) are created once at start-up by whoever needs them, so a session
-    never loads a model.
+    Engines (``services``) are created once at start-up by the composition root, from what
+    the app declares in ``Session.needs`` (``services.provide``), so a session never loads a
+    model and never imports the wiring.
     """
 
     config: Config
@@ -70,10 +70,32 @@ def resolve_app(name: str) -> type[Session]:
     return cls
 
 
-def session_factory(cls: type[Session], ctx: AppContext) -> Callable[[Call], Session]:
+@dataclass(frozen=True)
+class SessionFactory:
+    """Makes a call's session, and tells the server which hooks the app overrides.
+
+    Computed here, in the composition root, so the server never imports the session base
+    class. It matters for speed: a call whose app does not listen to ticks can go to the
+    clock's C media path, and inbound frames are routed only to an app that hears audio.
+    """
+
+    cls: type[Session]
+    ctx: AppContext
+    #: The app overrides ``on_tick``: the server calls it after every outbound frame.
+    hears_ticks: bool
+    #: The app overrides ``on_audio``: inbound audio frames are routed to it.
+    hears_audio: bool
+
+    def __call__(self, call: Call) -> Session:
+        return self.cls(call, self.ctx)
+
+
+def session_factory(cls: type[Session], ctx: AppContext) -> SessionFactory:
     """Bind the context so the server can create a session from a call alone."""
+    from sessions.base import Session
 
-    def make(call: Call) -> Session:
-        return cls(call, ctx)
-
-    return make
+    return SessionFactory(
+        cls, ctx,
+        hears_ticks=cls.on_tick is not Session.on_tick,
+        hears_audio=cls.on_audio is not Session.on_audio,
+    )

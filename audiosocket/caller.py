@@ -167,8 +167,8 @@ async def place_call(
             if k < len(frames):
                 chunk = frames[k]
                 if ulaw:
-                    header = b"\x10" + (size // 2).to_bytes(2, "big")
-                    writer.write(header + lin2ulaw(chunk.ljust(size, b"\0")))
+                    # Kind 0x10 whatever --rate says: the trap is slin's kind carrying μ-law.
+                    writer.write(encode_audio(lin2ulaw(chunk.ljust(size, b"\0")), 8000))
                 else:
                     writer.write(encode_audio(chunk, rate))
                 result.frames_sent += 1

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from audiosocket import metrics
-from audiosocket.protocol import FRAME_MS, KIND_FOR_RATE, frame_bytes
+from audiosocket.protocol import FRAME_MS, HEADER_SIZE, KIND_FOR_RATE, frame_bytes, header
 
 __all__ = [
     "NATIVE_FRAMES_IN",
@@ -27,7 +27,6 @@ __all__ = [
     "Transport",
 ]
 
-_HEADER = struct.Struct(">BH")
 #: A native line's state (struct line_state in _wire.c): fd, frame length, max frames (the
 #: live target when set), whole-frame sink, then the counters the C path adds to, then the
 #: live stream's gap (silent ticks since its last frame) and the underruns counted from it.
@@ -142,7 +141,7 @@ class Playout:
         self.rate = rate
         self.kind = KIND_FOR_RATE[rate]
         self.frame_size = frame_bytes(rate)
-        self._header = _HEADER.pack(self.kind, self.frame_size)
+        self._header = header(self.kind, self.frame_size)
         self._silence = self._header + bytes(self.frame_size)
         self._lead = max(0, min(lead_ms, 120)) // FRAME_MS
         self.max_frames = max(
@@ -280,7 +279,7 @@ class Playout:
             self._push(pcm[i : i + n])
         if end != len(pcm):
             rest = pcm[end:]
-            self._frames.append(_HEADER.pack(self.kind, len(rest)) + rest)
+            self._frames.append(header(self.kind, len(rest)) + rest)
             self._short += 1
             self.plain = False
 
@@ -466,15 +465,15 @@ class Playout:
         the "fed since" check still count right."""
         frames = self._frames
         count = len(frames)
-        size = len(self._silence) - 3
-        data = b"".join([f[3:] for f in frames])
+        size = len(self._silence) - HEADER_SIZE
+        data = b"".join([f[HEADER_SIZE:] for f in frames])
         frames.clear()
         end = len(data) - len(data) % size
-        header = self._header
-        frames.extend([header + data[i : i + size] for i in range(0, end, size)])
+        whole = self._header
+        frames.extend([whole + data[i : i + size] for i in range(0, end, size)])
         self._short = 0
         if end != len(data):
-            frames.append(_HEADER.pack(self.kind, len(data) - end) + data[end:])
+            frames.append(header(self.kind, len(data) - end) + data[end:])
             self._short = 1
         self._sent_seq += count - len(frames)
         if not self._short:
@@ -509,7 +508,7 @@ class Playout:
 
     def _pcm_of(self, frame: bytes) -> bytes:
         """The linear PCM a wire frame carries (for tick listeners, e.g. the recorder)."""
-        return frame[len(self._header):]
+        return frame[HEADER_SIZE:]
 
     @property
     def silence_frames_sent(self) -> int:

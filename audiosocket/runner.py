@@ -8,7 +8,7 @@ import gc
 import sys
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -17,6 +17,9 @@ from audiosocket.app import AppContext, resolve_app, session_factory
 from audiosocket.config import Config
 from audiosocket.lifecycle import SignalWatcher, Watchdog
 from audiosocket.server import AudioSocketServer
+
+if TYPE_CHECKING:
+    from sessions.base import Session
 
 __all__ = ["run_server"]
 
@@ -76,8 +79,9 @@ async def run_server(
     cls = resolve_app(config.app)
     ctx = AppContext(config)
     await _start_services(ctx)
-    # Prompt warm-up can take a while; a stop request meanwhile should not wait for it.
-    if not await _unless_stopped(cls.prepare(ctx), stop):
+    # Model loading and prompt warm-up can take a while; a stop request meanwhile should
+    # not wait for them.
+    if not await _unless_stopped(_prepare_app(cls, ctx), stop):
         await _stop_services(ctx, budget_s=SHUTDOWN_EXTRA_S - 1)
         return 0
     server = AudioSocketServer(config, session_factory(cls, ctx), app_name=config.app)
@@ -161,12 +165,18 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
 async def _start_services(ctx: AppContext) -> None:
     """Create the engines every app shares: the call store (every call is recorded in it)
     and the live-call hub (the portal's live view)."""
-    from audiosocket.services import ensure_jobs, ensure_store, install_live
+    from audiosocket.services import provide
 
-    await ensure_store(ctx)
-    install_live(ctx)
-    if ctx.config.postcall.enabled:
-        await ensure_jobs(ctx)
+    await provide(ctx, ("store", "live", "jobs") if ctx.config.postcall.enabled
+                  else ("store", "live"))
+
+
+async def _prepare_app(cls: type[Session], ctx: AppContext) -> None:
+    """Build the engines the app declares (``cls.needs``), then let it load its own."""
+    from audiosocket.services import provide
+
+    await provide(ctx, cls.needs)
+    await cls.prepare(ctx)
 
 
 async def _stop_services(ctx: AppContext, budget_s: float) -> None:

@@ -7,19 +7,20 @@ Life of a connection: wait for the UUID (a connection that closes or times out b
 a logged non-call); register the call on the shared clock at once (Asterisk hangs up after
 2 s without a frame); learn the call's rate from the first audio frame (or assume 8 kHz
 after a short probe) and spot the μ-law trap; start the app; route frames; end the call with
-exactly one reason. A call in the steady state is handed to the clock's C media path and
-back (``_attach_native``; docs/discussion/media-path.md).
+exactly one reason. Those decisions are the sans-I/O machine's (``call_state.py``): the
+connection feeds it frames, timer expiries and requests, and executes the actions it returns
+(timers, metrics, logs, the session). A call in the steady state is handed to the clock's C
+media path and back (``_attach_native``; docs/discussion/media-path.md).
 
-Why one module of ~750 lines: :class:`Connection` (~480, the per-call protocol) and
-:class:`AudioSocketServer` (listener, limits sweep, shutdown) share the call table, the
-end-reason rules and the metrics; apart, one set of invariants would live in two files.
+Why one module: :class:`Connection` (the adapter, the fast path and the C glue) and
+:class:`AudioSocketServer` (listener, limits sweep, shutdown) share the call table and the
+metrics; apart, one set of invariants would live in two files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import socket
 import time
 import uuid as _uuid
@@ -30,6 +31,33 @@ import structlog
 
 from audiosocket import memory, metrics
 from audiosocket.call import Call, CallIds
+from audiosocket.call_state import (
+    Action,
+    Admission,
+    Admit,
+    BadFrame,
+    CallState,
+    CancelTimer,
+    Close,
+    Connected,
+    ConnectionLost,
+    DeliverAudio,
+    DeliverDtmf,
+    EndCall,
+    EndRequested,
+    Finished,
+    NonCall,
+    OpenCall,
+    PeerError,
+    ProtocolViolation,
+    RateSeen,
+    Refuse,
+    SetTimer,
+    StartApp,
+    Timer,
+    TimerFired,
+    UlawDetected,
+)
 from audiosocket.clock import (
     LINE_PLAYOUT,
     LINE_STATE,
@@ -41,19 +69,17 @@ from audiosocket.clock import (
 )
 from audiosocket.peerlog import PeerLogLimit
 from audiosocket.protocol import (
+    HEADER_SIZE,
     KIND_FOR_RATE,
     Audio,
-    CallId,
     Decoder,
     Dtmf,
-    ErrorFrame,
     Frame,
-    Hangup,
     Kind,
     ProtocolError,
     encode_hangup,
+    header,
 )
-from audiosocket.ulaw import ULAW_FRAME_BYTES, looks_like_ulaw, ulaw2lin, ulaw_odds
 
 if TYPE_CHECKING:
     from audiosocket.config import Config
@@ -62,13 +88,6 @@ if TYPE_CHECKING:
 __all__ = ["AudioSocketServer", "CallObserver", "Connection"]
 
 log = structlog.get_logger("audiosocket.server")
-
-#: How long to wait for the first audio frame to learn the call's rate before the app starts.
-RATE_PROBE_S = 0.25
-#: 160-byte frames at call start are decided before ``ulaw_detect_frames`` are held once two
-#: of them favour one reading this strongly (speech and silence do, by far), so a live stream
-#: does not start that many frames late; loud tones score nearer 1 and wait for the count.
-ULAW_SURE_ODDS = 2.0
 
 SessionFactory = Callable[[Call], "Session"]
 
@@ -95,11 +114,13 @@ class Connection(asyncio.Protocol):
         self.call: Call | None = None
         self.session: Session | None = None
         self.main_task: asyncio.Task[None] | None = None
-        self._uuid_timer: asyncio.TimerHandle | None = None
-        self._probe_timer: asyncio.TimerHandle | None = None
-        self._started = False
-        self._held: list[bytes] = []  # 160-byte frames held while deciding on μ-law
-        self._pending_dtmf: list[str] = []  # keys that arrived before the app started
+        #: The protocol decisions (call_state.py); this class executes its actions.
+        self.machine = CallState(
+            uuid_timeout_s=server.config.uuid_timeout_s,
+            ulaw_detect_frames=server.config.ulaw_detect_frames,
+        )
+        self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        self._reused = False  # the UUID being admitted named an earlier call
         self._fast_audio: Callable[[bytes, int], None] | None = None
         self._fast_whole = False  # _fast_audio takes the whole wire frame (fast_frame)
         self._fast_len = 0
@@ -108,7 +129,6 @@ class Connection(asyncio.Protocol):
         self.fast_frames = 0  # frames taken by the fast path, not yet added to the call
         self._native_ok = False  # the fast path may hand this call to the C path
         self._native_line: tuple[object, ...] | None = None  # attached to the clock's C path
-        self._ended = False
         self.last_in = 0.0  # loop time of the last inbound frame, as seen by the sweep
         self._seen_in = 0
         self.last_out = 0.0  # loop time the sweep last saw audio (not silence) go out
@@ -133,7 +153,7 @@ class Connection(asyncio.Protocol):
         self.log = log.bind(peer=self.peer)
         self.last_in = self.loop.time()
         self.server.connections.add(self)
-        self._uuid_timer = self.loop.call_later(self.server.config.uuid_timeout_s, self._no_uuid)
+        self._run(self.machine.handle(Connected()))
 
     def data_received(self, data: bytes) -> None:
         # Fast path, the normal case: exactly one whole audio frame of the call's kind and
@@ -143,7 +163,7 @@ class Connection(asyncio.Protocol):
         if (
             fast is not None
             and len(data) == self._fast_len
-            and data[:3] == self._fast_header
+            and data[:HEADER_SIZE] == self._fast_header
             and not self.decoder._buf
         ):
             # Bytes are derived from this count when metrics are flushed (fixed frame size).
@@ -152,7 +172,7 @@ class Connection(asyncio.Protocol):
                 if self._fast_whole:
                     fast(data)  # type: ignore[call-arg]
                 else:
-                    fast(data[3:], self._fast_rate)
+                    fast(data[HEADER_SIZE:], self._fast_rate)
             except Exception as exc:
                 self._app_failed("on_audio", exc)
                 return
@@ -160,12 +180,13 @@ class Connection(asyncio.Protocol):
                 self._attach_native()
             return
         try:
+            machine = self.machine
             for frame in self.decoder.feed(data):
-                if self._ended:
+                if machine.ended:
                     return
                 self._on_frame(frame)
         except ProtocolError as exc:
-            self._protocol_error(exc.error_type.value, str(exc))
+            self._run(self.machine.handle(BadFrame(exc.error_type.value, str(exc))))
 
     # -- the C media path (audiosocket._wire, driven by the clock) ------------------------
 
@@ -175,7 +196,7 @@ class Connection(asyncio.Protocol):
         pending on either side: no partial frame in the decoder, nothing in the transport's
         write buffer, a plain playout."""
         call, transport = self.call, self.transport
-        if call is None or self._ended or transport is None or transport.is_closing():
+        if call is None or self.machine.ended or transport is None or transport.is_closing():
             return
         playout = call.playout
         if not playout.plain or transport.get_write_buffer_size() or self.decoder._buf:
@@ -233,82 +254,68 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        if self.call is None:
-            if not self._ended:
-                self._ended = True
-                self._cancel_timers()
-                reason = "closed_before_uuid" if exc is None else "reset_before_uuid"
-                metrics.NON_CALLS.labels(reason=reason).inc()
-                if self._peer_log("non_call"):
-                    self.log.info("non_call", reason=reason)
-            return
-        self.end("remote_closed" if exc is None else "remote_reset", send_hangup=False)
+        self._run(self.machine.handle(ConnectionLost(error=exc is not None)))
 
     # -- frames --------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
         call = self.call
-        if call is None:
-            if isinstance(frame, CallId):
-                self._start_call(frame.uuid)
+        if call is not None:
+            # Counting is the adapter's (batched into metrics once a second); what the frame
+            # means is the machine's.
+            if isinstance(frame, Audio):
+                call.frames_in += 1
+                call.audio_bytes_in += len(frame.payload)
+                pcm = self.machine.steady_audio(frame)
+                if pcm is not None:  # the common case, without action objects
+                    session = self.session
+                    if session is not None:
+                        self._hook("on_audio", session.on_audio, pcm, frame.rate)
+                    return
+            elif isinstance(frame, Dtmf):
+                call.dtmf_in += 1
+                self.log.info("dtmf", digit=frame.digit)
+        self._run(self.machine.handle(frame))
+
+    # -- executing the machine's actions ---------------------------------------------------
+
+    def _run(self, actions: list[Action]) -> None:
+        """Execute ``actions`` in order. An action may feed the machine again (an app hook
+        that raises ends the call); what follows it then sees the call ended."""
+        for action in actions:
+            if type(action) is DeliverAudio:  # the one action per frame on the slow path
+                session = self.session
+                if session is not None and not self.machine.ended:
+                    self._hook("on_audio", session.on_audio, action.pcm, action.rate)
             else:
-                self._protocol_error("no_uuid", f"{type(frame).__name__} frame before the UUID")
-            return
-        if isinstance(frame, Audio):
-            call.frames_in += 1
-            self._on_audio(call, frame.payload, frame.rate)
-        elif isinstance(frame, Dtmf):
-            call.dtmf_in += 1
-            self.log.info("dtmf", digit=frame.digit)
-            if self._started and self.session is not None:
-                self._hook("on_dtmf", self.session.on_dtmf, frame.digit)
-            else:
-                self._pending_dtmf.append(frame.digit)
-        elif isinstance(frame, Hangup):
-            self.end("remote_hangup", send_hangup=False)
-        elif isinstance(frame, ErrorFrame):
-            metrics.PEER_ERROR_FRAMES.inc()
-            if self._peer_log("peer_error_frame"):
-                self.log.warning("peer_error_frame", code=frame.code, flags=list(frame.flags))
-            if "hangup" in frame.flags:
-                self.end("remote_hangup", send_hangup=False)
-        elif isinstance(frame, CallId):
-            self._protocol_error("duplicate_uuid_frame", "a second UUID frame on a live call")
+                _EXECUTE[type(action)](self, action)
 
-    def _on_audio(self, call: Call, pcm: bytes, rate: int) -> None:
-        call.audio_bytes_in += len(pcm)
-        if not self._started:
-            if call.inbound_rate is None:
-                call.inbound_rate = rate
-            if rate == 8000 and len(pcm) == ULAW_FRAME_BYTES and not call.ulaw:
-                # 20 ms of μ-law in 0x10 (Dial without c(slin)) or 10 ms of slin: hold
-                # frames until their content decides.
-                held = self._held
-                held.append(pcm)
-                if len(held) >= self.server.config.ulaw_detect_frames or (
-                    len(held) >= 2
-                    and not 1 / ULAW_SURE_ODDS < ulaw_odds(b"".join(held)) < ULAW_SURE_ODDS
-                ):
-                    self._decide_held(call)
-                return
-            self._begin(rate)
-        elif call.ulaw:
-            pcm = ulaw2lin(pcm)  # whatever the size: short frames at file edges are μ-law too
-        if self.session is not None and not self._ended:
-            self._hook("on_audio", self.session.on_audio, pcm, rate)
+    def _deliver_dtmf(self, action: DeliverDtmf) -> None:
+        session = self.session
+        if session is not None and not self.machine.ended:
+            self._hook("on_dtmf", session.on_dtmf, action.digit)
 
-    def _decide_held(self, call: Call) -> None:
-        """The held 160-byte frames are μ-law or 10 ms slin: test both readings."""
-        if looks_like_ulaw(b"".join(self._held)):
-            self._detect_ulaw(call)
-        else:
-            self._begin(8000)
+    def _set_timer(self, action: SetTimer) -> None:
+        self._timers[action.timer] = self.loop.call_later(
+            action.delay, self._timer_fired, action.timer
+        )
 
-    def _detect_ulaw(self, call: Call) -> None:
-        # Inbound only: Asterisk reads every 0x10 frame we send as slin (samples = length / 2)
-        # and converts to the channel's codec itself, so the playout stays 320-byte slin;
-        # μ-law sent back is noise to the caller.
-        call.ulaw = True
+    def _cancel_timer(self, action: CancelTimer) -> None:
+        handle = self._timers.pop(action.timer, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _timer_fired(self, timer: Timer) -> None:
+        self._timers.pop(timer, None)
+        self._run(self.machine.handle(TimerFired(timer)))
+
+    def _rate_seen(self, action: RateSeen) -> None:
+        if self.call is not None:
+            self.call.inbound_rate = action.rate
+
+    def _ulaw_detected(self, action: UlawDetected) -> None:
+        if self.call is not None:
+            self.call.ulaw = True
         metrics.ULAW_DETECTED.inc()
         self.log.warning(
             "ulaw_detected",
@@ -316,30 +323,51 @@ class Connection(asyncio.Protocol):
             "a mu-law channel. Use Dial(AudioSocket/host:port/${UUID()}/c(slin)) or "
             "c(slin16); decoding inbound as mu-law, answering in slin",
         )
-        self._begin(8000)
+
+    def _peer_error(self, action: PeerError) -> None:
+        metrics.PEER_ERROR_FRAMES.inc()
+        if self._peer_log("peer_error_frame"):
+            self.log.warning("peer_error_frame", code=action.code, flags=list(action.flags))
+
+    def _protocol_violation(self, action: ProtocolViolation) -> None:
+        metrics.PROTOCOL_ERRORS.labels(type=action.error_type).inc()
+        if self._peer_log("protocol_error"):
+            self.log.warning("protocol_error", type=action.error_type, error=action.message)
+
+    def _non_call(self, action: NonCall) -> None:
+        metrics.NON_CALLS.labels(reason=action.reason).inc()
+        # A protocol error was logged as such just before.
+        if action.reason != "protocol_error" and self._peer_log("non_call"):
+            self.log.info("non_call", reason=action.reason)
+
+    def _do_close(self, action: Close) -> None:
+        self._close(send_hangup=action.send_hangup)
 
     # -- call life -----------------------------------------------------------------------
 
-    def _start_call(self, call_uuid: _uuid.UUID) -> None:
+    def _admit(self, action: Admit) -> None:
+        """Answer the machine's question: may a call with this UUID start?"""
         server = self.server
-        if self._uuid_timer is not None:
-            self._uuid_timer.cancel()
-            self._uuid_timer = None
+        call_uuid = action.uuid
         self.log = self.log.bind(call=str(call_uuid), app=server.app_name)
         # A UUID an earlier call had (fixed in the dialplan) gets a fresh id: that call's
         # rows and files are named by it and must never be overwritten.
-        reused = server.id_taken(str(call_uuid))
-        refuse = None
-        if len(server.calls) >= server.config.max_calls:
-            refuse = "overload"
-        elif reused and server.uuid_live(call_uuid):
-            refuse = "duplicate_uuid"
-        if refuse is not None:
-            self._ended = True
-            metrics.CALLS_ENDED.labels(reason=refuse).inc()
-            self.log.warning("call_refused", reason=refuse, active=len(server.calls))
-            self._close(send_hangup=True)
-            return
+        reused = self._reused = server.id_taken(str(call_uuid))
+        overloaded = len(server.calls) >= server.config.max_calls
+        answer = Admission(
+            overloaded=overloaded,
+            duplicate_live=not overloaded and reused and server.uuid_live(call_uuid),
+        )
+        self._run(self.machine.handle(answer))
+
+    def _refuse(self, action: Refuse) -> None:
+        metrics.CALLS_ENDED.labels(reason=action.reason).inc()
+        self.log.warning("call_refused", reason=action.reason, active=len(self.server.calls))
+
+    def _open_call(self, action: OpenCall) -> None:
+        server = self.server
+        call_uuid = action.uuid
+        reused = self._reused
         assert self.transport is not None
         playout = Playout(
             self.transport, 8000, lead_ms=server.config.lead_ms,
@@ -358,28 +386,15 @@ class Connection(asyncio.Protocol):
         metrics.ACTIVE_CALLS.inc()
         metrics.CALLS_STARTED.labels(app=server.app_name).inc()
         self.log.info("call_started")
-        self._probe_timer = self.loop.call_later(RATE_PROBE_S, self._probe_expired)
 
-    def _probe_expired(self) -> None:
-        self._probe_timer = None
-        if self._started or self._ended or self.call is None:
-            return
-        if self._held:
-            # Fewer 160-byte frames than the detection run, then nothing: decide on what we have.
-            self._decide_held(self.call)
-        else:
-            self._begin(8000)
-
-    def _begin(self, rate: int) -> None:
-        """The rate is known: fix the playout's kind and start the app."""
+    def _start_app(self, action: StartApp) -> None:
+        """The rate is known: fix the playout's kind and start the app (what was held
+        reaches it in the actions that follow)."""
         call = self.call
-        if self._started or call is None or self._ended:
+        if call is None:
             return
-        self._started = True
-        if self._probe_timer is not None:
-            self._probe_timer.cancel()
-            self._probe_timer = None
-        if rate != call.playout.rate and not call.ulaw:
+        rate = action.rate
+        if rate != call.playout.rate and not action.ulaw:
             old = call.playout
             new = Playout(
                 old.transport, rate, lead_ms=self.server.config.lead_ms,
@@ -401,10 +416,13 @@ class Connection(asyncio.Protocol):
             return
         self.session = session
         self.server.notify("call_started", call)
-        if type(session).on_tick is not _session_base().on_tick:
+        # Which hooks the app overrides comes with the factory (the composition root
+        # computes it): the server knows no session class. A bare callable hears it all.
+        factory = self.server.session_factory
+        if getattr(factory, "hears_ticks", True):
             call.playout.on_tick = self._tick_listener
         self.main_task = self.loop.create_task(self._run_main(session))
-        if not call.ulaw and type(session).on_audio is not _session_base().on_audio:
+        if not action.ulaw and getattr(factory, "hears_audio", True):
             kind = KIND_FOR_RATE[rate]
             size = call.playout.frame_size
             # An app may offer ``fast_audio(pcm, rate)`` for frames of its own kind only, or
@@ -413,18 +431,12 @@ class Connection(asyncio.Protocol):
             self._fast_whole = whole is not None
             self._fast_audio = whole or getattr(session, "fast_audio", None) or session.on_audio
             self._fast_rate = rate
-            self._fast_len = 3 + size
-            self._fast_header = bytes([kind, size >> 8, size & 0xFF])
+            self._fast_len = HEADER_SIZE + size
+            self._fast_header = header(kind, size)
             self._native_ok = NATIVE_AVAILABLE and self.server.config.native_media
-        held, self._held = self._held, []
-        for pcm in held:
-            self._hook("on_audio", session.on_audio, ulaw2lin(pcm) if call.ulaw else pcm, 8000)
-        for digit in self._pending_dtmf:
-            self._hook("on_dtmf", session.on_dtmf, digit)
-        self._pending_dtmf.clear()
 
     def _tick_listener(self, tick: int, sent: bytes | None) -> None:
-        if self.session is not None and not self._ended:
+        if self.session is not None and not self.machine.ended:
             self._hook("on_tick", self.session.on_tick, tick, sent)
 
     async def _run_main(self, session: Session) -> None:
@@ -448,36 +460,9 @@ class Connection(asyncio.Protocol):
         self.log.error("app_failed", hook=hook, error=str(exc), exc_info=exc)
         self.end("app_error")
 
-    def _protocol_error(self, error_type: str, message: str) -> None:
-        metrics.PROTOCOL_ERRORS.labels(type=error_type).inc()
-        if self._peer_log("protocol_error"):
-            self.log.warning("protocol_error", type=error_type, error=message)
-        if self.call is None:
-            self._ended = True
-            self._cancel_timers()
-            metrics.NON_CALLS.labels(reason="protocol_error").inc()
-            self._close(send_hangup=True)
-        else:
-            self.end("protocol_error")
-
     def _peer_log(self, event: str) -> bool:
         """Whether this peer may still log ``event`` (:class:`PeerLogLimit`)."""
         return self.server.peer_log.allow(self.peer.rpartition(":")[0] or self.peer, event)
-
-    def _no_uuid(self) -> None:
-        self._uuid_timer = None
-        if self.call is None and not self._ended:
-            self._ended = True
-            metrics.NON_CALLS.labels(reason="uuid_timeout").inc()
-            if self._peer_log("non_call"):
-                self.log.info("non_call", reason="uuid_timeout")
-            self._close(send_hangup=True)
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._uuid_timer, self._probe_timer):
-            if timer is not None:
-                timer.cancel()
-        self._uuid_timer = self._probe_timer = None
 
     def _close(self, *, send_hangup: bool) -> None:
         transport = self.transport
@@ -489,12 +474,13 @@ class Connection(asyncio.Protocol):
         transport.close()
 
     def end(self, reason: str, *, send_hangup: bool = True) -> None:
-        """End the call once, with one reason; later calls are no-ops."""
-        if self._ended:
-            return
-        self._ended = True
+        """End the call once, with one reason; later calls are no-ops. Before the UUID, just
+        close (after a hang-up frame when ``send_hangup``)."""
+        self._run(self.machine.handle(EndRequested(reason, send_hangup)))
+
+    def _end_call(self, action: EndCall) -> None:
+        reason, send_hangup = action.reason, action.send_hangup
         self._fast_audio = None
-        self._cancel_timers()
         call = self.call
         if call is None:
             self._close(send_hangup=send_hangup)
@@ -512,7 +498,7 @@ class Connection(asyncio.Protocol):
             frames_in=call.frames_in, frames_out=call.playout.sent_total,
             underruns=call.playout.underruns,
         )
-        if not self._started:
+        if not action.app_started:
             # Ended before the app started (e.g. within the rate probe): still a call.
             self.server.notify("call_started", call)
         self.server.notify("call_ended", call)
@@ -534,6 +520,7 @@ class Connection(asyncio.Protocol):
                     self.log.exception("app_failed", hook="on_end", error=str(exc))
         finally:
             self.server.calls.pop(call.id, None)
+            self.machine.handle(Finished())
             call.closed.set()
             if call.audio_bytes_in >= memory.TRIM_AFTER_BYTES:
                 memory.trim_soon()  # glibc keeps a big call's freed buffers otherwise
@@ -552,7 +539,7 @@ class Connection(asyncio.Protocol):
         if self.fast_frames:
             n, self.fast_frames = self.fast_frames, 0
             call.frames_in += n
-            call.audio_bytes_in += n * (self._fast_len - 3)
+            call.audio_bytes_in += n * (self._fast_len - HEADER_SIZE)
         audio = call.frames_in - self._flushed_in
         if audio:
             kind = KIND_FOR_RATE.get(call.inbound_rate or 8000, Kind.AUDIO_8K)
@@ -568,6 +555,25 @@ class Connection(asyncio.Protocol):
             self._flushed_bytes = call.audio_bytes_in
 
 
+#: Who executes each action (DeliverAudio, the common one, is inlined in ``_run``).
+_EXECUTE: dict[type[Any], Callable[[Connection, Any], None]] = {
+    SetTimer: Connection._set_timer,
+    CancelTimer: Connection._cancel_timer,
+    Admit: Connection._admit,
+    Refuse: Connection._refuse,
+    OpenCall: Connection._open_call,
+    RateSeen: Connection._rate_seen,
+    UlawDetected: Connection._ulaw_detected,
+    StartApp: Connection._start_app,
+    DeliverDtmf: Connection._deliver_dtmf,
+    PeerError: Connection._peer_error,
+    ProtocolViolation: Connection._protocol_violation,
+    NonCall: Connection._non_call,
+    Close: Connection._do_close,
+    EndCall: Connection._end_call,
+}
+
+
 def _current_task() -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task()
@@ -577,14 +583,6 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 def _never(call_id: str) -> bool:
     return False
-
-
-@functools.cache
-def _session_base() -> type[Session]:
-    # Imported late: sessions import the call interface from here, not the other way.
-    from sessions.base import Session
-
-    return Session
 
 
 class AudioSocketServer:
@@ -720,9 +718,7 @@ class AudioSocketServer:
         log.info("shutting_down", active=len(self.calls), grace=grace)
         for conn in list(self.connections):
             if conn.call is None:
-                conn._ended = True
-                conn._cancel_timers()
-                conn._close(send_hangup=True)
+                conn.end("shutdown")  # not a call yet: a hang-up frame and close
         waits = [
             self.loop.create_task(conn.call.closed.wait())
             for conn in self.calls.values()

@@ -1,19 +1,22 @@
 """The process-wide engines apps share, created once: the call store, STT, TTS, post-call jobs.
 
 Model loading takes seconds, so it happens at start-up (in a thread, off the loop), never
-when a call arrives. Apps ask for what they need in ``Session.prepare``.
+when a call arrives. Apps declare what they need (``Session.needs``); the composition root
+(``runner``, the tests' ``start_server``) calls :func:`provide` with it before
+``Session.prepare``, which keeps only the app's own loading (flows, prompts).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
 from audiosocket.call import CallIds
+from audiosocket.config import ConfigError
 
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
@@ -23,7 +26,10 @@ if TYPE_CHECKING:
     from helpers.stt import SttEngine
     from helpers.tts import TtsEngine
 
-__all__ = ["StoreObserver", "ensure_store", "ensure_stt", "ensure_tts", "install_live"]
+__all__ = [
+    "SERVICE_NAMES", "StoreObserver", "ensure_store", "ensure_stt", "ensure_tts", "install_live",
+    "provide",
+]
 
 log = structlog.get_logger("audiosocket.services")
 T = TypeVar("T")
@@ -195,6 +201,36 @@ async def _build_jobs(ctx: AppContext) -> Any:
     )
     await jobs.start()
     return jobs
+
+
+async def _ensure_live(ctx: AppContext) -> LiveHub:
+    return install_live(ctx)
+
+
+#: What an app may declare in ``Session.needs``, and what builds each (in this order).
+_BUILDERS: dict[str, Callable[[AppContext], Awaitable[Any]]] = {
+    "store": ensure_store,
+    "live": _ensure_live,
+    "stt": ensure_stt,
+    "tts": ensure_tts,
+    "jobs": ensure_jobs,
+}
+SERVICE_NAMES = tuple(_BUILDERS)
+
+
+async def provide(ctx: AppContext, needs: Iterable[str]) -> None:
+    """Build the engines an app declares it needs (each once; those already in ``ctx`` are
+    kept), in dependency order. An unknown name is a :class:`ConfigError` naming it."""
+    wanted = set(needs)
+    unknown = sorted(wanted - set(_BUILDERS))
+    if unknown:
+        raise ConfigError(
+            f"app: needs unknown service(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(SERVICE_NAMES)}"
+        )
+    for name, build in _BUILDERS.items():
+        if name in wanted:
+            await build(ctx)
 
 
 async def close_services(ctx: AppContext) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
@@ -43,6 +43,11 @@ class Session:
 
     #: Name used in logs, metrics and the call store.
     name = "base"
+    #: The shared engines this app uses (``store``, ``live``, ``stt``, ``tts``, ``jobs``):
+    #: the composition root builds them before ``prepare`` and they are in ``ctx``
+    #: (``ctx.get(name)``) for every call. Declared, not fetched, so apps never import
+    #: the wiring.
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         self.call = call
@@ -55,7 +60,8 @@ class Session:
 
     @classmethod
     async def prepare(cls, ctx: AppContext) -> None:
-        """Load what the app needs once per process (models, flows), before calls arrive.
+        """Load what is the app's own once per process (flows, prompts), before calls
+        arrive; the engines in ``needs`` are already in ``ctx``.
 
         Runs at start-up; raise to refuse to start with a clear message.
         """
@@ -118,7 +124,7 @@ class Session:
         """
         tts = self.ctx.get("tts")
         if tts is None:
-            raise RuntimeError("say() needs the TTS engine: call ensure_tts(ctx) in prepare()")
+            raise RuntimeError('say() needs the TTS engine: declare "tts" in the app\'s needs')
         playout = self.call.playout
         loop = asyncio.get_running_loop()
         asked = loop.time()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from audiosocket.services import ensure_tts
+from audiosocket.config import ConfigError
 from sessions.flow import Flow, FlowError, Gather, Menu, Node, Record, Webhook, load_flows
 from sessions.matching import match_choice
 from sessions.metrics import IVR_INPUTS, IVR_RESULTS, WEBHOOKS
@@ -59,22 +59,21 @@ class IvrSession(TranscribeSession):
     """Flow-driven IVR. The flow is ``ivr.flow`` from ``ivr.flows_dir``."""
 
     name = "ivr"
+    needs = (*TranscribeSession.needs, "tts")
 
     @classmethod
     async def prepare(cls, ctx: AppContext) -> None:
         await super().prepare(ctx)
-        tts = await ensure_tts(ctx)
+        tts = ctx.get("tts")
+        if tts is None:
+            raise RuntimeError("ivr: the TTS engine was not built before prepare() (needs)")
         cfg = ctx.config.ivr
         directory = Path(cfg.flows_dir) if cfg.flows_dir else DEMO_FLOWS
         try:
             flows = load_flows(directory)
         except FlowError as exc:
-            from audiosocket.config import ConfigError
-
             raise ConfigError(f"ivr: {exc}") from exc
         if cfg.flow not in flows:
-            from audiosocket.config import ConfigError
-
             raise ConfigError(
                 f"ivr.flow: no flow named {cfg.flow!r} in {directory} "
                 f"(found: {', '.join(sorted(flows)) or 'none'})"

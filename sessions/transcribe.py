@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from audiosocket.services import ensure_store, ensure_stt
 from helpers.recorder import HOLD_SLOTS
 from helpers.vad import Utterance, VadSegmenter
 from sessions.metrics import TRANSCRIPT_SEGMENTS
@@ -40,11 +39,7 @@ class TranscribeSession(RecordSession):
     """Record + live transcription. Subclasses get ``on_transcript`` and ``on_speech_start``."""
 
     name = "transcribe"
-
-    @classmethod
-    async def prepare(cls, ctx: AppContext) -> None:
-        await ensure_store(ctx)
-        await ensure_stt(ctx)
+    needs: ClassVar[tuple[str, ...]] = ("store", "stt")
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)

@@ -12,7 +12,7 @@ import pytest
 from audiosocket.app import AppContext, session_factory
 from audiosocket.config import load_config
 from audiosocket.server import AudioSocketServer
-from audiosocket.services import close_services
+from audiosocket.services import close_services, provide
 from sessions.base import Session
 
 StartServer = Callable[..., Any]
@@ -32,6 +32,8 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
         cfg = load_config(overrides=overrides, environ={})
         cfg.port = 0
         ctx = AppContext(cfg, services=services or {})
+        # As the composition root does: build what the app declares, then prepare it.
+        await provide(ctx, app.needs)
         await app.prepare(ctx)
         server = AudioSocketServer(cfg, session_factory(app, ctx), app_name=app.name)
         server.observers.extend(ctx.observers)

@@ -12,9 +12,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from audiosocket.app import AppContext
 from audiosocket.caller import place_call
-from audiosocket.services import ensure_jobs, ensure_store
 from helpers.jobs import STEPS
 from helpers.recorder import shared_writer
 from sessions.record import RecordSession, recording_path
@@ -52,17 +50,13 @@ async def test_record_writes_aligned_stereo(start_server: Any, tmp_path: Path) -
 class RecordWithStore(RecordSession):
     """The record app with the call store, as ``audiosocket serve`` runs it."""
 
-    @classmethod
-    async def prepare(cls, ctx: AppContext) -> None:
-        await ensure_store(ctx)
+    needs = ("store",)
 
 
 class RecordWithJobs(RecordSession):
     """The record app with the call store and the post-call jobs."""
 
-    @classmethod
-    async def prepare(cls, ctx: AppContext) -> None:
-        await ensure_jobs(ctx)
+    needs = ("store", "jobs")
 
 
 def tone(freq: float, seconds: float, rate: int = 8000) -> bytes:

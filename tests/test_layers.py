@@ -1,0 +1,337 @@
+"""The import graph of the product packages: no cycles between files, dependencies one way.
+
+Every module of ``audiosocket``, ``sessions``, ``helpers``, ``web`` and ``models`` is parsed
+with :mod:`ast` (nothing is imported, so the test takes well under a second). Every import
+counts, including the ones inside functions: a function-local import runs as surely as a
+top-level one, only later, and hiding an upward dependency in a function was how the server
+came to import ``sessions.base``.
+
+Imports under ``if TYPE_CHECKING:`` are *type-only*: they never run (every module has
+``from __future__ import annotations``), so they cannot make an import cycle and are left out
+of the cycle check. They still say what a module knows about, so the layer rules apply to them
+too, except where a rule says "at run time" (``web`` and ``sessions`` may name the types of
+the objects the composition root hands them) and for the few entries of
+:data:`TYPE_ONLY_EXCEPTIONS`, each with the step of ``docs/discussion/architecture.md`` that
+removes it.
+
+The layers (``docs/discussion/architecture.md`` has the picture):
+
+- ``core``: ``audiosocket`` without the composition root: codec, call, clock, playout,
+  server, config, metrics, logs, lifecycle, live hub, the ``audiosocket call`` client.
+- ``root``: the composition root, :data:`ROOT_MODULES`; it may import everything.
+- ``sessions``, ``helpers``, ``web``, ``models``: the folders of those names.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from audiosocket.app import AppContext, session_factory
+from audiosocket.config import ConfigError, load_config
+from audiosocket.services import provide
+from sessions.base import Session
+from sessions.echo import EchoSession
+from sessions.ivr import IvrSession
+from sessions.record import RecordSession
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("audiosocket", "sessions", "helpers", "web", "models")
+#: The composition root: builds everything from the config; nothing else imports it.
+ROOT_MODULES = frozenset(
+    f"audiosocket.{name}" for name in ("app", "services", "runner", "cli", "commands")
+)
+#: Type-only imports that break a layer rule and stay for now: (importer, imported) -> why.
+TYPE_ONLY_EXCEPTIONS = {
+    ("audiosocket.server", "sessions.base"): (
+        "Connection is typed with Session; the sans-I/O step types it with a protocol of "
+        "the hooks the connection calls, defined beside the call state"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One import statement's dependency of module ``src`` on module ``dst``."""
+
+    src: str
+    dst: str
+    path: str
+    line: int
+    type_only: bool
+    statement: str
+
+    def __str__(self) -> str:
+        how = " (type-only)" if self.type_only else ""
+        return f"{self.path}:{self.line}: {self.statement!r} -> {self.dst}{how}"
+
+
+def module_files() -> dict[str, Path]:
+    """Every product module by dotted name (``pkg/__init__.py`` is ``pkg``); a compiled
+    module counts by its ``.pyi`` stub (``audiosocket/_wire``)."""
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        sources = sorted((REPO / package).rglob("*.py"))
+        sources += [p for p in sorted((REPO / package).rglob("*.pyi"))
+                    if not p.with_suffix(".py").exists()]
+        for path in sources:
+            rel = path.relative_to(REPO).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            found[".".join(parts)] = path
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import statement anywhere in ``tree`` (functions, classes, try blocks
+    included), with whether it sits in the body of an ``if TYPE_CHECKING:``."""
+
+    def walk(node: ast.AST, type_only: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node, type_only
+            return
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.body:
+                yield from walk(child, True)
+            for child in node.orelse:  # the ``else:`` of TYPE_CHECKING runs
+                yield from walk(child, type_only)
+            return
+        for child in ast.iter_child_nodes(node):
+            yield from walk(child, type_only)
+
+    yield from walk(tree, False)
+
+
+def _targets(node: ast.Import | ast.ImportFrom, src: str, is_pkg: bool,
+             modules: dict[str, Path]) -> Iterator[str]:
+    """The product modules an import statement loads (outside ones are skipped)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            anchor = src.split(".") if is_pkg else src.split(".")[:-1]
+            anchor = anchor[: len(anchor) - (node.level - 1)]
+            base = ".".join([*anchor, base] if base else anchor)
+        # ``from pkg import mod`` loads pkg/mod.py; ``from mod import name`` loads mod.
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                 for a in node.names]
+    for name in dict.fromkeys(names):
+        # ``import a.b.c`` loads a.b.c (the packages' __init__ files hold no imports).
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name and name.split(".")[0] in PACKAGES:
+            yield name
+
+
+def import_graph() -> list[Edge]:
+    """All import edges between product modules."""
+    modules = module_files()
+    edges: list[Edge] = []
+    for src, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node, type_only in _imports(tree):
+            for dst in _targets(node, src, path.name == "__init__.py", modules):
+                if dst != src:
+                    edges.append(Edge(src, dst, str(path.relative_to(REPO)), node.lineno,
+                                      type_only, ast.unparse(node)))
+    return edges
+
+
+def layer(module: str) -> str:
+    """The layer a module belongs to (see the module docstring)."""
+    top = module.split(".")[0]
+    if top != "audiosocket":
+        return top
+    return "root" if module in ROOT_MODULES else "core"
+
+
+def strongly_connected(nodes: set[str], edges: list[tuple[str, str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components of size > 1 (the import cycles)."""
+    succ: dict[str, list[str]] = {n: [] for n in nodes}
+    for a, b in edges:
+        succ[a].append(b)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in succ[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for n in sorted(nodes):
+        if n not in index:
+            visit(n)
+    return found
+
+
+@pytest.fixture(scope="module")
+def edges() -> list[Edge]:
+    return import_graph()
+
+
+def _violations(edges: list[Edge], src_layer: str, forbidden: set[str], *,
+                run_time_only: bool = False) -> list[str]:
+    bad = []
+    for e in edges:
+        if layer(e.src) != src_layer or layer(e.dst) not in forbidden:
+            continue
+        if e.type_only and (run_time_only or (e.src, e.dst) in TYPE_ONLY_EXCEPTIONS):
+            continue
+        bad.append(f"{e}  [{src_layer} must not import {layer(e.dst)}]")
+    return bad
+
+
+def test_the_graph_is_read(edges: list[Edge]) -> None:
+    """The walker finds what is known to be there, so an empty graph cannot pass."""
+    modules = module_files()
+    assert {"audiosocket.protocol", "sessions.base", "helpers.store", "web.app"} <= set(modules)
+    pairs = {(e.src, e.dst) for e in edges}
+    assert ("audiosocket.server", "audiosocket.protocol") in pairs  # top level
+    assert ("audiosocket.runner", "web.app") in pairs  # function-local
+    assert ("sessions.base", "audiosocket.call") in pairs  # type-only
+    assert ("audiosocket.clock", "audiosocket.metrics") in pairs  # ``from pkg import mod``
+    assert ("audiosocket.clock", "audiosocket._wire") in pairs  # compiled, read by its stub
+
+
+def test_no_import_cycles_between_files(edges: list[Edge]) -> None:
+    """No strongly connected component of run-time imports has more than one file."""
+    run_time = [(e.src, e.dst) for e in edges if not e.type_only]
+    cycles = strongly_connected(set(module_files()), run_time)
+    detail = []
+    for comp in cycles:
+        members = set(comp)
+        detail.append(" <-> ".join(comp) + "\n    " + "\n    ".join(
+            str(e) for e in edges if not e.type_only and e.src in members and e.dst in members
+        ))
+    assert not cycles, "import cycles:\n" + "\n".join(detail)
+
+
+def test_no_import_cycles_between_layers(edges: list[Edge]) -> None:
+    """The layers themselves form no cycle (run-time imports), so each can be read, tested
+    and replaced from the bottom up."""
+    pairs = [(layer(e.src), layer(e.dst)) for e in edges
+             if not e.type_only and layer(e.src) != layer(e.dst)]
+    cycles = strongly_connected({layer(m) for m in module_files()}, pairs)
+
+    def reaches(a: str, b: str) -> bool:
+        seen, todo = {a}, [a]
+        while todo:
+            here = todo.pop()
+            for x, y in pairs:
+                if x == here and y not in seen:
+                    seen.add(y)
+                    todo.append(y)
+        return b in seen
+
+    # Name only the imports that close a loop: from a layer to one that imports it back.
+    detail = [f"{e}  [{layer(e.src)} -> {layer(e.dst)} -> ... -> {layer(e.src)}]"
+              for e in edges if not e.type_only and layer(e.src) != layer(e.dst)
+              and layer(e.src) != "root" and reaches(layer(e.dst), layer(e.src))]
+    assert not cycles, f"layer cycles {cycles}:\n" + "\n".join(detail)
+
+
+def test_helpers_import_no_sessions_server_or_web(edges: list[Edge]) -> None:
+    """``helpers`` are engines: they know nothing of apps, the server or the portal."""
+    bad = _violations(edges, "helpers", {"sessions", "web", "core", "root"})
+    assert not bad, "\n".join(bad)
+
+
+def test_web_reads_no_sessions_or_server(edges: list[Edge]) -> None:
+    """``web`` gets the store and the live hub from the root; it names their types at
+    most (type-only), never imports the server or the apps at run time."""
+    bad = _violations(edges, "web", {"sessions", "core", "root"}, run_time_only=True)
+    bad += _violations(edges, "web", {"sessions"})
+    assert not bad, "\n".join(dict.fromkeys(bad))
+
+
+def test_sessions_import_no_composition_root(edges: list[Edge]) -> None:
+    """Apps declare what they need (``Session.needs``) and the root builds it: they never
+    import the wiring. ``audiosocket.app`` may be named for ``AppContext``'s type only."""
+    bad = _violations(edges, "sessions", {"root"}, run_time_only=True)
+    bad += [
+        f"{e}  [sessions must not import {e.dst}]" for e in edges
+        if layer(e.src) == "sessions" and layer(e.dst) == "root" and e.type_only
+        and e.dst != "audiosocket.app"
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_core_imports_nothing_above_it(edges: list[Edge]) -> None:
+    """The codec, call, clock and server are the bottom: they import no app, engine,
+    portal or wiring (type-only exceptions listed in ``TYPE_ONLY_EXCEPTIONS``)."""
+    bad = _violations(edges, "core", {"sessions", "web", "helpers", "root"})
+    assert not bad, "\n".join(bad)
+
+
+def test_models_import_nothing_of_ours(edges: list[Edge]) -> None:
+    """``models`` is a manifest and paths: the bottom of everything that loads weights."""
+    bad = _violations(edges, "models", {"core", "root", "sessions", "helpers", "web"})
+    assert not bad, "\n".join(bad)
+
+
+def test_type_only_exceptions_are_still_needed(edges: list[Edge]) -> None:
+    """An exception whose import is gone is deleted from the list, so it cannot hide a
+    new one later."""
+    present = {(e.src, e.dst) for e in edges if e.type_only}
+    stale = [f"{a} -> {b}" for a, b in TYPE_ONLY_EXCEPTIONS if (a, b) not in present]
+    assert not stale, "remove from TYPE_ONLY_EXCEPTIONS: " + ", ".join(stale)
+
+
+# ---- the composition root's side of the rules ----------------------------------------------
+
+
+def _ctx(tmp_path: Path) -> AppContext:
+    cfg = load_config(overrides={"data_dir": str(tmp_path / "data")}, environ={})
+    return AppContext(cfg)
+
+
+def test_the_factory_tells_the_server_which_hooks_an_app_overrides(tmp_path: Path) -> None:
+    """The server reads ``hears_ticks`` / ``hears_audio`` from the factory the root made
+    (it imports no session class); they follow what each app overrides."""
+    ctx = _ctx(tmp_path)
+    hooks = {cls.name: (f.hears_ticks, f.hears_audio) for cls in
+             (Session, EchoSession, RecordSession) for f in [session_factory(cls, ctx)]}
+    assert hooks == {"base": (False, False), "echo": (False, True), "record": (True, True)}
+
+
+async def test_provide_builds_what_an_app_declares_once(tmp_path: Path) -> None:
+    """``needs`` names are built by the root, once each; an unknown one is a clear error
+    before anything is built."""
+    ctx = _ctx(tmp_path)
+    with pytest.raises(ConfigError, match=r"'speech'.*known: store, live, stt, tts, jobs"):
+        await provide(ctx, ("live", "speech"))
+    assert ctx.services == {} and ctx.observers == []
+    await provide(ctx, ("live",))
+    hub = ctx.get("live")
+    await provide(ctx, ("live",))
+    assert hub is not None and ctx.get("live") is hub and ctx.observers == [hub]
+    assert IvrSession.needs == ("store", "stt", "tts") and EchoSession.needs == ()
