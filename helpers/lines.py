@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ __all__ = [
     "drop_repeated_lines",
     "line_text",
     "make_lines",
+    "snap_onsets",
     "span_level",
     "split_words",
     "unsupported_edges",
@@ -309,3 +310,60 @@ def span_level(audio: np.ndarray, rate: int) -> Callable[[float, float], float]:
         return 10 * math.log10(power) if power > 0 else -math.inf
 
     return level
+
+
+def snap_onsets(
+    words: Sequence[Word],
+    audio: np.ndarray,
+    rate: int,
+    *,
+    below_speech_db: float = 30.0,
+    floor_dbfs: float = -55.0,
+) -> list[Word]:
+    """Each word's start moved past silence the alignment put in front of it.
+
+    Whisper's alignment tends to start a word that follows a pause at the start of that
+    pause (seen: a sentence after the VAD's 15 s cut began 0.5 s early, on the silence
+    before it), so a line seeking there plays silence first. A word whose first 10 ms is
+    quiet (more than ``below_speech_db`` under the utterance's speech level, and under
+    ``floor_dbfs`` at least) starts at its first loud 10 ms instead, never later than 50 ms
+    before its end. Soft onsets (an "s", an "f") stay above that threshold.
+    """
+    hop = max(1, rate // 100)
+    n = len(audio) // hop
+    if n == 0 or not words:
+        return list(words)
+    frames = np.asarray(audio[: n * hop], dtype=np.float64).reshape(n, hop)
+    db = 10 * np.log10(np.mean(np.square(frames), axis=1) + 1e-12)
+    threshold = max(floor_dbfs, float(np.percentile(db, 90)) - below_speech_db)
+    loud = db > threshold
+    out: list[Word] = []
+    for w in words:
+        a = int(w.start * 100)
+        b = min(n, int(max(w.start, w.end - 0.05) * 100))
+        onset = _onset(loud[a:b]) if 0 <= a < b else None
+        out.append(replace(w, start=(a + onset) / 100) if onset else w)
+    return out
+
+
+#: A quiet run this long inside a word's span is a pause, not a stop consonant's closure.
+_PAUSE_FRAMES = 12
+
+
+def _onset(loud: np.ndarray) -> int | None:
+    """Where speech starts in a word's span (10 ms frames): after its leading quiet, or after
+    the last pause in it (a word aligned over the tail of the sentence before, which a
+    VAD cut left at the start of the audio); None when it starts at once or never."""
+    found = np.flatnonzero(loud)
+    if not found.size:
+        return None
+    start = int(found[0])
+    run = 0
+    for i in range(start, len(loud)):
+        if loud[i]:
+            if run >= _PAUSE_FRAMES:
+                start = i
+            run = 0
+        else:
+            run += 1
+    return start or None

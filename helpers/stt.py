@@ -52,6 +52,7 @@ from helpers.lines import (
     drop_repeated_lines,
     line_text,
     make_lines,
+    snap_onsets,
     span_level,
     split_words,
     unsupported_edges,
@@ -810,7 +811,7 @@ class SttEngine:
         lines, repeated = drop_repeated_lines(split_words(words))
         if repeated:
             self._count("repeated_line")
-        return [w for line in lines for w in line]
+        return snap_onsets([w for line in lines for w in line], audio, SAMPLE_RATE)
 
     def _count(self, reason: str) -> None:
         REJECTED.labels(reason=reason).inc()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
+
 from helpers.lines import (
     Word,
     collapse_loops,
     drop_repeated_lines,
     line_text,
     make_lines,
+    snap_onsets,
     split_words,
     unsupported_edges,
 )
@@ -131,3 +135,23 @@ def test_unsupported_edges_use_the_audio_level() -> None:
     ask = _words("Can I ask you")
     assert unsupported_edges(ask, PHANTOM_PHRASES, lambda a, b: -90.0 if a >= ask[-1].start
                              else -20.0, floor_dbfs=-45.0, below_speech_db=20.0)[1] == 0
+
+
+def test_snap_onsets_moves_a_start_off_the_silence_before_it() -> None:
+    rate = 16000
+    t = np.arange(rate) / rate
+    speech = 0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    hiss = 1e-4 * np.random.default_rng(1).standard_normal(rate)
+    audio = np.concatenate([speech, hiss, speech]).astype(np.float32)  # 1 s pause at 1-2 s
+    words = [Word(" one", 0.0, 0.9, 0.9), Word(" two.", 1.2, 2.8, 0.9),  # starts in the pause
+             Word(" Three", 2.3, 2.9, 0.9)]  # already on speech: kept
+    snapped = snap_onsets(words, audio, rate)
+    assert snapped[0] == words[0] and snapped[2] == words[2]
+    assert snapped[1].start == pytest.approx(2.0, abs=0.02)
+    assert snapped[1].end == words[1].end
+    # A word aligned over the tail of the sentence before (a VAD cut) starts after the pause.
+    tail = [Word(" The", 0.7, 2.5, 0.9)]
+    assert snap_onsets(tail, audio, rate)[0].start == pytest.approx(2.0, abs=0.02)
+    # A word with no loud audio in it keeps its times (nothing better to go on).
+    quiet = [Word(" hm", 1.1, 1.6, 0.5)]
+    assert snap_onsets(quiet, audio, rate) == quiet
