@@ -69,8 +69,15 @@ def _encode(events: list[LiveEvent]) -> bytes:
     return b"".join(_sse(e.kind, e.data, e.id) for e in events)
 
 
-def _error(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
+def _error(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def _snapshot(request: web.Request, hub: LiveHub) -> dict[str, Any]:
+    """The calls in progress, and whether this portal lets its users listen in."""
+    return {**hub.snapshot(), "listen_in": request.app[LISTEN_IN_KEY]}
 
 
 def _hub(request: web.Request) -> LiveHub | None:
@@ -92,8 +99,7 @@ async def live_snapshot(request: web.Request) -> web.Response:
     hub = _hub(request)
     if hub is None:
         return _unavailable()
-    return web.json_response({**hub.snapshot(), "listen_in": request.app[LISTEN_IN_KEY]},
-                             headers={hdrs.CACHE_CONTROL: "no-store"})
+    return web.json_response(_snapshot(request, hub), headers={hdrs.CACHE_CONTROL: "no-store"})
 
 
 async def live_events(request: web.Request) -> web.StreamResponse:
@@ -103,11 +109,10 @@ async def live_events(request: web.Request) -> web.StreamResponse:
         return _unavailable()
     sub = hub.subscribe()
     if sub is None:
-        return web.json_response(
-            {"error": "busy", "detail": f"{hub.max_subscribers} live views are open"},
-            status=503, headers={hdrs.RETRY_AFTER: "5"})
+        return _error(503, "busy", f"{hub.max_subscribers} live views are open",
+                      {hdrs.RETRY_AFTER: "5"})
     # Taken before the first await: every later event is in ``sub``'s queue.
-    first = {**hub.snapshot(), "listen_in": request.app[LISTEN_IN_KEY]}
+    first = _snapshot(request, hub)
     resp = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "text/event-stream; charset=utf-8",
                                        **_STREAM_HEADERS})
     why = "closed"
