@@ -33,17 +33,42 @@
 #include <sys/socket.h>
 
 enum { LINE_STATE, LINE_OWNER, LINE_PLAYOUT, LINE_FRAMES, LINE_SINK, LINE_RATE, LINE_HEADER,
-       LINE_SIZE };
+       LINE_TAPE, LINE_SIZE };
+/* Exported as LINE_FIELDS, so the Python side takes the positions from here. */
+static const char *line_fields[LINE_SIZE] = {"state", "owner", "playout", "frames", "sink", "rate",
+                                             "header", "tape"};
+
+/* A line's tape (LINE_TAPE, or None): four bytearrays this code appends to instead of
+ * calling the app per frame. TAPE_IN_PCM/TAPE_IN_TICKS: each inbound frame's audio (header
+ * stripped) and the tick it was read at (int64, the call's timeline: Call.tick); TAPE_OUT_PCM/
+ * TAPE_OUT_TICKS: each frame sent and its slot (what Playout.tick hands a tick listener).
+ * The app takes them in blocks (audiosocket/media.py), about once a second, so recording
+ * and silence detection cost one Python call per call per second instead of two per frame. */
+enum { TAPE_IN_PCM, TAPE_IN_TICKS, TAPE_OUT_PCM, TAPE_OUT_TICKS, TAPE_SIZE };
 
 typedef struct {
-    int64_t fd, frame_len, max_frames, whole; /* fixed */
+    int64_t fd, frame_len, whole; /* fixed */
+    int64_t max_frames; /* over this many queued: the Python tick (bound, live target) */
     int64_t ticks;      /* ticks this line's timeline moved (Playout.ticks, sent_total) */
     int64_t popped;     /* frames taken off the queue (Playout._sent_seq) */
     int64_t audio_sent; /* of which sent (Playout.audio_frames_sent) */
     int64_t frames_in;  /* audio frames handed to the sink (Connection.fast_frames) */
     int64_t gap;        /* silent ticks since the last frame sent (Playout._gap) */
     int64_t underruns;  /* gaps of at most GAP_TICKS closed by a frame (Playout.underruns) */
+    int64_t now;        /* the call's absolute tick (never folded): stamps the tape */
+    int64_t mark_at;    /* popped reaching this resolves a playback (EV_MARK); < 0: none */
+    int64_t clip;       /* a clip is playing: a frame sent ends no live gap (NO_GAP) */
+    int64_t wake;       /* a tape line: report a frame that is not digital silence */
 } line_state;
+
+/* Exported as STATE_FIELDS (all int64, in this order): playout.py builds its struct from it. */
+static const char *state_fields[] = {"fd", "frame_len", "whole", "max_frames", "ticks",
+    "popped", "audio_sent", "frames_in", "gap", "underruns", "now", "mark_at", "clip",
+    "wake"};
+#define N_STATE_FIELDS ((Py_ssize_t)(sizeof state_fields / sizeof state_fields[0]))
+
+/* Playout._NO_GAP: no live frame went out last, so the silence after it is not a gap. */
+#define NO_GAP ((int64_t)1 << 40)
 
 /* A run of at most this many silent ticks between two queued frames is a hole in a live
  * stream (an underrun); a longer one is the caller pausing. Same as playout.GAP_TICKS. */
@@ -57,18 +82,20 @@ enum {
     EV_SHORT = 5,    /* partial write: the unsent rest (bytes) */
     EV_SEND_ERR = 6, /* errno */
     EV_APP_ERR = 7,  /* the sink raised: the exception */
+    EV_MARK = 8,     /* a playback's frame went out (mark_at): the line stays attached */
+    EV_WAKE = 9,     /* a tape line read sound (not digital silence): hand it to Python */
 };
 
 #define RBUF 16384
 
-static PyObject *s_plain, *s_silence, *s_native_line, *s_popleft;
+static PyObject *s_wired, *s_silence, *s_native_line, *s_popleft;
 
-/* Playout uses __slots__: plain and _silence are read at their offsets, found once per type
+/* Playout uses __slots__: wired and _silence are read at their offsets, found once per type
  * from the member descriptors. Any other type takes the generic attribute path. */
-enum { SL_PLAIN, SL_SILENCE, SL_N };
+enum { SL_WIRED, SL_SILENCE, SL_N };
 static PyTypeObject *slot_type = NULL;
 static Py_ssize_t slot_off[SL_N];
-static PyObject **slot_names[SL_N] = {&s_plain, &s_silence};
+static PyObject **slot_names[SL_N] = {&s_wired, &s_silence};
 
 static int slots_for(PyObject *obj) {
     PyTypeObject *tp = Py_TYPE(obj);
@@ -102,6 +129,33 @@ static line_state *state_of(PyObject *line) {
         return NULL;
     }
     return (line_state *)PyByteArray_AS_STRING(ba);
+}
+
+/* The line's tape: NULL when it has none (borrowed; checked by pump). */
+static PyObject *tape_of(PyObject *line) {
+    PyObject *t = PyTuple_GET_ITEM(line, LINE_TAPE);
+    return t == Py_None ? NULL : t;
+}
+
+static int tape_ok(PyObject *tape) {
+    if (!PyTuple_Check(tape) || PyTuple_GET_SIZE(tape) != TAPE_SIZE) return 0;
+    for (int i = 0; i < TAPE_SIZE; i++)
+        if (!PyByteArray_CheckExact(PyTuple_GET_ITEM(tape, i))) return 0;
+    return 1;
+}
+
+/* Append len bytes to a bytearray (amortised: bytearray over-allocates as it grows). */
+static int append(PyObject *ba, const void *data, Py_ssize_t len) {
+    Py_ssize_t at = PyByteArray_GET_SIZE(ba);
+    if (PyByteArray_Resize(ba, at + len) < 0) return -1;
+    memcpy(PyByteArray_AS_STRING(ba) + at, data, (size_t)len);
+    return 0;
+}
+
+static int all_zero(const char *p, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i]) return 0;
+    return 1;
 }
 
 static int event(PyObject *events, PyObject *line, int code, PyObject *payload) {
@@ -141,6 +195,19 @@ static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_
     for (ssize_t off = 0; clean && off < n; off += flen)
         if (memcmp(buf + off, h, 3) != 0) clean = 0;
     if (!clean) return event(events, line, EV_CHUNK, PyBytes_FromStringAndSize(buf, n));
+    PyObject *tape = tape_of(line);
+    if (tape != NULL) {
+        /* No Python per frame: the audio goes on the tape with the tick it arrived at. */
+        int sound = 0;
+        for (ssize_t off = 0; off < n; off += flen) {
+            if (append(PyTuple_GET_ITEM(tape, TAPE_IN_PCM), buf + off + 3, flen - 3) < 0
+                || append(PyTuple_GET_ITEM(tape, TAPE_IN_TICKS), &st->now, 8) < 0)
+                return -1;
+            if (st->wake && !sound && !all_zero(buf + off + 3, flen - 3)) sound = 1;
+            st->frames_in++;
+        }
+        return sound ? event(events, line, EV_WAKE, NULL) : 0;
+    }
     PyObject *sink = PyTuple_GET_ITEM(line, LINE_SINK);
     PyObject *rate = PyTuple_GET_ITEM(line, LINE_RATE);
     /* A C builtin (echo's deque.append) runs no Python code, so it cannot end a call. */
@@ -187,10 +254,10 @@ static int is_relay(PyObject *line, line_state *st) {
 /* This tick's frame: the next queued one, or silence; -1 on a Python error. */
 static int write_line(PyObject *line, line_state *st, PyObject *events, long advance) {
     PyObject *playout = PyTuple_GET_ITEM(line, LINE_PLAYOUT);
-    PyObject *plain = get_field(playout, SL_PLAIN);
-    if (plain == NULL) return -1;
-    int is_plain = PyObject_IsTrue(plain);
-    Py_DECREF(plain);
+    PyObject *wired = get_field(playout, SL_WIRED);
+    if (wired == NULL) return -1;
+    int is_plain = PyObject_IsTrue(wired);
+    Py_DECREF(wired);
     if (is_plain < 0) return -1;
     PyObject *frames = PyTuple_GET_ITEM(line, LINE_FRAMES);
     Py_ssize_t queued = PyObject_Size(frames);
@@ -218,14 +285,26 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
      * After a resync (advance > 1) the timeline jumps and still one frame goes out, as in
      * Playout.tick: the skipped ticks' frames are not sent late. */
     st->ticks += advance;
+    st->now += advance;
     if (queued) {
         st->audio_sent++;
-        if (st->gap) {
+        if (st->clip) {
+            st->gap = NO_GAP;
+        } else if (st->gap) {
             if (st->gap <= GAP_TICKS) st->underruns += st->gap;
             st->gap = 0;
         }
     } else {
         st->gap++;
+    }
+    PyObject *tape = tape_of(line);
+    if (tape != NULL) {
+        int64_t slot = st->now - 1;
+        if (append(PyTuple_GET_ITEM(tape, TAPE_OUT_PCM), PyBytes_AS_STRING(frame) + 3, len - 3) < 0
+            || append(PyTuple_GET_ITEM(tape, TAPE_OUT_TICKS), &slot, 8) < 0) {
+            Py_DECREF(frame);
+            return -1;
+        }
     }
     if (w < 0) w = 0;
     int r = 0;
@@ -233,6 +312,10 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
         r = event(events, line, EV_SHORT,
                   PyBytes_FromStringAndSize(PyBytes_AS_STRING(frame) + w, len - w));
     Py_DECREF(frame);
+    if (r == 0 && queued && st->mark_at >= 0 && st->popped >= st->mark_at) {
+        st->mark_at = -1; /* once: the Python side sets the next one */
+        r = event(events, line, EV_MARK, NULL);
+    }
     return r;
 }
 
@@ -270,6 +353,11 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             goto fail;
         }
         if (state_of(line) == NULL) goto fail;
+        PyObject *tape = tape_of(line);
+        if (tape != NULL && !tape_ok(tape)) {
+            PyErr_SetString(PyExc_TypeError, "a line's tape must be a tuple of 4 bytearrays");
+            goto fail;
+        }
     }
     /* Every call's frame first, in one tight pass: the outbound timing is what Asterisk
      * hears, so it must not wait behind the reads. No Python code runs in this pass. A
@@ -292,8 +380,15 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             }
         }
         if (write_line(line, st, events, advance) < 0) goto fail;
-        /* The Python side takes a line with a write event over, reads included. */
-        if (PyList_GET_SIZE(events) != before) skip[i] = 1;
+        /* The Python side takes a line with a write event over, reads included (not for a
+         * mark: the line stays attached). */
+        Py_ssize_t now_n = PyList_GET_SIZE(events);
+        if (now_n != before) {
+            PyObject *last = PyList_GET_ITEM(events, now_n - 1);
+            if (now_n - before > 1
+                || PyLong_AsLong(PyTuple_GET_ITEM(last, 1)) != EV_MARK)
+                skip[i] = 1;
+        }
     }
     /* Then what each call sent us: read now, it goes out on the next tick (echo) or to
      * the app. */
@@ -330,7 +425,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__wire(void) {
 #define INTERN(var, s) if ((var = PyUnicode_InternFromString(s)) == NULL) return NULL
-    INTERN(s_plain, "plain");
+    INTERN(s_wired, "wired");
     INTERN(s_silence, "_silence");
     INTERN(s_native_line, "_native_line");
     INTERN(s_popleft, "popleft");
@@ -345,9 +440,40 @@ PyMODINIT_FUNC PyInit__wire(void) {
         || PyModule_AddIntConstant(m, "EV_SLOW", EV_SLOW) < 0
         || PyModule_AddIntConstant(m, "EV_SHORT", EV_SHORT) < 0
         || PyModule_AddIntConstant(m, "EV_SEND_ERR", EV_SEND_ERR) < 0
-        || PyModule_AddIntConstant(m, "EV_APP_ERR", EV_APP_ERR) < 0) {
+        || PyModule_AddIntConstant(m, "EV_APP_ERR", EV_APP_ERR) < 0
+        || PyModule_AddIntConstant(m, "EV_MARK", EV_MARK) < 0
+        || PyModule_AddIntConstant(m, "EV_WAKE", EV_WAKE) < 0
+        || PyModule_AddIntConstant(m, "TAPE_SIZE", TAPE_SIZE) < 0) {
         Py_DECREF(m);
         return NULL;
     }
+    if (N_STATE_FIELDS * 8 != (Py_ssize_t)sizeof(line_state)) {
+        Py_DECREF(m);
+        PyErr_SetString(PyExc_SystemError, "STATE_FIELDS does not match line_state");
+        return NULL;
+    }
+    PyObject *fields = PyTuple_New(N_STATE_FIELDS);
+    PyObject *lfields = PyTuple_New(LINE_SIZE);
+    if (fields == NULL || lfields == NULL) goto bad;
+    for (Py_ssize_t i = 0; i < N_STATE_FIELDS; i++) {
+        PyObject *name = PyUnicode_FromString(state_fields[i]);
+        if (name == NULL) goto bad;
+        PyTuple_SET_ITEM(fields, i, name);
+    }
+    for (Py_ssize_t i = 0; i < LINE_SIZE; i++) {
+        PyObject *name = PyUnicode_FromString(line_fields[i]);
+        if (name == NULL) goto bad;
+        PyTuple_SET_ITEM(lfields, i, name);
+    }
+    if (PyModule_AddObjectRef(m, "STATE_FIELDS", fields) < 0
+        || PyModule_AddObjectRef(m, "LINE_FIELDS", lfields) < 0)
+        goto bad;
+    Py_DECREF(fields);
+    Py_DECREF(lfields);
     return m;
+bad:
+    Py_XDECREF(fields);
+    Py_XDECREF(lfields);
+    Py_DECREF(m);
+    return NULL;
 }

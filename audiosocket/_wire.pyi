@@ -2,6 +2,11 @@
 
 LINE_SIZE: int
 STATE_SIZE: int
+TAPE_SIZE: int
+#: The int64 fields of a line's state, in order (struct line_state).
+STATE_FIELDS: tuple[str, ...]
+#: The items of a line tuple, in order (LINE_*).
+LINE_FIELDS: tuple[str, ...]
 EV_CHUNK: int
 EV_EOF: int
 EV_RECV_ERR: int
@@ -9,6 +14,8 @@ EV_SLOW: int
 EV_SHORT: int
 EV_SEND_ERR: int
 EV_APP_ERR: int
+EV_MARK: int
+EV_WAKE: int
 
 def pump(
     lines: list[tuple[object, ...]], advance: int, /

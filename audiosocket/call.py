@@ -105,6 +105,16 @@ class Call:
         #: Free-form data an app wants stored with the call (IVR path, variables...).
         self.meta: dict[str, Any] = {}
         self.closed: asyncio.Event = asyncio.Event()
+        #: Set by the server while the app takes its audio in blocks from the C path: ask
+        #: for frame-by-frame delivery again (a listen-in starts, for one).
+        self.media_wake: Callable[[], None] | None = None
+
+    def wake_media(self) -> None:
+        """Deliver this call's audio frame by frame from now on (the app's ``media_ready``
+        decides when it may go back to blocks)."""
+        wake = self.media_wake
+        if wake is not None:
+            wake()
 
     # -- the timeline --------------------------------------------------------------------
 

@@ -24,11 +24,9 @@ import os
 import time
 from typing import Protocol
 
-from audiosocket import metrics
+from audiosocket import metrics, native
+from audiosocket.native import LINE
 from audiosocket.playout import (
-    NATIVE_FRAMES_IN,
-    NATIVE_FRAMES_IN_AT,
-    NATIVE_STATE,
     Playback,
     Playout,
     TickListener,
@@ -36,19 +34,11 @@ from audiosocket.playout import (
 )
 from audiosocket.protocol import FRAME_MS
 
-try:
-    from audiosocket import _wire
-except ImportError:  # built without a C compiler: the Python path does everything
-    _wire = None  # type: ignore[assignment]
-
 #: The C media path was built and can be used.
-NATIVE_AVAILABLE = _wire is not None
+NATIVE_AVAILABLE = native.AVAILABLE
 
 __all__ = [
     "NATIVE_AVAILABLE",
-    "NATIVE_FRAMES_IN",
-    "NATIVE_FRAMES_IN_AT",
-    "NATIVE_STATE",
     "Clock",
     "NativeOwner",
     "Playback",
@@ -56,21 +46,6 @@ __all__ = [
     "TickListener",
     "Transport",
 ]
-
-_EVENT_NAMES: dict[int, str] = (
-    {
-        _wire.EV_CHUNK: "chunk",
-        _wire.EV_EOF: "eof",
-        _wire.EV_RECV_ERR: "recv_error",
-        _wire.EV_SLOW: "slow_tick",
-        _wire.EV_SHORT: "short_write",
-        _wire.EV_SEND_ERR: "send_error",
-        _wire.EV_APP_ERR: "app_error",
-    }
-    if _wire is not None
-    else {}
-)
-
 
 class NativeOwner(Protocol):
     """What owns a native line (the server's connection): it takes back what the C path
@@ -82,9 +57,7 @@ class NativeOwner(Protocol):
 
     def _native_read_event(self, event: str, payload: object) -> None: ...
 
-
-# Positions in a native line tuple (must match LINE_* in _wire.c).
-LINE_STATE, LINE_OWNER, LINE_PLAYOUT = 0, 1, 2
+    def _drain_tape(self) -> None: ...
 
 
 class Clock:
@@ -134,7 +107,7 @@ class Clock:
             self._rebuild()
             self._count(playout)
             if line is not None:
-                owner: NativeOwner = line[LINE_OWNER]  # type: ignore[assignment]
+                owner: NativeOwner = line[LINE.OWNER]  # type: ignore[assignment]
                 owner._detach_native()
 
     @property
@@ -144,9 +117,12 @@ class Clock:
 
     def attach(self, line: tuple[object, ...]) -> bool:
         """Hand a registered call in the steady state to the C path (``_wire.pump``)."""
-        playout: Playout = line[LINE_PLAYOUT]  # type: ignore[assignment]
+        playout: Playout = line[LINE.PLAYOUT]  # type: ignore[assignment]
         key = id(playout)
-        if _wire is None or self._in_events or key not in self._playouts or key in self._native:
+        if (
+            not NATIVE_AVAILABLE or self._in_events or key not in self._playouts
+            or key in self._native
+        ):
             return False
         self._native[key] = line
         self._rebuild()
@@ -154,7 +130,7 @@ class Clock:
 
     def detach(self, line: tuple[object, ...]) -> None:
         """Take a call back from the C path (its next frames go through the Python loop)."""
-        key = id(line[LINE_PLAYOUT])
+        key = id(line[LINE.PLAYOUT])
         if self._native.get(key) is line:
             del self._native[key]
             self._rebuild()
@@ -245,9 +221,8 @@ class Clock:
 
     def _pump(self, advance: int) -> None:
         """Run the C path over the native lines, then hand back what it did not handle."""
-        assert _wire is not None
         try:
-            events = _wire.pump(self._lines, advance)
+            events = native.pump(self._lines, advance)
         except Exception as exc:
             # A bug there must not stop the clock: every line returns to the Python path.
             import structlog
@@ -257,7 +232,7 @@ class Clock:
             )
             metrics.NATIVE_EVENTS.labels(event="pump_failed").inc()
             for line in list(self._native.values()):
-                line[LINE_OWNER]._detach_native()  # type: ignore[attr-defined]
+                line[LINE.OWNER]._detach_native()  # type: ignore[attr-defined]
             return
         if not events:
             return
@@ -271,26 +246,30 @@ class Clock:
     def _native_event(
         self, line: tuple[object, ...], code: int, payload: object, advance: int
     ) -> None:
-        assert _wire is not None
         self.native_events += 1
-        name = _EVENT_NAMES.get(code, str(code))
+        name = native.EVENT_NAMES.get(code, str(code))
         metrics.NATIVE_EVENTS.labels(event=name).inc()
-        owner: NativeOwner = line[LINE_OWNER]  # type: ignore[assignment]
-        playout: Playout = line[LINE_PLAYOUT]  # type: ignore[assignment]
+        owner: NativeOwner = line[LINE.OWNER]  # type: ignore[assignment]
+        playout: Playout = line[LINE.PLAYOUT]  # type: ignore[assignment]
+        if name == "mark":
+            # A playback's frame went out: resolve it here; the line stays on the C path.
+            playout.sync_counters()
+            playout._resolve_marks()
+            return
         if owner._native_line is line:
             owner._detach_native()
-        if code == _wire.EV_SLOW:
+        if name == "slow_tick":
             if id(playout) in self._playouts:
                 try:
                     playout.tick(advance)
                 except Exception as exc:
                     self._failed(playout, exc)
-        elif code == _wire.EV_SHORT:
+        elif name == "short_write":
             try:
                 playout.transport.write(payload)  # type: ignore[arg-type]
             except Exception as exc:
                 self._failed(playout, exc)
-        elif code == _wire.EV_SEND_ERR:
+        elif name == "send_error":
             errno_ = int(payload)  # type: ignore[call-overload]
             if errno_ not in (errno.EPIPE, errno.ECONNRESET):
                 self._failed(playout, OSError(errno_, os.strerror(errno_)))
@@ -323,9 +302,16 @@ class Clock:
             metrics.NATIVE_LINES.set(len(self._lines))
         order = self._flush_order
         step = -(-len(order) // 50)
+        native_lines = self._native
         for playout in order[slot * step : (slot + 1) * step]:
             if id(playout) in self._playouts:
                 self._count(playout)
+                # A taped line's audio goes to its app in the same slice: about once a
+                # second per call, one Python call where the Python path makes two a frame.
+                line = native_lines.get(id(playout))
+                if line is not None and line[LINE.TAPE] is not None:
+                    owner: NativeOwner = line[LINE.OWNER]  # type: ignore[assignment]
+                    owner._drain_tape()
 
     def _flush_metrics(self) -> None:
         """Every call's frames-out counts at once (when the clock stops; while it runs,

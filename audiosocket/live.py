@@ -174,15 +174,18 @@ class Listener(_Waiter):
 class LiveCall:
     """One call in progress as the live view shows it; sessions report through it.
 
-    ``tap`` says whether the call's audio passes through Python frame by frame (the
-    recording apps); the echo app's media stays on the C path, so it cannot be heard.
+    ``tap`` says whether the app can hand the call's audio to listeners (the recording
+    apps: while someone listens their audio comes frame by frame, off the C path's tape);
+    the echo app's media stays on the C path, so it cannot be heard.
     """
 
-    __slots__ = ("_hub", "_inbound", "announced", "app", "caller", "closed", "frame_bytes",
-                 "id", "lines", "listeners", "node", "path", "rate", "started_at", "steps", "tap")
+    __slots__ = ("_hub", "_inbound", "_wake", "announced", "app", "caller", "closed",
+                 "frame_bytes", "id", "lines", "listeners", "node", "path", "rate",
+                 "started_at", "steps", "tap")
 
     def __init__(self, hub: LiveHub, call: Call) -> None:
         self._hub = hub
+        self._wake = call.wake_media
         self.id = call.id
         self.app = call.app
         # AudioSocket carries no caller ID: the peer is what identifies the line; an app
@@ -379,6 +382,9 @@ class LiveHub:
         entry.listeners.append(listener)
         self._listeners.add(listener)
         LISTENERS.inc()
+        # A call whose audio rides the C path in blocks comes back to frame-by-frame
+        # delivery while someone listens (its app's media_ready says no meanwhile).
+        entry._wake()
         return entry, listener
 
     def unlisten(self, entry: LiveCall, listener: Listener) -> None:

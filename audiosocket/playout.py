@@ -9,34 +9,21 @@ counters live in the line's state and ``sync_counters`` folds them in.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from audiosocket import metrics
+from audiosocket.native import State
 from audiosocket.protocol import FRAME_MS, HEADER_SIZE, KIND_FOR_RATE, frame_bytes, header
 
 __all__ = [
-    "NATIVE_FRAMES_IN",
-    "NATIVE_FRAMES_IN_AT",
-    "NATIVE_STATE",
     "Playback",
     "Playout",
     "TickListener",
     "Transport",
 ]
 
-#: A native line's state (struct line_state in _wire.c): fd, frame length, max frames (the
-#: live target when set), whole-frame sink, then the counters the C path adds to, then the
-#: live stream's gap (silent ticks since its last frame) and the underruns counted from it.
-NATIVE_STATE = struct.Struct("<10q")
-_NATIVE_COUNTS = struct.Struct("<3q")  # ticks, popped, audio_sent
-_NATIVE_COUNTS_AT = 32
-NATIVE_FRAMES_IN = struct.Struct("<q")
-NATIVE_FRAMES_IN_AT = 56
-_NATIVE_GAP = struct.Struct("<2q")  # gap, underruns
-_NATIVE_GAP_AT = 64
 #: A run of at most this many silent ticks between two frames of a live stream is a gap
 #: (an underrun: the listener hears a hole); a longer one is the caller pausing. Must match
 #: GAP_TICKS in _wire.c.
@@ -124,6 +111,7 @@ class Playout:
         "ticks",
         "transport",
         "underruns",
+        "wired",
     )
 
     def __init__(
@@ -171,11 +159,15 @@ class Playout:
         self.metric_sent = 0  # sent_total already added to the frames-out metric
         self.underruns = 0
         #: While the C media path carries this call: its line's counters (see sync_counters).
-        self._native_state: bytearray | None = None
+        self._native_state: State | None = None
         self._listener: TickListener | None = None
         #: Nothing but frames and silence to send (no listener, stream, lead or pending
         #: playback): the clock then sends this call's frame inline, without ``tick()``.
         self.plain = not self._lead
+        #: What the C path needs to send this call's frames itself: ``plain``, except that a
+        #: playing clip (its completion marks) is allowed: the C path reports the frame a
+        #: mark waits for (EV_MARK) and this side resolves it. Read by _wire.c each tick.
+        self.wired = self.plain
         #: Queue one whole wire frame of this playout's kind and size, as it will be sent:
         #: the deque's own ``append``, so a relay (echo) costs no Python frame per inbound
         #: frame. The ``max_frames`` bound is enforced on the next tick instead.
@@ -198,21 +190,36 @@ class Playout:
         self.live_frames = max(1, ms // FRAME_MS) if ms > 0 else 0
         self._cap = min(self.max_frames, self.live_frames or self.max_frames)
 
-    def native_state(self, fd: int, frame_len: int, whole: bool) -> bytearray:
-        """A new native line's state for this playout (``NATIVE_STATE``, _wire.c)."""
-        return bytearray(
-            NATIVE_STATE.pack(fd, frame_len, self._cap, int(whole), 0, 0, 0, 0, self._gap, 0)
-        )
+    def native_state(self, fd: int, frame_len: int, whole: bool, *, wake: bool = False) -> State:
+        """A new native line's state for this playout (``struct line_state``, _wire.c)."""
+        self.sync_counters()
+        state = State(fd=fd, frame_len=frame_len, whole=int(whole), gap=self._gap,
+                      now=self.ticks, mark_at=-1, wake=int(wake))
+        self._native_plan(state)
+        return state
 
     def _replan(self) -> None:
-        self.plain = (
+        wired = (
             self._listener is None
             and not self._streams
             and not self._lead
-            and not self._marks
-            and not self._start_marks
             and not self._short
         )
+        self.wired = wired
+        self.plain = wired and not self._marks and not self._start_marks
+        if self._native_state is not None:
+            self._native_plan(self._native_state)
+
+    def _native_plan(self, state: State) -> None:
+        """Tell the C path what this playout waits for: the next playback mark (relative to
+        the frames it has taken since the last fold) and whether a clip is playing (then
+        the queue's bound is ``max_frames``, not the live target, and a frame sent ends no
+        live gap), as ``tick()`` does for itself."""
+        clip = bool(self._marks or self._start_marks)
+        state["clip"] = int(clip)
+        state["max_frames"] = self.max_frames if clip else self._cap
+        seqs = [q[0][0] for q in (self._marks, self._start_marks) if q]
+        state["mark_at"] = min(seqs) - self._sent_seq if seqs else -1
 
     def sync_counters(self) -> None:
         """Fold in what the C media path counted since the last fold (ticks, frames sent).
@@ -221,17 +228,19 @@ class Playout:
         state = self._native_state
         if state is None:
             return
-        ticks, popped, audio = _NATIVE_COUNTS.unpack_from(state, _NATIVE_COUNTS_AT)
-        if ticks or popped or audio:
-            _NATIVE_COUNTS.pack_into(state, _NATIVE_COUNTS_AT, 0, 0, 0)
+        ticks = state.take("ticks")
+        popped = state.take("popped")
+        if ticks or popped:
             self.ticks += ticks
             self.sent_total += ticks
             self._sent_seq += popped
-            self.audio_frames_sent += audio
-        gap, under = _NATIVE_GAP.unpack_from(state, _NATIVE_GAP_AT)
-        self._gap = gap
+            self.audio_frames_sent += state.take("audio_sent")
+            mark_at = state["mark_at"]
+            if mark_at >= 0:
+                state["mark_at"] = mark_at - popped  # it counts from the folded _sent_seq
+        self._gap = state["gap"]
+        under = state.take("underruns")
         if under:
-            _NATIVE_GAP.pack_into(state, _NATIVE_GAP_AT, gap, 0)
             self.underruns += under
             metrics.UNDERRUNS.inc(under)
 
@@ -281,7 +290,7 @@ class Playout:
             rest = pcm[end:]
             self._frames.append(header(self.kind, len(rest)) + rest)
             self._short += 1
-            self.plain = False
+            self._replan()
 
     def play(self, pcm: bytes) -> Playback:
         """Queue one clip; the result completes when its last frame has been sent.
@@ -308,7 +317,7 @@ class Playout:
         else:
             self._marks.append((self._queued_seq, fut))
             self._start_marks.append((first_seq, started))
-            self.plain = False
+            self._replan()
         return Playback(fut, len(pcm) // n, started)
 
     def _push(self, pcm: bytes) -> None:
@@ -327,7 +336,7 @@ class Playout:
         self.sync_counters()
         self._streams += 1
         self._stream_from = self._queued_seq + 1
-        self.plain = False
+        self._replan()
 
     def end_stream(self) -> None:
         """Close what ``begin_stream`` opened."""
@@ -374,6 +383,8 @@ class Playout:
                 fut.set_result(True)
         if not marks and not starts:
             self._replan()
+        elif self._native_state is not None:
+            self._native_plan(self._native_state)  # the next mark the C path reports
 
     # -- the tick ------------------------------------------------------------------------
 

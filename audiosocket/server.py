@@ -58,15 +58,9 @@ from audiosocket.call_state import (
     TimerFired,
     UlawDetected,
 )
-from audiosocket.clock import (
-    LINE_PLAYOUT,
-    LINE_STATE,
-    NATIVE_AVAILABLE,
-    NATIVE_FRAMES_IN,
-    NATIVE_FRAMES_IN_AT,
-    Clock,
-    Playout,
-)
+from audiosocket.clock import NATIVE_AVAILABLE, Clock, Playout
+from audiosocket.media import block_from_tape
+from audiosocket.native import LINE, State, new_tape
 from audiosocket.peerlog import PeerLogLimit
 from audiosocket.protocol import (
     HEADER_SIZE,
@@ -129,6 +123,10 @@ class Connection(asyncio.Protocol):
         self.fast_frames = 0  # frames taken by the fast path, not yet added to the call
         self._native_ok = False  # the fast path may hand this call to the C path
         self._native_line: tuple[object, ...] | None = None  # attached to the clock's C path
+        self._native_state: State | None = None  # that line's state
+        #: The app takes its audio in blocks while on the C path (``media_ready``): the
+        #: line then carries a tape and the app's tick listener is off.
+        self._taped = False
         self.last_in = 0.0  # loop time of the last inbound frame, as seen by the sweep
         self._seen_in = 0
         self.last_out = 0.0  # loop time the sweep last saw audio (not silence) go out
@@ -176,7 +174,9 @@ class Connection(asyncio.Protocol):
             except Exception as exc:
                 self._app_failed("on_audio", exc)
                 return
-            if self._native_ok and self._native_line is None:
+            if self._native_ok and self._native_line is None and (
+                not self._taped or self._media_ready()
+            ):
                 self._attach_native()
             return
         try:
@@ -199,43 +199,88 @@ class Connection(asyncio.Protocol):
         if call is None or self.machine.ended or transport is None or transport.is_closing():
             return
         playout = call.playout
-        if not playout.plain or transport.get_write_buffer_size() or self.decoder._buf:
+        if transport.get_write_buffer_size() or self.decoder._buf:
+            return
+        taped = self._taped
+        if taped:
+            # The app hears this call's ticks from the tape now, not from a listener.
+            playout.on_tick = None
+        if not playout.wired:
+            if taped:
+                playout.on_tick = self._tick_listener
             return
         sock = transport.get_extra_info("socket")
         if sock is None:
             self._native_ok = False
+            if taped:
+                playout.on_tick = self._tick_listener
             return
-        state = playout.native_state(sock.fileno(), self._fast_len, self._fast_whole)
+        wake = taped and bool(getattr(self.session, "wake_on_sound", False))
+        state = playout.native_state(sock.fileno(), self._fast_len, self._fast_whole, wake=wake)
         line = (
-            state, self, playout, playout._frames, self._fast_audio, self._fast_rate,
-            self._fast_header,
+            state.buf, self, playout, playout._frames, self._fast_audio, self._fast_rate,
+            self._fast_header, new_tape() if taped else None,
         )
         if self.server.clock.attach(line):
             self._native_line = line
+            self._native_state = state
             playout._native_state = state
             transport.pause_reading()
+        elif taped:
+            playout.on_tick = self._tick_listener
 
     def _detach_native(self) -> None:
         """Back to uvloop reading and the Python tick (idempotent)."""
         line = self._native_line
         if line is None:
             return
+        # The tape first: what the app has not had yet comes before anything that follows.
+        self._drain_tape()
         self._native_line = None
         self.server.clock.detach(line)
-        self._fold_native_in(line[LINE_STATE])  # type: ignore[arg-type]
-        playout: Playout = line[LINE_PLAYOUT]  # type: ignore[assignment]
+        self._fold_native_in()
+        playout: Playout = line[LINE.PLAYOUT]  # type: ignore[assignment]
         playout.sync_counters()
         playout._native_state = None
+        self._native_state = None
+        if line[LINE.TAPE] is not None and not self.machine.ended:
+            playout.on_tick = self._tick_listener
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
-    def _fold_native_in(self, state: bytearray) -> None:
+    def _drain_tape(self) -> None:
+        """Hand the app what the C path taped since the last block (the clock calls this
+        about once a second per call; detaching calls it too). Audio already received is
+        always delivered, also once the call has ended (the recording must be whole)."""
+        line, session, call = self._native_line, self.session, self.call
+        if line is None or session is None or call is None:
+            return
+        tape = line[LINE.TAPE]
+        if tape is None:
+            return
+        block = block_from_tape(tape, call.playout.frame_size)  # type: ignore[arg-type]
+        if block is None:
+            return
+        call.playout.sync_counters()  # the app may read call.tick / call.time
+        try:
+            session.on_media(block)
+        except Exception as exc:
+            self._app_failed("on_media", exc)
+
+    def _media_ready(self) -> bool:
+        session = self.session
+        try:
+            return session is not None and bool(session.media_ready())
+        except Exception as exc:
+            self._app_failed("media_ready", exc)
+            return False
+
+    def _fold_native_in(self) -> None:
         """Add the frames the C path handed to the app to ``fast_frames``."""
-        (n,) = NATIVE_FRAMES_IN.unpack_from(state, NATIVE_FRAMES_IN_AT)
-        if n:
-            NATIVE_FRAMES_IN.pack_into(state, NATIVE_FRAMES_IN_AT, 0)
-            self.fast_frames += n
+        state = self._native_state
+        if state is not None:
+            self.fast_frames += state.take("frames_in")
 
     def _native_read_event(self, event: str, payload: object) -> None:
         """What the C path read but does not handle, in order, already detached (``event``
@@ -434,6 +479,13 @@ class Connection(asyncio.Protocol):
             self._fast_len = HEADER_SIZE + size
             self._fast_header = header(kind, size)
             self._native_ok = NATIVE_AVAILABLE and self.server.config.native_media
+            # An app that hears ticks rides the C path only if it takes its audio in
+            # blocks (``on_media``), when it says it is ready to (``media_ready``).
+            self._taped = bool(getattr(factory, "hears_ticks", True)) and callable(
+                getattr(session, "media_ready", None)) and callable(
+                getattr(session, "on_media", None))
+            if self._taped:
+                call.media_wake = self._detach_native
 
     def _tick_listener(self, tick: int, sent: bytes | None) -> None:
         if self.session is not None and not self.machine.ended:
@@ -533,8 +585,7 @@ class Connection(asyncio.Protocol):
         call = self.call
         if call is None:
             return
-        if self._native_line is not None:
-            self._fold_native_in(self._native_line[LINE_STATE])  # type: ignore[arg-type]
+        self._fold_native_in()
         call.playout.sync_counters()
         if self.fast_frames:
             n, self.fast_frames = self.fast_frames, 0

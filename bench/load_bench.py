@@ -1,4 +1,4 @@
-"""Load benchmark of the core: N concurrent AudioSocket calls against ``--app echo``.
+"""Load benchmark of the core: N concurrent AudioSocket calls against an app (``--app``).
 
 Prints figures; not a test. Builds ``bench/loadgen.c`` (a one-thread epoll generator in C, so
 the generator is not the bottleneck) into ``bench/results/loadgen``, then for each point of
@@ -24,6 +24,14 @@ at ``nice -n -15`` (shields them from other jobs on a shared machine; the defaul
 ``--priority rt`` at ``chrt -f 10``. Every row records ``/proc/loadavg`` just before the run.
 ``--gen-spin`` makes the generator poll instead of sleep; ``--gen-pump-every N`` (default 50)
 makes it read the server's frames between its own writes (see ``loadgen.c``).
+``--app record|ivr|transcribe`` runs that app instead of echo (post-call jobs off, so only
+the live path is measured): the generator then expects no echo (``loadgen --expect none``)
+and "lost" counts the server's outbound frames missing from the window; every frame the
+generator sent must also have been read by the server (``audiosocket_frames_in_total``
+against the generator's count, after every call ended) and, for ``record`` with numbered
+frames, be in a recording exactly once (the WAVs are scanned after the server stopped).
+``--callers silent`` sends digital silence (the default for ``ivr`` and ``transcribe``: a
+caller who says nothing; the IVR then runs its demo menu with its re-prompts).
 Pass criterion: no frame lost and p99 gap between the server's outbound frames <= 25 ms.
 Raw results go to ``bench/results/load-<time>.jsonl``; server logs to ``bench/results/``.
 """
@@ -191,8 +199,40 @@ def prio_prefix(priority: str) -> list[str]:
     return []
 
 
+_MAGIC = 0x41534C47  # loadgen's frame marker
+
+
+def check_recordings(data_dir: Path, rate: int) -> dict[str, int]:
+    """Every numbered frame the generator sent, found in the recordings' caller channel:
+    how many there are, how many calls, and any (call, seq) seen twice."""
+    import numpy as np
+
+    fb = rate // 50
+    seen: set[tuple[int, int]] = set()
+    dup = frames = files = 0
+    for wav in sorted((data_dir / "recordings").glob("*.wav")):
+        raw = wav.read_bytes()[44:]
+        data = np.frombuffer(raw[: len(raw) - len(raw) % 4], "<i2")
+        left = data[0::2]
+        usable = len(left) - len(left) % fb
+        slots = np.ascontiguousarray(left[:usable]).reshape(-1, fb).view("<u4")
+        files += 1
+        for row in slots:
+            if int(row[2]) != _MAGIC:
+                continue
+            key = (int(row[1]), int(row[0]))
+            if key in seen:
+                dup += 1
+            seen.add(key)
+            frames += 1
+    return {"rec_frames": frames, "rec_files": files, "rec_dup": dup}
+
+
 def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) -> dict:
     port = free_port()
+    silent = args.callers == "silent" or (
+        args.callers == "auto" and args.app in ("ivr", "transcribe"))
+    data_dir = ""
     # The C floor server has no HTTP port, hence no /metrics to scrape.
     http_port: int | None = None
     log_path = RESULTS / f"server-{tag}.log"
@@ -204,20 +244,26 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
         http_port = free_port()
         data_dir = tempfile.mkdtemp(prefix="loadbench-")
         cmd = [*prio_prefix(args.priority), "taskset", "-c", SERVER_CPU,
-               str(ROOT / ".venv" / "bin" / "audiosocket"), "serve", "--app", "echo",
+               str(ROOT / ".venv" / "bin" / "audiosocket"), "serve", "--app", args.app,
                "--port", str(port), "--http-port", str(http_port), "--data-dir", data_dir,
                "--log-format", "json", "--max-calls", "5000"]
         if loop == "asyncio":
             cmd.append("--no-uvloop")
+        if args.python_media:
+            cmd.append("--no-native-media")
     if args.server_cmd_prefix:
         cmd = [*args.server_cmd_prefix.split(), *cmd]
+    env = {**os.environ, "AUDIOSOCKET_POSTCALL__ENABLED": "false"}
     with open(log_path, "wb") as log_file:
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, cwd=ROOT)
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, cwd=ROOT,
+                                  env=env)
     row: dict = {"calls": n, "rate": rate, "loop": loop, "priority": args.priority,
+                 "app": args.app if args.server_impl == "python" else "echo",
+                 "callers": "silent" if silent else "numbered",
                  "duration": args.duration, "tag": tag, "server_impl": args.server_impl,
                  "gen_spin": args.gen_spin, "gen_pump_every": args.gen_pump_every}
     try:
-        wait_port(port, server)
+        wait_port(port, server, timeout=180.0)  # the ivr loads Whisper and renders prompts
         if http_port is not None:
             wait_port(http_port, server)
         time.sleep(1.0)
@@ -231,7 +277,9 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
                    "--port", str(port), "--calls", str(n), "--rate", str(rate),
                    "--ramp", str(args.ramp), "--settle", str(args.settle),
                    "--duration", str(args.duration), "--spin", str(int(args.gen_spin)),
-                   "--pump-every", str(args.gen_pump_every)]
+                   "--pump-every", str(args.gen_pump_every),
+                   "--silent", str(int(silent)),
+                   "--expect", "echo" if row["app"] == "echo" else "none"]
         gen = subprocess.Popen(gen_cmd, stdout=subprocess.PIPE, text=True)
         assert gen.stdout is not None
         marks: dict = {}
@@ -281,6 +329,19 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
                         "resyncs", "underruns", "write_stalls"):
                 row[key] = None
         row["rss_per_call_kb"] = (row["rss_at_n_kb"] - row["rss_idle_kb"]) / max(n, 1)
+        if http_port is not None and row["app"] != "echo":
+            # Inbound: once every call has ended, the server must have read every frame.
+            end = time.monotonic() + 60
+            final = scrape(http_port)
+            while final.get("audiosocket_active_calls", 0) > 0 and time.monotonic() < end:
+                time.sleep(0.5)
+                final = scrape(http_port)
+            frames_in = sum(v for k, v in final.items() if k.startswith(
+                "audiosocket_frames_in_total{") and "0x03" not in k)
+            row["in_missing"] = int(result["sent_total"] - frames_in)
+            row["rec_bytes_lost"] = final.get("audiosocket_recording_bytes_lost_total", 0.0)
+            row["rec_ahead_dropped"] = final.get(
+                "audiosocket_recording_ahead_frames_dropped_total", 0.0)
         time.sleep(0.5)
     finally:
         if server.poll() is None:
@@ -291,6 +352,10 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
                 server.kill()
                 server.wait()
     row["server_log_warnings"] = _count_warnings(log_path)
+    if row.get("app") == "record" and not silent and data_dir:
+        rec = check_recordings(Path(data_dir), rate)
+        row.update(rec)
+        row["rec_missing"] = int(row["gen"]["sent_total"] - rec["rec_frames"])
     return row
 
 
@@ -319,11 +384,14 @@ def _count_warnings(path: Path) -> dict[str, int]:
 
 def passed(row: dict) -> bool:
     g = row["gen"]
+    inbound_ok = (row.get("in_missing", 0) == 0 and row.get("rec_missing", 0) == 0
+                  and row.get("rec_dup", 0) == 0 and not row.get("rec_bytes_lost"))
     return (g["lost"] == 0 and g["connected"] == row["calls"] and g["alive_at_end"] == row["calls"]
-            and g["gap_read"]["p99_ms"] <= 25.0)
+            and g["gap_read"]["p99_ms"] <= 25.0 and inbound_ok)
 
 
-HEADER = ("| N | rate | loop | loss (lost/sent) | gap p50/p99/max ms (read) | gap p99/max ms "
+HEADER = ("| app | N | rate | loop | loss (lost/sent) | inbound missing (read / recorded) "
+          "| gap p50/p99/max ms (read) | gap p99/max ms "
           "(kernel rx) | multi-frame reads | server tick late p50/p99 ms | tick dur p99 ms | "
           "resyncs | underruns | server CPU % | RSS idle MB | RSS/call KB | gen late p99/max ms "
           "| gen missed ticks | echo latency p99/max ms | steal % srv/gen | loadavg | pass |")
@@ -343,7 +411,13 @@ def fmt_row(r: dict) -> str:
     def f(v: float | None, d: int = 1) -> str:
         return na if v is None else f"{v:.{d}f}"
 
-    return (f"| {r['calls']} | {r['rate'] // 1000}k | {r['loop']} | {g['lost']}/{g['expected']} "
+    inbound = "-"
+    if "in_missing" in r:
+        inbound = f"{r['in_missing']} / {r.get('rec_missing', '-')}"
+    expected = g["expected"] if g.get("expect_echo", 1) else g["sent_window"]
+    return (f"| {r.get('app', 'echo')}{' (silent)' if r.get('callers') == 'silent' else ''} "
+            f"| {r['calls']} | {r['rate'] // 1000}k | {r['loop']} | {g['lost']}/{expected} "
+            f"| {inbound} "
             f"| {gr['p50_ms']:.1f} / {gr['p99_ms']:.1f} / {gr['max_ms']:.1f} "
             f"| {gk['p99_ms']:.1f} / {gk['max_ms']:.1f} | {multi:.1f}% "
             f"| {f(r['tick_late_p50_ms'], 2)} / {f(r['tick_late_p99_ms'])} "
@@ -381,6 +455,13 @@ def main() -> int:
                    help="python: audiosocket serve --app echo; c: bench/echo_floor.c, the "
                         "floor (no /metrics)")
     p.add_argument("--server-cmd-prefix", default="", help=argparse.SUPPRESS)
+    p.add_argument("--python-media", action="store_true",
+                   help="run the server with --no-native-media (the Python path only)")
+    p.add_argument("--app", default="echo", choices=["echo", "record", "transcribe", "ivr"],
+                   help="the app the Python server runs (default echo)")
+    p.add_argument("--callers", default="auto", choices=["auto", "numbered", "silent"],
+                   help="numbered frames, or digital silence (auto: silent for ivr and "
+                        "transcribe)")
     args = p.parse_args()
     build_loadgen()
     if args.server_impl == "c":

@@ -118,6 +118,13 @@ static double g_ramp = 200.0, g_settle = 2.0, g_duration = 20.0, g_drain = 1.0;
 /* --spin 1: poll with a zero timeout instead of sleeping in epoll_wait (see main). */
 static int g_spin = 0;
 static int g_pump_every = 0; /* --pump-every N: poll for reads after every N writes of a tick */
+/* --silent 1: send digital silence (all-zero payload), a caller who says nothing; the
+ * frames then carry no numbers, so nothing is matched (use with --expect none). */
+static int g_silent = 0;
+/* --expect none: the app does not echo (record, ivr): loss is then the server's outbound
+ * frames missing from the measured window (out_short), and inbound completeness is checked
+ * by the caller of this program (load_bench.py: recordings and the server's counters). */
+static int g_expect_echo = 1;
 static int tfd = -1;        /* the tick timer */
 static const char *g_host = "127.0.0.1";
 
@@ -136,7 +143,7 @@ static int in_window; /* 1 while measuring arrivals */
 static hist_t h_gap_user, h_gap_kern, h_late, h_tickdur, h_echo;
 static uint64_t reads_total, reads_window, reads_multi, frames_rx_total, silence_rx, echo_rx, bad_rx;
 static uint64_t dup_echo, foreign_echo, short_writes, eagain_writes, connect_fail;
-static uint64_t missed_ticks, hangups, eofs, sent_window;
+static uint64_t missed_ticks, hangups, eofs, sent_window, sent_total;
 static int connected;
 
 static void die(const char *m) { perror(m); exit(2); }
@@ -341,9 +348,12 @@ static void do_tick(int64_t k, uint8_t *frame) {
         if (c->next_seq > max_seq) continue;
         if (c->next_seq == 1) c->first_tick = k;
         uint32_t seq = c->next_seq++;
-        memcpy(frame + 3, &seq, 4);
-        memcpy(frame + 7, &c->idx, 4);
+        if (!g_silent) {
+            memcpy(frame + 3, &seq, 4);
+            memcpy(frame + 7, &c->idx, 4);
+        }
         write_whole(c, frame, frame_len);
+        sent_total++;
         if (measuring) sent_window++;
         if (g_pump_every && (i + 1) % g_pump_every == 0) pump(0);
     }
@@ -351,7 +361,8 @@ static void do_tick(int64_t k, uint8_t *frame) {
 
 static void usage(void) {
     fprintf(stderr, "loadgen --port P --calls N [--rate 8000|16000] [--ramp 200] [--settle 2]"
-                    " [--duration 20] [--drain 1] [--host 127.0.0.1] [--spin 0|1] [--pump-every N]\n");
+                    " [--duration 20] [--drain 1] [--host 127.0.0.1] [--spin 0|1] [--pump-every N]"
+                    " [--silent 0|1] [--expect echo|none]\n");
     exit(2);
 }
 
@@ -370,6 +381,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--host")) g_host = v;
         else if (!strcmp(a, "--spin")) g_spin = atoi(v);
         else if (!strcmp(a, "--pump-every")) g_pump_every = atoi(v);
+        else if (!strcmp(a, "--silent")) g_silent = atoi(v);
+        else if (!strcmp(a, "--expect")) g_expect_echo = strcmp(v, "none") != 0;
         else usage();
     }
     signal(SIGPIPE, SIG_IGN);
@@ -380,9 +393,11 @@ int main(int argc, char **argv) {
     frame_len = 3 + payload_len;
     uint8_t *frame = calloc(1, frame_len);
     frame[0] = kind; frame[1] = payload_len >> 8; frame[2] = payload_len & 0xff;
-    uint32_t magic = MAGIC;
-    memcpy(frame + 11, &magic, 4);
-    for (int i = 15; i < frame_len; i++) frame[i] = (uint8_t)(i * 7); /* not silence */
+    if (!g_silent) {
+        uint32_t magic = MAGIC;
+        memcpy(frame + 11, &magic, 4);
+        for (int i = 15; i < frame_len; i++) frame[i] = (uint8_t)(i * 7); /* not silence */
+    }
 
     int64_t ramp_ticks = (int64_t)((g_calls / g_ramp) * 50.0) + 1;
     int64_t settle_ticks = (int64_t)(g_settle * 50.0);
@@ -477,11 +492,21 @@ int main(int argc, char **argv) {
 
     /* loss: every seq sent during the measured window must have come back exactly once */
     uint64_t expected = 0, ok = 0, lost = 0, dup_frames = 0, calls_with_loss = 0;
-    uint64_t rx_min = UINT64_MAX, rx_max = 0;
+    uint64_t rx_min = UINT64_MAX, rx_max = 0, out_short = 0;
     for (int i = 0; i < g_calls; i++) {
         call_t *c = &calls[i];
         if (c->first_tick == 0 && c->next_seq == 1) continue;
         uint64_t l = 0;
+        /* The server's frames in the window: one a tick; a frame either side of the window's
+         * edges is phase, not loss. */
+        uint64_t want = (uint64_t)(k_measure_end - k_measure_start);
+        if (c->rx_frames_window + 1 < want) out_short += want - 1 - c->rx_frames_window;
+        if (c->rx_frames_window < rx_min) rx_min = c->rx_frames_window;
+        if (c->rx_frames_window > rx_max) rx_max = c->rx_frames_window;
+        if (!g_expect_echo) {
+            if (c->rx_frames_window + 1 < want) calls_with_loss++;
+            continue;
+        }
         for (int64_t kk = k_measure_start; kk < k_measure_end; kk++) {
             int64_t seq = kk - c->first_tick + 1;
             if (seq < 1 || seq >= c->next_seq) continue;
@@ -491,9 +516,8 @@ int main(int argc, char **argv) {
             else { ok++; if (e > 1) dup_frames++; }
         }
         if (l) calls_with_loss++;
-        if (c->rx_frames_window < rx_min) rx_min = c->rx_frames_window;
-        if (c->rx_frames_window > rx_max) rx_max = c->rx_frames_window;
     }
+    if (!g_expect_echo) lost = out_short;
     double wall = (measure_t1 - measure_t0) / 1e9;
     printf("{\"event\": \"result\", \"calls\": %d, \"rate\": %d, \"connected\": %d, "
            "\"alive_at_end\": %d, \"connect_fail\": %llu, \"hangups_rx\": %llu, \"eofs\": %llu, "
@@ -502,7 +526,8 @@ int main(int argc, char **argv) {
            "\"foreign_echo\": %llu, \"bad_rx\": %llu, \"silence_rx\": %llu, \"echo_rx\": %llu, "
            "\"frames_rx_total\": %llu, \"rx_per_call_window_min\": %llu, "
            "\"rx_per_call_window_max\": %llu, \"reads_window\": %llu, \"reads_multi_frame\": %llu, "
-           "\"short_writes\": %llu, \"eagain_writes\": %llu, \"gen_missed_ticks\": %llu, ",
+           "\"short_writes\": %llu, \"eagain_writes\": %llu, \"gen_missed_ticks\": %llu, "
+           "\"out_short\": %llu, \"sent_total\": %llu, \"expect_echo\": %d, \"silent\": %d, ",
            g_calls, g_rate, connected, alive, (unsigned long long)connect_fail,
            (unsigned long long)hangups, (unsigned long long)eofs, wall,
            (unsigned long long)sent_window, (unsigned long long)expected,
@@ -513,7 +538,8 @@ int main(int argc, char **argv) {
            (unsigned long long)(rx_min == UINT64_MAX ? 0 : rx_min), (unsigned long long)rx_max,
            (unsigned long long)reads_window, (unsigned long long)reads_multi,
            (unsigned long long)short_writes, (unsigned long long)eagain_writes,
-           (unsigned long long)missed_ticks);
+           (unsigned long long)missed_ticks, (unsigned long long)out_short,
+           (unsigned long long)sent_total, g_expect_echo, g_silent);
     hist_json(stdout, "gap_read", &h_gap_user); printf(", ");
     hist_json(stdout, "gap_kernel", &h_gap_kern); printf(", ");
     hist_json(stdout, "echo_latency", &h_echo); printf(", ");

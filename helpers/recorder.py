@@ -133,8 +133,10 @@ class CallRecorder:
         self.flush_every = flush_every
         self.hold_slots = hold_slots
         self._writer = writer or shared_writer()
-        self._in: list[bytes | None] = []  # inbound slots not yet written
-        self._out: list[bytes | None] = []
+        # Slots not yet written, from _base on: one frame_bytes each, zero (silence) where
+        # nothing was put, so a run of frames is one slice assignment.
+        self._in = bytearray()
+        self._out = bytearray()
         self._in_pos = 0  # absolute slot index of the next inbound frame
         self._in_partial = b""
         # The caller's frames of the current tick, placed together (see add_inbound).
@@ -142,6 +144,7 @@ class CallRecorder:
         self._batch_tick = -1
         self._batch_bytes = 0
         self._batch_max = AHEAD_SLOTS * self.frame_bytes
+        self._zero = bytes(self.frame_bytes)
         self._base = 0  # absolute slot index of _in[0] / _out[0]
         self._out_pos = 0
         self.data_bytes = 0
@@ -228,27 +231,76 @@ class CallRecorder:
         if self._out_pos - self._base >= self.flush_every + self.hold_slots:
             self._flush(self._out_pos - self.hold_slots)
 
-    def _put(self, slots: list[bytes | None], index: int, pcm: bytes | None) -> None:
+    def add_run(self, first_slot: int, heard: bytes, sent: bytes) -> bool:
+        """A steady run at once (the C path's tape): ``n`` frames went out on slots
+        ``first_slot`` .. ``first_slot + n - 1`` and after each one frame came in (``heard``:
+        ``n`` frames, read on the tick after each slot). Placed with two slice assignments,
+        the same bytes as ``n`` rounds of ``add_outbound`` and ``add_inbound``. Returns
+        False, changing nothing, when this recorder's state needs those rounds instead (a
+        partial frame held, or placement that would jump a gap): the caller replays then.
+        """
+        if self.closed:
+            return True
+        fb = self.frame_bytes
+        n = len(sent) // fb
+        if n == 0 or len(sent) != n * fb or len(heard) != n * fb:
+            return False
+        self._place_batch()
+        t0 = first_slot + 1
+        pos = self._in_pos
+        # _place_batch's rule for the whole run: no gap jump (pos >= t - JITTER_SLOTS), not
+        # ahead of the clock, and nothing already written out.
+        if self._in_partial or not (t0 - JITTER_SLOTS <= pos < t0 + AHEAD_SLOTS) or (
+            pos < self._base or first_slot < self._base
+        ):
+            return False
+        self._put_run(self._in, pos, heard, n)
+        self._in_pos = pos + n
+        self._batch_tick = t0 + n - 1
+        self._put_run(self._out, first_slot, sent, n)
+        self._out_pos = max(self._out_pos, first_slot + n)
+        if self._out_pos - self._base >= self.flush_every + self.hold_slots:
+            self._flush(self._out_pos - self.hold_slots)
+        return True
+
+    def _put(self, slots: bytearray, index: int, pcm: bytes | None) -> None:
+        """Slot ``index`` holds ``pcm`` (None: silence; a short frame: its start)."""
+        self._put_run(slots, index, pcm if pcm is not None else self._zero, 1)
+
+    def _put_run(self, slots: bytearray, index: int, pcm: bytes, count: int) -> None:
+        """``count`` consecutive slots from ``index`` hold ``pcm`` (at most that many frames)."""
+        fb = self.frame_bytes
         rel = index - self._base
         if rel < 0:
-            return  # already written out; a very late frame is dropped rather than misplaced
-        if rel >= len(slots):
-            slots.extend([None] * (rel + 1 - len(slots)))
-        slots[rel] = pcm
+            # Already written out; a very late frame is dropped rather than misplaced.
+            skip = min(-rel, count)
+            pcm, rel, count = pcm[skip * fb :], 0, count - skip
+            if count <= 0:
+                return
+        start, end = rel * fb, (rel + count) * fb
+        if len(slots) < end:
+            slots.extend(bytes(end - len(slots)))
+        pcm = pcm[: end - start]
+        slots[start : start + len(pcm)] = pcm
+        if len(pcm) < end - start:
+            slots[start + len(pcm) : end] = bytes(end - start - len(pcm))
 
     def _flush(self, upto: int) -> None:
         count = upto - self._base
         if count <= 0:
             return
-        ins, outs = self._in[:count], self._out[:count]
-        del self._in[:count]
-        del self._out[:count]
+        n = count * self.frame_bytes
+        left = np.zeros(count * self.frame_samples, dtype="<i2")
+        right = np.zeros(count * self.frame_samples, dtype="<i2")
+        ins = np.frombuffer(self._in, dtype="<i2", count=min(n, len(self._in)) // 2)
+        outs = np.frombuffer(self._out, dtype="<i2", count=min(n, len(self._out)) // 2)
+        left[: len(ins)] = ins
+        right[: len(outs)] = outs
+        del ins, outs  # views of the bytearrays: released before they are resized
+        del self._in[:n]
+        del self._out[:n]
         self._base = upto
-        fs = self.frame_samples
-        silence = bytes(self.frame_bytes)
-        left = np.frombuffer(_join(ins, count, silence), dtype="<i2")
-        right = np.frombuffer(_join(outs, count, silence), dtype="<i2")
-        stereo = np.empty(count * fs * 2, dtype="<i2")
+        stereo = np.empty(count * self.frame_samples * 2, dtype="<i2")
         stereo[0::2] = left
         stereo[1::2] = right
         data = stereo.tobytes()
@@ -317,15 +369,6 @@ class CallRecorder:
     def duration(self) -> float:
         """Seconds recorded so far (written or queued)."""
         return self.data_bytes / (self.rate * 4)
-
-
-def _join(slots: list[bytes | None], count: int, silence: bytes) -> bytes:
-    """``count`` slots as one buffer, silence where a slot is empty or missing."""
-    out = []
-    for i in range(count):
-        frame = slots[i] if i < len(slots) else None
-        out.append(frame if frame is not None else silence)
-    return b"".join(out)
 
 
 def repair_wav(path: str | Path) -> bool:

@@ -15,6 +15,7 @@ from sessions.metrics import BARGE_INS, SAY_FIRST_FRAME
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.media import MediaBlock
 
 __all__ = ["Session"]
 
@@ -36,6 +37,12 @@ class Session:
     - ``on_tick(tick, sent)`` after each clock tick, with the PCM sent (None for silence);
       only called for apps that override it.
     - ``async on_end(reason)`` once, after the call ended; flush files here.
+    - ``on_media(block)``: instead of ``on_audio``/``on_tick``, a block of both directions
+      (about a second) while the C media path carries the call. Only for apps whose
+      ``media_ready()`` returns True (the default is False: frame by frame always); the
+      server asks it on the Python path and attaches the call when it says yes. With
+      ``wake_on_sound`` the C path hands the call back at the first frame that is not
+      digital silence, so an app listening for speech hears it at once.
 
     An exception in a hook ends that call with reason ``app_error`` and is counted; other
     calls are not affected.
@@ -91,6 +98,28 @@ class Session:
 
     def on_tick(self, tick: int, sent: bytes | None) -> None:
         """After each outbound frame: ``tick`` is its index on the call's timeline."""
+
+    #: Taking blocks, hand the call back to frame-by-frame delivery at the first frame of
+    #: sound (not digital silence): apps that detect speech set it.
+    wake_on_sound: ClassVar[bool] = False
+
+    def media_ready(self) -> bool:
+        """Whether this call's audio may come in blocks (``on_media``) from now on."""
+        return False
+
+    def hear(self, pcm: bytes, tick: int) -> None:
+        """One inbound frame that arrived at ``tick`` (``on_media`` replays through this)."""
+        self.on_audio(pcm, self.rate)
+
+    def on_media(self, block: MediaBlock) -> None:
+        """A block of the call's audio from the C path: by default each frame in the order
+        the Python path delivers them (``on_tick`` for what went out, ``hear`` for what
+        came in); apps that can take the steady case at once override it."""
+        for sent, tick, pcm in block.events():
+            if sent:
+                self.on_tick(tick, pcm)
+            else:
+                self.hear(pcm, tick)
 
     async def on_end(self, reason: str) -> None:
         """The call is over; ``reason`` is its end reason."""

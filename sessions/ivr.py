@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from audiosocket.config import ConfigError
+from audiosocket.protocol import FRAME_MS
+from sessions.base import Session
 from sessions.flow import Flow, FlowError, Gather, Menu, Node, Record, Webhook, load_flows
 from sessions.matching import match_choice
 from sessions.metrics import IVR_INPUTS, IVR_RESULTS, WEBHOOKS
@@ -29,6 +31,7 @@ from sessions.transcribe import TranscribeSession
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.media import MediaBlock
     from helpers.stt import Segment
 
 __all__ = ["DEMO_FLOWS", "IvrSession"]
@@ -136,13 +139,26 @@ class IvrSession(TranscribeSession):
             self._inputs.put_nowait(("dropped", reason))
             self._input_event.set()
 
-    def on_audio(self, pcm: bytes, rate: int) -> None:
-        super().on_audio(pcm, rate)
+    def hear(self, pcm: bytes, tick: int) -> None:
+        super().hear(pcm, tick)
         message = self._message
-        if message is not None and rate == self.call.rate and len(message) < self._message_cap:
+        if message is not None and len(message) < self._message_cap:
             message += pcm
         if self.vad.in_speech:
-            self._last_voice = self.call.time
+            self._last_voice = tick * FRAME_MS / 1000
+
+    def media_ready(self) -> bool:
+        # A message being left is kept frame by frame (it is its own recording).
+        return self._message is None and super().media_ready()
+
+    def on_media(self, block: MediaBlock) -> None:
+        if self._message is not None:
+            # Taped before the message began: frame by frame, so it gets its share.
+            Session.on_media(self, block)
+            return
+        super().on_media(block)
+        if self.vad.in_speech and block.heard_frames:
+            self._last_voice = int(block.heard_ticks[-1]) * FRAME_MS / 1000
 
     async def _next_input(self, timeout: float) -> tuple[str, str] | None:
         """The next key or utterance; waits past ``timeout`` while the caller is speaking."""

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveCall
+    from audiosocket.media import MediaBlock
 
 __all__ = ["RecordSession", "recording_path"]
 
@@ -46,16 +47,39 @@ class RecordSession(Session):
 
     def on_audio(self, pcm: bytes, rate: int) -> None:
         if rate == self.call.rate:
-            self.recorder.add_inbound(pcm, self.call.tick)
-            live = self.live
-            if live is not None and live.listeners:  # the tap costs nothing unheard
-                live.heard(pcm)
+            self.hear(pcm, self.call.tick)
+
+    def hear(self, pcm: bytes, tick: int) -> None:
+        self.recorder.add_inbound(pcm, tick)
+        live = self.live
+        if live is not None and live.listeners:  # the tap costs nothing unheard
+            live.heard(pcm)
 
     def on_tick(self, tick: int, sent: bytes | None) -> None:
         self.recorder.add_outbound(tick, sent)
         live = self.live
         if live is not None and live.listeners:
             live.sent(sent)
+
+    # -- blocks from the C media path ----------------------------------------------------
+
+    def media_ready(self) -> bool:
+        # A listen-in needs the audio as it happens.
+        return self.live is None or not self.live.listeners
+
+    def on_media(self, block: MediaBlock) -> None:
+        self.record_block(block)
+
+    def record_block(self, block: MediaBlock) -> None:
+        """The recording's share of a block: at once when steady, else frame by frame."""
+        rec = self.recorder
+        if block.steady() and rec.add_run(int(block.sent_ticks[0]), block.heard, block.sent):
+            return
+        for sent, tick, pcm in block.events():
+            if sent:
+                rec.add_outbound(tick, pcm)
+            else:
+                rec.add_inbound(pcm, tick)
 
     async def on_end(self, reason: str) -> None:
         self.recorder.close()

@@ -18,13 +18,14 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from helpers.recorder import HOLD_SLOTS
-from helpers.vad import Utterance, VadSegmenter
+from helpers.vad import JITTER_TICKS, ZERO_SETTLE, Utterance, VadSegmenter
 from sessions.metrics import TRANSCRIPT_SEGMENTS
 from sessions.record import RecordSession
 
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.media import MediaBlock
     from helpers.stt import Segment
 
 __all__ = ["TranscribeSession"]
@@ -64,13 +65,13 @@ class TranscribeSession(RecordSession):
 
     # -- audio in ------------------------------------------------------------------------
 
-    def on_audio(self, pcm: bytes, rate: int) -> None:
-        super().on_audio(pcm, rate)
-        if rate != self.call.rate:
-            return
+    def hear(self, pcm: bytes, tick: int) -> None:
+        super().hear(pcm, tick)
+        self._vad_hear(pcm, tick)
+
+    def _vad_hear(self, pcm: bytes, tick: int) -> None:
         # What arrives in one tick goes to the VAD together, so a burst after a stall is
         # placed as the recorder places it (right-aligned), and lines match the recording.
-        tick = self.call.tick
         if tick != self._batch_tick:
             self._push_batch()
             self._batch_tick = tick
@@ -86,6 +87,49 @@ class TranscribeSession(RecordSession):
 
     def on_tick(self, tick: int, sent: bytes | None) -> None:
         super().on_tick(tick, sent)
+        self._vad_tick(tick)
+
+    # -- blocks from the C media path ----------------------------------------------------
+
+    #: The C path hands the call back at the first frame of sound, so speech is detected
+    #: (and barge-in happens) frame by frame, as it comes.
+    wake_on_sound = True
+
+    def media_ready(self) -> bool:
+        # Only a settled silence rides in blocks: no speech in progress, and the VAD past
+        # its digital-silence fixed point (so a noisy line, which would wake the C path at
+        # every frame, stays frame by frame instead of bouncing).
+        vad = self.vad
+        return (
+            super().media_ready() and not vad.in_speech and vad.zero_run >= ZERO_SETTLE
+            and len(self._batch) <= 1
+        )
+
+    def on_media(self, block: MediaBlock) -> None:
+        self.record_block(block)
+        self._vad_block(block)
+
+    def _vad_block(self, block: MediaBlock) -> None:
+        """The VAD's share of a block: the steady run at once (``push_frames``), else each
+        frame and tick as the Python path delivers them."""
+        self._push_batch()
+        vad = self.vad
+        if block.steady() and vad.next_tick >= int(block.sent_ticks[0]) + 1 - JITTER_TICKS:
+            try:
+                utts = vad.push_frames(block.heard)
+            except ValueError:
+                pass  # a partial frame is held: frame by frame below
+            else:
+                for utt in utts:
+                    self._submit(utt)
+                return
+        for sent, tick, pcm in block.events():
+            if sent:
+                self._vad_tick(tick)
+            else:
+                self._vad_hear(pcm, tick)
+
+    def _vad_tick(self, tick: int) -> None:
         self._push_batch()
         # Missing audio becomes silence only HOLD_SLOTS behind the clock: a stalled loop
         # reads half a second of frames late, and they must fill the gap, not follow it.

@@ -19,7 +19,7 @@ from audiosocket.services import install_live
 def fake_call(call_id: str = "c1", app: str = "ivr", rate: int = 8000) -> Any:
     return SimpleNamespace(id=call_id, app=app, peer="10.0.0.7:4000", meta={},
                            started_at=time.time() - 3, rate=rate, frame_bytes=rate // 25,
-                           end_reason=None, ended_at=None)
+                           end_reason=None, ended_at=None, wake_media=lambda: None)
 
 
 def end(hub: LiveHub, call: Any, reason: str = "remote_closed") -> None:

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
-from audiosocket.clock import NATIVE_STATE, Playout
+from audiosocket.clock import Playout
+from audiosocket.native import State
 from audiosocket.protocol import Dtmf, encode_audio, encode_frame
 
 _wire = pytest.importorskip("audiosocket._wire")
@@ -61,20 +63,23 @@ def make_line(
     whole: bool = True,
     max_frames: int = 100,
     playout: Playout | None = None,
+    tape: tuple[bytearray, ...] | None = None,
 ) -> tuple[tuple[object, ...], Playout, Owner]:
     playout = playout or Playout(Transport(), 8000)
-    state = bytearray(
-        NATIVE_STATE.pack(sock.fileno(), 323, max_frames, int(whole), 0, 0, 0, 0, 0, 0)
-    )
+    state = State(fd=sock.fileno(), frame_len=323, max_frames=max_frames, whole=int(whole),
+                  mark_at=-1)
     owner = Owner()
-    line = (state, owner, playout, playout._frames, sink, 8000, HEADER)
+    line = (state.buf, owner, playout, playout._frames, sink, 8000, HEADER, tape)
     owner._native_line = line
     playout._native_state = state
     return line, playout, owner
 
 
 def counters(line: tuple[object, ...]) -> tuple[int, ...]:
-    return NATIVE_STATE.unpack(line[0])[4:8]  # type: ignore[arg-type]
+    """ticks, popped, audio_sent, frames_in."""
+    state = State()
+    state.buf[:] = line[0]  # type: ignore[index]
+    return tuple(state[f] for f in ("ticks", "popped", "audio_sent", "frames_in"))
 
 
 def frame(i: int) -> bytes:
@@ -178,7 +183,7 @@ def test_a_playout_that_is_not_plain_goes_to_the_python_tick(pair: Any) -> None:
     ours, peer = pair
     got: list[bytes] = []
     line, playout, _ = make_line(ours, got.append)
-    playout.plain = False
+    playout.wired = False
     peer.sendall(frame(1))
     settle()
     assert _wire.pump([line], 1) == [(line, _wire.EV_SLOW, None)]
@@ -272,17 +277,18 @@ def test_bad_arguments_raise() -> None:
         _wire.pump([], 0)
     with pytest.raises(TypeError):
         _wire.pump([(1, 2)], 1)
-    bad_state = (bytearray(8), Owner(), None, None, None, 8000, HEADER)
+    bad_state = (bytearray(8), Owner(), None, None, None, 8000, HEADER, None)
     with pytest.raises(TypeError):
         _wire.pump([bad_state], 1)
-    assert _wire.STATE_SIZE == NATIVE_STATE.size
+    assert _wire.STATE_SIZE == len(State().buf) == 8 * len(_wire.STATE_FIELDS)
 
 
 def relay_line(sock: socket.socket, target: int = 4) -> tuple[tuple[object, ...], Playout]:
     """A line as the server builds it for echo: the sink is the playout queue's append."""
     playout = Playout(Transport(), 8000, live_ms=target * 20)
     state = playout.native_state(sock.fileno(), 323, True)
-    line = (state, Owner(), playout, playout._frames, playout.append_frame, 8000, HEADER)
+    line = (state.buf, Owner(), playout, playout._frames, playout.append_frame, 8000, HEADER,
+            None)
     line[1]._native_line = line  # type: ignore[attr-defined]
     playout._native_state = state
     return line, playout
@@ -343,3 +349,79 @@ def test_a_relay_read_that_is_not_clean_hands_back_the_read_then_the_write(pair:
     peer.setblocking(False)
     with pytest.raises(BlockingIOError):
         peer.recv(1)  # nothing sent: the Python side writes this tick's frame
+
+
+# -- the tape (apps that take blocks), playback marks, waking ------------------------------
+
+def taped_line(sock: socket.socket, *, wake: bool = False) -> tuple[
+    tuple[object, ...], Playout, tuple[bytearray, ...]
+]:
+    from audiosocket.native import new_tape
+
+    playout = Playout(Transport(), 8000)
+    state = playout.native_state(sock.fileno(), 323, False, wake=wake)
+    tape = new_tape()
+    owner = Owner()
+    line = (state.buf, owner, playout, playout._frames, None, 8000, HEADER, tape)
+    owner._native_line = line
+    playout._native_state = state
+    return line, playout, tape
+
+
+def test_a_taped_line_records_both_directions_with_their_ticks(pair: Any) -> None:
+    ours, peer = pair
+    line, playout, tape = taped_line(ours)
+    playout._native_state["now"] = 7  # type: ignore[index]  # a call already 7 ticks old
+    playout.append_frame(frame(9))
+    for k in range(3):
+        if k != 1:  # nothing arrives before the second tick
+            peer.sendall(frame(k + 1))
+        if k == 2:
+            peer.sendall(frame(4))  # two at once on the third
+        settle()
+        assert _wire.pump([line], 1) == []
+    in_pcm, in_ticks, out_pcm, out_ticks = tape
+    assert np.frombuffer(bytes(out_ticks), "<i8").tolist() == [7, 8, 9]
+    assert bytes(out_pcm) == frame(9)[3:] + bytes(640)  # the queued frame, then silence
+    assert np.frombuffer(bytes(in_ticks), "<i8").tolist() == [8, 10, 10]
+    assert bytes(in_pcm) == frame(1)[3:] + frame(3)[3:] + frame(4)[3:]
+    assert counters(line) == (3, 1, 1, 3)  # ticks, popped, sent, frames in
+    assert recv_exactly(peer, 3 * 323) == frame(9) + playout._silence * 2
+
+
+def test_a_waking_line_reports_the_first_sound_and_tapes_it(pair: Any) -> None:
+    ours, peer = pair
+    line, _, tape = taped_line(ours, wake=True)
+    peer.sendall(encode_audio(bytes(320)))  # digital silence: no wake
+    settle()
+    assert _wire.pump([line], 1) == []
+    loud = encode_audio(b"\x01\x00" + bytes(318))  # one sample of 1 is sound
+    peer.sendall(loud + encode_audio(bytes(320)))
+    settle()
+    assert _wire.pump([line], 1) == [(line, _wire.EV_WAKE, None)]
+    assert len(tape[0]) == 3 * 320  # all of it on the tape, for the app to take first
+
+
+def test_a_playback_mark_is_reported_and_the_line_keeps_going(pair: Any) -> None:
+    ours, _peer = pair
+
+    async def run() -> None:
+        line, playout, tape = taped_line(ours)
+        pb = playout.play(b"\x11\x22" * 160 * 3)  # a three-frame clip
+        assert playout.wired and not playout.plain
+        events = _wire.pump([line], 1)
+        assert events == [(line, _wire.EV_MARK, None)]  # its first frame: started
+        playout.sync_counters()
+        playout._resolve_marks()
+        assert pb.started.done() and not pb.done()
+        assert _wire.pump([line], 1) == []
+        assert _wire.pump([line], 1) == [(line, _wire.EV_MARK, None)]  # its last frame
+        playout.sync_counters()
+        playout._resolve_marks()
+        assert pb.done() and await pb is True
+        assert playout.plain and _wire.pump([line], 1) == []  # then silence
+        assert len(tape[2]) == 4 * 320
+
+    import asyncio
+
+    asyncio.run(run())

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import struct
+import tempfile
 import wave
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers.recorder import CallRecorder, RecorderWriter, repair_all, repair_wav
 
@@ -181,3 +184,73 @@ def test_a_burst_after_a_gap_ends_at_the_clock(tmp_path: Path) -> None:
     assert slots.index(1040) in (39, 40)
     assert slots.index(1059) in (58, 59)
     assert len(slots) == 60
+
+
+# -- runs from the C path's tape ------------------------------------------------------------
+
+_Step = tuple[int, int]  # (frames read this tick: 0-2, or 3 for a partial frame; tick advance)
+
+
+def _drive(rec: CallRecorder, steps: list[_Step], start: int, value: int) -> int:
+    """The Python path's rounds: slot ``tick`` goes out, then what was read at tick + 1."""
+    tick = start
+    for reads, advance in steps:
+        tick += advance
+        rec.add_outbound(tick - 1, frame(-value - tick))
+        if reads == 3:
+            rec.add_inbound(frame(value + tick, 100), tick)  # a short frame
+        for k in range(reads if reads < 3 else 0):
+            rec.add_inbound(frame(value + tick + k), tick)
+    return tick
+
+
+@given(
+    before=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 8)), max_size=30),
+    run=st.integers(1, 120),
+    after=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), max_size=10),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_steady_run_writes_the_same_bytes_as_its_rounds(
+    before: list[_Step], run: int, after: list[_Step]
+) -> None:
+    """add_run (one slice assignment each way) against the frame-by-frame rounds it stands
+    for, after any history of gaps, bursts, short frames and resyncs: the same file, or it
+    declines (and the caller's rounds then give the same file by construction)."""
+    writer = RecorderWriter()
+    with tempfile.TemporaryDirectory() as d:
+        a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        ta = _drive(a, before, 0, 100)
+        tb = _drive(b, before, 0, 100)
+        assert ta == tb
+        heard = b"".join(frame(500 + ta + k + 1) for k in range(run))
+        sent = b"".join(frame(-500 - ta - k) for k in range(run))
+        # The rounds, on a: slot ta + k goes out, frame 500+ta+k+1 read at ta + k + 1.
+        for k in range(run):
+            a.add_outbound(ta + k, sent[k * 320 : (k + 1) * 320])
+            a.add_inbound(heard[k * 320 : (k + 1) * 320], ta + k + 1)
+        if not b.add_run(ta, heard, sent):
+            for k in range(run):
+                b.add_outbound(ta + k, sent[k * 320 : (k + 1) * 320])
+                b.add_inbound(heard[k * 320 : (k + 1) * 320], ta + k + 1)
+        _drive(a, after, ta + run, 900)
+        _drive(b, after, ta + run, 900)
+        a.close()
+        b.close()
+        assert writer.flush()
+        assert (Path(d) / "a.wav").read_bytes() == (Path(d) / "b.wav").read_bytes()
+
+
+def test_a_steady_run_is_taken_at_once_in_the_common_case(tmp_path: Path) -> None:
+    writer = RecorderWriter()
+    rec = CallRecorder(tmp_path / "r.wav", 8000, flush_every=50, hold_slots=25, writer=writer)
+    for t in range(1, 6):  # the Python path first: five rounds
+        rec.add_outbound(t - 1, None)
+        rec.add_inbound(frame(t), t)
+    heard = b"".join(frame(100 + k) for k in range(50))
+    assert rec.add_run(5, heard, bytes(320 * 50))
+    rec.close()
+    assert writer.flush()
+    left, _, _ = read_stereo(tmp_path / "r.wav")
+    slots = left.reshape(-1, 160)[:, 0].tolist()
+    assert slots[:55] == [1, 2, 3, 4, 5] + [100 + k for k in range(50)]

@@ -260,3 +260,85 @@ def test_odd_sized_frames_keep_every_sample() -> None:
         seg.push(bytes(n), total // 320)  # the clock keeps pace with the audio
         total += n
     assert seg._next_tick == total // 320
+
+
+# -- digital silence in bulk (the C path's blocks) -----------------------------------------
+
+def _speechy(rng: np.random.Generator, frames: int, rate: int) -> bytes:
+    """Voice-like audio (a buzz with noise, amplitude-modulated) that webrtcvad calls speech."""
+    t = np.arange(frames * rate // 50) / rate
+    sig = (np.sin(2 * np.pi * 220 * t) * 3000 + rng.normal(0, 2000, t.size)) * (
+        0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    return np.clip(sig, -32768, 32767).astype("<i2").tobytes()
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 48000])
+def test_webrtcvad_is_at_a_fixed_point_after_settle_zero_frames(rate: int) -> None:
+    """The measurement ZERO_SETTLE rests on: after that many zero frames, more zeros change
+    none of webrtcvad's later decisions (its hangover is spent, its filters decayed)."""
+    import webrtcvad
+
+    from helpers.vad import ZERO_SETTLE
+
+    rng = np.random.default_rng(rate)
+    fb = rate // 50 * 2
+    zero = bytes(fb)
+    for trial in range(40):
+        before = _speechy(rng, int(rng.integers(5, 40)), rate)
+        after = _speechy(rng, int(rng.integers(5, 40)), rate)
+        extra = int(rng.integers(1, 150))
+        mode = trial % 4
+        decisions = []
+        for zeros in (ZERO_SETTLE, ZERO_SETTLE + extra):
+            vad = webrtcvad.Vad(mode)
+            for i in range(0, len(before), fb):
+                vad.is_speech(before[i : i + fb], rate)
+            zero_said = [vad.is_speech(zero, rate) for _ in range(zeros)]
+            assert not any(zero_said[ZERO_SETTLE - 1 :])  # past the settle: unvoiced
+            decisions.append([vad.is_speech(after[i : i + fb], rate)
+                              for i in range(0, len(after), fb)])
+        assert decisions[0] == decisions[1]
+
+
+def _utts(out: list[Utterance]) -> list[tuple[float, float, bytes, bool]]:
+    return [(u.start, u.end, u.pcm, u.cut) for u in out]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_push_frames_and_the_zero_shortcut_change_nothing(seed: int) -> None:
+    """Calls made of speech, noise and long digital silence, three ways: every frame given
+    to webrtcvad (no shortcut), frame by frame with the shortcut, and in blocks through
+    push_frames. The utterances are the same."""
+    rate = 8000
+    rng = np.random.default_rng(seed)
+    fb = 320
+    parts = []
+    for _ in range(8):
+        kind = rng.integers(0, 3)
+        n = int(rng.integers(1, 90))
+        if kind == 0:
+            parts.append(bytes(fb * n))
+        elif kind == 1:
+            parts.append(_speechy(rng, n, rate))
+        else:
+            parts.append(rng.normal(0, 30, n * fb // 2).astype("<i2").tobytes())
+    audio = b"".join(parts)
+    frames = [audio[i : i + fb] for i in range(0, len(audio), fb)]
+
+    plain = VadSegmenter(rate, max_utterance_s=3.0)
+    plain._zero_ok = False  # every frame to webrtcvad, as before the shortcut
+    shortcut = VadSegmenter(rate, max_utterance_s=3.0)
+    blocks = VadSegmenter(rate, max_utterance_s=3.0)
+    want = _utts([u for k, f in enumerate(frames) for u in plain.push(f, k + 1)])
+    got = _utts([u for k, f in enumerate(frames) for u in shortcut.push(f, k + 1)])
+    out: list[Utterance] = []
+    k = 0
+    while k < len(frames):  # blocks of 1-60 frames, as a drain would cut them
+        n = int(rng.integers(1, 60))
+        out += blocks.push_frames(b"".join(frames[k : k + n]))
+        k += n
+    assert want  # the call has speech in it
+    assert got == want
+    assert _utts(out) == want
+    assert blocks.next_tick == shortcut.next_tick == plain.next_tick
+    assert shortcut.frames_seen == plain.frames_seen == blocks.frames_seen

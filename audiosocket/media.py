@@ -1,0 +1,97 @@
+"""A call's audio in blocks: what the C media path taped while it carried the call.
+
+On the Python path an app hears each inbound frame (``on_audio``) and each outbound one
+(``on_tick``) as it happens: two Python calls per call per 20 ms. While the C path carries a
+call whose app takes blocks (``Session.media_ready``), it appends both directions to the
+line's tape instead (``_wire.c``, ``LINE_TAPE``), and about once a second the server hands
+the app one :class:`MediaBlock`. An app consumes it either all at once (the recorder and
+the VAD do, with numpy) or, when the block is not the steady case, event by event in
+exactly the order the Python path would have delivered them (:meth:`MediaBlock.events`), so
+both paths produce the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MediaBlock", "block_from_tape"]
+
+
+@dataclass(frozen=True)
+class MediaBlock:
+    """Both directions of one call's audio over a stretch of its timeline.
+
+    ``heard``: the inbound frames' PCM (int16 LE, the call's rate), whole frames in order;
+    ``heard_ticks[i]``: the call's tick (``Call.tick``) when frame ``i`` was read.
+    ``sent``: the PCM of each frame that went out (silence included), in order;
+    ``sent_ticks[i]``: the slot it went out on (what a tick listener is given).
+    """
+
+    frame_bytes: int
+    heard: bytes
+    heard_ticks: np.ndarray
+    sent: bytes
+    sent_ticks: np.ndarray
+
+    @property
+    def heard_frames(self) -> int:
+        return len(self.heard_ticks)
+
+    @property
+    def sent_frames(self) -> int:
+        return len(self.sent_ticks)
+
+    def steady(self) -> bool:
+        """The common case: one frame sent per slot on consecutive slots, and one frame
+        heard after each, on the tick that followed it (no gap, burst or resync)."""
+        n = len(self.sent_ticks)
+        if n == 0 or len(self.heard_ticks) != n:
+            return False
+        s0 = int(self.sent_ticks[0])
+        if int(self.sent_ticks[-1]) != s0 + n - 1 or int(self.heard_ticks[0]) != s0 + 1:
+            return False
+        # Endpoints equal is not enough: every step must be exactly one.
+        return bool(
+            np.all(np.diff(self.sent_ticks) == 1) and np.array_equal(
+                self.heard_ticks, self.sent_ticks + 1)
+        )
+
+    def events(self) -> Iterator[tuple[bool, int, bytes]]:
+        """``(sent, tick, pcm)`` in the order the Python path delivers them: a slot's
+        outbound frame (``sent`` True, its slot), then what was read after it (``sent``
+        False, the tick it was read at)."""
+        fb = self.frame_bytes
+        heard, sent = self.heard, self.sent
+        hticks = self.heard_ticks.tolist()
+        sticks = self.sent_ticks.tolist()
+        i = j = 0
+        while i < len(sticks) or j < len(hticks):
+            # A frame read at tick T was read after slot T - 1 went out.
+            if i < len(sticks) and (j >= len(hticks) or sticks[i] <= hticks[j] - 1):
+                yield True, sticks[i], sent[i * fb : (i + 1) * fb]
+                i += 1
+            else:
+                yield False, hticks[j], heard[j * fb : (j + 1) * fb]
+                j += 1
+
+
+def block_from_tape(
+    tape: tuple[bytearray, bytearray, bytearray, bytearray], frame_bytes: int
+) -> MediaBlock | None:
+    """Take what a line's tape holds (emptying it) as a block; None when it is empty."""
+    in_pcm, in_ticks, out_pcm, out_ticks = tape
+    if not in_ticks and not out_ticks:
+        return None
+    block = MediaBlock(
+        frame_bytes=frame_bytes,
+        heard=bytes(in_pcm),
+        heard_ticks=np.frombuffer(bytes(in_ticks), dtype="<i8"),
+        sent=bytes(out_pcm),
+        sent_ticks=np.frombuffer(bytes(out_ticks), dtype="<i8"),
+    )
+    for part in tape:
+        part.clear()
+    return block

@@ -1,0 +1,114 @@
+"""The one door to the C media path (``audiosocket._wire``): its layout, events and tape.
+
+Everything else imports this module, never ``_wire``: the extension is optional (built when
+a C compiler was there at install time), and without it ``AVAILABLE`` is False and the
+Python path carries every call. The C side exports its own layout (``STATE_FIELDS``, the
+int64 fields of a line's state; ``LINE_FIELDS``, the items of a line tuple), so no offset is
+written twice.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+try:
+    from audiosocket import _wire
+except ImportError:  # built without a C compiler: the Python path does everything
+    _wire = None  # type: ignore[assignment]
+
+__all__ = [
+    "AVAILABLE",
+    "EVENT_NAMES",
+    "LINE",
+    "State",
+    "new_tape",
+    "pump",
+]
+
+#: The C media path was built and can be used.
+AVAILABLE: Final = _wire is not None
+
+#: A line's state fields, as the C struct lays them out (all int64). Without the extension
+#: no state is ever made; the names still let this module load.
+_FIELDS: tuple[str, ...] = _wire.STATE_FIELDS if _wire is not None else ()
+_AT: dict[str, int] = {name: 8 * i for i, name in enumerate(_FIELDS)}
+_Q = struct.Struct("<q")
+_LAYOUT = struct.Struct(f"<{len(_FIELDS)}q")
+
+
+class _Line:
+    """Positions in a line tuple (``LINE_FIELDS`` from the C side)."""
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        pos = {name: i for i, name in enumerate(fields)}
+        self.size = len(fields)
+        self.STATE = pos.get("state", 0)
+        self.OWNER = pos.get("owner", 1)
+        self.PLAYOUT = pos.get("playout", 2)
+        self.TAPE = pos.get("tape", 7)
+
+
+LINE: Final = _Line(_wire.LINE_FIELDS if _wire is not None else ())
+
+#: Event codes to the names used in ``audiosocket_native_events_total{event}``.
+EVENT_NAMES: Final[dict[int, str]] = (
+    {
+        _wire.EV_CHUNK: "chunk",
+        _wire.EV_EOF: "eof",
+        _wire.EV_RECV_ERR: "recv_error",
+        _wire.EV_SLOW: "slow_tick",
+        _wire.EV_SHORT: "short_write",
+        _wire.EV_SEND_ERR: "send_error",
+        _wire.EV_APP_ERR: "app_error",
+        _wire.EV_MARK: "mark",
+        _wire.EV_WAKE: "wake",
+    }
+    if _wire is not None
+    else {}
+)
+
+
+class State:
+    """A line's state: the bytearray the C path reads and adds to, by field name."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, **values: int) -> None:
+        if _wire is None:
+            raise RuntimeError("the C media path is not built")
+        self.buf = bytearray(_LAYOUT.size)
+        for name, value in values.items():
+            self[name] = value
+
+    def __getitem__(self, name: str) -> int:
+        return int(_Q.unpack_from(self.buf, _AT[name])[0])
+
+    def __setitem__(self, name: str, value: int) -> None:
+        _Q.pack_into(self.buf, _AT[name], value)
+
+    def take(self, name: str) -> int:
+        """Read a counter and zero it (what the Python side folds in)."""
+        at = _AT[name]
+        (value,) = _Q.unpack_from(self.buf, at)
+        if value:
+            _Q.pack_into(self.buf, at, 0)
+        return int(value)
+
+
+def new_tape() -> tuple[bytearray, bytearray, bytearray, bytearray]:
+    """An empty tape: inbound audio, inbound ticks (int64), outbound audio, outbound slots."""
+    return (bytearray(), bytearray(), bytearray(), bytearray())
+
+
+def pump(
+    lines: list[tuple[object, ...]], advance: int
+) -> list[tuple[tuple[object, ...], int, object]]:
+    """One tick of the C path over ``lines`` (see ``_wire.c``); the events it hands back."""
+    assert _wire is not None
+    return _wire.pump(lines, advance)
+
+
+def is_event(code: int, name: str) -> bool:
+    """Whether ``code`` is the event called ``name`` (False without the extension)."""
+    return EVENT_NAMES.get(code) == name

@@ -1,0 +1,134 @@
+"""The recording apps on the C media path: a call's audio in blocks from the line's tape.
+
+Real server, real TCP, real WAV files (and Whisper for the transcript). Each test checks
+that the call really rode the C path (the clock's ``native_lines``, the wake events) and
+that what the app made of it is what the Python path makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from audiosocket import metrics
+from audiosocket.caller import place_call
+from audiosocket.clock import NATIVE_AVAILABLE
+from sessions.record import RecordSession, recording_path
+from sessions.transcribe import TranscribeSession
+from tests.audiosocket.test_server import wait_for
+from tests.helpers.speech_fixtures import silence, synth_speech, wer
+
+pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="audiosocket._wire not built")
+
+PATHS = pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+
+
+def numbered_frames(n: int) -> bytes:
+    """``n`` frames, frame k a ramp starting at k + 1: each frame is told apart by value."""
+    ramp = np.arange(160, dtype=np.int64)
+    return b"".join(((ramp + k * 7 + 1) % 30000 + 1).astype("<i2").tobytes() for k in range(n))
+
+
+async def watch_native(server: Any, until: asyncio.Event) -> int:
+    """The most calls seen on the C path at once while ``until`` is not set."""
+    most = 0
+    while not until.is_set():
+        most = max(most, server.clock.native_lines)
+        await asyncio.sleep(0.02)
+    return most
+
+
+def wake_events() -> float:
+    return metrics.NATIVE_EVENTS.labels(event="wake")._value.get()
+
+
+@PATHS
+async def test_record_rides_the_c_path_and_keeps_every_frame(
+    start_server: Any, native: bool, tmp_path: Path
+) -> None:
+    server = await start_server(RecordSession, native_media=native)
+    pcm = numbered_frames(150)  # 3 s, every frame distinct
+    done = asyncio.Event()
+    watcher = asyncio.create_task(watch_native(server, done))
+    result = await place_call("127.0.0.1", server.port, pcm=pcm, linger=0.3)
+    done.set()
+    most = await watcher
+    assert most == (1 if native else 0)
+    await wait_for(lambda: not server.calls)
+    with wave.open(str(recording_path(tmp_path / "data", result.uuid)), "rb") as wf:
+        data = np.frombuffer(wf.readframes(wf.getnframes()), "<i2")
+    left, right = data[0::2], data[1::2]
+    frames = [f for f in left.reshape(-1, 160) if f.any()]
+    sent = np.frombuffer(pcm, "<i2").reshape(-1, 160)
+    assert len(frames) == len(sent)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, sent, strict=True))
+    assert not right.any()  # the record app sends only silence
+    # The caller's first frame sits where it was read: not after it (no lag from blocks).
+    first = next(i for i, f in enumerate(left.reshape(-1, 160)) if f.any())
+    assert first <= 5
+
+
+class LiveRecord(RecordSession):
+    """The record app with the live hub (the portal's live view and listen-in)."""
+
+    needs = ("live",)
+
+
+async def test_a_listen_in_brings_a_taped_call_back_frame_by_frame(start_server: Any) -> None:
+    server = await start_server(LiveRecord, native_media=True)
+    call = asyncio.create_task(
+        place_call("127.0.0.1", server.port, pcm=numbered_frames(100), linger=0.2))
+    await wait_for(lambda: server.clock.native_lines == 1, timeout=3.0)
+    hub = server.ctx.get("live")
+    (call_id,) = list(server.calls)
+    entry, listener = hub.listen(call_id)
+    assert server.clock.native_lines == 0  # woken at once: listeners hear it as it comes
+    got = await listener.next(timeout=1.0)
+    assert got
+    await asyncio.sleep(0.3)
+    assert server.clock.native_lines == 0  # and it stays off while someone listens
+    hub.unlisten(entry, listener)
+    await call
+
+
+FIRST = "I would like to check the status of my order."
+SECOND = "My phone number has changed since last year."
+
+
+@PATHS
+async def test_a_silent_caller_rides_in_blocks_and_speech_wakes_it(
+    start_server: Any, native: bool
+) -> None:
+    """Digital silence goes to the VAD in blocks from the tape; the first frame of speech
+    hands the call back at once, so the transcript is the Python path's."""
+    server = await start_server(TranscribeSession, native_media=native)
+    store = server.ctx.get("store")
+    wakes = wake_events()
+    audio = silence(1.5) + synth_speech(FIRST) + silence(1.5) + synth_speech(SECOND) + silence(1)
+    done = asyncio.Event()
+    watcher = asyncio.create_task(watch_native(server, done))
+    result = await place_call("127.0.0.1", server.port, pcm=audio, linger=0.2)
+    done.set()
+    assert await watcher == (1 if native else 0)
+    if native:
+        assert wake_events() - wakes >= 2  # each sentence woke the line
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    call: dict[str, Any] | None = None
+    while loop.time() < deadline:
+        await store.aflush()
+        call = await store.aread(store.get_call, result.uuid)
+        if call and call["ended_at"] and len(call["transcript"]) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    assert call is not None
+    segs = [s for s in call["transcript"] if s.get("speaker", "caller") == "caller"]
+    assert len(segs) == 2, segs
+    assert wer(FIRST, segs[0]["text"]) <= 0.2 and wer(SECOND, segs[1]["text"]) <= 0.2
+    first_at = 1.5
+    assert segs[0]["start"] == pytest.approx(first_at, abs=0.35)
