@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 from audiosocket.app import AppContext  # noqa: E402
 from audiosocket.config import load_config  # noqa: E402
 from audiosocket.services import close_services, ensure_jobs  # noqa: E402
-from helpers.archive import ffmpeg_limit  # noqa: E402
 from helpers.audio import write_wav  # noqa: E402
-from helpers.importer import import_file  # noqa: E402
+from helpers.postcall.archive import ffmpeg_limit  # noqa: E402
+from helpers.postcall.importer import import_file  # noqa: E402
 from tests.helpers.speech_fixtures import silence, synth_speech  # noqa: E402
 
 SENTENCES = [

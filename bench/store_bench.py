@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 
-from helpers.store import CallStore
+from helpers.store.core import CallStore
 
 
 def median_ms(fn: object, runs: int = 7) -> float:

@@ -29,7 +29,7 @@ from sessions.transcribe import TranscribeSession
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
-    from helpers.stt import Segment
+    from helpers.speech.stt import Segment
 
 __all__ = ["DEMO_FLOWS", "IvrSession"]
 

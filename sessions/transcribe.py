@@ -18,14 +18,14 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from helpers.recorder import HOLD_SLOTS
-from helpers.vad import Utterance, VadSegmenter
+from helpers.speech.vad import Utterance, VadSegmenter
 from sessions.metrics import TRANSCRIPT_SEGMENTS
 from sessions.record import RecordSession
 
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
-    from helpers.stt import Segment
+    from helpers.speech.stt import Segment
 
 __all__ = ["TranscribeSession"]
 

@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter
 
-from helpers.store import CallStore
+from helpers.store.core import CallStore
 from web.fastpath import FAST_INDEX
 from web.files import content_type_for, serve_file
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from audiosocket.caller import place_call
-from helpers.jobs import STEPS
+from helpers.postcall.jobs import STEPS
 from helpers.recorder import shared_writer
 from sessions.record import RecordSession, recording_path
 from tests.web.portal_fixtures import serve

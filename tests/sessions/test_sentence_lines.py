@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from audiosocket.caller import place_call
-from helpers.jobs import PostCallJobs
+from helpers.postcall.jobs import PostCallJobs
 from sessions.transcribe import TranscribeSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from helpers.store import CallStore
+from helpers.store.core import CallStore
 from web.api import parse_time, setup_api
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z

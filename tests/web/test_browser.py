@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from helpers.audio import write_wav
-from helpers.jobs import PostCallJobs
-from helpers.store import CallStore
+from helpers.postcall.jobs import PostCallJobs
+from helpers.store.core import CallStore
 from tests.helpers.speech_fixtures import synth_speech
 from tests.web.portal_fixtures import Served, seed_call, serve, track_uploads
 

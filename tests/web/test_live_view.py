@@ -22,7 +22,7 @@ from audiosocket.caller import CallResult, place_call
 from audiosocket.config import Config
 from audiosocket.live import LiveHub
 from audiosocket.services import install_live
-from helpers.store import CallStore
+from helpers.store.core import CallStore
 from sessions.echo import EchoSession
 from sessions.ivr import IvrSession
 from tests.helpers.speech_fixtures import silence, synth_speech

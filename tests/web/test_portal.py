@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from audiosocket.config import Config
-from helpers.store import CallStore
+from helpers.store.core import CallStore
 from web.app import make_app
 from web.portal import CSP
 

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from audiosocket.config import Config
 from helpers.audio import wav_bytes
-from helpers.jobs import PostCallJobs
-from helpers.store import CallStore
+from helpers.postcall.jobs import PostCallJobs
+from helpers.store.core import CallStore
 from tests.helpers.speech_fixtures import silence, synth_speech
 from web.app import make_app
 

@@ -1,7 +1,7 @@
 """Post-call archiving with FFmpeg: AAC (.m4a) for retention and an MP3 listening copy.
 
 The listening copy (``listen_filter``) is by default echo-*cancelled*: the caller's leg is
-cleaned of the line echo of our prompts by :mod:`helpers.echo_cancel` (run as a child
+cleaned of the line echo of our prompts by :mod:`helpers.postcall.echo_cancel` (run as a child
 process), then denoised and levelled by FFmpeg. The retention AAC is never filtered.
 
 Commands are *built* with ``ffmpeg-python`` and *run* by :mod:`helpers.spawn` (vfork, never
@@ -43,8 +43,9 @@ import ffmpeg
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from helpers import echo_cancel, spawn
+from helpers import spawn
 from helpers.ffmpeg import FFmpegError, ffmpeg_binary
+from helpers.postcall import echo_cancel
 
 __all__ = [
     "ArchiveResult",
@@ -435,7 +436,7 @@ def _mp3_builder(s: ArchiveSettings, audio_filter: Any, source: Path | None) -> 
 async def _aec_mp3(src: Path, dst: Path, s: ArchiveSettings) -> ArchiveResult:
     """The echo-cancelled listening copy.
 
-    1. :mod:`helpers.echo_cancel` runs as a child process (under the same cap as FFmpeg,
+    1. :mod:`helpers.postcall.echo_cancel` runs as a child process (under the same cap as FFmpeg,
        killed on timeout or cancellation) and writes a hidden cleaned WAV beside ``dst``,
        reporting each leg's active speech level.
     2. FFmpeg encodes that WAV: caller leg ``volume`` then ``afftdn``, our leg ``volume``,

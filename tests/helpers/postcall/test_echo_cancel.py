@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers.audio import write_wav
-from helpers.echo_cancel import AecSettings, EchoCanceller, LevelMeter, cancel_wav, main
+from helpers.postcall.echo_cancel import AecSettings, EchoCanceller, LevelMeter, cancel_wav, main
 
 
 def talker(seconds: float, rate: int, seed: int, f0: float) -> np.ndarray:

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import archive
-from helpers.archive import (
+from helpers.audio import pcm_to_float, write_wav
+from helpers.ffmpeg import FFmpegError, decode_to_pcm, ffmpeg_binary
+from helpers.postcall import archive
+from helpers.postcall.archive import (
     ArchiveSettings,
     ArchiveVerifyError,
     archive_aac,
@@ -26,8 +28,6 @@ from helpers.archive import (
     set_ffmpeg_limit,
     verify_archive,
 )
-from helpers.audio import pcm_to_float, write_wav
-from helpers.ffmpeg import FFmpegError, decode_to_pcm, ffmpeg_binary
 
 RATE = 8000
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.prompt_cache import PromptCache
+from helpers.speech.prompt_cache import PromptCache
 
 
 def _key(n: int | str) -> str:

@@ -1,4 +1,4 @@
-"""helpers.webmodel: the bundled CTranslate2 Whisper rebuilt for the browser.
+"""helpers.tools.webmodel: the bundled CTranslate2 Whisper rebuilt for the browser.
 
 The rebuilt Hugging Face model must transcribe a Piper clip exactly as faster-whisper does
 with the original CTranslate2 weights (the proof that the weight mapping is right). The
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.webmodel import (
+from helpers.tools.webmodel import (
     WEB_FILES,
     WebModelError,
     build_hf_whisper,
@@ -120,7 +120,7 @@ def test_rebuilt_model_transcribes_like_faster_whisper(hf_whisper: Path) -> None
 
 def _export_python() -> str | None:
     # scripts/web-model.sh (run by `make test`) makes .venv-webexport in the repository.
-    repo_venv = str(Path(__file__).resolve().parents[2] / ".venv-webexport" / "bin" / "python")
+    repo_venv = str(Path(__file__).resolve().parents[3] / ".venv-webexport" / "bin" / "python")
     candidates = [os.environ.get("WEB_EXPORT_PYTHON"), repo_venv, sys.executable]
     for exe in candidates:
         # A missing export venv is the ordinary case outside `make test`: skip, never crash.

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from helpers.store import MIGRATIONS, CallStore, StoreClosedError, fts_query, iso_utc
+from helpers.store.core import MIGRATIONS, CallStore, StoreClosedError, fts_query, iso_utc
 
 T0 = 1_795_000_000.0  # a fixed unix time so ISO strings are predictable
 

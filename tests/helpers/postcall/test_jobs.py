@@ -13,9 +13,9 @@ import pytest
 from audiosocket.app import AppContext
 from audiosocket.config import load_config
 from audiosocket.services import close_services, ensure_jobs
-from helpers.archive import probe_duration
 from helpers.audio import write_wav
-from helpers.retention import apply_retention
+from helpers.postcall.archive import probe_duration
+from helpers.postcall.retention import apply_retention
 from tests.helpers.speech_fixtures import silence, synth_speech
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ async def test_pipeline_archives_transcribes_and_summarises(ctx: Any) -> None:
     assert 0 < len(summary["title"]) <= 50 and summary["text"]
     assert wav.exists()  # the original is kept (no retention rule)
     # The gauge follows the store: once every job is done it reads 0 (it kept a stale 1).
-    from helpers.jobs import QUEUE
+    from helpers.postcall.jobs import QUEUE
 
     deadline = time.monotonic() + 10
     while QUEUE._value.get() != 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a gauge

@@ -14,7 +14,7 @@ import structlog
 
 __all__ = ["MIGRATIONS", "Migration", "migrate"]
 
-log = structlog.get_logger("helpers.store")
+log = structlog.get_logger("helpers.store.core")
 
 
 _V1 = """

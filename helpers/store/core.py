@@ -23,7 +23,7 @@ its own transaction so a failure leaves the file at the previous, consistent ver
 
 Why this module is ~900 lines: the writer thread, its batching, retries and every write
 operation (each a closure only the writer runs) belong together; the schema lives in
-``helpers.store_schema`` and the read queries in ``helpers.store_queries``.
+``helpers.store.schema`` and the read queries in ``helpers.store.queries``.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from typing import Any, TypeVar
 import structlog
 from prometheus_client import Counter
 
-from helpers.store_queries import StoreQueries, fts_query, iso_utc
-from helpers.store_schema import MIGRATIONS, Migration
-from helpers.store_schema import migrate as _migrate
+from helpers.store.queries import StoreQueries, fts_query, iso_utc
+from helpers.store.schema import MIGRATIONS, Migration
+from helpers.store.schema import migrate as _migrate
 
 __all__ = [
     "DB_FILENAME",

@@ -11,13 +11,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from helpers import ai
-from helpers.stt import RawResult, Segment, SttEngine, Word
-from helpers.vad import Utterance, VadSegmenter
-
-try:  # works whether or not tests/helpers is a package
-    from tests.helpers.speech_fixtures import silence, synth_speech, wer
-except ImportError:  # pragma: no cover
-    from speech_fixtures import silence, synth_speech, wer  # type: ignore[no-redef]
+from helpers.speech.stt import RawResult, Segment, SttEngine, Word
+from helpers.speech.vad import Utterance, VadSegmenter
+from tests.helpers.speech_fixtures import silence, synth_speech, wer
 
 SENTENCES = [
     "Hello, I would like to check the balance of my account please.",
@@ -191,7 +187,7 @@ def test_repetition_and_empty_guards() -> None:
 
 def test_capacity_and_rtf() -> None:
     eng = SttEngine(backend=FakeBackend(), rtf_estimate=0.15)
-    assert eng.capacity == 0  # no count bound: deadlines admit (tests/helpers/test_stt_admission)
+    assert eng.capacity == 0  # no count bound: deadlines admit (test_stt_admission)
     assert SttEngine(backend=FakeBackend(), queue_capacity=5).capacity == 5
     assert eng.rtf == pytest.approx(0.15) and eng.estimate(2.0) == pytest.approx(0.3)
     eng._note_rtf(0.3, 10.0)  # measured RTF 0.03
@@ -281,7 +277,7 @@ def test_ai_slots_singleton() -> None:
 
 
 def test_cut_loop_trims_decoder_loops() -> None:
-    from helpers.stt import cut_loop
+    from helpers.speech.stt import cut_loop
 
     assert cut_loop("Yes, please. Yes, please. Yes,") == "Yes, please."
     assert cut_loop("I went to check my balance. I went to check my balance. I went") == (

@@ -18,13 +18,13 @@ called ``submit``). From asyncio, marshal it back to the loop::
 
 Words: with ``word_timestamps`` (default) the result carries Whisper's words, timed by
 faster-whisper's cross-attention alignment (~10 % on top of the decode, docs/BENCHMARKS.md),
-so a long utterance becomes sentence-sized lines (:meth:`Segment.lines`, ``helpers.lines``)
+so a long utterance becomes sentence-sized lines (:meth:`Segment.lines`, ``helpers.speech.lines``)
 and the word-level guards can tell a quiet invented "Thank you." from a caller's.
 
 Why this module is ~830 lines: the engine (deadline admission, workers), the short-window
 Whisper path and the hallucination guards act on each other's results; they are kept in
 one place so each guard sits next to the figure it checks (the word-level logic itself
-lives in ``helpers.lines``).
+lives in ``helpers.speech.lines``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from helpers.ai import ai_limit, ai_slots
 from helpers.audio import dbfs, pcm_to_float, resample_float
-from helpers.lines import (
+from helpers.speech.lines import (
     Word,
     align_words,
     collapse_loops,
@@ -57,7 +57,7 @@ from helpers.lines import (
     split_words,
     unsupported_edges,
 )
-from helpers.vad import Utterance, voiced_ms
+from helpers.speech.vad import Utterance, voiced_ms
 
 __all__ = [
     "PHANTOM_PHRASES",
@@ -70,7 +70,7 @@ __all__ = [
     "load_model",
 ]
 
-log = structlog.get_logger("helpers.stt")
+log = structlog.get_logger("helpers.speech.stt")
 
 SAMPLE_RATE = 16000
 _SHORT_WINDOW_MAX_S = 28.0  # Whisper's encoder holds 30 s; keep margin for the padding
@@ -161,7 +161,7 @@ class Segment:
     words: tuple[Word, ...] = ()
 
     def lines(self) -> list[Segment]:
-        """This utterance as sentence-sized lines (``helpers.lines``), each timed by its
+        """This utterance as sentence-sized lines (``helpers.speech.lines``), each timed by its
         own words and kept inside the utterance; itself when there are no words."""
         if not self.words:
             return [self]
@@ -798,7 +798,7 @@ class SttEngine:
         return None
 
     def _guard_words(self, raw: RawResult, audio: np.ndarray) -> list[Word]:
-        """The word-level guards (``helpers.lines``); each removal counted by reason."""
+        """The word-level guards (``helpers.speech.lines``); each removal counted by reason."""
         if raw.loop_words:
             self._count("loop")
         words, cut = unsupported_edges(

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from helpers.lines import (
+from helpers.speech.lines import (
     Word,
     collapse_loops,
     drop_repeated_lines,
@@ -17,7 +17,7 @@ from helpers.lines import (
     split_words,
     unsupported_edges,
 )
-from helpers.stt import PHANTOM_PHRASES, Segment
+from helpers.speech.stt import PHANTOM_PHRASES, Segment
 
 
 def _words(text: str, start: float = 0.0, step: float = 0.3, gaps: dict[int, float] | None = None,

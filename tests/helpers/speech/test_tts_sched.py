@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers.tts_sched import SynthesisScheduler
+from helpers.speech.tts_sched import SynthesisScheduler
 
 
 @pytest.fixture

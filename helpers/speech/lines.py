@@ -6,7 +6,7 @@ each with its own start and end (cross-attention alignment, as faster-whisper's
 ``word_timestamps``), let us cut the utterance into lines that start where each sentence
 starts:
 
-1. sentence ends (``.``, ``?``, ``!``), as :func:`helpers.summarize.split_sentences` finds
+1. sentence ends (``.``, ``?``, ``!``), as :func:`helpers.postcall.summarize.split_sentences` finds
    them (the same splitter the summaries use, so "a sentence" means one thing here);
 2. a line still longer than ``max_s`` seconds or ``max_words`` words is cut at its longest
    pause between two words (a comma adds a little), recursively.
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.summarize import split_sentences
+from helpers.postcall.summarize import split_sentences
 
 __all__ = [
     "MAX_LINE_S",
@@ -192,7 +192,7 @@ def collapse_loops(words: Sequence[Word]) -> tuple[list[Word], int]:
 
     A loop is an n-gram repeated back to back. At the end of a result (where a loop runs
     until the decode is cut off, often mid-copy) two repeated words are enough, as in
-    :func:`helpers.stt.cut_loop`; inside a result it takes three copies of a phrase and at
+    :func:`helpers.speech.stt.cut_loop`; inside a result it takes three copies of a phrase and at
     least four repeated words, or a phrase of four or more words said twice, so a caller's
     "no, no, no" or "very very" stays.
     """

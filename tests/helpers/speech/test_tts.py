@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from helpers.audio import resample_pcm
-from helpers.prompt_cache import PromptCache
-from helpers.tts import SENTENCE_PAUSE_MS, TtsEngine, TtsSettings
+from helpers.speech.prompt_cache import PromptCache
+from helpers.speech.tts import SENTENCE_PAUSE_MS, TtsEngine, TtsSettings
 
 pytestmark = pytest.mark.slow
 
@@ -292,7 +292,7 @@ def test_round_trip_through_whisper(engine: TtsEngine) -> None:
 
 
 def test_is_cached_checks_every_sentence(tmp_path: Path) -> None:
-    from helpers.prompt_cache import PromptCache
+    from helpers.speech.prompt_cache import PromptCache
 
     engine = TtsEngine(cache=PromptCache(tmp_path / "c"))
     text = "One. Two."

@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 
 from helpers.audio import pcm_to_float, resample_pcm
-from helpers.vad import Utterance, VadSegmenter, voiced_ms
-
-try:  # works whether or not tests/helpers is a package
-    from tests.helpers.speech_fixtures import silence, synth_speech
-except ImportError:  # pragma: no cover
-    from speech_fixtures import silence, synth_speech  # type: ignore[no-redef]
+from helpers.speech.vad import Utterance, VadSegmenter, voiced_ms
+from tests.helpers.speech_fixtures import silence, synth_speech
 
 pytestmark = pytest.mark.slow  # Piper synthesis (cached on disk after the first run)
 

@@ -6,9 +6,9 @@ store, so a crash loses nothing: at the next start running jobs go back to pendi
 done again (every step is idempotent, and archives are published by atomic rename).
 
 Steps run side by side: archiving beside the AI steps, as in the reference design. The caps
-are elsewhere and shared: FFmpeg processes (``helpers.archive``, default 2) and AI inference,
-STT and summary together (``helpers.ai``, default 2). The summary waits for the transcript
-(deferred, not failed). Failures retry with exponential backoff up to ``max_attempts``.
+are elsewhere and shared: FFmpeg processes (``helpers.postcall.archive``, default 2) and AI
+inference, STT and summary together (``helpers.ai``, default 2). The summary waits for the
+transcript (deferred, not failed). Failures retry with exponential backoff up to ``max_attempts``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from helpers.archive import ArchiveSettings, archive_aac, archive_mp3, wav_duration
-from helpers.lines import Line, make_lines
-from helpers.peaks import write_peaks
-from helpers.store import CallStore
+from helpers.postcall.archive import ArchiveSettings, archive_aac, archive_mp3, wav_duration
+from helpers.postcall.peaks import write_peaks
+from helpers.speech.lines import Line, make_lines
+from helpers.store.core import CallStore
 
 __all__ = ["STEPS", "PostCallJobs", "transcribe_recording"]
 
@@ -58,7 +58,7 @@ def transcribe_recording(
     one by one, each utterance in sentence-sized lines. Blocking (runs in a thread)."""
     import numpy as np
 
-    from helpers.vad import VadSegmenter
+    from helpers.speech.vad import VadSegmenter
 
     with wave.open(str(wav), "rb") as wf:
         rate, channels = wf.getframerate(), wf.getnchannels()
@@ -89,7 +89,7 @@ def transcribe_recording(
         text, confidence, info = stt.transcribe(utt.pcm, utt.rate, voiced=utt.voiced_ms)
         if not text:
             continue
-        # Sentence-sized lines from Whisper's word times, as live (helpers.lines).
+        # Sentence-sized lines from Whisper's word times, as live (helpers.speech.lines).
         lines = make_lines(info.get("words") or (), utt.pcm_start, clamp=(utt.start, utt.end))
         if not lines:
             lines = [Line(utt.start, utt.end, text, confidence, ())]

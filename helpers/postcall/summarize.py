@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 
 from helpers.ai import ai_slots
-from helpers.titles import fallback_title, find_reason, is_small_talk
+from helpers.postcall.titles import fallback_title, find_reason, is_small_talk
 
 __all__ = [
     "CT2_SUFFIX",
@@ -175,7 +175,7 @@ class ExtractiveSummarizer:
     (normalised by sqrt(length), so long rambling sentences do not win by size alone), with a
     bonus for the opening fifth, where callers usually say why they call. Up to three are
     kept, in call order. The title is the sentence that states the reason for the call,
-    compressed to a phrase (:mod:`helpers.titles`); failing that, "Call about"
+    compressed to a phrase (:mod:`helpers.postcall.titles`); failing that, "Call about"
     the most frequent content-word phrase.
     """
 
@@ -223,7 +223,7 @@ class ExtractiveSummarizer:
         chosen = sorted(ranked[:keep])
         summary_text = " ".join(sentences[i] for i in chosen)
         # The reason for the call as a phrase; the key-phrase title only when no sentence
-        # compresses into one (helpers.titles).
+        # compresses into one (helpers.postcall.titles).
         title = (reason[1] if reason is not None else fallback_title(sentences, ranked)) \
             or self._title(words_per_sentence, freq, ivr_path)
         return Summary(title, summary_text, self.method, None)

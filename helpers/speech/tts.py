@@ -45,8 +45,8 @@ from piper.config import PiperConfig
 from prometheus_client import Counter, Histogram
 
 from helpers.audio import float_to_pcm, resample_float
-from helpers.prompt_cache import PromptCache
-from helpers.tts_sched import ADMISSION_WAIT, ADMISSIONS, SynthesisScheduler
+from helpers.speech.prompt_cache import PromptCache
+from helpers.speech.tts_sched import ADMISSION_WAIT, ADMISSIONS, SynthesisScheduler
 
 __all__ = [
     "FADE_MS",
@@ -203,7 +203,7 @@ class TtsEngine:
     synthesis that has the engine to itself, where more threads cut the time to the first
     audio by about 40 % (docs/BENCHMARKS.md) and cost nobody anything. Syntheses run on
     ``workers`` threads (default ``cpu_count // threads``) under a
-    :class:`~helpers.tts_sched.SynthesisScheduler`, which also decides when a prompt may
+    :class:`~helpers.speech.tts_sched.SynthesisScheduler`, which also decides when a prompt may
     start to play without running dry between sentences. With ``cache`` every sentence is
     looked up before synthesis and stored after it.
     """
@@ -389,7 +389,7 @@ class TtsEngine:
         The first sentence is rendered first (alone, it may use every core); then the rest
         are queued and the prompt starts as soon as the scheduler predicts that each later
         sentence will be ready before the audio ahead of it has played
-        (:mod:`helpers.tts_sched`). Idle, that is at once; under load the start waits, so a
+        (:mod:`helpers.speech.tts_sched`). Idle, that is at once; under load the start waits, so a
         prompt that has begun never runs dry mid-way. Sentences in the cache's RAM layer
         need no thread; ones on disk only are read in a thread. Closing the iterator early
         (barge-in) drops queued sentences; one already rendering finishes into the cache.

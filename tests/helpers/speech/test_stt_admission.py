@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from helpers import ai
-from helpers.stt import RawResult, Segment, SttEngine
-from helpers.vad import Utterance
+from helpers.speech.stt import RawResult, Segment, SttEngine
+from helpers.speech.vad import Utterance
 
 
 def _dropped(reason: str) -> float:

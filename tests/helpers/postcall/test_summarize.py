@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from helpers import summarize
-from helpers.summarize import (
+from helpers.postcall import summarize
+from helpers.postcall.summarize import (
     Ct2Summarizer,
     ExtractiveSummarizer,
     Summarizer,
@@ -25,11 +25,11 @@ from helpers.summarize import (
     fetch_model,
     load_summarizer,
 )
-from helpers.titles import compress
+from helpers.postcall.titles import compress
 
 try:
-    from tests.helpers.summary_corpus import CORPUS, CorpusCall, title_problems
-    from tests.helpers.tiny_t5 import build_tiny_t5
+    from tests.helpers.postcall.summary_corpus import CORPUS, CorpusCall, title_problems
+    from tests.helpers.postcall.tiny_t5 import build_tiny_t5
 except ImportError:  # pragma: no cover - run from inside tests/helpers
     from summary_corpus import CORPUS, CorpusCall, title_problems  # type: ignore[no-redef]
     from tiny_t5 import build_tiny_t5  # type: ignore[no-redef]
@@ -311,7 +311,7 @@ def test_fetch_model_offline_error(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_extractive_keys_only_ivr_call_uses_the_path() -> None:
-    from helpers.summarize import ExtractiveSummarizer
+    from helpers.postcall.summarize import ExtractiveSummarizer
 
     summary = ExtractiveSummarizer().summarize("", ["greeting", "menu", "goodbye_support"])
     assert summary.title == "IVR: goodbye support"

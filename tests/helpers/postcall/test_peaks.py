@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import peaks
 from helpers.audio import write_wav
-from helpers.peaks import compute_peaks, write_peaks
+from helpers.postcall import peaks
+from helpers.postcall.peaks import compute_peaks, write_peaks
 
 
 def stereo_wav(path: Path, left: np.ndarray, right: np.ndarray, rate: int) -> Path:

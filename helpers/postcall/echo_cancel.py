@@ -26,8 +26,8 @@ last. It reads and writes the WAV in blocks (a 3-hour call is never in memory at
 measures each channel's active speech level for the levelling that follows in FFmpeg.
 
 The module needs only numpy and the standard library so that it runs as a child process
-(``python helpers/echo_cancel.py in.wav out.wav``, started through :mod:`helpers.spawn` by
-:mod:`helpers.archive`): the work is Python-heavy and must not compete with the server's
+(``python helpers/postcall/echo_cancel.py in.wav out.wav``, started through :mod:`helpers.spawn` by
+:mod:`helpers.postcall.archive`): the work is Python-heavy and must not compete with the server's
 event loop for the GIL.
 """
 

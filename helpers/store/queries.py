@@ -1,6 +1,6 @@
-"""Read queries of the call store, as a mixin of :class:`helpers.store.CallStore`.
+"""Read queries of the call store, as a mixin of :class:`helpers.store.core.CallStore`.
 
-Kept apart from the writer (helpers/store.py) because they share nothing with it but the
+Kept apart from the writer (helpers/store/core.py) because they share nothing with it but the
 read connections: every method here runs inside ``self._reader()``, one consistent WAL
 snapshot, and may be called from any thread off the event loop (or through ``aread``).
 """
