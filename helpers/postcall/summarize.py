@@ -37,6 +37,7 @@ import structlog
 
 from helpers.ai import ai_slots
 from helpers.postcall.titles import fallback_title, find_reason, is_small_talk
+from helpers.speech import text as text_rules
 
 __all__ = [
     "CT2_SUFFIX",
@@ -89,7 +90,6 @@ class Summarizer(Protocol):
 
 # --------------------------------------------------------------------------- text helpers
 
-_SENT_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
 _SPEAKER_RE = re.compile(r"^\s*(?:\[[^\]]{0,20}\]\s*)?[A-Za-z][\w .'-]{0,20}:\s+", re.M)
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]*|\d+")
 _LONG_RUN_WORDS = 25  # unpunctuated speech is cut into pseudo-sentences of this many words
@@ -102,19 +102,12 @@ def _clean(transcript: str) -> str:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split on sentence punctuation; cut long unpunctuated runs every 25 words.
+    """Sentences of a transcript; long unpunctuated runs cut every 25 words.
 
     Speech-to-text output is sometimes one endless unpunctuated line; without the cut it
     would be a single "sentence" and neither summariser could choose anything.
     """
-    out: list[str] = []
-    for part in _SENT_RE.split(text.strip()):
-        words = part.split()
-        if not words:
-            continue
-        for i in range(0, len(words), _LONG_RUN_WORDS):
-            out.append(" ".join(words[i : i + _LONG_RUN_WORDS]))
-    return out
+    return text_rules.split_sentences(text, max_words=_LONG_RUN_WORDS)
 
 
 def cap_title(title: str, limit: int = TITLE_MAX_CHARS) -> str:

@@ -6,8 +6,8 @@ each with its own start and end (cross-attention alignment, as faster-whisper's
 ``word_timestamps``), let us cut the utterance into lines that start where each sentence
 starts:
 
-1. sentence ends (``.``, ``?``, ``!``), as :func:`helpers.postcall.summarize.split_sentences` finds
-   them (the same splitter the summaries use, so "a sentence" means one thing here);
+1. sentence ends (``.``, ``?``, ``!``), as :func:`helpers.speech.text.sentence_ends` finds
+   them (the same rules the summaries and the TTS use, so "a sentence" means one thing);
 2. a line still longer than ``max_s`` seconds or ``max_words`` words is cut at its longest
    pause between two words (a comma adds a little), recursively.
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from helpers.postcall.summarize import split_sentences
+from helpers.speech import text as text_rules
 
 __all__ = [
     "MAX_LINE_S",
@@ -80,7 +80,8 @@ class Line:
 
 
 def _norm(text: str) -> str:
-    return "".join(c for c in text.lower() if c.isalnum() or c == "'")
+    # One word's key: its normalised words run together ("well-known" -> "wellknown").
+    return "".join(text_rules.words(text))
 
 
 def line_text(words: Sequence[Word]) -> str:
@@ -97,26 +98,19 @@ def _ends_clause(word: Word) -> bool:
 
 
 def _sentences(words: Sequence[Word]) -> list[list[Word]]:
-    """Words grouped by sentence: where ``split_sentences`` cuts after sentence punctuation.
+    """Words grouped by sentence: cut after a word that ends where a sentence does.
 
-    The splitter works on whitespace tokens; each word is mapped to the token holding its
-    last character (Whisper may split "well-known" into two words within one token). Its
-    own cuts of long unpunctuated runs are ignored: :func:`_cut_long` cuts those at pauses.
+    A word ends a sentence when the joined text has a sentence end
+    (:func:`helpers.speech.text.sentence_ends`) right after its last character and the word
+    itself ends in sentence punctuation. Long unpunctuated runs are left to
+    :func:`_cut_long`, which cuts them at pauses.
     """
     text = ""
     word_end: list[int] = []
     for w in words:
         text += w.text
         word_end.append(len(text.rstrip()))
-    token_ends = [m.end() for m in re.finditer(r"\S+", text)]
-    cuts: set[int] = set()  # character offsets where a sentence ends
-    n_tokens = 0
-    for sentence in split_sentences(text):
-        n_tokens += len(sentence.split())
-        if 0 < n_tokens <= len(token_ends) and sentence.rstrip("\"')]}”’").endswith(
-            _SENTENCE_END
-        ):
-            cuts.add(token_ends[n_tokens - 1])
+    cuts = set(text_rules.sentence_ends(text))  # character offsets where a sentence ends
     out: list[list[Word]] = []
     cur: list[Word] = []
     for w, end in zip(words, word_end, strict=True):

@@ -45,6 +45,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from helpers.ai import ai_limit, ai_slots
 from helpers.audio import dbfs, pcm_to_float, resample_float
+from helpers.speech import text as text_rules
 from helpers.speech.lines import (
     Word,
     align_words,
@@ -378,10 +379,6 @@ def cut_loop(text: str) -> str:
         if n - p >= max(2, min(p, 3)) and all(norm[i] == norm[i - p] for i in range(p, n)):
             return " ".join(words[:p])
     return text
-
-
-def _normalise(text: str) -> str:
-    return " ".join("".join(c for c in text.lower() if c.isalnum() or c in " '").split())
 
 
 def _compression_ratio(text: str) -> float:
@@ -779,7 +776,7 @@ class SttEngine:
 
     def _guard(self, raw: RawResult, level: float) -> str | None:
         """The hallucination guards; the reason to reject ``raw``, or None to keep it."""
-        norm = _normalise(raw.text)
+        norm = text_rules.normalise(raw.text)
         if not norm:
             return "empty"
         if (raw.no_speech_prob > self.no_speech_threshold
@@ -789,7 +786,7 @@ class SttEngine:
             return "low_logprob"
         # A stock phrase alone is an invention when the audio is near-silent or Whisper
         # itself doubts there was speech (a clear "Thank you." scores ~0.02).
-        if _normalise(cut_loop(raw.text)) in PHANTOM_PHRASES and (
+        if text_rules.normalise(cut_loop(raw.text)) in PHANTOM_PHRASES and (
             level < self.phantom_rms_dbfs or raw.no_speech_prob >= self.phantom_no_speech
         ):
             return "phantom"

@@ -31,7 +31,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterable
@@ -45,6 +44,7 @@ from piper.config import PiperConfig
 from prometheus_client import Counter, Histogram
 
 from helpers.audio import float_to_pcm, resample_float
+from helpers.speech import text as text_rules
 from helpers.speech.prompt_cache import PromptCache
 from helpers.speech.tts_sched import ADMISSION_WAIT, ADMISSIONS, SynthesisScheduler
 
@@ -144,36 +144,6 @@ def _voice_id(path: Path) -> str:
     return f"{path.stem}-{digest[:12]}"
 
 
-# -- sentence splitting -----------------------------------------------------------------
-
-# Words that end in a period without ending a sentence ("Dr. Smith", "St. Louis").
-_ABBREVIATIONS = frozenset(
-    # Abbreviations that are also common words ("no", "sun", "wed") are left out on purpose:
-    # "Press two for no. Goodbye." must stay two sentences.
-    """mr mrs ms dr prof sr jr st mt ft vs etc approx dept inc ltd corp jan feb apr jun jul
-    aug sep sept oct nov dec tue tues thu thur thurs e.g i.e a.m p.m u.s ave blvd""".split()
-)
-# A sentence end: . ! ? (or runs like "?!" / "..."), optional closing quotes or brackets,
-# then whitespace. Requiring whitespace is what keeps "3.5", "example.com" and "1.30" whole.
-_END_RE = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)")
-_CLAUSE_RE = re.compile(r"[,;:](?=\s)")
-
-
-def _split_long(sentence: str, limit: int) -> list[str]:
-    """Cut an over-long sentence at clause punctuation, as late as possible under ``limit``."""
-    parts: list[str] = []
-    rest = sentence
-    while len(rest) > limit:
-        cuts = [m.end() for m in _CLAUSE_RE.finditer(rest, 0, limit)]
-        if not cuts:
-            break  # no natural cut: keep it whole rather than break a word group
-        parts.append(rest[: cuts[-1]].strip())
-        rest = rest[cuts[-1] :].strip()
-    if rest:
-        parts.append(rest)
-    return parts
-
-
 # -- the engine -------------------------------------------------------------------------
 
 
@@ -267,23 +237,7 @@ class TtsEngine:
         abbreviations ("Dr.", "Mr.", "St.", "e.g.", "a.m."...). Sentences longer than
         :data:`MAX_SENTENCE_CHARS` are further cut at a comma, semicolon or colon.
         """
-        sentences: list[str] = []
-        for line in text.splitlines():
-            line = " ".join(line.split())
-            start = 0
-            for m in _END_RE.finditer(line):
-                words = line[start : m.start()].split()
-                last = words[-1].lower().lstrip("(\"'") if words else ""
-                if m.group().startswith(".") and len(m.group()) == 1 and (last in _ABBREVIATIONS):
-                    continue
-                sentences.append(line[start : m.end()].strip())
-                start = m.end()
-            sentences.append(line[start:].strip())
-        out: list[str] = []
-        for s in sentences:
-            if s and any(c.isalnum() for c in s):
-                out.extend(_split_long(s, MAX_SENTENCE_CHARS))
-        return out
+        return text_rules.split_sentences(text, max_chars=MAX_SENTENCE_CHARS)
 
     # -- blocking synthesis -------------------------------------------------------------
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import re
+from helpers.speech.text import words
 
 __all__ = ["wer", "word_errors", "words"]
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words; punctuation and hyphens are separators."""
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
