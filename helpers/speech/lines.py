@@ -186,9 +186,9 @@ def collapse_loops(words: Sequence[Word]) -> tuple[list[Word], int]:
 
     A loop is an n-gram repeated back to back. At the end of a result (where a loop runs
     until the decode is cut off, often mid-copy) two repeated words are enough, as in
-    :func:`helpers.speech.stt.cut_loop`; inside a result it takes three copies of a phrase and at
-    least four repeated words, or a phrase of four or more words said twice, so a caller's
-    "no, no, no" or "very very" stays.
+    :func:`helpers.speech.stt_guards.cut_loop`; inside a result it takes three copies of a
+    phrase and at least four repeated words, or a phrase of four or more words said twice,
+    so a caller's "no, no, no" or "very very" stays.
     """
     norm = [_norm(w.text) for w in words]
     n = len(norm)
