@@ -198,7 +198,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     """``audiosocket models fetch google/flan-t5-small``."""
     import shutil
 
-    from helpers.postcall.summarize import fetch_model
+    from helpers.postcall.summary_models import fetch_model
 
     dest = Path(args.dest)
     # Directories this run creates: a failed download must not leave them behind (an empty
@@ -217,7 +217,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 def cmd_models_convert(args: argparse.Namespace) -> int:
     """``audiosocket models convert models/flan-t5-small [--dest DIR]``."""
-    from helpers.postcall.summarize import convert_checkpoint
+    from helpers.postcall.summary_models import convert_checkpoint
 
     try:
         path = convert_checkpoint(args.src, args.dest, args.quantization)

@@ -181,7 +181,7 @@ async def _build_jobs(ctx: AppContext) -> Any:
     from helpers.ai import set_ai_limit
     from helpers.postcall.archive import ArchiveSettings, set_ffmpeg_limit
     from helpers.postcall.jobs import PostCallJobs
-    from helpers.postcall.summarize import load_summarizer
+    from helpers.postcall.summary_models import load_summarizer
 
     cfg = ctx.config.postcall
     set_ffmpeg_limit(cfg.ffmpeg_limit)

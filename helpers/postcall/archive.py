@@ -452,7 +452,7 @@ async def _aec_mp3(src: Path, dst: Path, s: ArchiveSettings) -> ArchiveResult:
     clean = dst.with_name(f".{dst.stem}.clean.partial.wav")
     try:
         levels: list[float | None] | None = None
-        # -I: the script's own folder (helpers/) must not shadow modules numpy imports.
+        # -I: the script's own folder (helpers/postcall/) must not shadow modules numpy imports.
         cmd = [sys.executable, "-I", str(_AEC_SCRIPT), str(src), str(clean)]
         # The canceller's time grows with the call (about 0.7 CPU s per minute at 8 kHz,
         # more at 48 kHz): allow 10 s a minute on top, or a 3-hour call could never finish.

@@ -13,18 +13,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from helpers.postcall import summarize
-from helpers.postcall.summarize import (
-    Ct2Summarizer,
-    ExtractiveSummarizer,
-    Summarizer,
-    Summary,
-    T5Summarizer,
-    cap_title,
-    convert_checkpoint,
-    fetch_model,
-    load_summarizer,
-)
+from helpers.postcall import summarize, summary_models
+from helpers.postcall.flan_t5 import Ct2Summarizer, T5Summarizer
+from helpers.postcall.summarize import ExtractiveSummarizer, Summarizer, Summary, cap_title
+from helpers.postcall.summary_models import convert_checkpoint, fetch_model, load_summarizer
 from helpers.postcall.titles import compress
 
 try:
@@ -172,7 +164,7 @@ def test_load_prefers_ct2_sibling_and_logs_choice(
     models.mkdir()
     (models / "flan-t5-small").symlink_to(tiny_ckpt, target_is_directory=True)
     (models / "flan-t5-small-ct2").symlink_to(ct2_dir, target_is_directory=True)
-    monkeypatch.setattr(summarize, "_chosen_logged", set())
+    monkeypatch.setattr(summary_models, "_chosen_logged", set())
     with capture_logs() as logs:
         by_name = load_summarizer("google/flan-t5-small", search_dirs=[models], threads=1)
         by_path = load_summarizer(models / "flan-t5-small", threads=1)
@@ -273,7 +265,7 @@ def test_cap_title() -> None:
 
 
 def test_load_none_falls_back_and_logs_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(summarize, "_fallback_logged", False)
+    monkeypatch.setattr(summary_models, "_fallback_logged", False)
     with capture_logs() as logs:
         a = load_summarizer(None)
         b = load_summarizer("no-such-org/no-such-model", search_dirs=[])
