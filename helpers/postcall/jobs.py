@@ -28,7 +28,6 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from helpers.postcall.archive import ArchiveSettings, archive_aac, archive_mp3, wav_duration
 from helpers.postcall.peaks import write_peaks
-from helpers.speech.lines import Line, make_lines
 from helpers.store.core import CallStore
 
 __all__ = ["STEPS", "PostCallJobs", "transcribe_recording"]
@@ -55,9 +54,11 @@ def transcribe_recording(
 ) -> list[dict[str, Any]]:
     """The full caller transcript of a recording: the left (caller) leg of a stereo call
     recording, or the whole of a mono file, cut into utterances by the VAD and transcribed
-    one by one, each utterance in sentence-sized lines. Blocking (runs in a thread)."""
+    one by one, each utterance in sentence-sized lines (the live loop,
+    :class:`helpers.speech.loop.SpeechLoop`). Blocking (runs in a thread)."""
     import numpy as np
 
+    from helpers.speech.loop import SpeechLoop
     from helpers.speech.vad import VadSegmenter
 
     with wave.open(str(wav), "rb") as wf:
@@ -71,30 +72,14 @@ def transcribe_recording(
 
         data = np.frombuffer(resample_pcm(data.tobytes(), rate, 16000), "<i2")
         rate = 16000
-    pcm = data.tobytes()
-    seg = VadSegmenter(rate, aggressiveness=vad_aggressiveness, max_utterance_s=25.0)
-    frame = rate // 50 * 2
-    utterances = []
-    tick = 0
-    for i in range(0, len(pcm) - frame + 1, frame):
-        utterances += seg.push(pcm[i : i + frame], tick)
-        tick += 1
-    last = seg.flush(tick)
-    if last is not None:
-        utterances.append(last)
+    loop = SpeechLoop(VadSegmenter(rate, aggressiveness=vad_aggressiveness, max_utterance_s=25.0))
     out = []
-    for utt in utterances:
+    for utt in loop.feed_all(data.tobytes()):
         if stop is not None and stop.is_set():
             raise Stopped("shutting down")  # a thread cannot be cancelled; it can stop
-        text, confidence, info = stt.transcribe(utt.pcm, utt.rate, voiced=utt.voiced_ms)
-        if not text:
-            continue
-        # Sentence-sized lines from Whisper's word times, as live (helpers.speech.lines).
-        lines = make_lines(info.get("words") or (), utt.pcm_start, clamp=(utt.start, utt.end))
-        if not lines:
-            lines = [Line(utt.start, utt.end, text, confidence, ())]
         out += [{"start": round(ln.start, 3), "end": round(ln.end, 3), "text": ln.text,
-                 "confidence": ln.confidence, "latency_ms": None} for ln in lines]
+                 "confidence": ln.confidence, "latency_ms": None}
+                for ln in SpeechLoop.recognise(stt, utt)]
     return out
 
 
