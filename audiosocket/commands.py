@@ -156,8 +156,8 @@ async def _import(config: Any, files: list[Path], *, progress: bool) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``audiosocket export --jsonl FILE``."""
-    from helpers.postcall.jobs import export_jsonl
-    from helpers.store.core import CallStore
+    from helpers.store.db import CallStore
+    from web.shapes import export_jsonl
 
     config = _config(args)
     store = CallStore(config.data_path / "calls.db").open()
@@ -172,7 +172,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     """``audiosocket retention``: apply the per-format day limits now."""
     from helpers.postcall.retention import apply_retention
-    from helpers.store.core import CallStore
+    from helpers.store.db import CallStore
 
     config = _config(args)
     pc = config.postcall

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from audiosocket.live import LiveHub
     from helpers.speech.stt import SttEngine
     from helpers.speech.tts import TtsEngine
-    from helpers.store.core import CallStore
+    from helpers.store.db import CallStore
 
 __all__ = [
     "SERVICE_NAMES", "StoreObserver", "ensure_store", "ensure_stt", "ensure_tts", "install_live",
@@ -88,7 +88,7 @@ async def ensure_store(ctx: AppContext) -> CallStore:
 
 
 async def _build_store(ctx: AppContext) -> CallStore:
-    from helpers.store.core import CallStore
+    from helpers.store.db import CallStore
 
     path = ctx.data_dir / "calls.db"
     path.parent.mkdir(parents=True, exist_ok=True)

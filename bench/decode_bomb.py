@@ -46,7 +46,7 @@ import json, resource, sys, time
 from pathlib import Path
 from helpers.ffmpeg import decode_to_pcm
 from helpers.postcall.importer import ValidationError, import_file
-from helpers.store.core import CallStore
+from helpers.store.db import CallStore
 
 mode, src, data, rate = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 store = CallStore(data).open()

@@ -75,7 +75,7 @@ async def run(files: list[Path], data: Path, naive: bool) -> float:
         await asyncio.gather(*(one(p) for p in files))
         await jobs.wait_idle(3600)
     elapsed = time.monotonic() - started
-    done = await store.aread(lambda: store.list_calls(limit=1, has_summary=True)["total"])
+    done = await store.aread(lambda: store.list_calls(limit=1, has_summary=True).total)
     await close_services(ctx)
     assert done == len(files), f"only {done} of {len(files)} summarised"
     return elapsed

@@ -212,7 +212,7 @@ def import_file(
     wav = Path(data_dir) / "recordings" / f"{call_uuid}.wav"
     existing = store.get_call_row(call_uuid)
     if existing is not None and wav.exists():
-        return ImportResult(call_uuid, wav, float(existing.get("duration") or 0.0), True)
+        return ImportResult(call_uuid, wav, float(existing.duration or 0.0), True)
     wav.parent.mkdir(parents=True, exist_ok=True)
     # Decoded straight to disk under a name of its own (two imports of one file at once
     # must not write into the same partial file, and no ``*.wav`` scan of the folder may

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 import time
 import wave
@@ -28,7 +27,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from helpers.postcall.archive import ArchiveSettings, archive_aac, archive_mp3, wav_duration
 from helpers.postcall.peaks import write_peaks
-from helpers.store.core import CallStore
+from helpers.store.db import CallStore
+from helpers.store.rows import JobRow
 
 __all__ = ["STEPS", "PostCallJobs", "transcribe_recording"]
 
@@ -158,7 +158,7 @@ class PostCallJobs:
         out = []
         for wav in rec_dir.glob("*.wav"):
             row = self.store.get_call_row(wav.stem)
-            if row is None or row.get("ended_at") is None:
+            if row is None or row.ended_at is None:
                 continue
             if not self.store.jobs_for(wav.stem):
                 out.append((wav.stem, wav))
@@ -246,12 +246,12 @@ class PostCallJobs:
             await self.store.aflush()
             QUEUE.set(await self.store.aread(self.store.pending_job_count))
 
-    async def _run(self, job: dict[str, Any]) -> None:
-        step, call_uuid, job_id = job["step"], job["call_uuid"], job["id"]
-        bound = log.bind(call=call_uuid, step=step, attempt=job["attempts"])
+    async def _run(self, job: JobRow) -> None:
+        step, call_uuid, job_id = job.step, job.call_uuid, job.id
+        bound = log.bind(call=call_uuid, step=step, attempt=job.attempts)
         for dep in DEPENDS.get(step, ()):
             jobs = await self.store.aread(self.store.jobs_for, call_uuid)
-            status = next((j["status"] for j in jobs if j["step"] == dep), None)
+            status = next((j.status for j in jobs if j.step == dep), None)
             if status == "failed":
                 self.store.finish_job(job_id, "failed", error=f"{dep} failed")
                 JOBS.labels(step=step, status="failed").inc()
@@ -268,8 +268,8 @@ class PostCallJobs:
             seconds = time.monotonic() - started
             detail = getattr(exc, "stderr", "") or ""
             error = f"{type(exc).__name__}: {exc}" + (f"\n{detail}" if detail else "")
-            if job["attempts"] < self.max_attempts:
-                delay = min(60.0, 2.0 ** job["attempts"])
+            if job.attempts < self.max_attempts:
+                delay = min(60.0, 2.0 ** job.attempts)
                 self.store.finish_job(job_id, "failed", error=error[-4000:], duration=seconds,
                                       retry_delay=delay)
                 JOBS.labels(step=step, status="retry").inc()
@@ -293,7 +293,7 @@ class PostCallJobs:
         files = await self.store.aread(self.store.recordings_for, call_uuid)
         if "wav" not in files:
             raise FileNotFoundError(f"no recording stored for {call_uuid}")
-        path = Path(files["wav"]["path"])
+        path = Path(files["wav"].path)
         if not await asyncio.to_thread(path.exists):
             raise FileNotFoundError(f"recording {path} is gone")
         return path
@@ -325,13 +325,13 @@ class PostCallJobs:
         stt = await self._stt_factory()
         segments = await asyncio.to_thread(transcribe_recording, stt, wav, 2, self._stop)
         call = await self.store.aread(self.store.get_call, call_uuid)
-        live = [s for s in (call["transcript"] if call else []) if s.get("speaker") != "server"]
+        live = [s for s in (call.transcript if call else ()) if s.speaker != "server"]
         for seg in segments:
             # Keep the live latency of the same stretch of speech: it is what the caller
             # experienced; the post-call pass has no latency of its own.
-            overlap = [s for s in live if s["start"] < seg["end"] and s["end"] > seg["start"]]
-            if overlap and overlap[0].get("latency_ms") is not None:
-                seg["latency_ms"] = overlap[0]["latency_ms"]
+            overlap = [s for s in live if s.start < seg["end"] and s.end > seg["start"]]
+            if overlap and overlap[0].latency_ms is not None:
+                seg["latency_ms"] = overlap[0].latency_ms
         await asyncio.wrap_future(self.store.replace_final_transcript(call_uuid, segments))
 
     async def _step_summary(self, call_uuid: str) -> None:
@@ -344,35 +344,9 @@ class PostCallJobs:
             raise LookupError(f"call {call_uuid} is not in the store")
         # The caller's words: the prompts are the same on every call and would make every
         # IVR call's summary about the menu (a left message is in the caller's lines too).
-        text = " ".join(s["text"] for s in call["transcript"] if s.get("speaker") != "server")
-        path = (call.get("ivr") or {}).get("path") or None
+        text = " ".join(s.text for s in call.transcript if s.speaker != "server")
+        path = (call.ivr.path if call.ivr is not None else None) or None
         summary = await asyncio.to_thread(self._summarizer.summarize, text, path)
         self.store.set_summary(call_uuid, summary.title, summary.text, summary.method,
                                summary.model)
         log.info("summary", call=call_uuid, title=summary.title, method=summary.method)
-
-
-def export_jsonl(store: CallStore, out: Path) -> int:
-    """One JSON line per call: id, transcript, summary, archive paths. Returns the count."""
-    count = 0
-    offset = 0
-    with open(out, "w", encoding="utf-8") as fh:
-        while True:
-            page = store.list_calls(limit=200, offset=offset)
-            items = page["items"]
-            if not items:
-                break
-            for item in items:
-                call = store.get_call(item["uuid"])
-                if call is None:
-                    continue
-                files = {f: r["path"] for f, r in store.recordings_for(item["uuid"]).items()}
-                fh.write(json.dumps({
-                    "id": call["uuid"], "app": call["app"], "started_at": call["started_at"],
-                    "duration": call["duration"], "end_reason": call["end_reason"],
-                    "transcript": call["transcript"], "summary": call["summary"],
-                    "ivr": call["ivr"], "files": files,
-                }) + "\n")
-                count += 1
-            offset += len(items)
-    return count

@@ -1,8 +1,4 @@
-"""The call store: SQLite in the data directory (``<data_dir>/calls.db``).
-
-(Over 600 lines on purpose: the writer thread and every write method that queues a closure
-for it are one mechanism; the schema and the read queries already live in ``store_schema``
-and ``store_queries``.)
+"""The call store's single-writer core: SQLite in the data directory (``<data_dir>/calls.db``).
 
 Rule 1 of the design says the event loop never blocks, and SQLite blocks (fsync, locks,
 page cache misses). So:
@@ -19,18 +15,19 @@ page cache misses). So:
   methods may be called directly from any thread outside the loop.
 
 Schema changes are numbered migrations recorded in ``PRAGMA user_version``; each runs in
-its own transaction so a failure leaves the file at the previous, consistent version.
+its own transaction so a failure leaves the file at the previous, consistent version
+(``helpers.store.schema``).
 
-Why this module is ~900 lines: the writer thread, its batching, retries and every write
-operation (each a closure only the writer runs) belong together; the schema lives in
-``helpers.store.schema`` and the read queries in ``helpers.store.queries``.
+This module is the mechanism (:class:`StoreCore`: connections, the writer thread, flush);
+the writes and reads of each table live in the query modules (``calls``, ``segments``,
+``messages``, ``jobs``), each a mixin over the core, and :class:`helpers.store.db.CallStore`
+combines them. Reads return the typed rows of ``helpers.store.rows``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import queue
 import sqlite3
 import threading
@@ -40,12 +37,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import structlog
 from prometheus_client import Counter
 
-from helpers.store.queries import StoreQueries, fts_query, iso_utc
 from helpers.store.schema import MIGRATIONS, Migration
 from helpers.store.schema import migrate as _migrate
 
@@ -56,10 +52,8 @@ __all__ = [
     "RECORDING_FORMATS",
     "SPEAKERS",
     "STORE_ERRORS",
-    "CallStore",
     "StoreClosedError",
-    "fts_query",
-    "iso_utc",
+    "StoreCore",
 ]
 
 log = structlog.get_logger(__name__)
@@ -132,8 +126,8 @@ class _Control:
 # --------------------------------------------------------------------------------------
 
 
-class CallStore(StoreQueries):
-    """SQLite call store with one writer thread and pooled readers.
+class StoreCore:
+    """SQLite with one writer thread and pooled readers (the query modules add the tables).
 
     ``path`` is the database file, or a directory (the data dir), in which case
     ``calls.db`` inside it is used. Call :meth:`open` first (or use it as a context
@@ -170,7 +164,7 @@ class CallStore(StoreQueries):
 
     # ---- lifecycle ---------------------------------------------------------------
 
-    def open(self) -> CallStore:
+    def open(self) -> Self:
         """Create/migrate the database and start the writer thread and reader pool."""
         if self._open:
             return self
@@ -232,7 +226,7 @@ class CallStore(StoreQueries):
             self._read_conns.get_nowait()
         log.info("store_closed", path=str(self.path))
 
-    def __enter__(self) -> CallStore:
+    def __enter__(self) -> Self:
         return self.open()
 
     def __exit__(self, *exc: object) -> None:
@@ -467,434 +461,3 @@ class CallStore(StoreQueries):
             raise StoreClosedError("store is not open")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-
-    # ---- call lifecycle (writes) ---------------------------------------------------
-
-    def call_started(
-        self,
-        uuid: str,
-        app: str,
-        rate: int,
-        peer: str | None,
-        started_at: float,
-        caller: str | None = None,
-        meta: dict[str, Any] | None = None,
-        audiosocket_uuid: str | None = None,
-    ) -> concurrent.futures.Future[bool]:
-        """Record a new call under its own id ``uuid``; the future says if it was new.
-
-        A row already under that id is another call's and is never touched (the server
-        gives a reused AudioSocket UUID a fresh id; see ``audiosocket.call.CallIds``).
-        """
-        meta_json = json.dumps(meta or {})
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT INTO calls (uuid, app, rate, peer, started_at, caller, meta, "
-                "audiosocket_uuid) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(uuid) DO NOTHING",
-                (uuid, app, rate, peer, started_at, caller, meta_json, audiosocket_uuid),
-            )
-            if cur.rowcount == 0:
-                STORE_ERRORS.labels(kind="call_id_taken").inc()
-                log.error("call_id_taken", call=uuid)
-                return False
-            return True
-
-        return self._submit(op, "call_started")
-
-    def call_ended(
-        self,
-        uuid: str,
-        ended_at: float,
-        end_reason: str,
-        frames_in: int,
-        frames_out: int,
-    ) -> concurrent.futures.Future[None]:
-        """Close a live call; duration is computed from its started_at. A call that has
-        already ended keeps its end (nothing of a finished call is overwritten)."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE calls SET ended_at=?, end_reason=?, frames_in=?, frames_out=?, "
-                "duration=max(0.0, ? - started_at) WHERE uuid=? AND ended_at IS NULL",
-                (ended_at, end_reason, frames_in, frames_out, ended_at, uuid),
-            )
-
-        return self._submit(op, "call_ended")
-
-    def close_dangling_calls(
-        self,
-        ended_at: float | None = None,
-        end_reason: str = "server_restart",
-        *,
-        recordings: Path | None = None,
-    ) -> concurrent.futures.Future[int]:
-        """At start-up: calls left 'live' by a crash get an end; returns how many.
-
-        Their duration is the last activity known, never the downtime: the length of the
-        recording ``<recordings>/<call id>.wav`` when there is one, else the end of the last
-        transcript segment, else 0; ``ended_at`` is ``started_at`` plus that (at most
-        ``ended_at``, default now).
-        """
-        at = time.time() if ended_at is None else ended_at
-
-        def op(conn: sqlite3.Connection) -> int:
-            from helpers.recorder import wav_seconds
-
-            rows = conn.execute(
-                "SELECT c.uuid, c.started_at, (SELECT max(s.\"end\") FROM segments s "
-                "WHERE s.call_uuid = c.uuid) FROM calls c WHERE c.ended_at IS NULL"
-            ).fetchall()
-            for call_id, started_at, last_segment in rows:
-                seconds = None
-                if recordings is not None:
-                    seconds = wav_seconds(recordings / f"{call_id}.wav")
-                if seconds is None:
-                    seconds = float(last_segment or 0.0)
-                seconds = max(0.0, min(seconds, at - started_at))
-                conn.execute(
-                    "UPDATE calls SET ended_at=?, end_reason=?, duration=? WHERE uuid=?",
-                    (started_at + seconds, end_reason, seconds, call_id),
-                )
-            return len(rows)
-
-        return self._submit(op, "close_dangling_calls")
-
-    def add_segment(
-        self,
-        call_uuid: str,
-        start: float,
-        end: float,
-        text: str,
-        confidence: float | None,
-        latency_ms: float | None,
-        kind: str = "live",
-        *,
-        speaker: str = "caller",
-        interrupted: bool = False,
-    ) -> concurrent.futures.Future[int]:
-        """Append one transcript line; the future gives its id.
-
-        ``speaker`` is ``caller`` (recognised speech) or ``server`` (what the server said:
-        stored as ``live``, and shown beside the live or the final caller transcript);
-        ``interrupted`` marks a server line cut short.
-        """
-        if speaker not in SPEAKERS:
-            raise ValueError(f"unknown speaker {speaker!r}")
-        now = time.time()
-        cut = int(bool(interrupted))
-
-        def op(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                'INSERT INTO segments (call_uuid, start, "end", text, confidence, latency_ms, '
-                "kind, created_at, speaker, interrupted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (call_uuid, start, end, text, confidence, latency_ms, kind, now, speaker, cut),
-            )
-            return int(cur.lastrowid or 0)
-
-        return self._submit(op, "add_segment")
-
-    def save_message(
-        self,
-        call_uuid: str,
-        name: str,
-        path: str,
-        seconds: float,
-        *,
-        start: float | None = None,
-        stopped_by: str | None = None,
-        transcript: str | None = None,
-    ) -> concurrent.futures.Future[None]:
-        """Record (or overwrite) a voicemail message of the call; ``path`` is relative to the
-        data dir, ``start`` on the call's timeline."""
-        now = time.time()
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO messages (call_uuid, name, path, start, seconds, stopped_by, "
-                "transcript, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(call_uuid, name) DO UPDATE SET path=excluded.path, "
-                "start=excluded.start, seconds=excluded.seconds, "
-                "stopped_by=excluded.stopped_by, transcript=excluded.transcript, "
-                "created_at=excluded.created_at",
-                (call_uuid, name, path, start, seconds, stopped_by, transcript, now),
-            )
-
-        return self._submit(op, "save_message")
-
-    def set_message_transcript(
-        self, call_uuid: str, name: str, text: str
-    ) -> concurrent.futures.Future[bool]:
-        """Store the transcript of a saved message; the future says if the message exists."""
-
-        def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                "UPDATE messages SET transcript=? WHERE call_uuid=? AND name=?",
-                (text, call_uuid, name),
-            ).rowcount > 0
-
-        return self._submit(op, "set_message_transcript")
-
-    def replace_final_transcript(
-        self, call_uuid: str, segments: Sequence[dict[str, Any]]
-    ) -> concurrent.futures.Future[None]:
-        """Swap in the post-call transcript of the caller (dicts with start, end, text,
-        confidence?, latency_ms?); live segments are kept but :meth:`get_call` prefers
-        these. The server's lines are left as they are."""
-        now = time.time()
-        rows = [
-            (
-                call_uuid,
-                float(s["start"]),
-                float(s["end"]),
-                str(s["text"]),
-                s.get("confidence"),
-                s.get("latency_ms"),
-                now,
-            )
-            for s in segments
-        ]
-
-        def op(conn: sqlite3.Connection) -> None:
-            # Only the caller's: what the server said is known, never re-recognised.
-            conn.execute(
-                "DELETE FROM segments WHERE call_uuid=? AND kind='final' AND speaker='caller'",
-                (call_uuid,),
-            )
-            conn.executemany(
-                'INSERT INTO segments (call_uuid, start, "end", text, confidence, latency_ms, '
-                "kind, created_at) VALUES (?, ?, ?, ?, ?, ?, 'final', ?)",
-                rows,
-            )
-
-        return self._submit(op, "replace_final_transcript")
-
-    def set_ivr(
-        self,
-        call_uuid: str,
-        path: Sequence[Any],
-        variables: dict[str, Any],
-        result: str | None,
-    ) -> concurrent.futures.Future[None]:
-        """Record (or overwrite) the IVR path taken, its variables and its outcome."""
-        path_json = json.dumps(list(path))
-        vars_json = json.dumps(variables)
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO ivr (call_uuid, path, variables, result) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(call_uuid) DO UPDATE SET path=excluded.path, "
-                "variables=excluded.variables, result=excluded.result",
-                (call_uuid, path_json, vars_json, result),
-            )
-
-        return self._submit(op, "set_ivr")
-
-    def set_summary(
-        self,
-        call_uuid: str,
-        title: str,
-        text: str,
-        method: str,
-        model: str | None = None,
-        created_at: float | None = None,
-    ) -> concurrent.futures.Future[None]:
-        """Record (or overwrite) the call's summary."""
-        at = time.time() if created_at is None else created_at
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO summaries (call_uuid, title, text, method, model, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(call_uuid) DO UPDATE SET "
-                "title=excluded.title, text=excluded.text, method=excluded.method, "
-                "model=excluded.model, created_at=excluded.created_at",
-                (call_uuid, title, text, method, model, at),
-            )
-
-        return self._submit(op, "set_summary")
-
-    def set_recording(
-        self,
-        call_uuid: str,
-        fmt: str,
-        path: str | Path,
-        bytes: int,  # shadows a builtin: the column name, as in the brief
-        duration: float | None,
-    ) -> concurrent.futures.Future[None]:
-        """Record (or overwrite) one stored file of the call: wav, m4a, mp3 or peaks."""
-        if fmt not in RECORDING_FORMATS:
-            raise ValueError(f"unknown recording format {fmt!r}")
-        now = time.time()
-        size = bytes
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO recordings (call_uuid, format, path, bytes, duration, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(call_uuid, format) DO UPDATE SET "
-                "path=excluded.path, bytes=excluded.bytes, duration=excluded.duration, "
-                "created_at=excluded.created_at",
-                (call_uuid, fmt, str(path), size, duration, now),
-            )
-
-        return self._submit(op, "set_recording")
-
-    def delete_recording(self, call_uuid: str, fmt: str) -> concurrent.futures.Future[None]:
-        """Forget one stored file of the call (the caller deletes the file itself)."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM recordings WHERE call_uuid=? AND format=?", (call_uuid, fmt))
-
-        return self._submit(op, "delete_recording")
-
-    def audit(
-        self, action: str, call_uuid: str | None, detail: str | dict[str, Any] = ""
-    ) -> concurrent.futures.Future[None]:
-        """Append to the audit trail (dict details are stored as JSON)."""
-        now = time.time()
-        text = detail if isinstance(detail, str) else json.dumps(detail)
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO audit (at, action, call_uuid, detail) VALUES (?, ?, ?, ?)",
-                (now, action, call_uuid, text),
-            )
-
-        return self._submit(op, "audit")
-
-    def delete_call(self, uuid: str) -> concurrent.futures.Future[bool]:
-        """Delete a call and (by cascade) everything about it; the future says if it existed.
-
-        Files on disk are the caller's business: read :meth:`recordings_for` and
-        :meth:`messages_for` first.
-        """
-
-        def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM calls WHERE uuid=?", (uuid,)).rowcount > 0
-
-        return self._submit(op, "delete_call")
-
-    # ---- jobs -------------------------------------------------------------------
-
-    def enqueue_jobs(
-        self, call_uuid: str, steps: Sequence[str], not_before: float | None = None
-    ) -> concurrent.futures.Future[None]:
-        """Add pending jobs for a call; a step already present is left as it is."""
-        now = time.time()
-        nb = now if not_before is None else not_before
-        rows = [(call_uuid, step, nb, now) for step in steps]
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO jobs (call_uuid, step, status, not_before, updated_at) "
-                "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(call_uuid, step) DO NOTHING",
-                rows,
-            )
-
-        return self._submit(op, "enqueue_jobs")
-
-    def claim_job_async(
-        self, steps: set[str] | None = None, now: float | None = None
-    ) -> concurrent.futures.Future[dict[str, Any] | None]:
-        """Queue an atomic pending→running claim; the future gives the job dict or None."""
-        step_list = sorted(steps) if steps is not None else None
-
-        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            at = time.time() if now is None else now
-            where = "status='pending' AND not_before <= ?"
-            params: list[Any] = [at]
-            if step_list is not None:
-                if not step_list:
-                    return None
-                where += f" AND step IN ({','.join('?' * len(step_list))})"
-                params += step_list
-            # One UPDATE ... RETURNING: atomic even against another process.
-            row = conn.execute(
-                "UPDATE jobs SET status='running', attempts=attempts+1, updated_at=? "
-                f"WHERE id = (SELECT id FROM jobs WHERE {where} ORDER BY not_before, id "
-                "LIMIT 1) RETURNING *",
-                [at, *params],
-            ).fetchone()
-            return dict(row) if row is not None else None
-
-        return self._submit(op, "claim_job", skip_if_cancelled=True)
-
-    def claim_job(
-        self, steps: set[str] | None = None, now: float | None = None
-    ) -> dict[str, Any] | None:
-        """Claim the oldest due pending job (optionally among ``steps``), or None.
-
-        Blocking (it waits for the writer): call it from a worker thread, or await
-        ``asyncio.wrap_future(store.claim_job_async(...))`` on the loop.
-        """
-        return self.claim_job_async(steps, now).result()
-
-    def finish_job(
-        self,
-        id: int,  # shadows a builtin: the column name, as in the brief
-        status: str,
-        error: str | None = None,
-        duration: float | None = None,
-        retry_delay: float | None = None,
-    ) -> concurrent.futures.Future[None]:
-        """Mark a job 'done' or 'failed'; 'failed' with ``retry_delay`` goes back to
-        'pending', not before now + retry_delay (the caller decides how many attempts)."""
-        if status not in ("done", "failed"):
-            raise ValueError(f"finish_job status must be 'done' or 'failed', not {status!r}")
-        now = time.time()
-        job_id = id
-        if status == "failed" and retry_delay is not None:
-            new_status, not_before = "pending", now + retry_delay
-        else:
-            new_status, not_before = status, None
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE jobs SET status=?, error=?, duration=?, updated_at=?, "
-                "not_before=coalesce(?, not_before) WHERE id=?",
-                (new_status, error, duration, now, not_before, job_id),
-            )
-
-        return self._submit(op, "finish_job")
-
-    def defer_job(self, id: int, delay: float) -> concurrent.futures.Future[None]:
-        """Put a claimed job back to 'pending' without counting the attempt: it could not
-        run yet (a step it depends on is not done), which is not a failure."""
-        job_id = id
-        now = time.time()
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE jobs SET status='pending', attempts=max(0, attempts-1), updated_at=?, "
-                "not_before=? WHERE id=?",
-                (now, now + delay, job_id),
-            )
-
-        return self._submit(op, "defer_job")
-
-    def pending_job_count(self) -> int:
-        """Jobs waiting or running (the post-call queue depth)."""
-        with self._reader() as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM jobs WHERE status IN ('pending', 'running')"
-            ).fetchone()
-        return int(row[0])
-
-    def reset_running_jobs(self) -> int:
-        """At start-up (crash resume): running → pending. Blocks; returns how many."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE jobs SET status='pending', updated_at=? WHERE status='running'",
-                (time.time(),),
-            ).rowcount
-
-        return self._submit(op, "reset_running_jobs").result()
-
-    def jobs_for(self, call_uuid: str) -> list[dict[str, Any]]:
-        """All jobs of a call, oldest first."""
-        with self._reader() as conn:
-            rows = conn.execute(
-                "SELECT * FROM jobs WHERE call_uuid=? ORDER BY id", (call_uuid,)
-            ).fetchall()
-        return [dict(r) for r in rows]

@@ -37,7 +37,7 @@ CHILD = """
 import json, os, resource, sys, time
 from pathlib import Path
 from helpers.postcall.importer import ValidationError, import_file
-from helpers.store.core import CallStore
+from helpers.store.db import CallStore
 
 src, data = Path(sys.argv[1]), Path(sys.argv[2])
 store = CallStore(data).open()

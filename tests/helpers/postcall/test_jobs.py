@@ -17,6 +17,7 @@ from helpers.audio import write_wav
 from helpers.postcall.archive import probe_duration
 from helpers.postcall.retention import apply_retention
 from tests.helpers.speech_fixtures import silence, synth_speech
+from tests.helpers.store.api_view import aapi_call
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ async def test_pipeline_archives_transcribes_and_summarises(ctx: Any) -> None:
     store.add_segment("c1", 0.0, 0.4, PROMPT, None, None, speaker="server")
     jobs.submit("c1", wav)
     await jobs.wait_idle(120)
-    call = await store.aread(store.get_call, "c1")
+    call = await aapi_call(store, "c1")
     assert [s["text"] for s in call["transcript"] if s["speaker"] == "server"] == [PROMPT]
     assert "welcome" not in (call["summary"]["title"] + call["summary"]["text"]).lower()
     assert call["jobs"] == {s: "done" for s in
@@ -87,11 +88,11 @@ async def test_failures_retry_then_fail_with_the_error(ctx: Any) -> None:
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")  # not decodable
     jobs.submit("c2", bad)
     await jobs.wait_idle(60)
-    rows = {j["step"]: j for j in await store.aread(store.jobs_for, "c2")}
-    assert rows["archive_aac"]["status"] == "failed"
-    assert rows["archive_aac"]["attempts"] == 2
-    assert rows["archive_aac"]["error"]  # FFmpeg's own explanation is kept
-    assert rows["summary"]["status"] == "failed"  # its transcript failed too
+    rows = {j.step: j for j in await store.aread(store.jobs_for, "c2")}
+    assert rows["archive_aac"].status == "failed"
+    assert rows["archive_aac"].attempts == 2
+    assert rows["archive_aac"].error  # FFmpeg's own explanation is kept
+    assert rows["summary"].status == "failed"  # its transcript failed too
     assert not (ctx.data_dir / "archive" / "c2.m4a").exists()
 
 
@@ -114,7 +115,7 @@ async def test_retention_respects_jobs_and_archives(ctx: Any) -> None:
     assert [(d.call_uuid, d.fmt) for d in deleted] == [("c3", "wav")]
     assert not wav.exists() and (ctx.data_dir / "archive" / "c3.mp3").exists()
     audit = await store.aread(store.audit_log)
-    assert any(a["action"] == "retention_delete" and a["call_uuid"] == "c3" for a in audit)
+    assert any(a.action == "retention_delete" and a.call_uuid == "c3" for a in audit)
 
 
 async def test_aclose_returns_even_if_a_step_absorbs_the_cancel(ctx: Any) -> None:

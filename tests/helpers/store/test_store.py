@@ -15,9 +15,14 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from helpers.store.core import MIGRATIONS, CallStore, StoreClosedError, fts_query, iso_utc
+from helpers.store.core import MIGRATIONS, StoreClosedError
+from helpers.store.db import CallStore
+from helpers.store.segments import fts_query
+from tests.helpers.store.api_view import api_call, api_calls, api_search
+from web.shapes import iso_utc
 
 T0 = 1_795_000_000.0  # a fixed unix time so ISO strings are predictable
+
 
 
 def errors(kind: str) -> float:
@@ -117,13 +122,13 @@ def test_a_v1_database_keeps_its_calls_and_gets_their_audiosocket_uuids(
         assert {r["uuid"]: r["audiosocket_uuid"] for r in rows} == {
             imported: None, asterisk: asterisk,
         }
-        call = s.get_call(asterisk)
+        call = api_call(s, asterisk)
         assert call is not None and call["audiosocket_uuid"] == asterisk
         assert call["transcript"][0]["text"] == "hello there"
         assert call["recordings"] == {"wav": f"/api/calls/{asterisk}/recording.wav"}
         assert call["jobs"] == {"archive_aac": "pending"}
-        assert [c["uuid"] for c in s.list_calls(uuid=asterisk)["items"]] == [asterisk]
-        assert [c["uuid"] for c in s.list_calls(uuid=imported)["items"]] == [imported]
+        assert [c["uuid"] for c in api_calls(s, uuid=asterisk)["items"]] == [asterisk]
+        assert [c["uuid"] for c in api_calls(s, uuid=imported)["items"]] == [imported]
         plan = s.execute_read(
             "EXPLAIN QUERY PLAN SELECT uuid FROM calls WHERE audiosocket_uuid = ?", ["x"]
         )
@@ -132,7 +137,7 @@ def test_a_v1_database_keeps_its_calls_and_gets_their_audiosocket_uuids(
         again = new_id()
         assert s.call_started(again, "record", 8000, None, T0 + 60,
                               audiosocket_uuid=asterisk).result(5)
-        listed = s.list_calls(uuid=asterisk)["items"]
+        listed = api_calls(s, uuid=asterisk)["items"]
         assert [(c["uuid"], c["audiosocket_uuid"]) for c in listed] == [
             (again, asterisk), (asterisk, asterisk),
         ]
@@ -165,7 +170,7 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
 def test_call_lifecycle_and_api_shape(store: CallStore) -> None:
     cid = make_call(store, caller="+15550100")
     store.flush()
-    live = store.get_call(cid)
+    live = api_call(store, cid)
     assert live is not None
     assert list(live) == [
         "uuid", "audiosocket_uuid", "app", "rate", "peer", "caller", "started_at", "ended_at",
@@ -183,7 +188,7 @@ def test_call_lifecycle_and_api_shape(store: CallStore) -> None:
     store.set_recording(cid, "mp3", "/data/x.mp3", 100, 12.5)
     store.enqueue_jobs(cid, ["archive_aac", "summary"])
     store.flush()
-    call = store.get_call(cid)
+    call = api_call(store, cid)
     assert call is not None
     assert call["live"] is False
     assert call["ended_at"] == "2026-11-18T11:06:52.500Z"
@@ -207,12 +212,12 @@ def test_call_lifecycle_and_api_shape(store: CallStore) -> None:
         "wav": f"/api/calls/{cid}/recording.wav",
     }
     assert call["jobs"] == {"archive_aac": "pending", "summary": "pending"}
-    assert store.recordings_for(cid)["wav"]["bytes"] == 1000
+    assert store.recordings_for(cid)["wav"].bytes == 1000
 
     store.delete_recording(cid, "mp3")
     store.flush()
-    assert set(store.get_call(cid)["recordings"]) == {"wav"}  # type: ignore[index]
-    assert store.get_call(new_id()) is None
+    assert set(api_call(store, cid)["recordings"]) == {"wav"}  # type: ignore[index]
+    assert api_call(store, new_id()) is None
 
 
 def test_a_call_is_never_overwritten_by_one_under_the_same_id(store: CallStore) -> None:
@@ -234,11 +239,11 @@ def test_list_by_audiosocket_uuid(store: CallStore) -> None:
     second = make_call(store, T0 + 1, audiosocket_uuid=fixed)
     other = make_call(store, T0 + 2, audiosocket_uuid=new_id())
     store.flush()
-    assert [c["uuid"] for c in store.list_calls(uuid=fixed)["items"]] == [second, first]
-    assert store.list_calls(uuid=fixed)["total"] == 2
-    assert [c["uuid"] for c in store.list_calls(uuid=second)["items"]] == [second]
-    assert store.list_calls(uuid=new_id())["total"] == 0
-    assert store.list_calls()["total"] == 3 and other
+    assert [c["uuid"] for c in api_calls(store, uuid=fixed)["items"]] == [second, first]
+    assert api_calls(store, uuid=fixed)["total"] == 2
+    assert [c["uuid"] for c in api_calls(store, uuid=second)["items"]] == [second]
+    assert api_calls(store, uuid=new_id())["total"] == 0
+    assert api_calls(store)["total"] == 3 and other
 
 
 def test_final_transcript_replaces_live_one(store: CallStore) -> None:
@@ -246,7 +251,7 @@ def test_final_transcript_replaces_live_one(store: CallStore) -> None:
     store.add_segment(cid, 0.0, 1.0, "helo wrld", 0.5, 300.0)
     store.add_segment(cid, 1.0, 2.0, "live two", 0.5, 300.0)
     store.flush()
-    assert [s["text"] for s in store.get_call(cid)["transcript"]] == ["helo wrld", "live two"]  # type: ignore[index]
+    assert [s["text"] for s in api_call(store, cid)["transcript"]] == ["helo wrld", "live two"]  # type: ignore[index]
     store.replace_final_transcript(
         cid,
         [{"start": 1.0, "end": 2.0, "text": "world"}, {"start": 0.0, "end": 1.0, "text": "hello"}],
@@ -256,12 +261,12 @@ def test_final_transcript_replaces_live_one(store: CallStore) -> None:
         [{"start": 1.0, "end": 2.0, "text": "world"}, {"start": 0.0, "end": 0.9, "text": "hello"}],
     )
     store.flush()
-    tr = store.get_call(cid)["transcript"]  # type: ignore[index]
+    tr = api_call(store, cid)["transcript"]  # type: ignore[index]
     assert [s["text"] for s in tr] == ["hello", "world"]  # final only, sorted by start
     assert tr[0]["confidence"] is None
     # search sees the final words, not the superseded live ones
-    assert store.search("wrld")["total"] == 0
-    assert store.search("world")["total"] == 1
+    assert api_search(store, "wrld")["total"] == 0
+    assert api_search(store, "world")["total"] == 1
 
 
 def test_delete_call_cascades_and_keeps_fts_consistent(store: CallStore) -> None:
@@ -273,18 +278,18 @@ def test_delete_call_cascades_and_keeps_fts_consistent(store: CallStore) -> None
     store.set_summary(cid, "t", "x", "m")
     store.audit("delete_call", cid, {"by": "test"})
     store.flush()
-    assert store.search("banana")["total"] == 2
+    assert api_search(store, "banana")["total"] == 2
     assert store.delete_call(cid).result(5) is True
     assert store.delete_call(cid).result(5) is False
-    assert store.get_call(cid) is None
-    assert store.search("banana")["total"] == 1
+    assert api_call(store, cid) is None
+    assert api_search(store, "banana")["total"] == 1
     assert store.jobs_for(cid) == []
     assert store.execute_read("SELECT count(*) AS n FROM segments")[0]["n"] == 1
     # external-content FTS index still matches its table after the cascade
     store._submit(
         lambda c: c.execute("INSERT INTO segments_fts(segments_fts) VALUES('integrity-check')")
     ).result(5)
-    assert store.audit_log(call_uuid=cid)[0]["action"] == "delete_call"  # audit outlives it
+    assert store.audit_log(call_uuid=cid)[0].action == "delete_call"  # audit outlives it
 
 
 def test_close_dangling_calls(store: CallStore) -> None:
@@ -292,7 +297,7 @@ def test_close_dangling_calls(store: CallStore) -> None:
     done = make_call(store)
     store.call_ended(done, T0 + 1, "hangup", 1, 1)
     assert store.close_dangling_calls(T0 + 60).result(5) == 1
-    call = store.get_call(live)
+    call = api_call(store, live)
     assert call is not None and call["end_reason"] == "server_restart" and not call["live"]
 
 
@@ -301,7 +306,7 @@ def test_close_drains_the_queue_and_writes_after_close_fail(tmp_path: Path) -> N
     ids = [make_call(s, T0 + i) for i in range(1000)]
     s.close()
     with CallStore(tmp_path) as s2:
-        assert s2.list_calls(limit=1)["total"] == len(ids)
+        assert api_calls(s2, limit=1)["total"] == len(ids)
     with pytest.raises(StoreClosedError):
         s.call_started(new_id(), "echo", 8000, None, T0).result(1)
 
@@ -314,22 +319,22 @@ def test_search_snippets_stemming_and_diacritics(store: CallStore) -> None:
     store.add_segment(cid, 0.0, 2.0, "I am calling about the café <script>x</script>", 0.9, 1.0)
     store.add_segment(cid, 2.0, 4.0, "nothing relevant here", 0.9, 1.0)
     store.flush()
-    res = store.search("call")  # porter: 'call' matches 'calling'
+    res = api_search(store, "call")  # porter: 'call' matches 'calling'
     assert res["total"] == 1
     hit = res["items"][0]
     assert hit["call_uuid"] == cid and hit["start"] == 0.0 and hit["end"] == 2.0
     assert "<mark>calling</mark>" in hit["snippet"]
     assert "<script>" not in hit["snippet"] and "&lt;script&gt;" in hit["snippet"]
-    assert store.search("cafe")["total"] == 1  # remove_diacritics
-    assert store.search("CAFÉ")["total"] == 1
-    assert store.search("calling café")["total"] == 1  # tokens are ANDed
-    assert store.search("calling nothing")["total"] == 0
+    assert api_search(store, "cafe")["total"] == 1  # remove_diacritics
+    assert api_search(store, "CAFÉ")["total"] == 1
+    assert api_search(store, "calling café")["total"] == 1  # tokens are ANDed
+    assert api_search(store, "calling nothing")["total"] == 0
     newer = make_call(store, T0 + 60)
     store.add_segment(newer, 0.0, 1.0, "calling again", 0.9, 1.0)
     store.flush()
-    assert [h["call_uuid"] for h in store.search("calling")["items"]] == [newer, cid]
-    assert [h["call_uuid"] for h in store.search("calling", 1, 1)["items"]] == [cid]
-    listed = store.list_calls(q="cafe")
+    assert [h["call_uuid"] for h in api_search(store, "calling")["items"]] == [newer, cid]
+    assert [h["call_uuid"] for h in api_search(store, "calling", 1, 1)["items"]] == [cid]
+    listed = api_calls(store, q="cafe")
     assert listed["total"] == 1 and "<mark>café</mark>" in listed["items"][0]["snippet"]
 
 
@@ -342,9 +347,9 @@ def test_hostile_queries_never_error(store: CallStore, q: str) -> None:
     cid = make_call(store)
     store.add_segment(cid, 0, 1, "foo bar near text and or not", 1.0, 1.0)
     store.flush()
-    res = store.search(q)
+    res = api_search(store, q)
     assert set(res) == {"items", "total"}
-    listed = store.list_calls(q=q)
+    listed = api_calls(store, q=q)
     assert listed["total"] in (0, 1)
 
 
@@ -367,33 +372,33 @@ def test_jobs_claim_finish_retry_and_reset(store: CallStore) -> None:
     assert store.claim_job({"nope"}) is None
     assert store.claim_job(set()) is None
     job = store.claim_job({"transcribe"})
-    assert job is not None and job["step"] == "transcribe" and job["status"] == "running"
-    assert job["attempts"] == 1
+    assert job is not None and job.step == "transcribe" and job.status == "running"
+    assert job.attempts == 1
 
     # failed with a retry delay: pending again, but not before now + delay
-    store.finish_job(job["id"], "failed", error="boom", retry_delay=60.0)
+    store.finish_job(job.id, "failed", error="boom", retry_delay=60.0)
     assert store.claim_job({"transcribe"}) is None
     again = store.claim_job({"transcribe"}, now=time.time() + 61)
-    assert again is not None and again["id"] == job["id"] and again["attempts"] == 2
-    assert again["error"] == "boom"
-    store.finish_job(again["id"], "done", duration=1.5)
+    assert again is not None and again.id == job.id and again.attempts == 2
+    assert again.error == "boom"
+    store.finish_job(again.id, "done", duration=1.5)
 
     first = store.claim_job()
-    assert first is not None and first["step"] == "archive_aac"  # oldest due, by id
-    store.finish_job(first["id"], "failed", error="ffmpeg died")  # no retry: final
+    assert first is not None and first.step == "archive_aac"  # oldest due, by id
+    store.finish_job(first.id, "failed", error="ffmpeg died")  # no retry: final
     running = store.claim_job()
-    assert running is not None and running["step"] == "summary"
+    assert running is not None and running.step == "summary"
     assert store.claim_job() is None
 
     # crash resume: running → pending
     assert store.reset_running_jobs() == 1
-    states = {j["step"]: (j["status"], j["error"], j["duration"]) for j in store.jobs_for(cid)}
+    states = {j.step: (j.status, j.error, j.duration) for j in store.jobs_for(cid)}
     assert states == {
         "archive_aac": ("failed", "ffmpeg died", None),
         "transcribe": ("done", None, 1.5),
         "summary": ("pending", None, None),
     }
-    assert store.get_call(cid)["jobs"]["summary"] == "pending"  # type: ignore[index]
+    assert api_call(store, cid)["jobs"]["summary"] == "pending"  # type: ignore[index]
     with pytest.raises(ValueError):
         store.finish_job(1, "running")
 
@@ -414,7 +419,7 @@ def test_concurrent_claims_never_hand_out_a_job_twice(store: CallStore) -> None:
     def worker() -> None:
         while (job := store.claim_job()) is not None:
             with lock:
-                claimed.append(job["id"])
+                claimed.append(job.id)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -439,7 +444,7 @@ def test_writer_survives_a_bad_write(store: CallStore) -> None:
     with pytest.raises(ZeroDivisionError):
         crash.result(5)
     assert errors("statement") == before + 2
-    assert store.get_call(cid)["transcript"][0]["text"] == "fine"  # type: ignore[index]
+    assert api_call(store, cid)["transcript"][0]["text"] == "fine"  # type: ignore[index]
 
 
 def hold_writer(store: CallStore) -> threading.Event:
@@ -465,9 +470,9 @@ def test_cancelled_futures_never_kill_the_writer(store: CallStore) -> None:
     # The writer is alive and later writes resolve.
     assert store.add_segment(cid, 1, 2, "after", 1.0, 1.0).result(5) > 0
     # A cancelled claim does not run: the job is still pending for the next worker...
-    assert [j["status"] for j in store.jobs_for(cid)] == ["pending"]
+    assert [j.status for j in store.jobs_for(cid)] == ["pending"]
     # ...while a cancelled plain write is still committed (nothing received is lost).
-    texts = [s["text"] for s in store.get_call(cid)["transcript"]]  # type: ignore[index]
+    texts = [s["text"] for s in api_call(store, cid)["transcript"]]  # type: ignore[index]
     assert texts == ["kept", "after"]
 
 
@@ -537,9 +542,9 @@ def test_concurrent_reads_while_writing(store: CallStore) -> None:
     def reader() -> None:
         try:
             while not stop.is_set():
-                store.get_call(cid)
-                store.list_calls(limit=20)
-                store.search("word")
+                api_call(store, cid)
+                api_calls(store, limit=20)
+                api_search(store, "word")
                 reads[0] += 1
         except BaseException as exc:
             problems.append(exc)
@@ -557,8 +562,8 @@ def test_concurrent_reads_while_writing(store: CallStore) -> None:
         t.join(10)
     assert not problems
     assert reads[0] > 0
-    assert len(store.get_call(cid)["transcript"]) == 2000  # type: ignore[index]
-    assert store.search("word")["total"] == 2000
+    assert len(api_call(store, cid)["transcript"]) == 2000  # type: ignore[index]
+    assert api_search(store, "word")["total"] == 2000
 
 
 async def test_aread_from_the_event_loop(store: CallStore) -> None:
@@ -569,10 +574,10 @@ async def test_aread_from_the_event_loop(store: CallStore) -> None:
         *(store.aread(store.list_calls, limit=5) for _ in range(20)),
         store.aread(store.search, "async", limit=3),
     )
-    assert all(r["total"] >= 0 for r in results)
+    assert all(r.total >= 0 for r in results)
     await store.aflush()
     call = await store.aread(store.get_call, cid)
-    assert call is not None and len(call["transcript"]) == 200
+    assert call is not None and len(call.transcript) == 200
     claimed = await asyncio.wrap_future(store.claim_job_async())
     assert claimed is None
 
@@ -594,13 +599,13 @@ def test_list_filters_and_pagination(store: CallStore) -> None:
     store.add_segment(ids[7], 0, 1, "refund please", 1.0, 1.0)
     store.flush()
 
-    everything = store.list_calls(limit=200)
+    everything = api_calls(store, limit=200)
     assert everything["total"] == 30
     assert [c["uuid"] for c in everything["items"]] == ids[::-1]  # newest first
 
-    pages = [store.list_calls(limit=7, offset=o)["items"] for o in range(0, 30, 7)]
+    pages = [api_calls(store, limit=7, offset=o)["items"] for o in range(0, 30, 7)]
     assert [c["uuid"] for p in pages for c in p] == ids[::-1]
-    assert store.list_calls(limit=7, offset=28)["total"] == 30
+    assert api_calls(store, limit=7, offset=28)["total"] == 30
 
     first = everything["items"][-1]
     assert set(first) == {"uuid", "audiosocket_uuid", "app", "rate", "caller", "started_at",
@@ -609,7 +614,7 @@ def test_list_filters_and_pagination(store: CallStore) -> None:
     assert first["summary_title"] == "title 0" and first["live"] is False
 
     def uuids(**kw: Any) -> set[str]:
-        return {c["uuid"] for c in store.list_calls(limit=200, **kw)["items"]}
+        return {c["uuid"] for c in api_calls(store, limit=200, **kw)["items"]}
 
     assert uuids(app="ivr") == {ids[i] for i in range(0, 30, 3)}
     assert uuids(end_reason="hangup") == {ids[i] for i in range(30) if i % 4 == 2}
@@ -619,7 +624,7 @@ def test_list_filters_and_pagination(store: CallStore) -> None:
     assert uuids(ivr_result="sales") == {ids[i] for i in range(0, 30, 6)}
     assert uuids(app="ivr", ivr_result="support", has_summary=True) == {ids[15]}
     assert uuids(q="refunds") == {ids[7]}
-    assert store.list_calls(q="refund")["items"][0]["snippet"] == "<mark>refund</mark> please"
+    assert api_calls(store, q="refund")["items"][0]["snippet"] == "<mark>refund</mark> please"
 
 
 def test_list_10k_calls_is_fast(tmp_path: Path) -> None:
@@ -637,9 +642,9 @@ def test_list_10k_calls_is_fast(tmp_path: Path) -> None:
             "no summary": {"has_summary": False},
         }
         for name, kw in cases.items():
-            s.list_calls(**kw)  # warm
+            api_calls(s, **kw)  # warm
             t = time.perf_counter()
-            res = s.list_calls(**kw)
+            res = api_calls(s, **kw)
             timings[name] = (time.perf_counter() - t) * 1000
             assert len(res["items"]) == 50 and res["total"] >= 3_333
         print(f"\n10k call_started via writer: {write_s:.2f} s; list_calls ms: "
@@ -662,7 +667,7 @@ def test_dangling_calls_last_as_long_as_their_recording_or_transcript(
     store.add_segment(transcribed, 1.0, 4.25, "hello", 0.9, 100.0)
     assert store.close_dangling_calls(T0 + 3600, recordings=recordings).result(5) == 3
     for cid, seconds in ((recorded, 7.5), (transcribed, 4.25), (silent, 0.0)):
-        call = store.get_call(cid)
+        call = api_call(store, cid)
         assert call is not None and not call["live"]
         assert call["duration"] == seconds, (cid, call["duration"])
 
@@ -684,14 +689,14 @@ def test_a_v2_database_keeps_its_data_and_gets_speakers_and_messages(tmp_path: P
             {"text": "old caller words", "kind": "live", "speaker": "caller", "interrupted": 0},
             {"text": "old final", "kind": "final", "speaker": "caller", "interrupted": 0},
         ]
-        call = s.get_call(cid)
+        call = api_call(s, cid)
         assert call is not None
         assert [(t["text"], t["speaker"]) for t in call["transcript"]] == [("old final", "caller")]
         assert call["messages"] == []
-        assert s.search("final")["items"][0]["speaker"] == "caller"
+        assert api_search(s, "final")["items"][0]["speaker"] == "caller"
         # The new table works on the migrated file, and a bad speaker is refused.
         s.save_message(cid, "message", "messages/x.wav", 2.0, start=1.0).result(5)
-        assert [m["name"] for m in s.messages_for(cid)] == ["message"]
+        assert [m.name for m in s.messages_for(cid)] == ["message"]
         with pytest.raises(ValueError):
             s.add_segment(cid, 0, 1, "x", None, None, speaker="robot")
 
@@ -704,7 +709,7 @@ def test_server_lines_interleave_and_survive_the_final_transcript(store: CallSto
     store.add_segment(cid, 3.0, 5.0, "For sales press one", None, None, speaker="server",
                       interrupted=True)
     store.flush()
-    tr = store.get_call(cid)["transcript"]  # type: ignore[index]
+    tr = api_call(store, cid)["transcript"]  # type: ignore[index]
     assert [(t["speaker"], t["text"], t["interrupted"]) for t in tr] == [
         ("server", "Welcome to the demo line.", False),
         ("caller", "sales please", False),
@@ -713,7 +718,7 @@ def test_server_lines_interleave_and_survive_the_final_transcript(store: CallSto
     store.replace_final_transcript(cid, [{"start": 2.4, "end": 3.4, "text": "sales, please"}])
     store.replace_final_transcript(cid, [{"start": 2.4, "end": 3.4, "text": "Sales, please."}])
     store.flush()
-    tr = store.get_call(cid)["transcript"]  # type: ignore[index]
+    tr = api_call(store, cid)["transcript"]  # type: ignore[index]
     assert [(t["speaker"], t["text"]) for t in tr] == [
         ("server", "Welcome to the demo line."),
         ("caller", "Sales, please."),
@@ -731,15 +736,15 @@ def test_search_finds_both_speakers_and_says_which(store: CallStore) -> None:
     store.replace_final_transcript(cid, [{"start": 3.0, "end": 4.0, "text": "My parcel never "
                                           "arrived."}])
     store.flush()
-    hits = store.search("message tone")["items"]
+    hits = api_search(store, "message tone")["items"]
     assert [(h["call_uuid"], h["speaker"], h["kind"]) for h in hits] == [(cid, "server", "live")]
     assert "<mark>message</mark>" in hits[0]["snippet"]
-    parcel = store.search("parcel")
+    parcel = api_search(store, "parcel")
     assert parcel["total"] == 1 and parcel["items"][0]["speaker"] == "caller"  # final only
-    listed = store.list_calls(q="tone")["items"]
+    listed = api_calls(store, q="tone")["items"]
     assert [c["uuid"] for c in listed] == [cid]
     assert listed[0]["snippet_speaker"] == "server" and "<mark>tone</mark>" in listed[0]["snippet"]
-    assert store.list_calls(q="arrived")["items"][0]["snippet_speaker"] == "caller"
+    assert api_calls(store, q="arrived")["items"][0]["snippet_speaker"] == "caller"
 
 
 def test_messages_are_stored_transcribed_and_deleted_with_the_call(store: CallStore) -> None:
@@ -747,13 +752,13 @@ def test_messages_are_stored_transcribed_and_deleted_with_the_call(store: CallSt
     store.save_message(cid, "message", "messages/m.wav", 4.25, start=12.5,
                        stopped_by="terminator")
     store.flush()
-    msg = store.get_call(cid)["messages"]  # type: ignore[index]
+    msg = api_call(store, cid)["messages"]  # type: ignore[index]
     assert msg == [{"name": "message", "url": f"/api/calls/{cid}/messages/message.wav",
                     "start": 12.5, "seconds": 4.25, "stopped_by": "terminator",
                     "transcript": None, "created_at": msg[0]["created_at"]}]
     assert store.set_message_transcript(cid, "message", "Call me back.").result(5) is True
     assert store.set_message_transcript(cid, "other", "x").result(5) is False
-    assert store.get_call(cid)["messages"][0]["transcript"] == "Call me back."  # type: ignore[index]
-    assert store.messages_for(cid)[0]["path"] == "messages/m.wav"
+    assert api_call(store, cid)["messages"][0]["transcript"] == "Call me back."  # type: ignore[index]
+    assert store.messages_for(cid)[0].path == "messages/m.wav"
     assert store.delete_call(cid).result(5)
     assert store.execute_read("SELECT count(*) AS n FROM messages")[0]["n"] == 0
