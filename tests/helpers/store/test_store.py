@@ -762,3 +762,31 @@ def test_messages_are_stored_transcribed_and_deleted_with_the_call(store: CallSt
     assert store.messages_for(cid)[0].path == "messages/m.wav"
     assert store.delete_call(cid).result(5)
     assert store.execute_read("SELECT count(*) AS n FROM messages")[0]["n"] == 0
+
+
+# ---- typed rows -------------------------------------------------------------------------
+
+
+def test_reads_return_rows_in_unix_times_with_highlight_pieces(store: CallStore) -> None:
+    """The store says what is stored: unix times, parsed JSON, snippets as marked pieces;
+    ISO strings, URLs and HTML are the API's (web.shapes)."""
+    cid = make_call(store, meta={"source": "x.wav"})
+    store.add_segment(cid, 0.0, 1.0, "a <b> refund please", 0.9, 120.0)
+    store.set_ivr(cid, ["menu"], {"choice": "1"}, "sales")
+    store.set_recording(cid, "wav", "/tmp/x.wav", 10, 1.0)
+    store.call_ended(cid, T0 + 2, "remote_closed", 100, 0)
+    store.flush()
+    detail = store.get_call(cid)
+    assert detail is not None
+    assert detail.call.started_at == T0 and detail.call.ended_at == T0 + 2
+    assert detail.call.meta == {"source": "x.wav"} and not detail.call.live
+    assert detail.transcript[0].text == "a <b> refund please"
+    assert detail.ivr is not None and detail.ivr.path == ["menu"]
+    assert detail.recordings == ("wav",) and store.recordings_for(cid)["wav"].bytes == 10
+    page = store.list_calls(q="refund")
+    assert page.searched and page.total == 1
+    snippet = page.items[0].snippet
+    assert snippet is not None and ("refund", True) in snippet.pieces
+    assert all("<mark>" not in text for text, _ in snippet.pieces)
+    hit = store.search("refund").items[0]
+    assert hit.started_at == T0 and hit.snippet == snippet
