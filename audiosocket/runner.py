@@ -147,7 +147,7 @@ async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) 
 
 async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
     """Apply the retention rules hourly (a no-op when every rule is 0 days)."""
-    from helpers.retention import apply_retention
+    from helpers.postcall.retention import apply_retention
 
     pc = ctx.config.postcall
     rules = {"wav": pc.retention_days_wav, "m4a": pc.retention_days_m4a,

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveHub
-    from helpers.store import CallStore
-    from helpers.stt import SttEngine
-    from helpers.tts import TtsEngine
+    from helpers.speech.stt import SttEngine
+    from helpers.speech.tts import TtsEngine
+    from helpers.store.db import CallStore
 
 __all__ = [
     "SERVICE_NAMES", "StoreObserver", "ensure_store", "ensure_stt", "ensure_tts", "install_live",
@@ -88,7 +88,7 @@ async def ensure_store(ctx: AppContext) -> CallStore:
 
 
 async def _build_store(ctx: AppContext) -> CallStore:
-    from helpers.store import CallStore
+    from helpers.store.db import CallStore
 
     path = ctx.data_dir / "calls.db"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ async def ensure_stt(ctx: AppContext) -> SttEngine:
 
 async def _build_stt(ctx: AppContext) -> SttEngine:
     from helpers.ai import set_ai_limit
-    from helpers.stt import SttEngine
+    from helpers.speech.stt import SttEngine
 
     cfg = ctx.config.stt
     set_ai_limit(ctx.config.postcall.ai_limit)
@@ -156,8 +156,8 @@ async def ensure_tts(ctx: AppContext) -> TtsEngine:
 
 
 async def _build_tts(ctx: AppContext) -> TtsEngine:
-    from helpers.prompt_cache import PromptCache
-    from helpers.tts import TtsEngine, TtsSettings
+    from helpers.speech.prompt_cache import PromptCache
+    from helpers.speech.tts import TtsEngine, TtsSettings
 
     cfg = ctx.config.tts
     def load() -> TtsEngine:
@@ -179,9 +179,9 @@ async def ensure_jobs(ctx: AppContext) -> Any:
 
 async def _build_jobs(ctx: AppContext) -> Any:
     from helpers.ai import set_ai_limit
-    from helpers.archive import ArchiveSettings, set_ffmpeg_limit
-    from helpers.jobs import PostCallJobs
-    from helpers.summarize import load_summarizer
+    from helpers.postcall.archive import ArchiveSettings, set_ffmpeg_limit
+    from helpers.postcall.jobs import PostCallJobs
+    from helpers.postcall.summary_models import load_summarizer
 
     cfg = ctx.config.postcall
     set_ffmpeg_limit(cfg.ffmpeg_limit)

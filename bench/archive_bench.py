@@ -30,14 +30,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.archive import (
+from helpers.audio import write_wav
+from helpers.postcall.archive import (
     archive_aac,
     archive_mp3,
     ffmpeg_stats,
     reset_ffmpeg_max,
     set_ffmpeg_limit,
 )
-from helpers.audio import write_wav
 
 RATE = 8000
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers.audio import float_to_pcm, pcm_to_float, read_wav, resample_float, write_wav  # noqa: E402
-from helpers.wer import word_errors  # noqa: E402, F401 - re-exported for bench/stt_wer.py
+from helpers.tools.wer import word_errors  # noqa: E402, F401 - re-exported for bench/stt_wer.py
 
 CORPUS_DIR = ROOT / "bench" / "results" / "corpus"
 RATE = 8000

@@ -6,7 +6,7 @@ Builds two small FLAC files holding 6 hours of tone (issue 13, point 2; see
 
 - ``whole decode``: what the importer did before, the file decoded into memory
   (``helpers.ffmpeg.decode_to_pcm``), in a fresh interpreter, for comparison;
-- ``import``: ``helpers.importer.import_file`` in a fresh interpreter (peak RSS growth from
+- ``import``: ``helpers.postcall.importer.import_file`` in a fresh interpreter (peak RSS growth from
   ``ru_maxrss``, time to the ``ValidationError``);
 - ``upload``: ``POST /api/uploads`` to a real ``audiosocket serve --app echo`` (portal on),
   the server's peak RSS growth read from ``/proc/<pid>/status`` (``VmHWM``), one upload at a
@@ -45,8 +45,8 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from helpers.ffmpeg import decode_to_pcm
-from helpers.importer import ValidationError, import_file
-from helpers.store import CallStore
+from helpers.postcall.importer import ValidationError, import_file
+from helpers.store.db import CallStore
 
 mode, src, data, rate = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 store = CallStore(data).open()

@@ -40,12 +40,12 @@ sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 from speech_fixtures import synth_speech  # noqa: E402
 
 from helpers import spawn  # noqa: E402
-from helpers.archive import ArchiveSettings, archive_mp3  # noqa: E402
 from helpers.audio import pcm_to_float, resample_float, write_wav  # noqa: E402
-from helpers.echo_cancel import AecSettings, cancel_wav  # noqa: E402
 from helpers.ffmpeg import ffmpeg_binary  # noqa: E402
-from helpers.stt import WhisperBackend  # noqa: E402
-from helpers.wer import word_errors  # noqa: E402
+from helpers.postcall.archive import ArchiveSettings, archive_mp3  # noqa: E402
+from helpers.postcall.echo_cancel import AecSettings, cancel_wav  # noqa: E402
+from helpers.speech.stt import WhisperBackend  # noqa: E402
+from helpers.tools.wer import word_errors  # noqa: E402
 
 RATE = 8000
 PROMPTS = [

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 from audiosocket.app import AppContext  # noqa: E402
 from audiosocket.config import load_config  # noqa: E402
 from audiosocket.services import close_services, ensure_jobs  # noqa: E402
-from helpers.archive import ffmpeg_limit  # noqa: E402
 from helpers.audio import write_wav  # noqa: E402
-from helpers.importer import import_file  # noqa: E402
+from helpers.postcall.archive import ffmpeg_limit  # noqa: E402
+from helpers.postcall.importer import import_file  # noqa: E402
 from tests.helpers.speech_fixtures import silence, synth_speech  # noqa: E402
 
 SENTENCES = [
@@ -75,7 +75,7 @@ async def run(files: list[Path], data: Path, naive: bool) -> float:
         await asyncio.gather(*(one(p) for p in files))
         await jobs.wait_idle(3600)
     elapsed = time.monotonic() - started
-    done = await store.aread(lambda: store.list_calls(limit=1, has_summary=True)["total"])
+    done = await store.aread(lambda: store.list_calls(limit=1, has_summary=True).total)
     await close_services(ctx)
     assert done == len(files), f"only {done} of {len(files)} summarised"
     return elapsed

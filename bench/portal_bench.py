@@ -25,7 +25,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audiosocket.config import Config
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from web.app import make_app
 
 WORDS = ("order parcel refund invoice delivery account password balance appointment "

@@ -103,7 +103,7 @@ def serve_portal(port: int, file: Path, fast: bool) -> None:
     import uvloop
 
     from audiosocket.config import Config, WebConfig
-    from helpers.store import CallStore
+    from helpers.store.db import CallStore
     from web.app import make_app, start_http
 
     async def main() -> None:

@@ -226,7 +226,7 @@ def synthesise(out_dir: Path) -> dict[str, bytes]:
             out[key] = path.read_bytes()
             continue
         if engine is None:
-            from helpers.tts import TtsEngine
+            from helpers.speech.tts import TtsEngine
 
             engine = TtsEngine(threads=1, solo_threads=2)
         pcm = engine.synthesize(text, RATE)

@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 
 
 def median_ms(fn: object, runs: int = 7) -> float:
@@ -76,7 +76,7 @@ def main() -> None:
         print(f"list_calls offset 9000:  {median_ms(lambda: store.list_calls(offset=9000)):.2f} ms")
         print(f"list_calls app=ivr:      {median_ms(lambda: store.list_calls(app='ivr')):.2f} ms")
         for q in ("the", "refund", "w10", "w4000", "the w100"):
-            hits = store.search(q)["total"]
+            hits = store.search(q).total
             print(
                 f"q={q!r:11} ({hits:6} segments) list_calls "
                 f"{median_ms(lambda q=q: store.list_calls(q=q), 3):7.1f} ms, "

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from corpus import build  # noqa: E402
 
-from helpers.stt import Segment, SttEngine  # noqa: E402
-from helpers.vad import Utterance  # noqa: E402
+from helpers.speech.stt import Segment, SttEngine  # noqa: E402
+from helpers.speech.vad import Utterance  # noqa: E402
 
 RATE = 8000
 
@@ -146,7 +146,7 @@ def many_callers(eng: SttEngine, utts: list[bytes], callers: int, seconds: float
 def compare_windows(utts: list[bytes], n: int, threads: int) -> None:
     """Service time per config, interleaved per utterance (same load for all)."""
     from helpers.audio import pcm_to_float, resample_float
-    from helpers.stt import WhisperBackend
+    from helpers.speech.stt import WhisperBackend
 
     configs: dict[str, WhisperBackend] = {
         "short, no pad": WhisperBackend(short_window=True, short_window_min_s=0.0,

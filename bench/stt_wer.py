@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from corpus import Item, build, word_errors  # noqa: E402
 
-from helpers.stt import SttEngine  # noqa: E402
-from helpers.vad import VadSegmenter  # noqa: E402
+from helpers.speech.stt import SttEngine  # noqa: E402
+from helpers.speech.vad import VadSegmenter  # noqa: E402
 
 RATE = 8000
 

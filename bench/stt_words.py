@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from helpers.audio import pcm_to_float, resample_float  # noqa: E402
-from helpers.stt import WhisperBackend  # noqa: E402
+from helpers.speech.stt import WhisperBackend  # noqa: E402
 from tests.helpers.speech_fixtures import synth_speech  # noqa: E402
 
 SHORT = ["Hello, I am calling about the order I placed last week."]
@@ -50,7 +50,7 @@ def _utterance(sentences: list[str]) -> np.ndarray:
 def _wer(stride: int, threads: int) -> None:
     from corpus import build, word_errors
 
-    from helpers.stt import SttEngine
+    from helpers.speech.stt import SttEngine
 
     engines = {key: SttEngine(workers=1, cpu_threads=threads, word_timestamps=key == "on")
                for key in ("off", "on")}

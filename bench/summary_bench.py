@@ -13,10 +13,10 @@ the full budget (96 summary + 20 title tokens, ``min_new_tokens`` raised to the 
 they do the same work: an upper bound for a real model, which usually stops after 30-60
 summary tokens.
 
-What is timed is the real thing: :class:`helpers.summarize.T5Summarizer` and
-:class:`helpers.summarize.Ct2Summarizer` ``.summarize()`` on the same checkpoint (the
-CTranslate2 one converted by :func:`helpers.summarize.convert_checkpoint`), each warmed up
-once, then timed ``--runs`` times each, one backend after the other (the load average is
+What is timed is the real thing: :class:`helpers.postcall.flan_t5.T5Summarizer` and
+:class:`helpers.postcall.flan_t5.Ct2Summarizer` ``.summarize()`` on the same checkpoint (the
+CTranslate2 one converted by :func:`helpers.postcall.summary_models.convert_checkpoint`), each
+warmed up once, then timed ``--runs`` times each, one backend after the other (the load average is
 printed before each block). Each summary's time is also split into model inference
 (``_infer``: the text pass, then the title pass) and the rest (tokenising, chunking,
 decoding text), to show where it goes.
@@ -34,8 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers.summarize import Ct2Summarizer, T5Summarizer, convert_checkpoint
-from tests.helpers.tiny_t5 import build_tiny_t5
+from helpers.postcall.flan_t5 import Ct2Summarizer, T5Summarizer
+from helpers.postcall.summary_models import convert_checkpoint
+from tests.helpers.postcall.tiny_t5 import build_tiny_t5
 
 TRANSCRIPT = " ".join(
     [

@@ -1,8 +1,8 @@
 """Extractive summary titles before and after the reason-phrase titles (issue 16, point 7),
-on the call corpus in tests/helpers/summary_corpus.py.
+on the call corpus in tests/helpers/postcall/summary_corpus.py.
 
 "Before" is the extractive summariser of a git revision (default 9148ac9, the last one with
-keyword-list titles), loaded from ``git show <rev>:helpers/summarize.py``; "after" is the
+keyword-list titles), loaded from ``git show <rev>:helpers/postcall/summarize.py``; "after" is the
 working tree's. Prints a Markdown table (what docs/SUMMARIES.md holds) and a tally of the
 title checks the tests make. Usage, from the repository root:
 
@@ -22,14 +22,14 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpers.summarize import ExtractiveSummarizer  # noqa: E402
-from tests.helpers.summary_corpus import CORPUS, title_problems  # noqa: E402
+from helpers.postcall.summarize import ExtractiveSummarizer  # noqa: E402
+from tests.helpers.postcall.summary_corpus import CORPUS, title_problems  # noqa: E402
 
 
 def old_module(rev: str) -> ModuleType:
-    """helpers/summarize.py as it was at ``rev``, imported under another name."""
+    """helpers/postcall/summarize.py as it was at ``rev``, imported under another name."""
     source = subprocess.run(
-        ["git", "show", f"{rev}:helpers/summarize.py"], cwd=ROOT, check=True,
+        ["git", "show", f"{rev}:helpers/postcall/summarize.py"], cwd=ROOT, check=True,
         capture_output=True, text=True,
     ).stdout
     path = Path(tempfile.mkdtemp()) / "summarize_old.py"
@@ -68,8 +68,8 @@ def main() -> None:
         for label, summariser in (("before", old), ("after", new)):
             if title_problems(summariser.summarize(call["text"]).title, call["expect"]):
                 failing[label] += 1
-    print(f"Titles failing the checks in tests/helpers/test_summarize.py, of {len(CORPUS)} "
-          f"calls: before {failing['before']}, after {failing['after']}.")
+    print(f"Titles failing the checks in tests/helpers/postcall/test_summarize.py, "
+          f"of {len(CORPUS)} calls: before {failing['before']}, after {failing['after']}.")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audiosocket.clock import Clock, Playout
-from helpers.prompt_cache import PromptCache
-from helpers.tts import TtsEngine
+from helpers.speech.prompt_cache import PromptCache
+from helpers.speech.tts import TtsEngine
 
 RATE = 8000
 BYTES_PER_SECOND = RATE * 2

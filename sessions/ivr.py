@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.media import MediaBlock
-    from helpers.stt import Segment
+    from helpers.speech.stt import Segment
 
 __all__ = ["DEMO_FLOWS", "IvrSession"]
 

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from helpers.recorder import HOLD_SLOTS
-from helpers.vad import JITTER_TICKS, ZERO_SETTLE, Utterance, VadSegmenter
+from helpers.speech.vad import JITTER_TICKS, ZERO_SETTLE, Utterance, VadSegmenter
 from sessions.metrics import TRANSCRIPT_SEGMENTS
 from sessions.record import RecordSession
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.media import MediaBlock
-    from helpers.stt import Segment
+    from helpers.speech.stt import Segment
 
 __all__ = ["TranscribeSession"]
 

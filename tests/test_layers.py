@@ -20,6 +20,9 @@ The layers (``docs/discussion/architecture.md`` has the picture):
   server, config, metrics, logs, lifecycle, live hub, the ``audiosocket call`` client.
 - ``root``: the composition root, :data:`ROOT_MODULES`; it may import everything.
 - ``sessions``, ``helpers``, ``web``, ``models``: the folders of those names.
+
+Inside ``helpers`` the domains (``speech``, ``store``, ``postcall``, ``tools``) have their
+own one-way rule: :data:`HELPER_DOMAIN_DEPS`.
 """
 
 from __future__ import annotations
@@ -210,13 +213,15 @@ def _violations(edges: list[Edge], src_layer: str, forbidden: set[str], *,
 def test_the_graph_is_read(edges: list[Edge]) -> None:
     """The walker finds what is known to be there, so an empty graph cannot pass."""
     modules = module_files()
-    assert {"audiosocket.protocol", "sessions.base", "helpers.store", "web.app"} <= set(modules)
+    assert {"audiosocket.protocol", "sessions.base", "helpers.store.db", "web.app"} <= set(
+        modules)
     pairs = {(e.src, e.dst) for e in edges}
     assert ("audiosocket.connection", "audiosocket.protocol") in pairs  # top level
     assert ("audiosocket.runner", "web.app") in pairs  # function-local
     assert ("sessions.base", "audiosocket.call") in pairs  # type-only
     assert ("audiosocket.clock", "audiosocket.metrics") in pairs  # ``from pkg import mod``
     assert ("audiosocket.native", "audiosocket._wire") in pairs  # compiled, read by its stub
+    assert ("helpers.postcall.jobs", "helpers.store.db") in pairs  # a domain's import
 
 
 def test_the_c_part_sits_behind_one_module(edges: list[Edge]) -> None:
@@ -300,6 +305,48 @@ def test_core_imports_nothing_above_it(edges: list[Edge]) -> None:
 def test_models_import_nothing_of_ours(edges: list[Edge]) -> None:
     """``models`` is a manifest and paths: the bottom of everything that loads weights."""
     bad = _violations(edges, "models", {"core", "root", "sessions", "helpers", "web"})
+    assert not bad, "\n".join(bad)
+
+
+#: The domains inside ``helpers``; its top-level modules (audio, recorder, ffmpeg, spawn, ai)
+#: are the shared infrastructure every domain may use.
+HELPER_DOMAINS = ("speech", "store", "postcall", "tools")
+#: Which domains each domain may import (besides itself and the shared modules).
+HELPER_DOMAIN_DEPS = {
+    "speech": set(),
+    "store": set(),
+    "postcall": {"speech", "store"},
+    "tools": {"speech"},
+    "shared": set(),
+}
+#: What of ours a build-only tool may import: the process starter (the export runs in a
+#: child process) and the word normaliser (the word error rate counts normalised words).
+TOOLS_MAY_IMPORT = frozenset({"helpers.spawn", "helpers.speech.text"})
+
+
+def helper_domain(module: str) -> str:
+    """``speech``, ``store``, ``postcall``, ``tools`` or ``shared`` for a ``helpers`` module."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in HELPER_DOMAINS else "shared"
+
+
+def test_helper_domains_import_one_way(edges: list[Edge]) -> None:
+    """Post-call work may use speech and the store; speech and the store use neither
+    post-call work nor each other; the shared modules use no domain; nothing of the product
+    imports a build-only tool but the composition root."""
+    bad = []
+    for e in edges:
+        if layer(e.dst) != "helpers" or e.dst == "helpers":
+            continue
+        dst = helper_domain(e.dst)
+        if layer(e.src) == "helpers":
+            src = helper_domain(e.src)
+            if src != dst and dst != "shared" and dst not in HELPER_DOMAIN_DEPS[src]:
+                bad.append(f"{e}  [helpers.{src} must not import helpers.{dst}]")
+            if src == "tools" and dst != "tools" and e.dst not in TOOLS_MAY_IMPORT:
+                bad.append(f"{e}  [tools import only {sorted(TOOLS_MAY_IMPORT)}]")
+        elif dst == "tools" and layer(e.src) != "root":
+            bad.append(f"{e}  [only the composition root runs build-only tools]")
     assert not bad, "\n".join(bad)
 
 

@@ -16,15 +16,15 @@ import uuid as uuid_mod
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import Counter
 
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from web.fastpath import FAST_INDEX
 from web.files import content_type_for, serve_file
+from web.shapes import call_json, call_list_json
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "parse_time", "setup_api"]
 
@@ -150,7 +150,7 @@ class _CallsApi:
         offset = _int_param(request, "offset", 0, 0, 2**62)
         since = request.query.get("since")
         until = request.query.get("until")
-        result: dict[str, Any] = await self.store.aread(
+        page = await self.store.aread(
             self.store.list_calls,
             limit,
             offset,
@@ -163,14 +163,14 @@ class _CallsApi:
             q=_str_param(request, "q"),
             uuid=_uuid_param(request, "uuid"),
         )
-        return web.json_response({**result, "limit": limit, "offset": offset})
+        return web.json_response({**call_list_json(page), "limit": limit, "offset": offset})
 
     async def get_call(self, request: web.Request) -> web.StreamResponse:
         call_id = _call_uuid(request)
         call = None if call_id is None else await self.store.aread(self.store.get_call, call_id)
         if call is None:
             return _error(404, "not_found", "no such call")
-        return web.json_response(call)
+        return web.json_response(call_json(call))
 
     async def delete_call(self, request: web.Request) -> web.StreamResponse:
         """Delete a finished call: its files (confined to the data dir), rows, and an audit entry.
@@ -182,14 +182,14 @@ class _CallsApi:
                                                                    call_id)
         if call_id is None or row is None:
             return _error(404, "not_found", "no such call")
-        if row.get("ended_at") is None:
+        if row.ended_at is None:
             return _error(409, "conflict", "the call is live; delete it after it ends")
         files = await self.store.aread(self.store.recordings_for, call_id)
-        paths = [str(f["path"]) for f in files.values()]
+        paths = [str(f.path) for f in files.values()]
         if self.data_dir is not None:
             # Voicemail is stored relative to the data dir; it goes with its call.
             messages = await self.store.aread(self.store.messages_for, call_id)
-            paths += [str(self.data_dir / m["path"]) for m in messages]
+            paths += [str(self.data_dir / m.path) for m in messages]
         removed, refused = await asyncio.to_thread(_remove_files, paths, self.data_dir)
         index = request.app.get(FAST_INDEX)
         if index is not None:
@@ -230,8 +230,8 @@ class _CallsApi:
             MESSAGES_SERVED.labels(status="404").inc()
             return _error(404, "not_found", "no such message")
         rows = await self.store.aread(self.store.messages_for, call_id)
-        row = next((m for m in rows if m["name"] == name), None)
-        path = None if row is None else _confined(self.data_dir, row["path"], "messages")
+        row = next((m for m in rows if m.name == name), None)
+        path = None if row is None else _confined(self.data_dir, row.path, "messages")
         if path is None:
             MESSAGES_SERVED.labels(status="404").inc()
             return _error(404, "not_found", "no such message")
@@ -247,7 +247,7 @@ class _CallsApi:
         entry = files.get(fmt)
         if entry is None:
             return _error(404, "not_found", f"no {fmt} for this call (yet)")
-        path = Path(entry["path"])
+        path = Path(entry.path)
         ctype = "application/json" if fmt == "peaks" else content_type_for(path)
         return await serve_file(request, path, ctype)
 

@@ -127,7 +127,7 @@ class RecordingIndex:
             files = await self.store.aread(self.store.recordings_for, key[0])
             row = files.get(key[1])
             if row is not None:
-                entry = await asyncio.to_thread(_open, Path(row["path"]), self.ttl_s)
+                entry = await asyncio.to_thread(_open, Path(row.path), self.ttl_s)
             if entry is not None:
                 self._put(key, entry)
             return entry

@@ -3,7 +3,7 @@
 The page validates a file before sending it, but the server trusts none of that: it checks
 the declared size against ``web.max_upload_mb`` (413 before reading a byte), counts the
 bytes it actually receives (413 again, the partial file deleted), checks the content type
-(415), and :func:`helpers.importer.import_file` decodes it with FFmpeg and refuses files
+(415), and :func:`helpers.postcall.importer.import_file` decodes it with FFmpeg and refuses files
 that are undecodable, too short, too long or silent, or that take too long to decode (422
 with the reason; the decode streams and stops at the length limit, so a small file that
 expands to hours costs neither memory nor time). Accepted files
@@ -29,8 +29,8 @@ import structlog
 from aiohttp import BodyPartReader, hdrs, web
 from prometheus_client import Counter
 
-from helpers.importer import AUDIO_SUFFIXES, ValidationError, import_file
-from helpers.importer import MAX_SECONDS as _IMPORT_MAX_SECONDS
+from helpers.postcall.importer import AUDIO_SUFFIXES, ValidationError, import_file
+from helpers.postcall.importer import MAX_SECONDS as _IMPORT_MAX_SECONDS
 
 __all__ = ["ACCEPTED_TYPES", "MAX_CONCURRENT_IMPORTS", "UploadLimits", "setup_uploads"]
 

@@ -84,7 +84,7 @@ def test_kill_9_during_archiving_then_restart(tmp_path: Path) -> None:
     wav_bytes = wav.read_bytes()
     # The call ended before a crash, so the server finds a recording without jobs.
     db = data / "calls.db"
-    from helpers.store import CallStore
+    from helpers.store.db import CallStore
 
     store = CallStore(db).open()
     store.call_started(call_id, "record", 8000, None, time.time() - seconds)
@@ -119,7 +119,7 @@ def test_kill_9_during_archiving_then_restart(tmp_path: Path) -> None:
     assert wav.read_bytes() == wav_bytes  # no recording lost or changed
     import asyncio
 
-    from helpers.archive import probe_duration
+    from helpers.postcall.archive import probe_duration
 
     for fmt in ("m4a", "mp3"):
         got = asyncio.run(probe_duration(data / "archive" / f"{call_id}.{fmt}"))

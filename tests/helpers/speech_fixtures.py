@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from helpers.audio import float_to_pcm, pcm_to_float, resample_float
-from helpers.wer import wer
+from helpers.tools.wer import wer
 
 __all__ = ["silence", "synth_speech", "wer"]
 

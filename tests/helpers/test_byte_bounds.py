@@ -9,10 +9,10 @@ from typing import Any
 
 from audiosocket.playout import Playout
 from helpers import recorder as rec
-from helpers.stt import SttEngine
-from helpers.vad import Utterance, VadSegmenter
+from helpers.speech.stt import SttEngine
+from helpers.speech.vad import Utterance, VadSegmenter
 from tests.audiosocket.test_clock import FakeTransport
-from tests.helpers.test_stt import FakeBackend, _speechlike
+from tests.helpers.speech.test_stt import FakeBackend, _speechlike
 
 FRAME_192K = 3840 * 2
 

@@ -25,7 +25,7 @@ import pytest
 from helpers import spawn
 from helpers.audio import write_wav
 from helpers.ffmpeg import decode_to_pcm, ffmpeg_binary
-from helpers.importer import ValidationError, validate_audio
+from helpers.postcall.importer import ValidationError, validate_audio
 from tests.helpers.decode_bombs import honest_bomb, lying_bomb
 
 pytestmark = pytest.mark.slow  # real FFmpeg
@@ -36,8 +36,8 @@ MAX_GROWTH_MB = 50  # the issue's target; the old code grew by about 700 MB on t
 CHILD = """
 import json, os, resource, sys, time
 from pathlib import Path
-from helpers.importer import ValidationError, import_file
-from helpers.store import CallStore
+from helpers.postcall.importer import ValidationError, import_file
+from helpers.store.db import CallStore
 
 src, data = Path(sys.argv[1]), Path(sys.argv[2])
 store = CallStore(data).open()
@@ -174,7 +174,8 @@ def test_decode_that_hangs_is_a_clear_timeout(
     stalled_fifo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # The header was read; then the data never comes (a stalled network mount, a pipe).
-    monkeypatch.setattr("helpers.importer.probe_audio", lambda path, timeout_s: (8000, None))
+    monkeypatch.setattr("helpers.postcall.importer.probe_audio",
+                        lambda path, timeout_s: (8000, None))
     dest = tmp_path / "out.wav"
     started = time.monotonic()
     with pytest.raises(ValidationError) as err:

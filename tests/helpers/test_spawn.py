@@ -81,7 +81,8 @@ RACE = textwrap.dedent("""
     import asyncio, sys, threading
     import numpy as np
     import uvloop
-    from helpers import archive, spawn
+    from helpers import spawn
+    from helpers.postcall import archive
     from helpers.ffmpeg import ffmpeg_binary
 
     N = int(sys.argv[1])

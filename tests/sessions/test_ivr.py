@@ -16,6 +16,7 @@ import pytest
 from audiosocket.caller import place_call
 from sessions.ivr import IvrSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
+from tests.helpers.store.api_view import aapi_call
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ async def ivr_call(server: Any, **kw: Any) -> tuple[Any, dict[str, Any]]:
     store = server.ctx.get("store")
     for _ in range(100):
         await store.aflush()
-        call = await store.aread(store.get_call, result.uuid)
+        call = await aapi_call(store, result.uuid)
         if call and call["ended_at"] and call["ivr"] and call["ivr"]["result"]:
             return result, call
         await asyncio.sleep(0.1)

@@ -17,6 +17,7 @@ import pytest
 from audiosocket.caller import place_call
 from sessions.ivr import IvrSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
+from tests.helpers.store.api_view import aapi_call
 from tests.web.portal_fixtures import serve
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ async def _wait_for(store: Any, call_id: str) -> dict[str, Any]:
     call: dict[str, Any] | None = None
     for _ in range(600):  # up to 60 s: Whisper shares two busy cores with other tests
         await store.aflush()
-        call = await store.aread(store.get_call, call_id)
+        call = await aapi_call(store, call_id)
         if (call and call["ivr"] and call["ivr"]["result"] and call["messages"]
                 and call["messages"][0]["transcript"] is not None):
             return call

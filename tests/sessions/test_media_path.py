@@ -22,6 +22,7 @@ from sessions.record import RecordSession, recording_path
 from sessions.transcribe import TranscribeSession
 from tests.audiosocket.test_server import wait_for
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
+from tests.helpers.store.api_view import aapi_call
 
 pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="audiosocket._wire not built")
 
@@ -122,7 +123,7 @@ async def test_a_silent_caller_rides_in_blocks_and_speech_wakes_it(
     call: dict[str, Any] | None = None
     while loop.time() < deadline:
         await store.aflush()
-        call = await store.aread(store.get_call, result.uuid)
+        call = await aapi_call(store, result.uuid)
         if call and call["ended_at"] and len(call["transcript"]) >= 2:
             break
         await asyncio.sleep(0.2)

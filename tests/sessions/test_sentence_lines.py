@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from audiosocket.caller import place_call
-from helpers.jobs import PostCallJobs
+from helpers.postcall.jobs import PostCallJobs
 from sessions.transcribe import TranscribeSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
+from tests.helpers.store.api_view import aapi_call
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,7 @@ async def test_fluent_speech_gives_sentence_lines_live_and_after_the_call(
     call: dict[str, Any] | None = None
     while loop.time() < deadline:
         await store.aflush()
-        call = await store.aread(store.get_call, result.uuid)
+        call = await aapi_call(store, result.uuid)
         if call and call["ended_at"] and len(call["transcript"]) >= len(SENTENCES) - 1:
             break
         await asyncio.sleep(0.3)
@@ -102,7 +103,7 @@ async def test_fluent_speech_gives_sentence_lines_live_and_after_the_call(
     await store.aflush()  # the recording row is a queued write; the step reads it
     await jobs._step_transcript(result.uuid)
     await store.aflush()
-    final = await store.aread(store.get_call, result.uuid)
+    final = await aapi_call(store, result.uuid)
     assert final is not None
     print("final", [(ln["start"], ln["end"], ln["text"]) for ln in final["transcript"]])
     print("truth", [round(t, 2) for t in truth])

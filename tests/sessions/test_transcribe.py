@@ -11,6 +11,7 @@ import pytest
 from audiosocket.caller import place_call
 from sessions.transcribe import TranscribeSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
+from tests.helpers.store.api_view import aapi_call
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ async def test_transcript_complete_after_hangup(start_server: Any) -> None:
     call: dict[str, Any] | None = None
     while loop.time() < deadline:
         await store.aflush()
-        call = await store.aread(store.get_call, result.uuid)
+        call = await aapi_call(store, result.uuid)
         if call and call["ended_at"] and len(call["transcript"]) >= 2:
             break
         await asyncio.sleep(0.2)

@@ -17,10 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from audiosocket.config import Config
-from helpers.archive import archive_aac, archive_mp3
 from helpers.audio import write_wav
-from helpers.peaks import write_peaks
-from helpers.store import CallStore
+from helpers.postcall.archive import archive_aac, archive_mp3
+from helpers.postcall.peaks import write_peaks
+from helpers.store.db import CallStore
 from tests.helpers.speech_fixtures import silence, synth_speech
 from web.app import make_app
 from web.fastpath import fast_site

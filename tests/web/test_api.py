@@ -10,8 +10,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from web.api import parse_time, setup_api
+from web.shapes import call_json
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 
@@ -127,7 +128,8 @@ async def test_call_detail(client: Client, store: CallStore) -> None:
     r = await client.get(f"/api/calls/{ids[0]}")
     assert r.status == 200
     body = await r.json()
-    assert body == store.get_call(ids[0])
+    detail = store.get_call(ids[0])
+    assert detail is not None and body == call_json(detail)
     assert body["transcript"] == [
         {"start": 0.5, "end": 2.0, "text": "please cancel my order", "confidence": 0.8,
          "latency_ms": 150.0, "speaker": "caller", "interrupted": False}

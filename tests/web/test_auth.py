@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from audiosocket.config import Config
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from web.app import make_app
 from web.auth import COOKIE_NAME, SESSION_TTL_S, AuthPolicy, is_loopback, safe_next
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from helpers.audio import write_wav
-from helpers.jobs import PostCallJobs
-from helpers.store import CallStore
+from helpers.postcall.jobs import PostCallJobs
+from helpers.store.db import CallStore
 from tests.helpers.speech_fixtures import synth_speech
+from tests.helpers.store.api_view import aapi_call
 from tests.web.portal_fixtures import Served, seed_call, serve, track_uploads
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -212,7 +213,7 @@ async def test_validator_rejects_silence_and_noise_accepts_speech(
     href = await page.get_attribute("#new-call", "href")
     assert href is not None and href.startswith("/calls/")
     # It landed: a call of app 'upload' with its WAV and queued post-call jobs.
-    row = await store.aread(store.get_call, href.removeprefix("/calls/"))
+    row = await aapi_call(store, href.removeprefix("/calls/"))
     assert row is not None and row["app"] == "upload" and "wav" in row["recordings"]
     assert set(row["jobs"]) >= {"archive_mp3", "transcript"}
     assert len(uploads) == 1

@@ -12,7 +12,7 @@ import pytest
 
 import web.upload
 from helpers.audio import write_wav
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from tests.helpers.speech_fixtures import synth_speech
 from tests.web.portal_fixtures import Served, seed_call
 from tests.web.test_browser import (  # noqa: F401 - fixtures and the skip marks

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from audiosocket.config import Config, WebConfig
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from web.app import make_app, start_http
 from web.limits import MAX_FIELD_SIZE, MAX_HEADERS, fd_budget
 

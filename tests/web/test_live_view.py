@@ -22,7 +22,7 @@ from audiosocket.caller import CallResult, place_call
 from audiosocket.config import Config
 from audiosocket.live import LiveHub
 from audiosocket.services import install_live
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from sessions.echo import EchoSession
 from sessions.ivr import IvrSession
 from tests.helpers.speech_fixtures import silence, synth_speech
@@ -199,8 +199,8 @@ async def test_events_and_listen_in_follow_a_real_ivr_call(
     store = stack.server.ctx.get("store")
     await store.aflush()
     audit = await store.aread(store.audit_log, 10, result.uuid)
-    assert [a["action"] for a in audit] == ["listen_in"]
-    assert json.loads(audit[0]["detail"])["how"] == "open"
+    assert [a.action for a in audit] == ["listen_in"]
+    assert json.loads(audit[0].detail)["how"] == "open"
     # The call is in the call list, no longer live.
     async with aiohttp.ClientSession() as http:
         async with http.get(stack.url + "/api/live") as r:

@@ -15,7 +15,7 @@ import pytest
 
 import web.auth as auth_mod
 from audiosocket.config import Config, WebConfig
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from tests.web.test_fastpath import exchange, fast_count, get, handoffs
 from web.app import make_app, start_http
 from web.auth import COOKIE_NAME, AuthPolicy

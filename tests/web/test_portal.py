@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from audiosocket.config import Config
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from web.app import make_app
 from web.portal import CSP
 
@@ -119,7 +119,7 @@ async def test_delete_removes_files_rows_and_audits(
     assert (await client.get(f"/api/calls/{cid}")).status == 404
     store.flush()
     audit = store.audit_log(call_uuid=cid)
-    assert audit and audit[0]["action"] == "delete_call"
+    assert audit and audit[0].action == "delete_call"
     assert (await client.delete(f"/api/calls/{cid}")).status == 404
 
 
@@ -138,7 +138,7 @@ async def test_delete_never_touches_files_outside_the_data_dir(
     assert r.status == 200
     assert outside.read_text() == "keep me"
     store.flush()
-    assert "precious" in store.audit_log(call_uuid=cid)[0]["detail"]
+    assert "precious" in store.audit_log(call_uuid=cid)[0].detail
 
 
 async def test_delete_refuses_a_live_call(client: Client, store: CallStore) -> None:

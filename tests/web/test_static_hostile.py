@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from audiosocket.config import Config
-from helpers.store import CallStore
+from helpers.store.db import CallStore
 from tests.web.test_fastpath import exchange, get
 from web.app import make_app, start_http
 from web.files import serve_file

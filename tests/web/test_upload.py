@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from audiosocket.config import Config
 from helpers.audio import wav_bytes
-from helpers.jobs import PostCallJobs
-from helpers.store import CallStore
+from helpers.postcall.jobs import PostCallJobs
+from helpers.store.db import CallStore
 from tests.helpers.speech_fixtures import silence, synth_speech
 from web.app import make_app
 
@@ -118,10 +118,10 @@ async def test_raw_upload_is_imported(client: Client, store: CallStore, data_dir
     assert body["url"] == f"/calls/{body['uuid']}" and body["skipped"] is False
     assert r.headers["Location"] == body["url"]
     call = store.get_call_row(body["uuid"])
-    assert call is not None and call["app"] == "upload"
-    assert "/" not in call["meta"]["source"] and call["meta"]["source"].endswith("booking.wav")
+    assert call is not None and call.app == "upload"
+    assert "/" not in call.meta["source"] and call.meta["source"].endswith("booking.wav")
     assert (data_dir / "recordings" / f"{body['uuid']}.wav").exists()
-    assert {j["step"] for j in store.jobs_for(body["uuid"])} >= {"archive_mp3", "transcript"}
+    assert {j.step for j in store.jobs_for(body["uuid"])} >= {"archive_mp3", "transcript"}
     assert not leftovers(data_dir)
     # The same content again is recognised, not imported twice.
     r = await client.post("/api/uploads", data=speech_wav(), headers={"Content-Type": "audio/wav"})
@@ -136,7 +136,7 @@ async def test_multipart_upload_is_imported(client: Client, store: CallStore) ->
     assert r.status == 201
     uuid = (await r.json())["uuid"]
     row = store.get_call_row(uuid)
-    assert row is not None and row["meta"]["source"] == "table.wav"
+    assert row is not None and row.meta["source"] == "table.wav"
     form = aiohttp.FormData()
     form.add_field("other", b"x", filename="a.wav", content_type="audio/wav")
     assert (await client.post("/api/uploads", data=form)).status == 400

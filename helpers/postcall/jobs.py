@@ -1,0 +1,352 @@
+"""Durable post-call jobs: archive (AAC, echo-filtered MP3), peaks, full transcript, summary.
+
+When a call's recording is complete, one job row per step is written to the store *before*
+anything runs. Workers (asyncio tasks in the server process) claim jobs atomically from the
+store, so a crash loses nothing: at the next start running jobs go back to pending and are
+done again (every step is idempotent, and archives are published by atomic rename).
+
+Steps run side by side: archiving beside the AI steps, as in the reference design. The caps
+are elsewhere and shared: FFmpeg processes (``helpers.postcall.archive``, default 2) and AI
+inference, STT and summary together (``helpers.ai``, default 2). The summary waits for the
+transcript (deferred, not failed). Failures retry with exponential backoff up to ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import wave
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from helpers.postcall.archive import ArchiveSettings, archive_aac, archive_mp3, wav_duration
+from helpers.postcall.peaks import write_peaks
+from helpers.store.db import CallStore
+from helpers.store.rows import JobRow
+
+__all__ = ["STEPS", "PostCallJobs", "transcribe_recording"]
+
+log = structlog.get_logger("audiosocket.jobs")
+
+STEPS = ("archive_aac", "archive_mp3", "peaks", "transcript", "summary")
+DEPENDS = {"summary": ("transcript",)}
+
+JOBS = Counter("audiosocket_jobs_total", "Post-call job outcomes", ["step", "status"])
+JOB_SECONDS = Histogram(
+    "audiosocket_job_seconds", "Post-call step durations", ["step"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+)
+QUEUE = Gauge("audiosocket_jobs_queued", "Post-call jobs pending or running")
+
+
+class Stopped(Exception):
+    """The worker pool is shutting down: leave the job for the next start."""
+
+
+def transcribe_recording(
+    stt: Any, wav: Path, vad_aggressiveness: int = 2, stop: threading.Event | None = None
+) -> list[dict[str, Any]]:
+    """The full caller transcript of a recording: the left (caller) leg of a stereo call
+    recording, or the whole of a mono file, cut into utterances by the VAD and transcribed
+    one by one, each utterance in sentence-sized lines (the live loop,
+    :class:`helpers.speech.loop.SpeechLoop`). Blocking (runs in a thread)."""
+    import numpy as np
+
+    from helpers.speech.loop import SpeechLoop
+    from helpers.speech.vad import VadSegmenter
+
+    with wave.open(str(wav), "rb") as wf:
+        rate, channels = wf.getframerate(), wf.getnchannels()
+        raw = wf.readframes(wf.getnframes())
+    data = np.frombuffer(raw, "<i2")
+    if channels > 1:
+        data = data[0::channels]
+    if rate not in (8000, 16000, 32000, 48000):
+        from helpers.audio import resample_pcm
+
+        data = np.frombuffer(resample_pcm(data.tobytes(), rate, 16000), "<i2")
+        rate = 16000
+    loop = SpeechLoop(VadSegmenter(rate, aggressiveness=vad_aggressiveness, max_utterance_s=25.0))
+    out = []
+    for utt in loop.feed_all(data.tobytes()):
+        if stop is not None and stop.is_set():
+            raise Stopped("shutting down")  # a thread cannot be cancelled; it can stop
+        out += [{"start": round(ln.start, 3), "end": round(ln.end, 3), "text": ln.text,
+                 "confidence": ln.confidence, "latency_ms": None}
+                for ln in SpeechLoop.recognise(stt, utt)]
+    return out
+
+
+class PostCallJobs:
+    """The worker pool and the steps. One per process; ``submit`` when a recording is done."""
+
+    def __init__(
+        self,
+        store: CallStore,
+        data_dir: str | Path,
+        *,
+        archive: ArchiveSettings | None = None,
+        stt: Callable[[], Awaitable[Any]] | None = None,
+        summarizer: Callable[[], Any] | None = None,
+        workers: int = 4,
+        max_attempts: int = 4,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.archive = archive or ArchiveSettings()
+        self._stt_factory = stt
+        self._summarizer_factory = summarizer
+        self._summarizer: Any = None
+        self.workers = workers
+        self.max_attempts = max_attempts
+        self.poll_s = poll_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self.running = 0
+
+    # -- life ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume jobs a crash interrupted, pick up orphaned recordings, start workers."""
+        self._loop = asyncio.get_running_loop()
+        for folder in ("archive", "peaks"):
+            await asyncio.to_thread((self.data_dir / folder).mkdir, parents=True, exist_ok=True)
+        resumed = await asyncio.to_thread(self.store.reset_running_jobs)
+        if resumed:
+            log.warning("jobs_resumed", count=resumed)
+        orphans = await asyncio.to_thread(self._orphans)
+        for call_uuid, wav in orphans:
+            log.warning("recording_without_jobs", call=call_uuid, path=str(wav))
+            self.submit(call_uuid, wav)
+        if self._summarizer_factory is not None:
+            # Load now so "no Flan-T5 checkpoint installed" is said once, at start-up.
+            self._summarizer = await asyncio.to_thread(self._summarizer_factory)
+        for i in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._worker(i), name=f"jobs-{i}"))
+
+    async def aclose(self) -> None:
+        """Stop the workers; unfinished jobs stay in the store and resume next start."""
+        self._stop.set()
+        self._wake.set()
+        pending = {t for t in self._tasks if not t.done()}
+        while pending:
+            # Cancel again each round: a worker that absorbed one cancel (it landed as an
+            # await finished) still sees the stop flag at the top of its loop.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in self._tasks:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("job_worker_failed", error=repr(task.exception()))
+        self._tasks.clear()
+
+    def _orphans(self) -> list[tuple[str, Path]]:
+        """Recordings of ended calls that have no job rows (a crash before submit)."""
+        rec_dir = self.data_dir / "recordings"
+        if not rec_dir.is_dir():
+            return []
+        out = []
+        for wav in rec_dir.glob("*.wav"):
+            row = self.store.get_call_row(wav.stem)
+            if row is None or row.ended_at is None:
+                continue
+            if not self.store.jobs_for(wav.stem):
+                out.append((wav.stem, wav))
+        return out
+
+    # -- producers -----------------------------------------------------------------------
+
+    def submit(self, call_uuid: str, wav: str | Path) -> None:
+        """The call's recording is complete: record it and queue every step (durably).
+
+        Reads the file's size and header, so from the event loop use :meth:`asubmit`; safe
+        to call from any thread (the importer calls it from its own).
+        """
+        wav = Path(wav)
+        try:
+            size = wav.stat().st_size
+            duration: float | None = wav_duration(wav)
+        except (OSError, EOFError, ValueError, wave.Error):
+            size, duration = 0, None  # recorded anyway: the archive step will say why
+        self.store.set_recording(call_uuid, "wav", str(wav), size, duration)
+        self.store.enqueue_jobs(call_uuid, STEPS)
+        self._poke()
+
+    async def asubmit(self, call_uuid: str, wav: str | Path) -> None:
+        """:meth:`submit` with its file reads off the event loop."""
+        await asyncio.to_thread(self.submit, call_uuid, wav)
+
+    def _poke(self) -> None:
+        """Wake an idle worker; asyncio.Event is not thread-safe, so hop to the loop."""
+        loop = self._loop
+        if loop is None:
+            return  # not started: the workers look at the store when they start
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self._wake.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def wait_idle(self, timeout: float = 120.0) -> None:
+        """Until no job is pending or running (tests, import)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            await self.store.aflush()
+            if await self.store.aread(self.store.pending_job_count) == 0 and not self.running:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError("post-call jobs still pending")
+
+    # -- workers -------------------------------------------------------------------------
+
+    async def _worker(self, index: int) -> None:
+        # The stop flag, not cancellation alone, ends the loop: a cancel that lands as an
+        # await completes can be lost (3.11's wait_for did exactly that), and then
+        # aclose() would wait on this task forever.
+        while not self._stop.is_set():
+            try:
+                job = await asyncio.wrap_future(self.store.claim_job_async())
+            except Exception as exc:
+                log.error("job_claim_failed", error=str(exc))
+                job = None
+            if job is None:
+                # Idle: the gauge also catches jobs queued since the last job ended.
+                await self._refresh_gauge()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_s):
+                        await self._wake.wait()
+                continue
+            self.running += 1
+            try:
+                await self._run(job)
+            finally:
+                self.running -= 1
+                await self._refresh_gauge()
+
+    async def _refresh_gauge(self) -> None:
+        """Set ``audiosocket_jobs_queued`` from the store once the writes queued so far
+        (the job just finished) are committed: counted before, the job still looked
+        running and the gauge kept a stale 1 after every job was done."""
+        with contextlib.suppress(Exception):
+            await self.store.aflush()
+            QUEUE.set(await self.store.aread(self.store.pending_job_count))
+
+    async def _run(self, job: JobRow) -> None:
+        step, call_uuid, job_id = job.step, job.call_uuid, job.id
+        bound = log.bind(call=call_uuid, step=step, attempt=job.attempts)
+        for dep in DEPENDS.get(step, ()):
+            jobs = await self.store.aread(self.store.jobs_for, call_uuid)
+            status = next((j.status for j in jobs if j.step == dep), None)
+            if status == "failed":
+                self.store.finish_job(job_id, "failed", error=f"{dep} failed")
+                JOBS.labels(step=step, status="failed").inc()
+                return
+            if status != "done":
+                self.store.defer_job(job_id, 0.25)  # a transcript takes ~0.3 s: look again soon
+                return
+        started = time.monotonic()
+        try:
+            await getattr(self, f"_step_{step}")(call_uuid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            seconds = time.monotonic() - started
+            detail = getattr(exc, "stderr", "") or ""
+            error = f"{type(exc).__name__}: {exc}" + (f"\n{detail}" if detail else "")
+            if job.attempts < self.max_attempts:
+                delay = min(60.0, 2.0 ** job.attempts)
+                self.store.finish_job(job_id, "failed", error=error[-4000:], duration=seconds,
+                                      retry_delay=delay)
+                JOBS.labels(step=step, status="retry").inc()
+                bound.warning("job_retry", error=str(exc), retry_in=delay)
+            else:
+                self.store.finish_job(job_id, "failed", error=error[-4000:], duration=seconds)
+                JOBS.labels(step=step, status="failed").inc()
+                bound.error("job_failed", error=str(exc))
+            self._wake.set()
+            return
+        seconds = time.monotonic() - started
+        self.store.finish_job(job_id, "done", duration=seconds)
+        JOB_SECONDS.labels(step=step).observe(seconds)
+        JOBS.labels(step=step, status="done").inc()
+        bound.info("job_done", seconds=round(seconds, 3))
+        self._wake.set()
+
+    # -- the steps -------------------------------------------------------------------------
+
+    async def _wav(self, call_uuid: str) -> Path:
+        files = await self.store.aread(self.store.recordings_for, call_uuid)
+        if "wav" not in files:
+            raise FileNotFoundError(f"no recording stored for {call_uuid}")
+        path = Path(files["wav"].path)
+        if not await asyncio.to_thread(path.exists):
+            raise FileNotFoundError(f"recording {path} is gone")
+        return path
+
+    def _out(self, folder: str, call_uuid: str, suffix: str) -> Path:
+        # The folders are made once at start-up; this only names the file.
+        return self.data_dir / folder / f"{call_uuid}{suffix}"
+
+    async def _step_archive_aac(self, call_uuid: str) -> None:
+        wav = await self._wav(call_uuid)
+        res = await archive_aac(wav, self._out("archive", call_uuid, ".m4a"), self.archive)
+        self.store.set_recording(call_uuid, "m4a", str(res.path), res.bytes, res.duration)
+
+    async def _step_archive_mp3(self, call_uuid: str) -> None:
+        wav = await self._wav(call_uuid)
+        res = await archive_mp3(wav, self._out("archive", call_uuid, ".mp3"), self.archive)
+        self.store.set_recording(call_uuid, "mp3", str(res.path), res.bytes, res.duration)
+
+    async def _step_peaks(self, call_uuid: str) -> None:
+        wav = await self._wav(call_uuid)
+        out = self._out("peaks", call_uuid, ".json")
+        await asyncio.to_thread(write_peaks, wav, out)
+        self.store.set_recording(call_uuid, "peaks", str(out), out.stat().st_size, None)
+
+    async def _step_transcript(self, call_uuid: str) -> None:
+        if self._stt_factory is None:
+            raise RuntimeError("no STT engine configured")
+        wav = await self._wav(call_uuid)
+        stt = await self._stt_factory()
+        segments = await asyncio.to_thread(transcribe_recording, stt, wav, 2, self._stop)
+        call = await self.store.aread(self.store.get_call, call_uuid)
+        live = [s for s in (call.transcript if call else ()) if s.speaker != "server"]
+        for seg in segments:
+            # Keep the live latency of the same stretch of speech: it is what the caller
+            # experienced; the post-call pass has no latency of its own.
+            overlap = [s for s in live if s.start < seg["end"] and s.end > seg["start"]]
+            if overlap and overlap[0].latency_ms is not None:
+                seg["latency_ms"] = overlap[0].latency_ms
+        await asyncio.wrap_future(self.store.replace_final_transcript(call_uuid, segments))
+
+    async def _step_summary(self, call_uuid: str) -> None:
+        if self._summarizer is None:
+            if self._summarizer_factory is None:
+                raise RuntimeError("no summariser configured")
+            self._summarizer = await asyncio.to_thread(self._summarizer_factory)
+        call = await self.store.aread(self.store.get_call, call_uuid)
+        if call is None:
+            raise LookupError(f"call {call_uuid} is not in the store")
+        # The caller's words: the prompts are the same on every call and would make every
+        # IVR call's summary about the menu (a left message is in the caller's lines too).
+        text = " ".join(s.text for s in call.transcript if s.speaker != "server")
+        path = (call.ivr.path if call.ivr is not None else None) or None
+        summary = await asyncio.to_thread(self._summarizer.summarize, text, path)
+        self.store.set_summary(call_uuid, summary.title, summary.text, summary.method,
+                               summary.model)
+        log.info("summary", call=call_uuid, title=summary.title, method=summary.method)

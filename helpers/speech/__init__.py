@@ -1,0 +1,1 @@
+"""Speech engines: VAD, STT, TTS and its scheduling, the prompt cache, lines and text."""

@@ -1,0 +1,98 @@
+"""The VAD -> STT loop of one audio stream: audio in by tick, utterances out, lines back.
+
+A live call and a recording after the call go through the same steps: 20 ms audio is fed to
+the VAD with the clock tick it belongs to, the VAD cuts utterances, each utterance is
+recognised, and the text comes back as sentence-sized lines on the stream's timeline.
+:class:`SpeechLoop` holds the first half (feeding, the per-tick batching, silence for
+missing audio, the flush at the end) and :meth:`SpeechLoop.recognise` the second, blocking
+(post-call work runs it in a thread; a live call submits the utterances to
+:class:`helpers.speech.stt.SttEngine` instead, whose :meth:`~helpers.speech.stt.Segment.lines`
+cut the same lines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from helpers.speech.lines import Line, make_lines
+from helpers.speech.vad import Utterance, VadSegmenter
+
+__all__ = ["Recognizer", "SpeechLoop"]
+
+
+class Recognizer(Protocol):
+    """What recognises one utterance: :meth:`helpers.speech.stt.SttEngine.transcribe`."""
+
+    def transcribe(
+        self, pcm: bytes, rate: int, *, voiced: float | None = None, live: bool = False
+    ) -> tuple[str, float, dict[str, Any]]: ...
+
+
+class SpeechLoop:
+    """Feed audio by tick; take utterances as the VAD cuts them; recognise them into lines.
+
+    Audio of one tick is pushed to the VAD together when the next tick starts (or at
+    :meth:`end_tick`), so a burst after a stall is placed as the recorder places it
+    (right-aligned) and lines match the recording. Not thread-safe: one loop per stream,
+    driven from one thread.
+    """
+
+    def __init__(self, vad: VadSegmenter) -> None:
+        self.vad = vad
+        self._batch: list[bytes] = []
+        self._batch_tick = 0
+
+    @property
+    def in_speech(self) -> bool:
+        """Speech has started and not yet ended."""
+        return self.vad.in_speech
+
+    def feed(self, pcm: bytes, tick: int) -> list[Utterance]:
+        """Audio that arrived during ``tick``; the utterances an earlier tick's audio ended."""
+        out: list[Utterance] = []
+        if tick != self._batch_tick:
+            out = self.end_tick()
+            self._batch_tick = tick
+        self._batch.append(pcm)
+        return out
+
+    def end_tick(self) -> list[Utterance]:
+        """Push the audio held for the current tick to the VAD now."""
+        if not self._batch:
+            return []
+        pcm = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
+        self._batch.clear()
+        return self.vad.push(pcm, self._batch_tick)
+
+    def silence_until(self, tick: int) -> list[Utterance]:
+        """Audio that never came, up to ``tick``, counts as silence (see the VAD)."""
+        return self.vad.silence_until(tick)
+
+    def flush(self, tick: int) -> list[Utterance]:
+        """The end of the stream at ``tick``: what is held, and the speech in progress."""
+        out = self.end_tick()
+        last = self.vad.flush(tick)
+        if last is not None:
+            out.append(last)
+        return out
+
+    def feed_all(self, pcm: bytes) -> Iterator[Utterance]:
+        """A whole recording, 20 ms a tick from tick 0, flushed at its end."""
+        frame = self.vad.frame_bytes
+        tick = 0
+        for i in range(0, len(pcm) - frame + 1, frame):
+            yield from self.feed(pcm[i : i + frame], tick)
+            tick += 1
+        yield from self.flush(tick)
+
+    @staticmethod
+    def recognise(stt: Recognizer, utt: Utterance) -> list[Line]:
+        """One utterance as sentence-sized lines on the stream's timeline (Whisper's word
+        times); one line for the whole utterance without words; ``[]`` when the guards
+        rejected it. Blocking."""
+        text, confidence, info = stt.transcribe(utt.pcm, utt.rate, voiced=utt.voiced_ms)
+        if not text:
+            return []
+        lines = make_lines(info.get("words") or (), utt.pcm_start, clamp=(utt.start, utt.end))
+        return lines or [Line(utt.start, utt.end, text, confidence, ())]

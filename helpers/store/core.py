@@ -1,0 +1,463 @@
+"""The call store's single-writer core: SQLite in the data directory (``<data_dir>/calls.db``).
+
+Rule 1 of the design says the event loop never blocks, and SQLite blocks (fsync, locks,
+page cache misses). So:
+
+* **Writes** never run on the caller's thread. Every write method builds a small closure,
+  puts it on a queue and returns at once with a :class:`concurrent.futures.Future`; callers
+  on the loop ignore it (fire-and-forget), callers that need the outcome (tests, the CLI,
+  post-call workers) call ``.result()`` or ``await asyncio.wrap_future(f)``. ONE writer thread
+  owns the only write connection; it drains whatever is queued and commits it in one
+  transaction (one fsync per batch, not per row), each item inside its own SAVEPOINT so a
+  bad statement only loses itself.
+* **Reads** use separate connections (WAL lets readers run beside the writer). From asyncio,
+  ``await store.aread(store.get_call, uuid)`` runs the read in a small thread pool; the same
+  methods may be called directly from any thread outside the loop.
+
+Schema changes are numbered migrations recorded in ``PRAGMA user_version``; each runs in
+its own transaction so a failure leaves the file at the previous, consistent version
+(``helpers.store.schema``).
+
+This module is the mechanism (:class:`StoreCore`: connections, the writer thread, flush);
+the writes and reads of each table live in the query modules (``calls``, ``segments``,
+``messages``, ``jobs``), each a mixin over the core, and :class:`helpers.store.db.CallStore`
+combines them. Reads return the typed rows of ``helpers.store.rows``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import structlog
+from prometheus_client import Counter
+
+from helpers.store.schema import MIGRATIONS, Migration
+from helpers.store.schema import migrate as _migrate
+
+__all__ = [
+    "DB_FILENAME",
+    "JOB_STATUSES",
+    "MIGRATIONS",
+    "RECORDING_FORMATS",
+    "SPEAKERS",
+    "STORE_ERRORS",
+    "StoreClosedError",
+    "StoreCore",
+]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DB_FILENAME = "calls.db"
+JOB_STATUSES = ("pending", "running", "done", "failed")
+RECORDING_FORMATS = ("wav", "m4a", "mp3", "peaks")
+SPEAKERS = ("caller", "server")
+
+# kind: statement (a write failed and was dropped), disk_full (a transient failure that
+# will be retried), dropped (gave up after the retries), queue_full (refused at the door),
+# call_id_taken (a new call under an id another call has: it would have overwritten it).
+STORE_ERRORS = Counter(
+    "audiosocket_store_errors_total",
+    "Call store write failures, by kind",
+    ["kind"],
+)
+
+class StoreClosedError(RuntimeError):
+    """A write was submitted to a store that is not open."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying later: a full disk, or a lock held by another process."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    msg = str(exc).lower()
+    return "full" in msg or "locked" in msg or "busy" in msg
+
+
+@dataclass(eq=False)
+class _Write:
+    """One queued write: ``op`` runs on the writer connection inside a transaction."""
+
+    op: Callable[[sqlite3.Connection], Any]
+    future: concurrent.futures.Future[Any]
+    name: str
+    attempts: int = 0
+    # A claim nobody waits for any more (its awaiting task was cancelled, e.g. at
+    # shutdown) must not run: it would leave a job 'running' with no worker on it.
+    skip_if_cancelled: bool = False
+
+
+def _settle(
+    fut: concurrent.futures.Future[Any], result: Any = None, exc: BaseException | None = None
+) -> None:
+    """Resolve ``fut`` unless its waiter cancelled it: a cancelled future raises
+    InvalidStateError on set_result, and that must never kill the writer thread."""
+    if fut.done():
+        return
+    with suppress(concurrent.futures.InvalidStateError):
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+@dataclass(eq=False)
+class _Control:
+    """Barrier items: ``flush`` resolves once everything before it is committed."""
+
+    kind: str  # 'flush' | 'stop'
+    future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+
+
+# --------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------
+
+
+class StoreCore:
+    """SQLite with one writer thread and pooled readers (the query modules add the tables).
+
+    ``path`` is the database file, or a directory (the data dir), in which case
+    ``calls.db`` inside it is used. Call :meth:`open` first (or use it as a context
+    manager); :meth:`close` drains queued writes.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readers: int = 4,
+        batch_max: int = 500,
+        queue_max: int = 100_000,
+        max_retries: int = 5,
+        retry_backoff: float = 0.05,
+        migrations: Sequence[Migration] | None = None,
+    ) -> None:
+        p = Path(path)
+        self.path: Path = p / DB_FILENAME if p.is_dir() else p
+        self._readers = readers
+        self._batch_max = batch_max
+        self._max_retries = max_retries
+        self._retry_backoff = retry_backoff
+        self._migrations: Sequence[Migration] = MIGRATIONS if migrations is None else migrations
+        # Bounded (rule 3): if the disk stalls for long, refuse new writes (counted)
+        # rather than grow without limit; put_nowait never blocks the loop.
+        self._queue: queue.Queue[_Write | _Control] = queue.Queue(maxsize=queue_max)
+        self._writer: threading.Thread | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._read_conns: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._all_read_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._open = False
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def open(self) -> Self:
+        """Create/migrate the database and start the writer thread and reader pool."""
+        if self._open:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            # journal_mode=WAL is persistent in the file; set it before migrating so the
+            # migrations themselves are already WAL transactions.
+            conn.execute("PRAGMA journal_mode=WAL")
+            _migrate(conn, self._migrations)
+        finally:
+            conn.close()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._writer = threading.Thread(
+            target=self._writer_main, args=(ready,), name="store-writer", daemon=True
+        )
+        self._writer.start()
+        ready.result()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._readers, thread_name_prefix="store-read"
+        )
+        self._open = True
+        log.info("store_opened", path=str(self.path))
+        return self
+
+    def close(self) -> None:
+        """Commit everything queued, stop the writer, close all connections."""
+        if not self._open:
+            return
+        self._open = False
+        stop = _Control("stop")
+        self._queue.put(stop)  # blocking put: the stop must not be dropped
+        if self._writer is not None:
+            # Wait for the writer, not for the barrier alone: should the thread ever die
+            # before reaching the stop, close() must still return (and say so).
+            while self._writer.is_alive():
+                self._writer.join(timeout=1.0)
+            if not stop.future.done():
+                STORE_ERRORS.labels(kind="writer_died").inc()
+                log.error("store_writer_died", path=str(self.path))
+        # A write that raced with close() landed behind the stop barrier: fail it
+        # rather than leave its future unresolved forever.
+        while True:
+            try:
+                late = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(late, _Write):
+                _settle(late.future, exc=StoreClosedError(f"store closed; {late.name} lost"))
+            else:
+                _settle(late.future)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        with self._lock:
+            for conn in self._all_read_conns:
+                conn.close()
+            self._all_read_conns.clear()
+        while not self._read_conns.empty():
+            self._read_conns.get_nowait()
+        log.info("store_closed", path=str(self.path))
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._open
+
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's
+        # implicit transactions would interleave badly with savepoints and migrations).
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        if read_only:
+            conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    # ---- the writer thread -------------------------------------------------------
+
+    def _submit(
+        self, op: Callable[[sqlite3.Connection], T], name: str = "write",
+        *, skip_if_cancelled: bool = False,
+    ) -> concurrent.futures.Future[T]:
+        """Queue ``op`` for the writer; never blocks. The future resolves after COMMIT."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if not self._open:
+            fut.set_exception(StoreClosedError(f"store is closed; {name} not written"))
+            log.warning("store_write_after_close", op=name)
+            return fut
+        try:
+            self._queue.put_nowait(_Write(op, fut, name, skip_if_cancelled=skip_if_cancelled))
+        except queue.Full:
+            STORE_ERRORS.labels(kind="queue_full").inc()
+            log.error("store_queue_full", op=name, depth=self._queue.qsize())
+            fut.set_exception(RuntimeError("store write queue full"))
+        return fut
+
+    def _writer_main(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        pending: deque[_Write | _Control] = deque()
+        try:
+            while True:
+                if not pending:
+                    pending.append(self._queue.get())
+                # Batch: take what is already waiting, up to a barrier or batch_max.
+                while len(pending) < self._batch_max and not isinstance(pending[-1], _Control):
+                    try:
+                        pending.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    if self._run_batch(conn, pending):
+                        return
+                except Exception as exc:
+                    # A bug or an I/O error outside any item: never let the writer die
+                    # (every later write would hang). Drop the head item and go on.
+                    STORE_ERRORS.labels(kind="statement").inc()
+                    log.exception("store_writer_error", error=repr(exc))
+                    if conn.in_transaction:
+                        with suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    if not pending:
+                        continue
+                    head = pending.popleft()
+                    if isinstance(head, _Write):
+                        _settle(head.future, exc=exc)
+                    elif self._finish_control(head):
+                        return
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, pending: deque[_Write | _Control]) -> bool:
+        """Commit the writes at the head of ``pending``; True when told to stop.
+
+        Items that are done are removed from ``pending``; on a transient failure (full
+        disk, lock) the failing item and everything after it stay, in order, so a
+        dependent write (a segment after its call row) never runs before its parent.
+        """
+        done: list[tuple[_Write, Any]] = []
+        failed: list[_Write] = []
+        retry_from: _Write | None = None
+        transient_exc: Exception | None = None
+        control: _Control | None = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            head = pending[0]
+            if isinstance(head, _Write):
+                self._transient(head, exc, pending)
+            else:  # nothing to write; the barrier is satisfied as is
+                pending.popleft()
+                return self._finish_control(head)
+            return False
+        n = 0
+        for item in pending:
+            if isinstance(item, _Control):
+                control = item
+                break
+            if item.skip_if_cancelled and item.future.cancelled():
+                done.append((item, None))
+                n += 1
+                continue
+            try:
+                conn.execute("SAVEPOINT w")
+                try:
+                    result = item.op(conn)
+                except BaseException:
+                    # SQLITE_FULL/IOERR may already have rolled back the whole
+                    # transaction, taking the savepoint with it; checked before COMMIT.
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                    raise
+                conn.execute("RELEASE w")
+            except Exception as exc:
+                if _is_transient(exc):
+                    retry_from = item
+                    transient_exc = exc
+                    break
+                # A bad statement loses only itself; the writer carries on.
+                STORE_ERRORS.labels(kind="statement").inc()
+                log.error("store_write_failed", op=item.name, error=repr(exc))
+                _settle(item.future, exc=exc)
+                failed.append(item)
+                n += 1
+                continue
+            done.append((item, result))
+            n += 1
+        try:
+            if not conn.in_transaction:
+                raise sqlite3.OperationalError("transaction rolled back by SQLite (disk full?)")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Nothing of this batch is durable: roll back and retry it all (bounded),
+            # except the items that already failed for good.
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            for item in failed:
+                pending.remove(item)
+            first = next((i for i in pending if isinstance(i, _Write)), None)
+            if first is not None:
+                self._transient(first, exc, pending)
+            return False
+        for _ in range(n):
+            pending.popleft()
+        for item, result in done:
+            _settle(item.future, result)
+        if retry_from is not None and transient_exc is not None:
+            self._transient(retry_from, transient_exc, pending)
+            return False
+        if control is not None and pending and pending[0] is control:
+            pending.popleft()
+            return self._finish_control(control)
+        return False
+
+    def _transient(
+        self, item: _Write, exc: BaseException, pending: deque[_Write | _Control]
+    ) -> None:
+        """Count a retryable failure of ``item`` (head of what remains); back off or drop."""
+        STORE_ERRORS.labels(kind="disk_full").inc()
+        item.attempts += 1
+        if item.attempts > self._max_retries:
+            STORE_ERRORS.labels(kind="dropped").inc()
+            log.error("store_write_dropped", op=item.name, attempts=item.attempts, error=str(exc))
+            pending.remove(item)
+            _settle(item.future, exc=exc)
+            return
+        log.warning("store_write_retry", op=item.name, attempts=item.attempts, error=str(exc))
+        time.sleep(min(1.0, self._retry_backoff * 2 ** (item.attempts - 1)))
+
+    @staticmethod
+    def _finish_control(control: _Control) -> bool:
+        _settle(control.future)
+        return control.kind == "stop"
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every write queued before this call is committed (or dropped)."""
+        if not self._open:
+            return
+        barrier = _Control("flush")
+        self._queue.put(barrier, timeout=timeout)
+        barrier.future.result(timeout)
+
+    async def aflush(self) -> None:
+        """:meth:`flush` for the event loop (waits without blocking it)."""
+        if not self._open:
+            return
+        barrier = _Control("flush")
+        self._queue.put_nowait(barrier)
+        await asyncio.wrap_future(barrier.future)
+
+    def pending_writes(self) -> int:
+        """Writes queued but not yet picked up by the writer (a health figure)."""
+        return self._queue.qsize()
+
+    # ---- reads -------------------------------------------------------------------
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A pooled read connection inside one read transaction (one consistent snapshot)."""
+        try:
+            conn = self._read_conns.get_nowait()
+        except queue.Empty:
+            conn = self._connect(read_only=True)
+            with self._lock:
+                self._all_read_conns.append(conn)
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("ROLLBACK")
+        finally:
+            self._read_conns.put(conn)
+
+    async def aread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a sync read (e.g. ``store.get_call``) in the reader pool, off the loop."""
+        if self._pool is None or not self._open:
+            raise StoreClosedError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))

@@ -1,0 +1,1 @@
+"""Build-only tools (the browser Whisper export, word error rate): not used at run time."""
