@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
 from audiosocket.clock import Playback
-from audiosocket.protocol import FRAME_MS
-from sessions.metrics import BARGE_INS, SAY_FIRST_FRAME
+from sessions.parts.speaker import Speaker
 
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
@@ -62,8 +60,8 @@ class Session:
         self.log: Any = structlog.get_logger("audiosocket.session").bind(
             call=call.id, app=self.name, peer=call.peer
         )
-        #: What the server said: ``{start, end, text, interrupted}`` on the call's timeline.
-        self.server_lines: list[dict[str, Any]] = []
+        #: What the server says on this call (``say``, ``play_file``, barge-in).
+        self.speaker = Speaker(call, tts=ctx.get("tts"), store=ctx.get("store"), log=self.log)
 
     @classmethod
     async def prepare(cls, ctx: AppContext) -> None:
@@ -138,119 +136,27 @@ class Session:
         """End the call from our side (``00 00 00``, then close)."""
         self.call.hangup("app_hangup")
 
-    # -- speaking ------------------------------------------------------------------------
+    # -- speaking (the call's Speaker part) -----------------------------------------------
 
-    #: While a barge-in prompt plays: the call time after which caller speech interrupts it.
-    barge_in_after: float | None = None
+    @property
+    def barge_in_after(self) -> float | None:
+        """While a barge-in prompt plays: the call time after which caller speech cuts it."""
+        return self.speaker.barge_in_after
+
+    @property
+    def server_lines(self) -> list[dict[str, Any]]:
+        """What the server said: ``{start, end, text, interrupted}`` on the call's timeline."""
+        return self.speaker.lines
 
     async def say(self, text: str, *, barge_in: bool = False) -> bool:
-        """Speak ``text`` on the call (Piper, sentence by sentence, paced by the clock).
-
-        Completes when the last frame has been sent: True, or False when the prompt was
-        cut short (barge-in, ``clear()``, hang-up). With ``barge_in`` caller speech after
-        the protection window (``ivr.barge_in_protect_ms``) clears the prompt at once; apps
-        that listen (``transcribe``, ``ivr``) detect that speech.
-        """
-        tts = self.ctx.get("tts")
-        if tts is None:
-            raise RuntimeError('say() needs the TTS engine: declare "tts" in the app\'s needs')
-        playout = self.call.playout
-        loop = asyncio.get_running_loop()
-        asked = loop.time()
-        cached = tts.is_cached(text, self.rate)
-        if barge_in:
-            protect = self.ctx.config.ivr.barge_in_protect_ms / 1000
-            self.barge_in_after = self.call.time + protect
-        cleared_before = self._clears
-        last: Playback | None = None
-        heard: list[float] = []
-        completed = False
-        try:
-            playout.begin_stream()
-            try:
-                async for pcm in tts.stream(text, self.rate):
-                    if self.call.ended or self._clears != cleared_before:
-                        return False
-                    pb = self.play(pcm)
-                    if last is None:
-                        pb.started.add_done_callback(
-                            lambda f: None if f.cancelled() else SAY_FIRST_FRAME.labels(
-                                cached=str(cached).lower()).observe(f.result() - asked)
-                        )
-                        self._note_first_frame(pb, heard)
-                    last = pb
-            finally:
-                playout.end_stream()
-            if last is None:
-                completed = True
-                return True
-            try:
-                completed = bool(await last)
-                return completed
-            finally:
-                if barge_in:
-                    self.barge_in_after = None
-        finally:
-            # Also on cancellation (the call ended mid-prompt): the line is still what the
-            # caller heard, up to now.
-            self._server_line(text, heard, completed)
+        """Speak ``text`` on the call (Piper, sentence by sentence, paced by the clock); see
+        :meth:`sessions.parts.speaker.Speaker.say`."""
+        return await self.speaker.say(text, barge_in=barge_in)
 
     async def play_file(self, path: str | Path, *, barge_in: bool = False) -> bool:
         """Play any audio file FFmpeg reads (decoded off the loop, at the call's rate)."""
-        from helpers.audio import read_audio
-
-        pcm = await asyncio.to_thread(read_audio, path, self.rate)
-        if barge_in:
-            self.barge_in_after = self.call.time + self.ctx.config.ivr.barge_in_protect_ms / 1000
-        heard: list[float] = []
-        completed = False
-        try:
-            pb = self.play(pcm)
-            self._note_first_frame(pb, heard)
-            completed = bool(await pb)
-            return completed
-        finally:
-            if barge_in:
-                self.barge_in_after = None
-            # A file has no text of its own: the line names what was played.
-            self._server_line(f"[{Path(path).name}]", heard, completed)
-
-    # -- what the server said (the transcript's other side) --------------------------------
-
-    def _note_first_frame(self, pb: Playback, heard: list[float]) -> None:
-        """Put the call time of ``pb``'s first frame on the wire into ``heard``.
-
-        ``started`` resolves on the tick that sent that frame, which has already advanced
-        the timeline by the frame's 20 ms; a clip cleared before it went out leaves
-        ``heard`` empty.
-        """
-        def mark(f: asyncio.Future[float]) -> None:
-            if not f.cancelled() and not heard:
-                heard.append(max(0.0, self.call.time - FRAME_MS / 1000))
-
-        pb.started.add_done_callback(mark)
-
-    def _server_line(self, text: str, heard: list[float], completed: bool) -> None:
-        """Keep and store one thing the server said, if any of it reached the wire."""
-        if not heard:
-            return  # cut before its first frame: the caller heard nothing of it
-        start = heard[0]
-        end = max(start, self.call.time)
-        line = {"start": round(start, 3), "end": round(end, 3), "text": text,
-                "interrupted": not completed}
-        self.server_lines.append(line)
-        store = self.ctx.get("store")
-        if store is not None:
-            store.add_segment(self.uuid, line["start"], line["end"], text, None, None,
-                              speaker="server", interrupted=not completed)
-        self.log.info("server_said", start=line["start"], end=line["end"], text=text,
-                      interrupted=not completed)
-
-    _clears = 0
+        return await self.speaker.play_file(path, barge_in=barge_in)
 
     def interrupt(self, by: str) -> None:
         """Cut the current prompt short (barge-in): silence goes out at the next tick."""
-        self._clears += 1
-        self.barge_in_after = None
-        if self.call.clear():
-            BARGE_INS.labels(by=by).inc()
+        self.speaker.interrupt(by)

@@ -1,68 +1,50 @@
 """The ``ivr`` app: runs a flow file (``sessions/flows/demo.yaml`` by default) on each call.
 
-It records and transcribes the call (it is a ``transcribe`` session) and adds: prompts spoken
-with Piper (pre-warmed into the prompt cache at start-up), menus answered by a key or by
-speech, digit collection, message recording, variables, webhooks and a result. The path the
-call took, its variables and its result are stored with the call (``ivr`` in the API).
-
-Inputs: keys come from ``on_dtmf``; speech from ``on_transcript``. A key pressed during a
-prompt cuts it short (DTMF barge-in), as does speech once the protection window has passed
-(when the node allows barge-in).
+A combination of parts: :class:`~sessions.parts.recording.Recording`,
+:class:`~sessions.parts.transcriber.Transcriber` and
+:class:`~sessions.parts.message.MessageTap` hear the call; the session's
+:class:`~sessions.parts.speaker.Speaker` speaks (prompts pre-warmed into the prompt cache at
+start-up); :class:`~sessions.parts.flow_runner.FlowRunner` runs the flow, with keys from
+``on_dtmf`` and answers from the transcriber.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING, ClassVar
 
 from audiosocket.config import ConfigError
-from audiosocket.protocol import FRAME_MS
-from sessions.base import Session
-from sessions.flow import Flow, FlowError, Gather, Menu, Node, Record, Webhook, load_flows
-from sessions.matching import match_choice
-from sessions.metrics import IVR_INPUTS, IVR_RESULTS, WEBHOOKS
-from sessions.transcribe import TranscribeSession
+from sessions.compose import Composed
+from sessions.flow import Flow, FlowError, load_flows
+from sessions.parts import needs_of
+from sessions.parts.flow_runner import (
+    DEMO_FLOWS,
+    MESSAGE_MAX_BYTES,
+    MESSAGE_STT_WAIT_S,
+    FlowRunner,
+    beep,
+)
+from sessions.parts.message import MessageTap
+from sessions.parts.recording import Recording
+from sessions.parts.transcriber import Transcriber
+from sessions.record import recording_for
 
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
-    from audiosocket.media import MediaBlock
+    from audiosocket.live import LiveCall
     from helpers.speech.stt import Segment
 
-__all__ = ["DEMO_FLOWS", "IvrSession"]
-
-DEMO_FLOWS = Path(__file__).parent / "flows"
-#: A menu timeout is extended while the caller is still speaking, up to this much.
-SPEECH_GRACE_S = 8.0
-#: A recorded message holds at most its ``max_seconds`` of audio and at most this many bytes
-#: (16 MiB: 43 s at 192 kHz), even from a peer sending faster than real time.
-MESSAGE_MAX_BYTES = 16 * 2**20
-#: At hang-up, wait at most this long for a message's transcript.
-MESSAGE_STT_WAIT_S = 60.0
-_VAR = re.compile(r"\{(\w+)\}")
+__all__ = ["DEMO_FLOWS", "MESSAGE_MAX_BYTES", "MESSAGE_STT_WAIT_S", "IvrSession", "beep"]
 
 
-def beep(rate: int, seconds: float = 0.25, freq: float = 1000.0) -> bytes:
-    """The record tone, with 5 ms ramps so it does not click."""
-    t = np.arange(int(rate * seconds)) / rate
-    tone = 0.3 * np.sin(2 * np.pi * freq * t)
-    ramp = min(len(t) // 2, int(rate * 0.005))
-    env = np.ones_like(tone)
-    env[:ramp] = np.linspace(0, 1, ramp)
-    env[-ramp:] = np.linspace(1, 0, ramp)
-    return (tone * env * 32767).astype("<i2").tobytes()
-
-
-class IvrSession(TranscribeSession):
+class IvrSession(Composed):
     """Flow-driven IVR. The flow is ``ivr.flow`` from ``ivr.flows_dir``."""
 
     name = "ivr"
-    needs = (*TranscribeSession.needs, "tts")
+    needs: ClassVar[tuple[str, ...]] = (*needs_of(Recording, Transcriber), "tts")
+    #: The flow this process runs (loaded once, in ``prepare``): the app's own state.
+    flow: ClassVar[Flow]
 
     @classmethod
     async def prepare(cls, ctx: AppContext) -> None:
@@ -82,7 +64,7 @@ class IvrSession(TranscribeSession):
                 f"(found: {', '.join(sorted(flows)) or 'none'})"
             )
         flow = flows[cfg.flow]
-        ctx.services["flow"] = flow
+        cls.flow = flow
         # Pre-warm every fixed prompt at the usual call rates: a prompt then costs nothing.
         count = await tts.prewarm(flow.prompts(), (8000, 16000))
         import structlog
@@ -93,320 +75,72 @@ class IvrSession(TranscribeSession):
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
-        self.flow: Flow = ctx.services["flow"]
-        self.variables: dict[str, Any] = {}
-        self.path: list[str] = []
-        self.digits: list[str] = []
-        self.speech: list[str] = []
-        self.result: str | None = None
-        self._inputs: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        self._input_event = asyncio.Event()
-        self._message: bytearray | None = None
-        self._message_cap = 0
-        self._last_voice = 0.0
-        self._terminator: str | None = None
-        self._message_tasks: set[asyncio.Task[None]] = set()
+        self.stt = ctx.get("stt")
+        self.store = ctx.get("store")
+        self.speaker.protect_s = ctx.config.ivr.barge_in_protect_ms / 1000
+        self.recording_part = recording_for(call, ctx, self.log)
+        self.transcriber = Transcriber(
+            call, ctx.config.stt, stt=self.stt, store=self.store,
+            live=self.recording_part.live, listener=self, log=self.log,
+        )
+        self.message = MessageTap(lambda: self.transcriber.in_speech)
+        self.parts += [self.recording_part, self.transcriber, self.message]
+        self.runner = FlowRunner(
+            type(self).flow, call, speaker=self.speaker, transcriber=self.transcriber,
+            message=self.message, ivr_cfg=ctx.config.ivr, data_dir=ctx.data_dir,
+            store=self.store, stt=self.stt, live=self.recording_part.live, log=self.log,
+        )
 
-    # -- inputs --------------------------------------------------------------------------
+    @property
+    def live(self) -> LiveCall | None:
+        return self.recording_part.live
+
+    @property
+    def variables(self) -> dict[str, object]:
+        return self.runner.variables
+
+    @property
+    def path(self) -> list[str]:
+        return self.runner.path
+
+    @property
+    def result(self) -> str | None:
+        return self.runner.result
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        await self.runner.run()
 
     def on_dtmf(self, digit: str) -> None:
-        self.digits.append(digit)
-        if self.barge_in_after is not None:
-            self.interrupt("dtmf")
-        self._inputs.put_nowait(("dtmf", digit))
-        self._input_event.set()
+        self.runner.key(digit)
 
-    def transcript_lines(self, seg: Segment) -> list[Segment]:
-        # An answer is matched whole ("Hi. Sales, please." is one input, not a miss and then
-        # a match); a message being left is split into sentence lines like any speech.
-        return super().transcript_lines(seg) if self._message is not None else [seg]
+    async def on_end(self, reason: str) -> None:
+        self.runner.save()
+        await super().on_end(reason)
+        self.runner.save()  # speech transcribed after the hang-up
+        await self.runner.finish()
+
+    # -- what the transcriber tells the app (TranscriptListener) -------------------------
+
+    def on_speech_start(self, at: float) -> None:
+        self.speaker.speech_started(at)
 
     def on_transcript(self, seg: Segment) -> None:
-        self.speech.append(seg.text)
-        self._inputs.put_nowait(("speech", seg.text))
-        self._input_event.set()
-
-    def stt_deadline_s(self) -> float:
-        """Speech here is an answer the flow waits on (a message being left is not)."""
-        if self._message is not None:
-            return super().stt_deadline_s()
-        return float(self.ctx.config.stt.answer_deadline_s)
+        self.runner.answer(seg.text)
 
     def on_dropped(self, reason: str) -> None:
         # An answer the engine could not hear in time: say so now (the menu counts it as an
         # attempt and asks again) instead of leaving the caller in silence until the timeout.
-        if self._message is None:
-            self._inputs.put_nowait(("dropped", reason))
-            self._input_event.set()
+        if not self.message.recording:
+            self.runner.dropped(reason)
 
-    def hear(self, pcm: bytes, tick: int) -> None:
-        super().hear(pcm, tick)
-        message = self._message
-        if message is not None and len(message) < self._message_cap:
-            message += pcm
-        if self.vad.in_speech:
-            self._last_voice = tick * FRAME_MS / 1000
+    def transcript_lines(self, seg: Segment) -> list[Segment]:
+        # An answer is matched whole ("Hi. Sales, please." is one input, not a miss and then
+        # a match); a message being left is split into sentence lines like any speech.
+        return seg.lines() if self.message.recording else [seg]
 
-    def media_ready(self) -> bool:
-        # A message being left is kept frame by frame (it is its own recording).
-        return self._message is None and super().media_ready()
-
-    def on_media(self, block: MediaBlock) -> None:
-        if self._message is not None:
-            # Taped before the message began: frame by frame, so it gets its share.
-            Session.on_media(self, block)
-            return
-        super().on_media(block)
-        if self.vad.in_speech and block.heard_frames:
-            self._last_voice = int(block.heard_ticks[-1]) * FRAME_MS / 1000
-
-    async def _next_input(self, timeout: float) -> tuple[str, str] | None:
-        """The next key or utterance; waits past ``timeout`` while the caller is speaking."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        hard = deadline + SPEECH_GRACE_S
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                if self.transcribing and loop.time() < hard:
-                    left = 0.1  # the caller is mid-sentence or Whisper is still busy
-                else:
-                    return None
-            try:
-                async with asyncio.timeout(left):
-                    return await self._inputs.get()
-            except TimeoutError:
-                continue
-
-    # -- speaking with interruption --------------------------------------------------------
-
-    def fill(self, text: str) -> str:
-        """``{var}`` placeholders from the call's variables."""
-        return _VAR.sub(lambda m: str(self.variables.get(m.group(1), "")), text)
-
-    async def _prompt(self, text: str | None, *, barge_in: bool) -> None:
-        """Speak a prompt; returns early when an input arrives (the input stays queued)."""
-        if not text:
-            return
-        if not self._inputs.empty():
-            return  # type-ahead: the caller already answered
-        say = asyncio.ensure_future(self.say(self.fill(text), barge_in=barge_in))
-        waiter = asyncio.ensure_future(self._input_arrived())
-        try:
-            await asyncio.wait({say, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if not say.done():
-            self.interrupt("input")
-            await say
-
-    async def _input_arrived(self) -> None:
-        while self._inputs.empty():
-            self._input_event.clear()
-            await self._input_event.wait()
-
-    # -- the flow ----------------------------------------------------------------------------
-
-    async def on_start(self) -> None:
-        node: Node | None = self.flow.nodes[self.flow.start]
-        try:
-            while node is not None:
-                node = await self._run_node(node)
-        finally:
-            self._save()
-        if not self.call.ended:
-            self.log.info("ivr_done", result=self.result, path=self.path)
-            self.hangup()
-
-    async def _run_node(self, node: Node) -> Node | None:
-        self.path.append(node.name)
-        self._save()
-        for key, value in node.set.items():
-            self.variables[key] = self.fill(value)
-        for text in node.say:
-            await self.say(self.fill(text), barge_in=node.barge_in)
-        if node.play:
-            await self.play_file(self._resolve(node.play), barge_in=node.barge_in)
-        if node.webhook:
-            await self._webhook(node.webhook)
-        target: str | None
-        if node.menu:
-            target = await self._menu(node.menu)
-            if target is None:
-                self.result = "no_choice"
-                IVR_RESULTS.labels(flow=self.flow.name, result=self.result).inc()
-                return None
-        elif node.gather:
-            await self._gather(node.gather)
-            target = node.gather.next
-        elif node.record:
-            await self._record(node.record)
-            target = node.record.next
-        elif node.goto:
-            target = node.goto
-        else:
-            self.result = node.hangup or "done"
-            IVR_RESULTS.labels(flow=self.flow.name, result=self.result).inc()
-            return None
-        return self.flow.nodes[target]
-
-    def _resolve(self, name: str) -> Path:
-        base = Path(self.ctx.config.ivr.flows_dir) if self.ctx.config.ivr.flows_dir else DEMO_FLOWS
-        return base / name
-
-    async def _menu(self, menu: Menu) -> str | None:
-        failure = "no_input"
-        for attempt in range(menu.retries + 1):
-            if attempt:
-                await self._prompt(menu.retry_prompt or self.flow.sorry, barge_in=True)
-            await self._prompt(menu.prompt, barge_in=menu.barge_in)
-            got = await self._next_input(menu.timeout)
-            if got is None:
-                failure = "no_input"
-                IVR_INPUTS.labels(kind="none", outcome="timeout").inc()
-                self.log.info("menu_timeout", attempt=attempt + 1)
-                continue
-            kind, value = got
-            if kind == "dropped":
-                failure = "no_match"
-                IVR_INPUTS.labels(kind="speech", outcome="dropped").inc()
-                self.log.warning("menu_answer_dropped", reason=value, attempt=attempt + 1)
-                continue
-            if kind == "dtmf":
-                choice = next((c for c in menu.choices if c.key == value), None)
-            else:
-                choice = match_choice(value, menu.choices)
-            if choice is None:
-                failure = "no_match"
-                IVR_INPUTS.labels(kind=kind, outcome="invalid").inc()
-                self.log.info("menu_invalid", kind=kind, value=value, attempt=attempt + 1)
-                continue
-            IVR_INPUTS.labels(kind=kind, outcome="match").inc()
-            self.log.info("menu_choice", kind=kind, value=value, goto=choice.goto)
-            if menu.var:
-                self.variables[menu.var] = choice.goto
-            self.variables["last_input"] = f"{kind}:{value}"
-            return choice.goto
-        return menu.no_input if failure == "no_input" else menu.no_match
-
-    async def _gather(self, g: Gather) -> None:
-        await self._prompt(g.prompt, barge_in=True)
-        digits = ""
-        timeout = g.timeout
-        while not g.count or len(digits) < g.count:
-            got = await self._next_input(timeout)
-            if got is None:
-                break
-            kind, value = got
-            if kind != "dtmf":
-                continue  # speech while collecting digits is ignored
-            if g.terminator and value == g.terminator:
-                break
-            digits += value
-            timeout = g.inter_digit_timeout
-        self.variables[g.var] = digits
-        self.log.info("gathered", var=g.var, digits=digits)
-
-    async def _record(self, r: Record) -> None:
-        await self._prompt(r.prompt, barge_in=False)
-        if r.beep:
-            await self.play(beep(self.rate))
-        while not self._inputs.empty():  # keys pressed before the tone do not stop it
-            self._inputs.get_nowait()
-        self._message = bytearray()
-        self._message_cap = min(int(r.max_seconds * self.rate) * 2, MESSAGE_MAX_BYTES)
-        start = self.call.time
-        self._last_voice = start
-        stopped = "max_seconds"
-        try:
-            while self.call.time - start < r.max_seconds and not self.call.ended:
-                try:
-                    async with asyncio.timeout(0.1):
-                        kind, value = await self._inputs.get()
-                    if kind == "dtmf" and value == r.terminator:
-                        stopped = "terminator"
-                        break
-                except TimeoutError:
-                    pass
-                quiet = self.call.time - max(self._last_voice, start)
-                if quiet >= r.silence_seconds and not self.vad.in_speech:
-                    stopped = "silence"
-                    break
-        finally:
-            pcm, self._message = bytes(self._message), None
-        path = self.ctx.data_dir / "messages" / f"{self.uuid}-{r.var}.wav"
-        from helpers.audio import write_wav
-
-        def save() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_wav(path, pcm, self.rate)
-
-        await asyncio.to_thread(save)
-        seconds = len(pcm) / 2 / self.rate
-        relative = str(path.relative_to(self.ctx.data_dir))
-        self.variables[r.var] = relative
-        self.variables[f"{r.var}_seconds"] = round(seconds, 2)
-        self.log.info("message_recorded", path=str(path), seconds=round(seconds, 2),
-                      stopped_by=stopped)
-        if self.store is not None:
-            self.store.save_message(self.uuid, r.var, relative, round(seconds, 3),
-                                    start=round(start, 3), stopped_by=stopped)
-            # Transcribed beside the flow (the caller is not kept waiting for Whisper), at
-            # post-call priority: live answers of other callers go first.
-            task = asyncio.create_task(self._transcribe_message(r.var, pcm))
-            self._message_tasks.add(task)
-            task.add_done_callback(self._message_tasks.discard)
-
-    async def _transcribe_message(self, name: str, pcm: bytes) -> None:
-        """Transcribe a saved message with the shared engine (in a thread) and store it."""
-        if self.stt is None or self.store is None or not pcm:
-            return
-        try:
-            text, _, info = await asyncio.to_thread(self.stt.transcribe, pcm, self.rate)
-        except Exception:
-            self.log.exception("message_transcribe_failed", message=name)
-            return
-        self.store.set_message_transcript(self.uuid, name, text)
-        self.log.info("message_transcribed", message=name, text=text,
-                      rejected=info.get("rejected"))
-
-    async def _webhook(self, hook: Webhook) -> None:
-        import aiohttp
-
-        body = {"call": self.uuid, "audiosocket_uuid": str(self.call.uuid), "path": self.path,
-                "variables": self.variables, "digits": "".join(self.digits),
-                "speech": self.speech}
-        try:
-            timeout = aiohttp.ClientTimeout(total=hook.timeout)
-            async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
-                self.fill(hook.url), json=body
-            ) as resp:
-                self.variables["webhook_status"] = resp.status
-                WEBHOOKS.labels(outcome=str(resp.status // 100) + "xx").inc()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.variables["webhook_status"] = "error"
-            WEBHOOKS.labels(outcome="error").inc()
-            self.log.warning("webhook_failed", url=hook.url, error=str(exc) or type(exc).__name__)
-
-    def _save(self) -> None:
-        self.call.meta["ivr"] = {"path": self.path, "variables": self.variables,
-                                 "result": self.result}
-        if self.live is not None:
-            self.live.set_path(self.path)
-        store = self.store
-        if store is not None:
-            variables = {**self.variables, "digits": "".join(self.digits),
-                         "speech": list(self.speech)}
-            plain = json.loads(json.dumps(variables, default=str))
-            store.set_ivr(self.uuid, list(self.path), plain, self.result)
-
-    async def on_end(self, reason: str) -> None:
-        self._save()
-        await super().on_end(reason)
-        self._save()  # speech transcribed after the hang-up
-        if self._message_tasks:
-            # Bounded like the live transcript's wait; a message still untranscribed after
-            # it keeps its audio and shows without text.
-            _, late = await asyncio.wait(set(self._message_tasks), timeout=MESSAGE_STT_WAIT_S)
-            if late:
-                self.log.warning("message_transcripts_timed_out", pending=len(late))
+    def stt_deadline_s(self) -> float:
+        """Speech here is an answer the flow waits on (a message being left is not)."""
+        stt = self.ctx.config.stt
+        return float(stt.live_deadline_s if self.message.recording else stt.answer_deadline_s)

@@ -2,120 +2,56 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helpers.recorder import HOLD_SLOTS, CallRecorder, shared_writer
-from sessions.base import Session
+from helpers.recorder import CallRecorder, shared_writer
+from sessions.compose import Composed
+from sessions.parts.recording import Recording, recording_path
 
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveCall
-    from audiosocket.media import MediaBlock
 
-__all__ = ["RecordSession", "recording_path"]
-
-#: Retries of recordings the disk refused at hang-up (kept referenced until done).
-_BACKGROUND: set[asyncio.Task[None]] = set()
+__all__ = ["RecordSession", "recording_for", "recording_path"]
 
 
-def recording_path(data_dir: Path, call_id: str) -> Path:
-    """Where a call's WAV lives: ``<data>/recordings/<call id>.wav`` (the call's own id, not
-    its AudioSocket UUID, which a fixed-UUID dialplan repeats)."""
-    return data_dir / "recordings" / f"{call_id}.wav"
+def recording_for(call: Call, ctx: AppContext, log: object) -> Recording:
+    """The recording part as the built-in apps use it (the live view and the post-call
+    jobs when the root built them)."""
+    live = ctx.get("live")
+    return Recording(
+        call, ctx.data_dir, writer=shared_writer(),
+        live=live.attach(call) if live is not None else None,
+        jobs=ctx.get("jobs"), log=log,
+    )
 
 
-class RecordSession(Session):
+class RecordSession(Composed):
     """Record: left channel the caller, right channel what we sent, aligned by the clock.
 
-    Subclasses (``transcribe``, ``ivr``) inherit the recording and add behaviour.
+    One part, :class:`~sessions.parts.recording.Recording`; the ``transcribe`` and ``ivr``
+    apps add theirs to it.
     """
 
     name = "record"
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
-        self.recording = recording_path(ctx.data_dir, call.id)
-        self.recorder = CallRecorder(self.recording, call.rate, hold_slots=HOLD_SLOTS)
-        live = ctx.get("live")
-        #: This call in the portal's live view (IVR node, transcript lines, listen-in tap).
-        self.live: LiveCall | None = live.attach(call) if live is not None else None
-        if self.live is not None:
-            self.live.tap = True
+        self.recording_part = recording_for(call, ctx, self.log)
+        self.parts.append(self.recording_part)
 
-    def on_audio(self, pcm: bytes, rate: int) -> None:
-        if rate == self.call.rate:
-            self.hear(pcm, self.call.tick)
+    @property
+    def recording(self) -> Path:
+        """The call's WAV."""
+        return self.recording_part.path
 
-    def hear(self, pcm: bytes, tick: int) -> None:
-        self.recorder.add_inbound(pcm, tick)
-        live = self.live
-        if live is not None and live.listeners:  # the tap costs nothing unheard
-            live.heard(pcm)
+    @property
+    def recorder(self) -> CallRecorder:
+        return self.recording_part.recorder
 
-    def on_tick(self, tick: int, sent: bytes | None) -> None:
-        self.recorder.add_outbound(tick, sent)
-        live = self.live
-        if live is not None and live.listeners:
-            live.sent(sent)
-
-    # -- blocks from the C media path ----------------------------------------------------
-
-    def media_ready(self) -> bool:
-        # A listen-in needs the audio as it happens.
-        return self.live is None or not self.live.listeners
-
-    def on_media(self, block: MediaBlock) -> None:
-        self.record_block(block)
-
-    def record_block(self, block: MediaBlock) -> None:
-        """The recording's share of a block: at once when steady, else frame by frame."""
-        rec = self.recorder
-        if block.steady() and rec.add_run(int(block.sent_ticks[0]), block.heard, block.sent):
-            return
-        for sent, tick, pcm in block.events():
-            if sent:
-                rec.add_outbound(tick, pcm)
-            else:
-                rec.add_inbound(pcm, tick)
-
-    async def on_end(self, reason: str) -> None:
-        self.recorder.close()
-        # The writer thread may still hold the last second: wait for it before the
-        # post-call jobs read the file.
-        await asyncio.to_thread(shared_writer().flush)
-        if self.recorder.refused:
-            # Its jobs would archive the other call's file as this one's.
-            self.log.error("recording_refused", path=str(self.recording),
-                           error=self.recorder.error)
-            return
-        self.log.info("recording_closed", path=str(self.recording),
-                      seconds=round(self.recorder.duration, 2))
-        if self.recorder.pending_bytes:
-            # The disk refused the end of the recording (full?): keep retrying in the
-            # background, and queue the post-call jobs only once the file is whole.
-            self.log.error("recording_incomplete", pending=self.recorder.pending_bytes,
-                           error=self.recorder.error)
-            task = asyncio.create_task(self._finish_later())
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
-            return
-        await self._submit_jobs()
-
-    async def _submit_jobs(self) -> None:
-        jobs = self.ctx.get("jobs")
-        if jobs is not None:
-            await jobs.asubmit(self.uuid, self.recording)
-
-    async def _finish_later(self, every_s: float = 2.0, attempts: int = 300) -> None:
-        for _ in range(attempts):
-            await asyncio.sleep(every_s)
-            self.recorder.retry()
-            await asyncio.to_thread(shared_writer().flush)
-            if not self.recorder.pending_bytes:
-                self.log.info("recording_completed_late", path=str(self.recording))
-                await self._submit_jobs()
-                return
-        self.log.error("recording_abandoned", pending=self.recorder.pending_bytes)
+    @property
+    def live(self) -> LiveCall | None:
+        """This call in the portal's live view, when the hub runs."""
+        return self.recording_part.live

@@ -1,232 +1,90 @@
 """The ``transcribe`` app: records the call and transcribes the caller live.
 
-The caller's frames go through the VAD on the loop (a few µs a frame); each finished
-utterance goes to the shared STT engine's bounded queue (never blocking), and its text comes
-back on the loop as a segment: stored, and handed to ``on_transcript``. Silence is measured on
-the clock's timeline, so a caller who simply stops sending frames still ends an utterance
-(half a second later than one who sends silent frames: frames a stalled loop has not read yet
-must not count as a pause). Audio is placed on that timeline as the recorder places it, so a
-line's time is its position in the recording.
-At hang-up the speech in progress is flushed and the app waits (bounded) for the last
-segments, so the stored transcript is complete within seconds of the end of the call.
+Two parts: :class:`~sessions.parts.recording.Recording` and
+:class:`~sessions.parts.transcriber.Transcriber` (see there for how speech becomes lines).
+At hang-up the speech in progress is flushed and the app waits (bounded) for the last lines,
+so the stored transcript is complete within seconds of the end of the call.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from helpers.recorder import HOLD_SLOTS
-from helpers.speech.vad import JITTER_TICKS, ZERO_SETTLE, Utterance, VadSegmenter
-from sessions.metrics import TRANSCRIPT_SEGMENTS
-from sessions.record import RecordSession
+from sessions.compose import Composed
+from sessions.parts import needs_of
+from sessions.parts.recording import Recording
+from sessions.parts.transcriber import Transcriber
+from sessions.record import recording_for
 
 if TYPE_CHECKING:
     from audiosocket.app import AppContext
     from audiosocket.call import Call
-    from audiosocket.media import MediaBlock
+    from audiosocket.live import LiveCall
     from helpers.speech.stt import Segment
+    from helpers.speech.vad import VadSegmenter
 
 __all__ = ["TranscribeSession"]
 
-#: Check for silence (no frames) every this many ticks.
-SILENCE_CHECK_TICKS = 5
-#: At hang-up, wait at most this long for the last utterances to be transcribed.
-FINAL_WAIT_S = 30.0
 
-
-class TranscribeSession(RecordSession):
-    """Record + live transcription. Subclasses get ``on_transcript`` and ``on_speech_start``."""
+class TranscribeSession(Composed):
+    """Record + live transcription: the parts Recording and Transcriber. Subclasses get
+    ``on_transcript`` and ``on_speech_start`` (the transcriber tells the session, its
+    listener)."""
 
     name = "transcribe"
-    needs: ClassVar[tuple[str, ...]] = ("store", "stt")
+    needs: ClassVar[tuple[str, ...]] = needs_of(Recording, Transcriber)
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
-        cfg = ctx.config.stt
-        self.loop = asyncio.get_running_loop()
         self.stt = ctx.get("stt")
         self.store = ctx.get("store")
-        self.vad = VadSegmenter(
-            call.rate, aggressiveness=cfg.vad_aggressiveness, pre_roll_ms=cfg.pre_roll_ms,
-            end_silence_ms=cfg.end_silence_ms, min_speech_ms=cfg.min_speech_ms,
-            max_utterance_s=cfg.max_utterance_s, max_utterance_bytes=cfg.max_utterance_bytes,
-            on_speech_start=self._speech_started,
-            engine=cfg.vad_engine, silero_threshold=cfg.silero_threshold,
+        self.recording_part = recording_for(call, ctx, self.log)
+        self.transcriber = Transcriber(
+            call, ctx.config.stt, stt=self.stt, store=self.store,
+            live=self.recording_part.live, listener=self, log=self.log,
         )
-        self.segments: list[Segment] = []
-        self.dropped = 0
-        self._pending = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._batch: list[bytes] = []
-        self._batch_tick = 0
+        self.parts += [self.recording_part, self.transcriber]
 
-    # -- audio in ------------------------------------------------------------------------
+    @property
+    def live(self) -> LiveCall | None:
+        """This call in the portal's live view, when the hub runs."""
+        return self.recording_part.live
 
-    def hear(self, pcm: bytes, tick: int) -> None:
-        super().hear(pcm, tick)
-        self._vad_hear(pcm, tick)
+    @property
+    def segments(self) -> list[Segment]:
+        """The caller's lines so far."""
+        return self.transcriber.segments
 
-    def _vad_hear(self, pcm: bytes, tick: int) -> None:
-        # What arrives in one tick goes to the VAD together, so a burst after a stall is
-        # placed as the recorder places it (right-aligned), and lines match the recording.
-        if tick != self._batch_tick:
-            self._push_batch()
-            self._batch_tick = tick
-        self._batch.append(pcm)
+    @property
+    def vad(self) -> VadSegmenter:
+        return self.transcriber.vad
 
-    def _push_batch(self) -> None:
-        if not self._batch:
-            return
-        pcm = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
-        self._batch.clear()
-        for utt in self.vad.push(pcm, self._batch_tick):
-            self._submit(utt)
+    @property
+    def dropped(self) -> int:
+        return self.transcriber.dropped
 
-    def on_tick(self, tick: int, sent: bytes | None) -> None:
-        super().on_tick(tick, sent)
-        self._vad_tick(tick)
+    @property
+    def transcribing(self) -> bool:
+        """Speech is in progress or utterances are waiting for text."""
+        return self.transcriber.transcribing
 
-    # -- blocks from the C media path ----------------------------------------------------
-
-    #: The C path hands the call back at the first frame of sound, so speech is detected
-    #: (and barge-in happens) frame by frame, as it comes.
-    wake_on_sound = True
-
-    def media_ready(self) -> bool:
-        # Only a settled silence rides in blocks: no speech in progress, and the VAD past
-        # its digital-silence fixed point (so a noisy line, which would wake the C path at
-        # every frame, stays frame by frame instead of bouncing).
-        vad = self.vad
-        return (
-            super().media_ready() and not vad.in_speech and vad.zero_run >= ZERO_SETTLE
-            and len(self._batch) <= 1
-        )
-
-    def on_media(self, block: MediaBlock) -> None:
-        self.record_block(block)
-        self._vad_block(block)
-
-    def _vad_block(self, block: MediaBlock) -> None:
-        """The VAD's share of a block: the steady run at once (``push_frames``), else each
-        frame and tick as the Python path delivers them."""
-        self._push_batch()
-        vad = self.vad
-        if block.steady() and vad.next_tick >= int(block.sent_ticks[0]) + 1 - JITTER_TICKS:
-            try:
-                utts = vad.push_frames(block.heard)
-            except ValueError:
-                pass  # a partial frame is held: frame by frame below
-            else:
-                for utt in utts:
-                    self._submit(utt)
-                return
-        for sent, tick, pcm in block.events():
-            if sent:
-                self._vad_tick(tick)
-            else:
-                self._vad_hear(pcm, tick)
-
-    def _vad_tick(self, tick: int) -> None:
-        self._push_batch()
-        # Missing audio becomes silence only HOLD_SLOTS behind the clock: a stalled loop
-        # reads half a second of frames late, and they must fill the gap, not follow it.
-        if tick % SILENCE_CHECK_TICKS == 0 and tick > HOLD_SLOTS:
-            for utt in self.vad.silence_until(tick - HOLD_SLOTS):
-                self._submit(utt)
-
-    def _speech_started(self, at: float) -> None:
-        self.on_speech_start(at)
+    # -- what the transcriber tells the app (TranscriptListener) -------------------------
 
     def on_speech_start(self, at: float) -> None:
         """The caller started speaking (``at`` on the call's timeline). Barge-in goes here."""
-        after = self.barge_in_after
-        if after is not None and self.call.time >= after:
-            self.interrupt("speech")
+        self.speaker.speech_started(at)
 
-    # -- STT -----------------------------------------------------------------------------
+    def on_transcript(self, seg: Segment) -> None:
+        """A final line of what the caller said."""
 
-    def _submit(self, utt: Utterance) -> None:
-        if self.stt is None:
-            return
-        self._pending += 1
-        self._idle.clear()
-        self.stt.submit(self.uuid, utt, self._from_worker, speech_end_monotonic=time.monotonic(),
-                        deadline_s=self.stt_deadline_s())
-
-    def stt_deadline_s(self) -> float:
-        """How long after the end of speech its text is still wanted: a live line's."""
-        return float(self.ctx.config.stt.live_deadline_s)
-
-    def _from_worker(self, seg: Segment | None, info: dict[str, Any]) -> None:
-        # Called on an STT worker thread (or inline when dropping): hop back to the loop.
-        try:
-            self.loop.call_soon_threadsafe(self._transcribed, seg, info)
-        except RuntimeError:
-            pass  # the loop is closed: the server is gone
-
-    def _transcribed(self, seg: Segment | None, info: dict[str, Any]) -> None:
-        self._pending -= 1
-        if self._pending <= 0:
-            self._pending = 0
-            self._idle.set()
-        if info.get("dropped"):
-            self.dropped += 1
-            self.log.warning("utterance_dropped", reason=info.get("reason"))
-            self.on_dropped(str(info.get("reason")))
-            return
-        if seg is None:
-            if info.get("rejected"):
-                self.log.debug("utterance_rejected", reason=info.get("rejected"))
-            return
-        # Fluent speech is one 15-25 s utterance: one line per sentence (Whisper's word
-        # times) makes each line start where its sentence does.
-        for line in self.transcript_lines(seg):
-            self._add_line(line)
+    def on_dropped(self, reason: str) -> None:
+        """An utterance of the caller's was dropped unheard (``reason`` as the metric's)."""
 
     def transcript_lines(self, seg: Segment) -> list[Segment]:
         """The lines one recognised utterance becomes: sentence-sized. An app that must
         see the utterance whole (an IVR answer) returns ``[seg]``."""
         return seg.lines()
 
-    def _add_line(self, seg: Segment) -> None:
-        """One line of what the caller said: kept, stored, logged, handed to the app."""
-        self.segments.append(seg)
-        TRANSCRIPT_SEGMENTS.inc()
-        if self.store is not None:
-            self.store.add_segment(self.uuid, seg.start, seg.end, seg.text, seg.confidence,
-                                   seg.latency_ms)
-        self.log.info("transcript", start=round(seg.start, 2), end=round(seg.end, 2),
-                      text=seg.text, latency_ms=round(seg.latency_ms))
-        if self.live is not None:
-            self.live.add_line(seg.start, seg.end, seg.text)
-        try:
-            self.on_transcript(seg)
-        except Exception:
-            self.log.exception("on_transcript_failed")
-
-    def on_transcript(self, seg: Segment) -> None:
-        """A final segment of what the caller said."""
-
-    def on_dropped(self, reason: str) -> None:
-        """An utterance of the caller's was dropped unheard (``reason`` as the metric's)."""
-
-    @property
-    def transcribing(self) -> bool:
-        """Speech is in progress or utterances are waiting for text."""
-        return self.vad.in_speech or self._pending > 0
-
-    async def on_end(self, reason: str) -> None:
-        self._push_batch()
-        last = self.vad.flush(self.call.tick)
-        if last is not None:
-            self._submit(last)
-        try:
-            async with asyncio.timeout(FINAL_WAIT_S):
-                await self._idle.wait()
-        except TimeoutError:
-            self.log.warning("final_transcripts_timed_out", pending=self._pending)
-        await super().on_end(reason)
-        self.log.info("transcript_complete", segments=len(self.segments), dropped=self.dropped)
+    def stt_deadline_s(self) -> float:
+        """How long after the end of speech its text is still wanted: a live line's."""
+        return float(self.ctx.config.stt.live_deadline_s)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from helpers.speech.lines import Line, make_lines
-from helpers.speech.vad import Utterance, VadSegmenter
+from helpers.speech.vad import JITTER_TICKS, ZERO_SETTLE, Utterance, VadSegmenter
 
 __all__ = ["Recognizer", "SpeechLoop"]
 
@@ -64,6 +64,28 @@ class SpeechLoop:
         pcm = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
         self._batch.clear()
         return self.vad.push(pcm, self._batch_tick)
+
+    def run(self, pcm: bytes, first_tick: int) -> tuple[list[Utterance], bool]:
+        """A steady run at once: whole frames read one per tick from ``first_tick`` on, in
+        time (the C path's tape); the same utterances as feeding them tick by tick. Returns
+        the utterances and whether the run was taken: not when the VAD's state needs the
+        tick-by-tick way (a gap to fill, a partial frame held), and then only what the
+        current tick held was pushed."""
+        out = self.end_tick()
+        if self.vad.next_tick < first_tick - JITTER_TICKS:
+            return out, False
+        try:
+            out += self.vad.push_frames(pcm)
+        except ValueError:
+            return out, False
+        return out, True
+
+    @property
+    def settled(self) -> bool:
+        """No speech in progress, at most the current tick's frame held, and the VAD past
+        its digital-silence fixed point: the audio may come in blocks."""
+        vad = self.vad
+        return not vad.in_speech and vad.zero_run >= ZERO_SETTLE and len(self._batch) <= 1
 
     def silence_until(self, tick: int) -> list[Utterance]:
         """Audio that never came, up to ``tick``, counts as silence (see the VAD)."""

@@ -22,7 +22,7 @@ from sessions.record import RecordSession, recording_path
 from sessions.transcribe import TranscribeSession
 from tests.audiosocket.test_server import wait_for
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
-from tests.helpers.store.api_view import aapi_call
+from tests.helpers.store.api_view import await_transcript
 
 pytestmark = pytest.mark.skipif(not NATIVE_AVAILABLE, reason="audiosocket._wire not built")
 
@@ -118,15 +118,7 @@ async def test_a_silent_caller_rides_in_blocks_and_speech_wakes_it(
     assert await watcher == (1 if native else 0)
     if native:
         assert wake_events() - wakes >= 2  # each sentence woke the line
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    call: dict[str, Any] | None = None
-    while loop.time() < deadline:
-        await store.aflush()
-        call = await aapi_call(store, result.uuid)
-        if call and call["ended_at"] and len(call["transcript"]) >= 2:
-            break
-        await asyncio.sleep(0.2)
+    call = await await_transcript(store, result.uuid, 2, timeout=20, every=0.2)
     assert call is not None
     segs = [s for s in call["transcript"] if s.get("speaker", "caller") == "caller"]
     assert len(segs) == 2, segs

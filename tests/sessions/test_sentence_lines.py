@@ -8,7 +8,6 @@ was sent, so each line's start is checked against it.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from audiosocket.caller import place_call
 from helpers.postcall.jobs import PostCallJobs
 from sessions.transcribe import TranscribeSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
-from tests.helpers.store.api_view import aapi_call
+from tests.helpers.store.api_view import aapi_call, await_transcript
 
 pytestmark = pytest.mark.slow
 
@@ -77,15 +76,7 @@ async def test_fluent_speech_gives_sentence_lines_live_and_after_the_call(
     # machine sends late, and the server's timeline follows what arrived).
     truth = [result.sent_at[round(t / 0.02)] for t in onsets]
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    call: dict[str, Any] | None = None
-    while loop.time() < deadline:
-        await store.aflush()
-        call = await aapi_call(store, result.uuid)
-        if call and call["ended_at"] and len(call["transcript"]) >= len(SENTENCES) - 1:
-            break
-        await asyncio.sleep(0.3)
+    call = await await_transcript(store, result.uuid, len(SENTENCES) - 1, timeout=30, every=0.3)
     assert call is not None and call["ended_at"]
     print("live", [(ln["start"], ln["end"], ln["text"]) for ln in call["transcript"]])
     # The VAD cuts the 23 s at its 15 s maximum (mid-sentence, so one line may start

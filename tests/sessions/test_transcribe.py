@@ -11,7 +11,7 @@ import pytest
 from audiosocket.caller import place_call
 from sessions.transcribe import TranscribeSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
-from tests.helpers.store.api_view import aapi_call
+from tests.helpers.store.api_view import await_transcript
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,7 @@ async def test_transcript_complete_after_hangup(start_server: Any) -> None:
     audio = silence(0.5) + synth_speech(FIRST) + silence(1.2) + synth_speech(SECOND)
     # Hang up right after the last word: the final utterance is flushed at hang-up.
     result = await place_call("127.0.0.1", server.port, pcm=audio, linger=0.1)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    call: dict[str, Any] | None = None
-    while loop.time() < deadline:
-        await store.aflush()
-        call = await aapi_call(store, result.uuid)
-        if call and call["ended_at"] and len(call["transcript"]) >= 2:
-            break
-        await asyncio.sleep(0.2)
+    call = await await_transcript(store, result.uuid, 2, timeout=20, every=0.2)
     assert call is not None
     assert call["app"] == "transcribe" and call["end_reason"] == "remote_closed"
     segs = call["transcript"]

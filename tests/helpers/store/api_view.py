@@ -35,3 +35,22 @@ def api_search(store: CallStore, *args: Any, **kwargs: Any) -> dict[str, Any]:
     page = store.search(*args, **kwargs)
     return {"items": [{**asdict(h), "snippet": snippet_html(h.snippet)} for h in page.items],
             "total": page.total}
+
+
+async def await_transcript(
+    store: CallStore, uuid: str, lines: int, timeout: float = 20.0, every: float = 0.2
+) -> dict[str, Any] | None:
+    """The call as the API shows it once it has ended with at least ``lines`` transcript
+    lines, or as it is when ``timeout`` runs out (None if it never appeared)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    call: dict[str, Any] | None = None
+    while loop.time() < deadline:
+        await store.aflush()
+        call = await aapi_call(store, uuid)
+        if call and call["ended_at"] and len(call["transcript"]) >= lines:
+            break
+        await asyncio.sleep(every)
+    return call
