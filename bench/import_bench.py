@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from audiosocket.app import AppContext  # noqa: E402
 from audiosocket.config import load_config  # noqa: E402
-from audiosocket.services import close_services, ensure_jobs  # noqa: E402
+from audiosocket.root.app import AppContext  # noqa: E402
+from audiosocket.root.services import close_services, ensure_jobs  # noqa: E402
 from helpers.archive import ffmpeg_limit  # noqa: E402
 from helpers.audio import write_wav  # noqa: E402
 from helpers.importer import import_file  # noqa: E402

@@ -13,8 +13,8 @@ from audiosocket.protocol import FRAME_MS
 from sessions.metrics import BARGE_INS, SAY_FIRST_FRAME
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.root.app import AppContext
 
 __all__ = ["Session"]
 

@@ -27,8 +27,8 @@ from sessions.metrics import IVR_INPUTS, IVR_RESULTS, WEBHOOKS
 from sessions.transcribe import TranscribeSession
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.root.app import AppContext
     from helpers.stt import Segment
 
 __all__ = ["DEMO_FLOWS", "IvrSession"]

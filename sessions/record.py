@@ -10,9 +10,9 @@ from helpers.recorder import HOLD_SLOTS, CallRecorder, shared_writer
 from sessions.base import Session
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveCall
+    from audiosocket.root.app import AppContext
 
 __all__ = ["RecordSession", "recording_path"]
 

@@ -23,8 +23,8 @@ from sessions.metrics import TRANSCRIPT_SEGMENTS
 from sessions.record import RecordSession
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.root.app import AppContext
     from helpers.stt import Segment
 
 __all__ = ["TranscribeSession"]

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from audiosocket.app import AppContext, session_factory
 from audiosocket.config import load_config
+from audiosocket.root.app import AppContext, session_factory
+from audiosocket.root.services import close_services, provide
 from audiosocket.server import AudioSocketServer
-from audiosocket.services import close_services, provide
 from sessions.base import Session
 
 StartServer = Callable[..., Any]

@@ -18,7 +18,9 @@ The layers (``docs/discussion/architecture.md`` has the picture):
 
 - ``core``: ``audiosocket`` without the composition root: codec, call, clock, playout,
   server, config, metrics, logs, lifecycle, live hub, the ``audiosocket call`` client.
-- ``root``: the composition root, :data:`ROOT_MODULES`; it may import everything.
+- ``root``: the composition root, the sub-package :data:`ROOT_PACKAGE`; it may import
+  everything, and nothing outside it imports it at run time.
+- ``entry``: :data:`ENTRY_POINTS`, old module names that only forward to the root.
 - ``sessions``, ``helpers``, ``web``, ``models``: the folders of those names.
 """
 
@@ -31,9 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from audiosocket.app import AppContext, session_factory
 from audiosocket.config import ConfigError, load_config
-from audiosocket.services import provide
+from audiosocket.root.app import AppContext, session_factory
+from audiosocket.root.services import provide
 from sessions.base import Session
 from sessions.echo import EchoSession
 from sessions.ivr import IvrSession
@@ -42,9 +44,15 @@ from sessions.record import RecordSession
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("audiosocket", "sessions", "helpers", "web", "models")
 #: The composition root: builds everything from the config; nothing else imports it.
-ROOT_MODULES = frozenset(
-    f"audiosocket.{name}" for name in ("app", "services", "runner", "cli", "commands")
-)
+ROOT_PACKAGE = "audiosocket.root"
+#: Modules that only forward to the root, outside it: module -> why it exists. They form a
+#: layer (and a folder) of their own, which imports the root and which nothing imports.
+ENTRY_POINTS = {
+    "audiosocket.cli": (
+        "console scripts installed before the root moved import audiosocket.cli:main; "
+        "goes once every install has re-run pip install -e ."
+    ),
+}
 #: Type-only imports that break a layer rule and stay for now: (importer, imported) -> why.
 TYPE_ONLY_EXCEPTIONS = {
     ("audiosocket.server", "sessions.base"): (
@@ -152,7 +160,23 @@ def layer(module: str) -> str:
     top = module.split(".")[0]
     if top != "audiosocket":
         return top
-    return "root" if module in ROOT_MODULES else "core"
+    if module in ENTRY_POINTS:
+        return "entry"
+    return "root" if _in_root(module) else "core"
+
+
+def _in_root(module: str) -> bool:
+    return module == ROOT_PACKAGE or module.startswith(ROOT_PACKAGE + ".")
+
+
+def folder(module: str, modules: dict[str, Path]) -> str:
+    """The folder (package or sub-package) a module's file sits in; entry points count
+    apart (see :data:`ENTRY_POINTS`)."""
+    if module in ENTRY_POINTS:
+        return "entry"
+    if modules[module].name == "__init__.py":
+        return module
+    return module.rpartition(".")[0]
 
 
 def strongly_connected(nodes: set[str], edges: list[tuple[str, str]]) -> list[list[str]]:
@@ -216,7 +240,7 @@ def test_the_graph_is_read(edges: list[Edge]) -> None:
     assert {"audiosocket.protocol", "sessions.base", "helpers.store", "web.app"} <= set(modules)
     pairs = {(e.src, e.dst) for e in edges}
     assert ("audiosocket.server", "audiosocket.protocol") in pairs  # top level
-    assert ("audiosocket.runner", "web.app") in pairs  # function-local
+    assert ("audiosocket.root.runner", "web.app") in pairs  # function-local
     assert ("sessions.base", "audiosocket.call") in pairs  # type-only
     assert ("audiosocket.clock", "audiosocket.metrics") in pairs  # ``from pkg import mod``
     assert ("audiosocket.clock", "audiosocket._wire") in pairs  # compiled, read by its stub
@@ -259,6 +283,30 @@ def test_no_import_cycles_between_layers(edges: list[Edge]) -> None:
     assert not cycles, f"layer cycles {cycles}:\n" + "\n".join(detail)
 
 
+def test_no_import_cycles_between_folders(edges: list[Edge]) -> None:
+    """The folders and sub-packages (``audiosocket``, ``audiosocket.root``, ``sessions``,
+    ``sessions.flows``, ...) form no cycle either (run-time imports): with the root in a
+    sub-package of its own, the folder tree itself has dependencies that point one way."""
+    modules = module_files()
+    pairs = sorted({(folder(e.src, modules), folder(e.dst, modules)) for e in edges
+                    if not e.type_only and folder(e.src, modules) != folder(e.dst, modules)})
+    cycles = strongly_connected({folder(m, modules) for m in modules}, pairs)
+    detail = [str(e) for e in edges if not e.type_only for comp in cycles
+              if folder(e.src, modules) in comp and folder(e.dst, modules) in comp
+              and folder(e.src, modules) != folder(e.dst, modules)]
+    assert not cycles, f"folder cycles {cycles}:\n" + "\n".join(detail)
+
+
+def test_nothing_outside_the_root_imports_it(edges: list[Edge]) -> None:
+    """The root builds and hands down; no other layer imports it at run time (``sessions``
+    and ``web`` may name its types under ``TYPE_CHECKING``; the entry points forward to it)."""
+    bad = [f"{e}  [only the root and the entry points import the root]" for e in edges
+           if layer(e.dst) == "root" and layer(e.src) not in {"root", "entry"}
+           and not (e.type_only and layer(e.src) in {"sessions", "web"})]
+    assert not bad, "\n".join(bad)
+    assert not [e for e in edges if layer(e.dst) == "entry"], "nothing imports an entry point"
+
+
 def test_helpers_import_no_sessions_server_or_web(edges: list[Edge]) -> None:
     """``helpers`` are engines: they know nothing of apps, the server or the portal."""
     bad = _violations(edges, "helpers", {"sessions", "web", "core", "root"})
@@ -275,12 +323,12 @@ def test_web_reads_no_sessions_or_server(edges: list[Edge]) -> None:
 
 def test_sessions_import_no_composition_root(edges: list[Edge]) -> None:
     """Apps declare what they need (``Session.needs``) and the root builds it: they never
-    import the wiring. ``audiosocket.app`` may be named for ``AppContext``'s type only."""
+    import the wiring. ``audiosocket.root.app`` may be named for ``AppContext``'s type only."""
     bad = _violations(edges, "sessions", {"root"}, run_time_only=True)
     bad += [
         f"{e}  [sessions must not import {e.dst}]" for e in edges
         if layer(e.src) == "sessions" and layer(e.dst) == "root" and e.type_only
-        and e.dst != "audiosocket.app"
+        and e.dst != "audiosocket.root.app"
     ]
     assert not bad, "\n".join(bad)
 

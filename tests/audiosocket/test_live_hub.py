@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audiosocket.app import AppContext
 from audiosocket.config import Config
 from audiosocket.live import DROPPED, LISTENERS, SUBSCRIBERS, ListenError, LiveHub
-from audiosocket.services import install_live
+from audiosocket.root.app import AppContext
+from audiosocket.root.services import install_live
 
 
 def fake_call(call_id: str = "c1", app: str = "ivr", rate: int = 8000) -> Any:

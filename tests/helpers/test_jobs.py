@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audiosocket.app import AppContext
 from audiosocket.config import load_config
-from audiosocket.services import close_services, ensure_jobs
+from audiosocket.root.app import AppContext
+from audiosocket.root.services import close_services, ensure_jobs
 from helpers.archive import probe_duration
 from helpers.audio import write_wav
 from helpers.retention import apply_retention

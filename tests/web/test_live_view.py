@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from audiosocket.caller import CallResult, place_call
 from audiosocket.config import Config
 from audiosocket.live import LiveHub
-from audiosocket.services import install_live
+from audiosocket.root.services import install_live
 from helpers.store import CallStore
 from sessions.echo import EchoSession
 from sessions.ivr import IvrSession

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from audiosocket import metrics
-from audiosocket.app import AppContext, resolve_app, session_factory
 from audiosocket.config import Config
 from audiosocket.lifecycle import SignalWatcher, Watchdog
+from audiosocket.root.app import AppContext, resolve_app, session_factory
 from audiosocket.server import AudioSocketServer
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
 async def _start_services(ctx: AppContext) -> None:
     """Create the engines every app shares: the call store (every call is recorded in it)
     and the live-call hub (the portal's live view)."""
-    from audiosocket.services import provide
+    from audiosocket.root.services import provide
 
     await provide(ctx, ("store", "live", "jobs") if ctx.config.postcall.enabled
                   else ("store", "live"))
@@ -173,14 +173,14 @@ async def _start_services(ctx: AppContext) -> None:
 
 async def _prepare_app(cls: type[Session], ctx: AppContext) -> None:
     """Build the engines the app declares (``cls.needs``), then let it load its own."""
-    from audiosocket.services import provide
+    from audiosocket.root.services import provide
 
     await provide(ctx, cls.needs)
     await cls.prepare(ctx)
 
 
 async def _stop_services(ctx: AppContext, budget_s: float) -> None:
-    from audiosocket.services import close_services
+    from audiosocket.root.services import close_services
 
     try:
         async with asyncio.timeout(budget_s):

@@ -48,7 +48,7 @@ def add_extra_commands(sub: Any) -> None:
     msub = p.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="download a hub checkpoint into models/ (needs internet)")
     f.add_argument("name", help="e.g. google/flan-t5-small")
-    f.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "models"),
+    f.add_argument("--dest", default=str(Path(__file__).resolve().parents[2] / "models"),
                    help="where the checkpoint directory goes (default models/)")
     f.set_defaults(handler=cmd_models_fetch)
     ls = msub.add_parser("list", help="which model serves which role")
@@ -64,7 +64,7 @@ def add_extra_commands(sub: Any) -> None:
                             "bfloat16", "int8_float16", "int8_bfloat16"],
                    help="weight type (default int8: smallest and fastest on CPU)")
     c.set_defaults(handler=cmd_models_convert)
-    web_default = str(Path(__file__).resolve().parents[1] / "web" / "static" / "models")
+    web_default = str(Path(__file__).resolve().parents[2] / "web" / "static" / "models")
     bw = msub.add_parser(
         "build-web",
         help="rebuild the bundled Whisper tiny.en as ONNX for the upload page (transformers.js)",
@@ -113,8 +113,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 async def _import(config: Any, files: list[Path], *, progress: bool) -> int:
-    from audiosocket.app import AppContext
-    from audiosocket.services import close_services, ensure_jobs
+    from audiosocket.root.app import AppContext
+    from audiosocket.root.services import close_services, ensure_jobs
     from helpers.archive import ffmpeg_limit
     from helpers.importer import ValidationError, import_file
 

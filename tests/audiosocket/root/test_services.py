@@ -6,9 +6,9 @@ import asyncio
 import threading
 from pathlib import Path
 
-from audiosocket.app import AppContext
 from audiosocket.config import load_config
-from audiosocket.services import close_services, ensure_stt, ensure_tts
+from audiosocket.root.app import AppContext
+from audiosocket.root.services import close_services, ensure_stt, ensure_tts
 
 
 def _threads(prefix: str) -> set[threading.Thread]:

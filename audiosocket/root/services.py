@@ -19,9 +19,9 @@ from audiosocket.call import CallIds
 from audiosocket.config import ConfigError
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveHub
+    from audiosocket.root.app import AppContext
     from helpers.store import CallStore
     from helpers.stt import SttEngine
     from helpers.tts import TtsEngine
@@ -31,10 +31,10 @@ __all__ = [
     "provide",
 ]
 
-log = structlog.get_logger("audiosocket.services")
+log = structlog.get_logger("audiosocket.root.services")
 T = TypeVar("T")
 #: Where ``audiosocket models fetch`` puts checkpoints (the repository's models/ folder).
-_REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+_REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 class StoreObserver:
