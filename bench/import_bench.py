@@ -59,7 +59,7 @@ def make_files(folder: Path, n: int) -> list[Path]:
 async def run(files: list[Path], data: Path, naive: bool) -> float:
     ctx = AppContext(load_config(overrides={"data_dir": str(data)}, environ={}))
     jobs = await ensure_jobs(ctx)
-    store = ctx.get("store")
+    store = ctx.services.store
     started = time.monotonic()
     if naive:
         for path in files:

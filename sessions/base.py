@@ -14,7 +14,7 @@ from sessions.metrics import BARGE_INS, SAY_FIRST_FRAME
 
 if TYPE_CHECKING:
     from audiosocket.call import Call
-    from audiosocket.root.app import AppContext
+    from audiosocket.root.app import AppContext, Need
 
 __all__ = ["Session"]
 
@@ -44,10 +44,10 @@ class Session:
     #: Name used in logs, metrics and the call store.
     name = "base"
     #: The shared engines this app uses (``store``, ``live``, ``stt``, ``tts``, ``jobs``):
-    #: the composition root builds them before ``prepare`` and they are in ``ctx``
-    #: (``ctx.get(name)``) for every call. Declared, not fetched, so apps never import
+    #: the composition root builds them before ``prepare`` and they are in ``ctx.services``
+    #: (``ctx.services.stt``) for every call. Declared, not fetched, so apps never import
     #: the wiring.
-    needs: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[Need, ...]] = ()
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         self.call = call
@@ -122,7 +122,7 @@ class Session:
         the protection window (``ivr.barge_in_protect_ms``) clears the prompt at once; apps
         that listen (``transcribe``, ``ivr``) detect that speech.
         """
-        tts = self.ctx.get("tts")
+        tts = self.ctx.services.tts
         if tts is None:
             raise RuntimeError('say() needs the TTS engine: declare "tts" in the app\'s needs')
         playout = self.call.playout
@@ -207,10 +207,10 @@ class Session:
             return  # cut before its first frame: the caller heard nothing of it
         start = heard[0]
         end = max(start, self.call.time)
-        line = {"start": round(start, 3), "end": round(end, 3), "text": text,
-                "interrupted": not completed}
+        line: dict[str, Any] = {"start": round(start, 3), "end": round(end, 3), "text": text,
+                                "interrupted": not completed}
         self.server_lines.append(line)
-        store = self.ctx.get("store")
+        store = self.ctx.services.store
         if store is not None:
             store.add_segment(self.uuid, line["start"], line["end"], text, None, None,
                               speaker="server", interrupted=not completed)

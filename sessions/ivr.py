@@ -16,7 +16,7 @@ import asyncio
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from sessions.transcribe import TranscribeSession
 
 if TYPE_CHECKING:
     from audiosocket.call import Call
-    from audiosocket.root.app import AppContext
+    from audiosocket.root.app import AppContext, Need
     from helpers.stt import Segment
 
 __all__ = ["DEMO_FLOWS", "IvrSession"]
@@ -59,12 +59,14 @@ class IvrSession(TranscribeSession):
     """Flow-driven IVR. The flow is ``ivr.flow`` from ``ivr.flows_dir``."""
 
     name = "ivr"
-    needs = (*TranscribeSession.needs, "tts")
+    needs: ClassVar[tuple[Need, ...]] = (*TranscribeSession.needs, "tts")
+    #: The flow ``prepare`` loaded: the app's own state, shared by its calls.
+    loaded_flow: ClassVar[Flow | None] = None
 
     @classmethod
     async def prepare(cls, ctx: AppContext) -> None:
         await super().prepare(ctx)
-        tts = ctx.get("tts")
+        tts = ctx.services.tts
         if tts is None:
             raise RuntimeError("ivr: the TTS engine was not built before prepare() (needs)")
         cfg = ctx.config.ivr
@@ -79,7 +81,7 @@ class IvrSession(TranscribeSession):
                 f"(found: {', '.join(sorted(flows)) or 'none'})"
             )
         flow = flows[cfg.flow]
-        ctx.services["flow"] = flow
+        cls.loaded_flow = flow
         # Pre-warm every fixed prompt at the usual call rates: a prompt then costs nothing.
         count = await tts.prewarm(flow.prompts(), (8000, 16000))
         import structlog
@@ -90,7 +92,9 @@ class IvrSession(TranscribeSession):
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
-        self.flow: Flow = ctx.services["flow"]
+        if self.loaded_flow is None:
+            raise RuntimeError("ivr: prepare() did not run before the first call")
+        self.flow: Flow = self.loaded_flow
         self.variables: dict[str, Any] = {}
         self.path: list[str] = []
         self.digits: list[str] = []

@@ -38,7 +38,7 @@ class RecordSession(Session):
         super().__init__(call, ctx)
         self.recording = recording_path(ctx.data_dir, call.id)
         self.recorder = CallRecorder(self.recording, call.rate, hold_slots=HOLD_SLOTS)
-        live = ctx.get("live")
+        live = ctx.services.live
         #: This call in the portal's live view (IVR node, transcript lines, listen-in tap).
         self.live: LiveCall | None = live.attach(call) if live is not None else None
         if self.live is not None:
@@ -81,7 +81,7 @@ class RecordSession(Session):
         await self._submit_jobs()
 
     async def _submit_jobs(self) -> None:
-        jobs = self.ctx.get("jobs")
+        jobs = self.ctx.services.jobs
         if jobs is not None:
             await jobs.asubmit(self.uuid, self.recording)
 

@@ -24,7 +24,7 @@ from sessions.record import RecordSession
 
 if TYPE_CHECKING:
     from audiosocket.call import Call
-    from audiosocket.root.app import AppContext
+    from audiosocket.root.app import AppContext, Need
     from helpers.stt import Segment
 
 __all__ = ["TranscribeSession"]
@@ -39,14 +39,14 @@ class TranscribeSession(RecordSession):
     """Record + live transcription. Subclasses get ``on_transcript`` and ``on_speech_start``."""
 
     name = "transcribe"
-    needs: ClassVar[tuple[str, ...]] = ("store", "stt")
+    needs: ClassVar[tuple[Need, ...]] = ("store", "stt")
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
         cfg = ctx.config.stt
         self.loop = asyncio.get_running_loop()
-        self.stt = ctx.get("stt")
-        self.store = ctx.get("store")
+        self.stt = ctx.services.stt
+        self.store = ctx.services.store
         self.vad = VadSegmenter(
             call.rate, aggressiveness=cfg.vad_aggressiveness, pre_roll_ms=cfg.pre_roll_ms,
             end_silence_ms=cfg.end_silence_ms, min_speech_ms=cfg.min_speech_ms,

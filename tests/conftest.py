@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from audiosocket.config import load_config
-from audiosocket.root.app import AppContext, session_factory
+from audiosocket.root.app import AppContext, Services, session_factory
 from audiosocket.root.services import close_services, provide
 from audiosocket.server import AudioSocketServer
 from sessions.base import Session
@@ -24,14 +24,14 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     servers: list[AudioSocketServer] = []
 
     async def start(
-        app: type[Session], services: dict[str, Any] | None = None, **overrides: Any
+        app: type[Session], services: Services | None = None, **overrides: Any
     ) -> AudioSocketServer:
         overrides.setdefault("port", 1)  # replaced by 0 below; validate() wants a TCP port
         overrides.setdefault("data_dir", str(tmp_path / "data"))
         overrides.setdefault("http_port", 0)
         cfg = load_config(overrides=overrides, environ={})
         cfg.port = 0
-        ctx = AppContext(cfg, services=services or {})
+        ctx = AppContext(cfg, services=services or Services())
         # As the composition root does: build what the app declares, then prepare it.
         await provide(ctx, app.needs)
         await app.prepare(ctx)

@@ -27,6 +27,7 @@ The layers (``docs/discussion/architecture.md`` has the picture):
 from __future__ import annotations
 
 import ast
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from audiosocket.config import ConfigError, load_config
-from audiosocket.root.app import AppContext, session_factory
+from audiosocket.root.app import AppContext, Services, session_factory
 from audiosocket.root.services import provide
 from sessions.base import Session
 from sessions.echo import EchoSession
@@ -377,9 +378,14 @@ async def test_provide_builds_what_an_app_declares_once(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     with pytest.raises(ConfigError, match=r"'speech'.*known: store, live, stt, tts, jobs"):
         await provide(ctx, ("live", "speech"))
-    assert ctx.services == {} and ctx.observers == []
+    assert ctx.services == Services() and ctx.observers == []
+    before = ctx.services
     await provide(ctx, ("live",))
-    hub = ctx.get("live")
+    hub = ctx.services.live
     await provide(ctx, ("live",))
-    assert hub is not None and ctx.get("live") is hub and ctx.observers == [hub]
+    assert hub is not None and ctx.services.live is hub and ctx.observers == [hub]
+    # A new frozen Services each time something is built; the old one is left as it was.
+    assert before.live is None and ctx.services == Services(live=hub)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.services.stt = None  # type: ignore[misc]
     assert IvrSession.needs == ("store", "stt", "tts") and EchoSession.needs == ()

@@ -1,4 +1,5 @@
-"""App wiring: the shared context every session gets, and resolving ``--app`` to a class."""
+"""App wiring: the typed services and the shared context every session gets, and resolving
+``--app`` to a class."""
 
 from __future__ import annotations
 
@@ -6,15 +7,29 @@ import asyncio
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 from audiosocket.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from audiosocket.call import Call
+    from audiosocket.live import LiveHub
+    from audiosocket.server import CallObserver
+    from helpers.jobs import PostCallJobs
+    from helpers.store import CallStore
+    from helpers.stt import SttEngine
+    from helpers.tts import TtsEngine
     from sessions.base import Session
 
-__all__ = ["BUILTIN_APPS", "AppContext", "SessionFactory", "resolve_app", "session_factory"]
+__all__ = [
+    "BUILTIN_APPS", "NEEDS", "AppContext", "Need", "Services", "SessionFactory",
+    "resolve_app", "session_factory",
+]
+
+#: What an app may declare in ``Session.needs``: the optional fields of :class:`Services`.
+Need = Literal["store", "live", "stt", "tts", "jobs"]
+#: Every :data:`Need`, in the order the root builds them (each may use those before it).
+NEEDS: tuple[Need, ...] = ("store", "live", "stt", "tts", "jobs")
 
 #: Built-in apps by name; any other ``module:Class`` path works too.
 BUILTIN_APPS = {
@@ -23,6 +38,27 @@ BUILTIN_APPS = {
     "transcribe": "sessions.transcribe:TranscribeSession",
     "ivr": "sessions.ivr:IvrSession",
 }
+
+
+@dataclass(frozen=True)
+class Services:
+    """The process-wide engines, built once by the composition root and handed down.
+
+    An engine is None until something needs it (``services.provide`` builds what an app
+    declares in ``Session.needs`` and puts a new ``Services`` in the context: the object
+    itself never changes, so a session that holds it sees one consistent set).
+    """
+
+    #: The call store (``<data>/calls.db``); every served call is written to it.
+    store: CallStore | None = None
+    #: The live-call hub: the portal's live view and listen-in.
+    live: LiveHub | None = None
+    #: Live speech-to-text (Whisper), shared by every call.
+    stt: SttEngine | None = None
+    #: Text-to-speech (Piper) with its prompt cache.
+    tts: TtsEngine | None = None
+    #: The post-call job workers (archives, peaks, transcript, summary).
+    jobs: PostCallJobs | None = None
 
 
 @dataclass
@@ -35,19 +71,15 @@ class AppContext:
     """
 
     config: Config
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
     #: Call observers (``call_started(call)`` / ``call_ended(call)``) the server notifies.
-    observers: list[Any] = field(default_factory=list)
-    #: One lock per engine name, so concurrent first uses load it once (``services.ensure_*``).
-    loading: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
+    observers: list[CallObserver] = field(default_factory=list)
+    #: One lock per engine, so concurrent first uses load it once (``services.ensure_*``).
+    loading: dict[Need, asyncio.Lock] = field(default_factory=dict, repr=False)
 
     @property
     def data_dir(self) -> Path:
         return self.config.data_path
-
-    def get(self, name: str) -> Any:
-        """A shared engine by name (``store``, ``stt``, ``tts``, ``jobs``, ``live``), or None."""
-        return self.services.get(name)
 
 
 def resolve_app(name: str) -> type[Session]:

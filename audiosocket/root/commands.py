@@ -8,7 +8,10 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from audiosocket.config import Config
 
 __all__ = ["add_extra_commands"]
 
@@ -18,7 +21,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML settings file")
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> Config:
     from audiosocket.config import load_config
 
     return load_config(args.config, {"data_dir": args.data_dir})
@@ -112,16 +115,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     return asyncio.run(_import(config, files, progress=not args.no_progress))
 
 
-async def _import(config: Any, files: list[Path], *, progress: bool) -> int:
+async def _import(config: Config, files: list[Path], *, progress: bool) -> int:
     from audiosocket.root.app import AppContext
-    from audiosocket.root.services import close_services, ensure_jobs
+    from audiosocket.root.services import close_services, ensure_jobs, ensure_store
     from helpers.archive import ffmpeg_limit
     from helpers.importer import ValidationError, import_file
 
     ctx = AppContext(config)
     started = time.monotonic()
     jobs = await ensure_jobs(ctx)
-    store = ctx.get("store")
+    store = await ensure_store(ctx)  # built by ensure_jobs: the same object
     # Decoding runs FFmpeg too: no more of them at once than the archive cap allows.
     gate = asyncio.Semaphore(ffmpeg_limit())
     bar: Any = None

@@ -93,7 +93,7 @@ async def run_server(
     if config.http_port:
         from web.app import make_app, start_http
 
-        app = make_app({**ctx.services, "config": config})
+        app = make_app(config, ctx.services)
         runner = await start_http(app, config.http_bind, config.http_port, config)
         log.info("http_listening", host=config.http_bind, port=config.http_port)
     # What start-up loaded (modules, models, the web app) lives as long as the process:
@@ -156,7 +156,7 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
         return
     while True:
         try:
-            await asyncio.to_thread(apply_retention, ctx.get("store"), rules)
+            await asyncio.to_thread(apply_retention, ctx.services.store, rules)
         except Exception as exc:
             log.error("retention_failed", error=str(exc))
         await asyncio.sleep(every_s)

@@ -206,5 +206,5 @@ async def test_a_lagging_listener_skips_old_audio_and_the_caller_backlog_is_boun
 def test_the_composition_root_makes_one_hub_and_observes_calls_with_it() -> None:
     ctx = AppContext(Config())
     hub = install_live(ctx)
-    assert install_live(ctx) is hub and ctx.get("live") is hub
+    assert install_live(ctx) is hub and ctx.services.live is hub
     assert ctx.observers.count(hub) == 1

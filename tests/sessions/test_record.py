@@ -86,7 +86,7 @@ def wav_seconds(path: Path) -> float:
 async def test_a_reused_uuid_is_a_call_of_its_own(start_server: Any) -> None:
     server = await start_server(RecordWithJobs)
     ctx = server.ctx
-    store, jobs = ctx.get("store"), ctx.get("jobs")
+    store, jobs = ctx.services.store, ctx.services.jobs
     fixed = uuid.UUID("01234567-89ab-cdef-0123-456789abcdef")  # as in a dialplan
     first = str(fixed)
     await place_call("127.0.0.1", server.port, pcm=tone(300, 1.0), call_uuid=fixed, linger=0.2)
@@ -143,7 +143,7 @@ async def test_a_live_call_with_a_reused_uuid_is_live_and_cannot_be_deleted(
     start_server: Any,
 ) -> None:
     server = await start_server(RecordWithStore)
-    store = server.ctx.get("store")
+    store = server.ctx.services.store
     data_dir = server.ctx.data_dir
     fixed = uuid.uuid4()
     await place_call("127.0.0.1", server.port, pcm=tone(300, 0.6), call_uuid=fixed, linger=0.2)
