@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 from audiosocket.config import load_config  # noqa: E402
 from audiosocket.root.app import AppContext  # noqa: E402
 from audiosocket.root.services import close_services, ensure_jobs  # noqa: E402
-from helpers.archive import ffmpeg_limit  # noqa: E402
 from helpers.audio import write_wav  # noqa: E402
 from helpers.importer import import_file  # noqa: E402
 from tests.helpers.speech_fixtures import silence, synth_speech  # noqa: E402
@@ -66,7 +65,7 @@ async def run(files: list[Path], data: Path, naive: bool) -> float:
             await asyncio.to_thread(import_file, store, jobs, path, data)
             await jobs.wait_idle(600)
     else:
-        gate = asyncio.Semaphore(ffmpeg_limit())
+        gate = asyncio.Semaphore(ctx.services.ffmpeg.limit)
 
         async def one(path: Path) -> None:
             async with gate:

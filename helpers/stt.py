@@ -43,7 +43,7 @@ import numpy as np
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from helpers.ai import ai_limit, ai_slots
+from helpers.ai import AiSlots, ModelCache
 from helpers.audio import dbfs, pcm_to_float, resample_float
 from helpers.lines import (
     Word,
@@ -207,9 +207,6 @@ class Backend(Protocol):
 
 
 # -- model loading ----------------------------------------------------------------------------
-_models: dict[tuple[str, str, str], Any] = {}
-_models_lock = threading.Lock()
-
 
 def _resolve(model: str | None) -> str:
     if not model:
@@ -239,8 +236,11 @@ def load_model(
     compute_type: str | None = None,
     cpu_threads: int = 0,
     num_workers: int = 1,
+    models: ModelCache | None = None,
 ) -> Any:
-    """The process-wide ``WhisperModel`` for ``(model, device, compute_type)``, loaded once.
+    """The ``WhisperModel`` for ``(model, device, compute_type)``, loaded once per ``models``
+    (the process's cache, from the composition root; None loads one of its own, for a
+    standalone script or test).
 
     ``cpu_threads``/``num_workers`` only apply to the first load of a key. Never downloads
     when ``model`` is a local path (the default is the bundled tiny.en).
@@ -249,23 +249,23 @@ def load_model(
 
     name = _resolve(model)
     device, compute_type = _device_and_type(device, compute_type)
-    key = (name, device, compute_type)
-    with _models_lock:
-        m = _models.get(key)
-        if m is None:
-            t0 = time.perf_counter()
-            m = WhisperModel(
-                name,
-                device=device,
-                compute_type=compute_type,
-                cpu_threads=cpu_threads,
-                num_workers=max(1, num_workers),
-                local_files_only=os.path.isdir(name),
-            )
-            _models[key] = m
-            log.info("stt_model_loaded", model=name, device=device, compute_type=compute_type,
-                     seconds=round(time.perf_counter() - t0, 2))
+
+    def load() -> Any:
+        t0 = time.perf_counter()
+        m = WhisperModel(
+            name,
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=max(1, num_workers),
+            local_files_only=os.path.isdir(name),
+        )
+        log.info("stt_model_loaded", model=name, device=device, compute_type=compute_type,
+                 seconds=round(time.perf_counter() - t0, 2))
         return m
+
+    cache = models if models is not None else ModelCache()
+    return cache.get(("whisper", name, device, compute_type), load)
 
 
 class WhisperBackend:
@@ -284,12 +284,14 @@ class WhisperBackend:
         num_workers: int = 1,
         short_window_min_s: float = DEFAULT_SHORT_WINDOW_MIN_S,
         word_timestamps: bool = True,
+        models: ModelCache | None = None,
     ) -> None:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
         self.model = load_model(model, device=device, compute_type=compute_type,
-                                cpu_threads=cpu_threads, num_workers=num_workers)
+                                cpu_threads=cpu_threads, num_workers=num_workers,
+                                models=models)
         self.language = language
         self.beam_size = beam_size
         self.short_window = short_window
@@ -467,7 +469,13 @@ class SttEngine:
         word_timestamps: bool = True,
         phantom_no_speech: float = 0.5,
         edge_below_speech_db: float = 20.0,
+        ai: AiSlots | None = None,
+        models: ModelCache | None = None,
     ) -> None:
+        # The server passes the process's AI slots and model cache (``audiosocket.root``);
+        # None (a standalone script or test) gives the engine slots and a cache of its own.
+        self.ai = ai if ai is not None else AiSlots()
+        self.models = models
         self.model_name = model
         self.word_timestamps = word_timestamps
         self.phantom_no_speech = phantom_no_speech
@@ -552,7 +560,7 @@ class SttEngine:
                 short_window=self.short_window, device=self.device,
                 compute_type=self.compute_type, cpu_threads=self.cpu_threads,
                 num_workers=self.workers, short_window_min_s=self.short_window_min_s,
-                word_timestamps=self.word_timestamps,
+                word_timestamps=self.word_timestamps, models=self.models,
             )
         return self._backend
 
@@ -602,7 +610,7 @@ class SttEngine:
         return out
 
     def _parallel(self) -> int:
-        return max(1, min(self.workers, ai_limit()))
+        return max(1, min(self.workers, self.ai.limit))
 
     def submit(
         self,
@@ -753,7 +761,7 @@ class SttEngine:
         if voiced < self.min_voiced_ms:
             return self._reject("vad", info, t0, audio_s)
         audio = resample_float(pcm_to_float(pcm), rate, SAMPLE_RATE)
-        slots = ai_slots()
+        slots = self.ai
         with slots.live() if live else slots:
             raw = self.backend.recognize(audio)
         info.update(avg_logprob=raw.avg_logprob, no_speech_prob=raw.no_speech_prob,

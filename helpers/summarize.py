@@ -35,7 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from helpers.ai import ai_slots
+from helpers.ai import AiSlots, ModelCache
 from helpers.titles import fallback_title, find_reason, is_small_talk
 
 __all__ = [
@@ -321,7 +321,11 @@ class _Seq2SeqSummarizer:
     summary_prompt = "Summarize this phone call: "
     title_prompt = "Write a short title for this phone call: "
 
-    def __init__(self, tokenizer: Any, model_name: str, max_input_tokens: int) -> None:
+    def __init__(self, tokenizer: Any, model_name: str, max_input_tokens: int,
+                 ai: AiSlots | None) -> None:
+        # The server passes the process's AI slots (shared with Whisper); None (a script,
+        # a test) gives this summariser slots of its own.
+        self.ai = ai if ai is not None else AiSlots()
         self._tokenizer: Any = tokenizer
         self.model_name = model_name
         self.max_input_tokens = max_input_tokens
@@ -347,7 +351,7 @@ class _Seq2SeqSummarizer:
         and the server loads the summariser at start-up."""
         ids = self._tokenizer(self.summary_prompt + "hello", truncation=True,
                               max_length=self.max_input_tokens)["input_ids"]
-        with self._lock, ai_slots():
+        with self._lock, self.ai:
             self._infer(ids, 2, 1)
 
     # -- token accounting
@@ -392,9 +396,9 @@ class _Seq2SeqSummarizer:
             prompt, truncation=True, max_length=self.max_input_tokens
         )["input_ids"]
         min_tokens = min(self.min_new_tokens, max_new_tokens)
-        # The instance lock serialises this model; ai_slots() is the process-wide cap on
+        # The instance lock serialises this model; ``self.ai`` is the process-wide cap on
         # concurrent inference shared with Whisper (helpers.ai).
-        with self._lock, ai_slots():
+        with self._lock, self.ai:
             self.generate_calls += 1
             out = self._infer(ids, max_new_tokens, min_tokens)
         text: str = self._tokenizer.decode(out, skip_special_tokens=True)
@@ -450,6 +454,7 @@ class T5Summarizer(_Seq2SeqSummarizer):
         threads: int | None = None,
         local_files_only: bool = True,
         name: str | None = None,
+        ai: AiSlots | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -467,7 +472,7 @@ class T5Summarizer(_Seq2SeqSummarizer):
         super().__init__(
             tokenizer,
             name or (Path(checkpoint).name if Path(checkpoint).is_dir() else str(checkpoint)),
-            max_input_tokens,
+            max_input_tokens, ai,
         )
         self._model: Any = AutoModelForSeq2SeqLM.from_pretrained(
             str(checkpoint), local_files_only=local_files_only
@@ -518,6 +523,7 @@ class Ct2Summarizer(_Seq2SeqSummarizer):
         threads: int | None = None,
         max_input_tokens: int = 512,
         name: str | None = None,
+        ai: AiSlots | None = None,
     ) -> None:
         import ctranslate2
         from transformers import AutoTokenizer
@@ -539,7 +545,7 @@ class Ct2Summarizer(_Seq2SeqSummarizer):
         )
         base = name or _strip_ct2_suffix(model_dir.absolute().name)
         super().__init__(tokenizer, f"{base} (ctranslate2 {self.compute_type})",
-                         max_input_tokens)
+                         max_input_tokens, ai)
         self._suppress_sequences = [
             [tok] for tok in tokenizer.convert_ids_to_tokens(self._suppress)
         ] or None
@@ -563,28 +569,17 @@ class Ct2Summarizer(_Seq2SeqSummarizer):
 
 # --------------------------------------------------------------------------- loading
 
-_fallback_lock = threading.Lock()
-_fallback_logged = False
-_chosen_logged: set[tuple[str, str]] = set()
-
-
-def _log_fallback_once(reason: str, checkpoint: str | None) -> None:
-    global _fallback_logged
-    with _fallback_lock:
-        if _fallback_logged:
-            return
-        _fallback_logged = True
+def _log_fallback_once(reason: str, checkpoint: str | None, seen: ModelCache) -> None:
+    if not seen.first_time(("summary fallback",)):
+        return
     log.warning("no Flan-T5 checkpoint installed; using extractive summaries",
                 reason=reason, checkpoint=checkpoint)
 
 
-def _log_choice_once(backend: str, summarizer: _Seq2SeqSummarizer) -> None:
+def _log_choice_once(backend: str, summarizer: _Seq2SeqSummarizer, seen: ModelCache) -> None:
     """One info line per process and model: which backend serves summaries, from where."""
-    key = (backend, summarizer.checkpoint)
-    with _fallback_lock:
-        if key in _chosen_logged:
-            return
-        _chosen_logged.add(key)
+    if not seen.first_time(("summary backend", backend, summarizer.checkpoint)):
+        return
     log.info("summary backend chosen", backend=backend, model=summarizer.model_name,
              path=summarizer.checkpoint)
 
@@ -674,6 +669,8 @@ def load_summarizer(
     *,
     search_dirs: Sequence[Path] | None = None,
     threads: int | None = None,
+    ai: AiSlots | None = None,
+    models: ModelCache | None = None,
 ) -> Summarizer:
     """The best summariser available offline for ``checkpoint``.
 
@@ -694,9 +691,13 @@ def load_summarizer(
     ``None``, a missing path, or a name found nowhere (or that fails to load) gives an
     :class:`ExtractiveSummarizer`, after logging "no Flan-T5 checkpoint installed; using
     extractive summaries" once per process.
+
+    The server passes the process's AI slots (``ai``) and model cache (``models``, which
+    also remembers what was logged); None gives each call its own (a script, a test).
     """
+    seen = models if models is not None else ModelCache()
     if checkpoint is None:
-        _log_fallback_once("no checkpoint configured", None)
+        _log_fallback_once("no checkpoint configured", None, seen)
         return ExtractiveSummarizer()
     name = str(checkpoint)
     as_path = isinstance(checkpoint, Path) or _looks_like_path(name)
@@ -705,27 +706,27 @@ def load_summarizer(
         try:
             if c.backend == "ctranslate2":
                 loaded = Ct2Summarizer(c.path, tokenizer_dir=c.tokenizer_dir, threads=threads,
-                                       name=c.label)
+                                       name=c.label, ai=ai)
             else:
-                loaded = T5Summarizer(c.path, threads=threads, name=c.label)
+                loaded = T5Summarizer(c.path, threads=threads, name=c.label, ai=ai)
             loaded.warm_up()  # also proves the model runs before we commit to it
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             # RuntimeError: CTranslate2's "unsupported model"; ImportError: no transformers.
             log.warning("could not load summariser checkpoint", path=str(c.path),
                         backend=c.backend, error=str(exc))
             continue
-        _log_choice_once(c.backend, loaded)
+        _log_choice_once(c.backend, loaded, seen)
         return loaded
     if not as_path:
         try:
-            loaded = T5Summarizer(name, threads=threads, local_files_only=True)
+            loaded = T5Summarizer(name, threads=threads, local_files_only=True, ai=ai)
             loaded.warm_up()
         except (OSError, ValueError, RuntimeError, ImportError):
             pass  # not in the local Hugging Face cache either
         else:
-            _log_choice_once("torch", loaded)
+            _log_choice_once("torch", loaded, seen)
             return loaded
-    _log_fallback_once("checkpoint not found locally", name)
+    _log_fallback_once("checkpoint not found locally", name, seen)
     return ExtractiveSummarizer()
 
 

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helpers.recorder import HOLD_SLOTS, CallRecorder, shared_writer
+from helpers.recorder import HOLD_SLOTS, CallRecorder
 from sessions.base import Session
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ class RecordSession(Session):
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
         self.recording = recording_path(ctx.data_dir, call.id)
-        self.recorder = CallRecorder(self.recording, call.rate, hold_slots=HOLD_SLOTS)
+        self.recorder = CallRecorder(self.recording, call.rate, hold_slots=HOLD_SLOTS,
+                                     writer=ctx.services.writer)
         live = ctx.services.live
         #: This call in the portal's live view (IVR node, transcript lines, listen-in tap).
         self.live: LiveCall | None = live.attach(call) if live is not None else None
@@ -61,7 +62,7 @@ class RecordSession(Session):
         self.recorder.close()
         # The writer thread may still hold the last second: wait for it before the
         # post-call jobs read the file.
-        await asyncio.to_thread(shared_writer().flush)
+        await asyncio.to_thread(self.ctx.services.writer.flush)
         if self.recorder.refused:
             # Its jobs would archive the other call's file as this one's.
             self.log.error("recording_refused", path=str(self.recording),
@@ -89,7 +90,7 @@ class RecordSession(Session):
         for _ in range(attempts):
             await asyncio.sleep(every_s)
             self.recorder.retry()
-            await asyncio.to_thread(shared_writer().flush)
+            await asyncio.to_thread(self.ctx.services.writer.flush)
             if not self.recorder.pending_bytes:
                 self.log.info("recording_completed_late", path=str(self.recording))
                 await self._submit_jobs()

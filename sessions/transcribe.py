@@ -53,6 +53,7 @@ class TranscribeSession(RecordSession):
             max_utterance_s=cfg.max_utterance_s, max_utterance_bytes=cfg.max_utterance_bytes,
             on_speech_start=self._speech_started,
             engine=cfg.vad_engine, silero_threshold=cfg.silero_threshold,
+            models=ctx.services.models,
         )
         self.segments: list[Segment] = []
         self.dropped = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,13 @@ from audiosocket.config import load_config
 from audiosocket.root.app import AppContext, Services, session_factory
 from audiosocket.root.services import close_services, provide
 from audiosocket.server import AudioSocketServer
+from helpers.ai import ModelCache
 from sessions.base import Session
 
 StartServer = Callable[..., Any]
+#: One model cache for the test process, as a server has one for its own: each test's
+#: server gets fresh caps and writer but loads Whisper, Piper and Silero only once.
+_MODELS = ModelCache()
 
 
 @pytest.fixture
@@ -31,7 +36,9 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
         overrides.setdefault("http_port", 0)
         cfg = load_config(overrides=overrides, environ={})
         cfg.port = 0
-        ctx = AppContext(cfg, services=services or Services())
+        if services is None:
+            services = dataclasses.replace(Services.for_config(cfg), models=_MODELS)
+        ctx = AppContext(cfg, services=services)
         # As the composition root does: build what the app declares, then prepare it.
         await provide(ctx, app.needs)
         await app.prepare(ctx)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from audiosocket.config import ConfigError, load_config
-from audiosocket.root.app import AppContext, Services, session_factory
+from audiosocket.root.app import NEEDS, AppContext, Services, session_factory
 from audiosocket.root.services import provide
 from sessions.base import Session
 from sessions.echo import EchoSession
@@ -347,6 +348,105 @@ def test_models_import_nothing_of_ours(edges: list[Edge]) -> None:
     assert not bad, "\n".join(bad)
 
 
+#: Module-level mutable state in ``helpers`` that stays: (module, name) -> why. Keep it empty:
+#: what a process shares (caps, the writer, loaded models) is made by the root and passed.
+HELPERS_STATE_ALLOWED: dict[tuple[str, str], str] = {}
+_MUTABLE_CALLS = frozenset({
+    "dict", "list", "set", "deque", "defaultdict", "OrderedDict", "Counter",
+    "Lock", "RLock", "Condition", "Event", "Semaphore", "BoundedSemaphore",
+})
+_LOCKS = frozenset({"Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore"})
+_MUTATORS = frozenset({
+    "append", "extend", "insert", "add", "update", "setdefault", "pop", "popitem", "clear",
+    "remove", "discard", "appendleft", "popleft", "__setitem__",
+})
+
+
+def _call_name(node: ast.expr) -> str | None:
+    if not isinstance(node, ast.Call):
+        return None
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else (
+        func.attr if isinstance(func, ast.Attribute) else None)
+
+
+def module_state(tree: ast.Module) -> dict[str, str]:
+    """Module-level mutable state: name -> what makes it so. A ``global`` statement in a
+    function; a module-level lock (it exists only to guard such state); or a module-level
+    None / container that a function mutates (item assignment, ``.append`` and the like)."""
+    found: dict[str, str] = {}
+    containers: dict[str, int] = {}
+    for stmt in tree.body:
+        targets = (stmt.targets if isinstance(stmt, ast.Assign)
+                   else [stmt.target] if isinstance(stmt, ast.AnnAssign) and stmt.value
+                   else [])
+        value = stmt.value if isinstance(stmt, ast.Assign | ast.AnnAssign) else None
+        for target in targets:
+            if not isinstance(target, ast.Name) or value is None:
+                continue
+            called = _call_name(value)
+            if called in _LOCKS:
+                found[target.id] = f"line {stmt.lineno}: a module-level {called}"
+            elif (isinstance(value, ast.Dict | ast.List | ast.Set)
+                  or (isinstance(value, ast.Constant) and value.value is None)
+                  or called in _MUTABLE_CALLS):
+                containers[target.id] = stmt.lineno
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Global):
+                for name in inner.names:
+                    found[name] = f"line {inner.lineno}: 'global {name}' in {node.name}()"
+            elif (isinstance(inner, ast.Subscript) and isinstance(inner.ctx, ast.Store | ast.Del)
+                  and isinstance(inner.value, ast.Name) and inner.value.id in containers):
+                found[inner.value.id] = f"line {inner.lineno}: item set in {node.name}()"
+            elif (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute)
+                  and inner.func.attr in _MUTATORS and isinstance(inner.func.value, ast.Name)
+                  and inner.func.value.id in containers):
+                name = inner.func.value.id
+                found[name] = f"line {inner.lineno}: .{inner.func.attr}() in {node.name}()"
+    return found
+
+
+def test_helpers_keep_no_module_level_mutable_state() -> None:
+    """No process-wide singletons in ``helpers``: the AI slots, the FFmpeg cap, the recording
+    writer and the model caches are objects the composition root creates once and passes
+    down (``audiosocket.root.app.Services``), so an engine is usable twice in one process
+    (two tests, a script beside the server) and what it shares is visible in its signature."""
+    bad = []
+    for module, path in module_files().items():
+        if layer(module) != "helpers" or path.suffix != ".py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for name, why in sorted(module_state(tree).items()):
+            if (module, name) not in HELPERS_STATE_ALLOWED:
+                bad.append(f"{path.relative_to(REPO)}: {name}: {why}")
+    assert not bad, "module-level mutable state in helpers:\n" + "\n".join(bad)
+
+
+def test_the_state_finder_finds_the_old_singletons() -> None:
+    """What the rule above must catch, as the helpers had it before step 2."""
+    old = ast.parse(textwrap.dedent("""
+        import threading
+        _lock = threading.Lock()
+        _slots = None
+        _models: dict[str, object] = {}
+        _seen = set()
+        CONSTANTS = {"a": 1}  # read only: fine
+
+        def slots():
+            global _slots
+            return _slots
+
+        def load(key):
+            _models[key] = object()
+            _seen.add(key)
+            return CONSTANTS["a"]
+    """))
+    assert set(module_state(old)) == {"_lock", "_slots", "_models", "_seen"}
+
+
 def test_type_only_exceptions_are_still_needed(edges: list[Edge]) -> None:
     """An exception whose import is gone is deleted from the list, so it cannot hide a
     new one later."""
@@ -356,6 +456,10 @@ def test_type_only_exceptions_are_still_needed(edges: list[Edge]) -> None:
 
 
 # ---- the composition root's side of the rules ----------------------------------------------
+
+
+def _engines(services: Services) -> dict[str, object]:
+    return {name: getattr(services, name) for name in NEEDS if getattr(services, name)}
 
 
 def _ctx(tmp_path: Path) -> AppContext:
@@ -378,14 +482,16 @@ async def test_provide_builds_what_an_app_declares_once(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     with pytest.raises(ConfigError, match=r"'speech'.*known: store, live, stt, tts, jobs"):
         await provide(ctx, ("live", "speech"))
-    assert ctx.services == Services() and ctx.observers == []
     before = ctx.services
+    assert _engines(before) == {} and ctx.observers == []
     await provide(ctx, ("live",))
     hub = ctx.services.live
     await provide(ctx, ("live",))
     assert hub is not None and ctx.services.live is hub and ctx.observers == [hub]
     # A new frozen Services each time something is built; the old one is left as it was.
-    assert before.live is None and ctx.services == Services(live=hub)
+    assert _engines(before) == {} and _engines(ctx.services) == {"live": hub}
+    # The process-wide parts travel unchanged from one Services to the next.
+    assert ctx.services.ai is before.ai and ctx.services.writer is before.writer
     with pytest.raises(dataclasses.FrozenInstanceError):
         ctx.services.stt = None  # type: ignore[misc]
     assert IvrSession.needs == ("store", "stt", "tts") and EchoSession.needs == ()

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from audiosocket.config import Config, ConfigError
+from helpers.ai import AiSlots, ModelCache
+from helpers.archive import FFmpegCap
+from helpers.recorder import RecorderWriter
 
 if TYPE_CHECKING:
     from audiosocket.call import Call
@@ -47,6 +50,10 @@ class Services:
     An engine is None until something needs it (``services.provide`` builds what an app
     declares in ``Session.needs`` and puts a new ``Services`` in the context: the object
     itself never changes, so a session that holds it sees one consistent set).
+
+    The last four fields are what used to be module-level singletons in ``helpers``: made
+    once per process (:meth:`for_config`) and passed down to every engine. Their defaults
+    are for tests that need a ``Services`` without a config.
     """
 
     #: The call store (``<data>/calls.db``); every served call is written to it.
@@ -59,23 +66,39 @@ class Services:
     tts: TtsEngine | None = None
     #: The post-call job workers (archives, peaks, transcript, summary).
     jobs: PostCallJobs | None = None
+    #: The cap on concurrent AI inference shared by Whisper and the summariser.
+    ai: AiSlots = field(default_factory=AiSlots)
+    #: The cap on concurrent FFmpeg (and echo-canceller) children.
+    ffmpeg: FFmpegCap = field(default_factory=FFmpegCap)
+    #: The one thread that writes every call's recording.
+    writer: RecorderWriter = field(default_factory=RecorderWriter)
+    #: Models loaded once: Whisper checkpoints, Piper voices, the Silero VAD.
+    models: ModelCache = field(default_factory=ModelCache)
+
+    @classmethod
+    def for_config(cls, config: Config) -> Services:
+        """The process-wide parts sized from ``config`` (``postcall.ai_limit``,
+        ``postcall.ffmpeg_limit``); no engine built yet."""
+        return cls(ai=AiSlots(config.postcall.ai_limit),
+                   ffmpeg=FFmpegCap(config.postcall.ffmpeg_limit))
 
 
-@dataclass
 class AppContext:
     """What sessions share: settings, the data directory and the process-wide engines.
 
     Engines (``services``) are created once at start-up by the composition root, from what
     the app declares in ``Session.needs`` (``services.provide``), so a session never loads a
-    model and never imports the wiring.
+    model and never imports the wiring. Without ``services`` the context starts with
+    :meth:`Services.for_config`: no engine yet, the process-wide caps from ``config``.
     """
 
-    config: Config
-    services: Services = field(default_factory=Services)
-    #: Call observers (``call_started(call)`` / ``call_ended(call)``) the server notifies.
-    observers: list[CallObserver] = field(default_factory=list)
-    #: One lock per engine, so concurrent first uses load it once (``services.ensure_*``).
-    loading: dict[Need, asyncio.Lock] = field(default_factory=dict, repr=False)
+    def __init__(self, config: Config, services: Services | None = None) -> None:
+        self.config = config
+        self.services = services if services is not None else Services.for_config(config)
+        #: Call observers (``call_started(call)`` / ``call_ended(call)``) the server notifies.
+        self.observers: list[CallObserver] = []
+        #: One lock per engine, so concurrent first uses load it once (``services.ensure_*``).
+        self.loading: dict[Need, asyncio.Lock] = {}
 
     @property
     def data_dir(self) -> Path:

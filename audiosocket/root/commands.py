@@ -118,7 +118,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 async def _import(config: Config, files: list[Path], *, progress: bool) -> int:
     from audiosocket.root.app import AppContext
     from audiosocket.root.services import close_services, ensure_jobs, ensure_store
-    from helpers.archive import ffmpeg_limit
     from helpers.importer import ValidationError, import_file
 
     ctx = AppContext(config)
@@ -126,7 +125,7 @@ async def _import(config: Config, files: list[Path], *, progress: bool) -> int:
     jobs = await ensure_jobs(ctx)
     store = await ensure_store(ctx)  # built by ensure_jobs: the same object
     # Decoding runs FFmpeg too: no more of them at once than the archive cap allows.
-    gate = asyncio.Semaphore(ffmpeg_limit())
+    gate = asyncio.Semaphore(ctx.services.ffmpeg.limit)
     bar: Any = None
     if progress:
         from tqdm import tqdm

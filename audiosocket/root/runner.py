@@ -52,7 +52,7 @@ async def run_server(
     their own takes them, so a stop request works even if the loop is stuck, and the process
     ends within ``shutdown_grace_s + 5`` s of it whatever happens.
     """
-    from helpers.recorder import repair_all, shared_writer
+    from helpers.recorder import repair_all
     from web.limits import raise_nofile_limit
 
     # First of all, before any model loads: a busy port is a one-line error now, not a
@@ -123,7 +123,7 @@ async def run_server(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(1.0, left())):
                 await runner.cleanup()
-    await asyncio.to_thread(shared_writer().flush)
+    await asyncio.to_thread(ctx.services.writer.flush)
     await _stop_services(ctx, budget_s=left())
     gc.callbacks.remove(gc_watch)
     watchdog.stop()

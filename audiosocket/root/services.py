@@ -129,11 +129,10 @@ async def ensure_stt(ctx: AppContext) -> SttEngine:
 
 
 async def _build_stt(ctx: AppContext) -> SttEngine:
-    from helpers.ai import set_ai_limit
     from helpers.stt import SttEngine
 
     cfg = ctx.config.stt
-    set_ai_limit(ctx.config.postcall.ai_limit)
+    shared = ctx.services
 
     def load() -> SttEngine:
         engine = SttEngine(
@@ -143,6 +142,7 @@ async def _build_stt(ctx: AppContext) -> SttEngine:
             queue_capacity=cfg.queue_capacity or None, queue_max_bytes=cfg.queue_max_bytes,
             short_window=cfg.short_window,
             vad_aggressiveness=cfg.vad_aggressiveness,
+            ai=shared.ai, models=shared.models,
         )
         engine.start()
         _ = engine.backend  # load the model now, not on the first utterance
@@ -170,6 +170,7 @@ async def _build_tts(ctx: AppContext) -> TtsEngine:
         return TtsEngine(
             cfg.voice or None, cache=cache,
             settings=TtsSettings(length_scale=cfg.length_scale), threads=1,
+            models=ctx.services.models,
         )
 
     tts = await asyncio.to_thread(load)
@@ -183,14 +184,12 @@ async def ensure_jobs(ctx: AppContext) -> PostCallJobs:
 
 
 async def _build_jobs(ctx: AppContext) -> PostCallJobs:
-    from helpers.ai import set_ai_limit
-    from helpers.archive import ArchiveSettings, set_ffmpeg_limit
+    from helpers.archive import ArchiveSettings
     from helpers.jobs import PostCallJobs
     from helpers.summarize import load_summarizer
 
     cfg = ctx.config.postcall
-    set_ffmpeg_limit(cfg.ffmpeg_limit)
-    set_ai_limit(cfg.ai_limit)
+    shared = ctx.services
     store = await ensure_store(ctx)
     search = [_REPO_MODELS, ctx.data_dir / "models"]
 
@@ -201,8 +200,10 @@ async def _build_jobs(ctx: AppContext) -> PostCallJobs:
         store, ctx.data_dir,
         archive=ArchiveSettings(aac_bitrate=cfg.aac_bitrate, mp3_bitrate=cfg.mp3_bitrate,
                                 listen_filter=cfg.listen_filter, aecho=cfg.aecho),
+        ffmpeg=shared.ffmpeg,
         stt=stt,
-        summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search),
+        summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search,
+                                           ai=shared.ai, models=shared.models),
     )
     await jobs.start()
     return jobs

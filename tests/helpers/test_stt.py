@@ -263,21 +263,33 @@ def test_callback_errors_do_not_kill_workers() -> None:
     eng.stop()
 
 
-def test_ai_slots_singleton() -> None:
-    s = ai.ai_slots()
-    assert ai.ai_slots(7) is s  # configured once
-    new = ai.set_ai_limit(3)
-    try:
-        assert ai.ai_slots() is new and ai.ai_limit() == 3
-        for _ in range(3):
-            assert new.acquire(blocking=False)
-        assert not new.acquire(blocking=False)
-        for _ in range(3):
-            new.release()
-    finally:
-        ai.set_ai_limit(ai.DEFAULT_AI_LIMIT)
+def test_ai_slots_are_what_the_engine_is_given() -> None:
+    """The root hands one AiSlots to every engine; an engine given none has its own."""
+    new = ai.AiSlots(3)
+    eng = SttEngine(backend=FakeBackend(), workers=4, ai=new)
+    assert eng.ai is new and eng._parallel() == 3
+    for _ in range(3):
+        assert new.acquire(blocking=False)
+    assert not new.acquire(blocking=False)
+    for _ in range(3):
+        new.release()
+    alone = SttEngine(backend=FakeBackend())
+    assert alone.ai is not new and alone.ai.limit == ai.DEFAULT_AI_LIMIT
     with pytest.raises(ValueError):
-        ai.set_ai_limit(0)
+        ai.AiSlots(0)
+
+
+def test_model_cache_loads_each_key_once() -> None:
+    cache = ai.ModelCache()
+    loads: list[str] = []
+    threads = [threading.Thread(target=lambda: cache.get("k", lambda: loads.append("k") or 1))
+               for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(5)
+    assert loads == ["k"] and cache.get("k", lambda: 2) == 1
+    assert cache.first_time("x") and not cache.first_time("x")
 
 
 def test_cut_loop_trims_decoder_loops() -> None:

@@ -14,7 +14,6 @@ import pytest
 
 from audiosocket.caller import place_call
 from helpers.jobs import STEPS
-from helpers.recorder import shared_writer
 from sessions.record import RecordSession, recording_path
 from tests.web.portal_fixtures import serve
 
@@ -30,7 +29,7 @@ async def test_record_writes_aligned_stereo(start_server: Any, tmp_path: Path) -
         if not server.calls:
             break
         await asyncio.sleep(0.02)
-    shared_writer().flush()
+    server.ctx.services.writer.flush()
     with wave.open(str(path), "rb") as wf:
         assert wf.getnchannels() == 2 and wf.getframerate() == 8000
         seconds = wf.getnframes() / 8000
@@ -148,7 +147,7 @@ async def test_a_live_call_with_a_reused_uuid_is_live_and_cannot_be_deleted(
     fixed = uuid.uuid4()
     await place_call("127.0.0.1", server.port, pcm=tone(300, 0.6), call_uuid=fixed, linger=0.2)
     await calls_done(server)
-    shared_writer().flush()
+    server.ctx.services.writer.flush()
     first_wav = recording_path(data_dir, str(fixed))
     before = first_wav.read_bytes()
 
@@ -178,7 +177,7 @@ async def test_a_live_call_with_a_reused_uuid_is_live_and_cannot_be_deleted(
     finally:
         await web.close()
     await calls_done(server)
-    shared_writer().flush()
+    server.ctx.services.writer.flush()
     # The refused DELETE left the recorder alone: the whole second call is on disk.
     assert 1.9 < wav_seconds(live_wav) < 2.6
     assert first_wav.read_bytes() == before
