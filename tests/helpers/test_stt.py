@@ -29,6 +29,10 @@ def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+#: Whisper loaded once for the whole file, as the server's model cache does per process.
+MODELS = ai.ModelCache()
+
+
 class FakeBackend:
     """Returns a fixed result, optionally slowly; counts calls."""
 
@@ -64,13 +68,13 @@ def _utt(pcm: bytes, rate: int = 8000, start: float = 1.0) -> Utterance:
 
 @pytest.fixture(scope="module")
 def engine() -> SttEngine:
-    return SttEngine(workers=1)
+    return SttEngine(workers=1, models=MODELS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("short_window", [True, False])
 def test_transcribes_piper_at_8k(short_window: bool, engine: SttEngine) -> None:
-    eng = engine if short_window else SttEngine(workers=1, short_window=False)
+    eng = engine if short_window else SttEngine(workers=1, short_window=False, models=MODELS)
     for text in SENTENCES:
         pcm = silence(0.3) + synth_speech(text, 8000) + silence(0.3)
         out, conf, info = eng.transcribe(pcm, 8000)
@@ -87,7 +91,7 @@ def test_real_model_silence_and_noise_rejected(engine: SttEngine) -> None:
     assert text == "" and info["rejected"] == "vad"
     # With the VAD gate off, Whisper itself sees silence and hiss: the other guards catch
     # what it invents (tiny.en says "I", "You" or "." here).
-    ungated = SttEngine(workers=1, min_voiced_ms=0)
+    ungated = SttEngine(workers=1, min_voiced_ms=0, models=MODELS)
     rng = np.random.default_rng(0)
     for amp in (0, 30, 300, 3000):
         noise = (rng.standard_normal(16000) * amp).astype("<i2").tobytes()
