@@ -2,7 +2,7 @@
 and a listen-in tap.
 
 One :class:`LiveHub` per process, made by the composition root (``services.install_live``)
-and handed to the sessions (``ctx.get("live")``) and to the web app. It is a call observer
+and handed to the sessions (``ctx.services.live``) and to the web app. It is a call observer
 (``call_started`` / ``call_ended``), and sessions report IVR nodes and transcript lines
 through their :class:`LiveCall`.
 

@@ -31,13 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.audio import write_wav
-from helpers.postcall.archive import (
-    archive_aac,
-    archive_mp3,
-    ffmpeg_stats,
-    reset_ffmpeg_max,
-    set_ffmpeg_limit,
-)
+from helpers.postcall.archive import FFmpegCap, archive_aac, archive_mp3
 
 RATE = 8000
 
@@ -82,8 +76,9 @@ def count_ffmpeg_children() -> int:
 class Sampler(threading.Thread):
     """Samples the FFmpeg process count every ``period`` s until stopped."""
 
-    def __init__(self, period: float = 0.005) -> None:
+    def __init__(self, cap: FFmpegCap, period: float = 0.005) -> None:
         super().__init__(daemon=True)
+        self.cap = cap
         self.period = period
         self.samples: list[tuple[float, int, int]] = []  # (t, os_count, module_count)
         self._stop_evt = threading.Event()
@@ -92,7 +87,7 @@ class Sampler(threading.Thread):
         t0 = time.perf_counter()
         while not self._stop_evt.is_set():
             self.samples.append(
-                (time.perf_counter() - t0, count_ffmpeg_children(), ffmpeg_stats()[0])
+                (time.perf_counter() - t0, count_ffmpeg_children(), self.cap.stats()[0])
             )
             self._stop_evt.wait(self.period)
 
@@ -101,21 +96,23 @@ class Sampler(threading.Thread):
         self.join()
 
 
-async def one_call(src: Path, out: Path, tag: str) -> None:
-    await asyncio.gather(archive_aac(src, out / f"{tag}.m4a"), archive_mp3(src, out / f"{tag}.mp3"))
+async def one_call(src: Path, out: Path, tag: str, cap: FFmpegCap) -> None:
+    await asyncio.gather(archive_aac(src, out / f"{tag}.m4a", cap=cap),
+                         archive_mp3(src, out / f"{tag}.mp3", cap=cap))
 
 
 async def bench_single(src: Path, out: Path, runs: int) -> None:
     both, aac, mp3 = [], [], []
+    cap = FFmpegCap(2)
     for i in range(runs):
         t = time.perf_counter()
-        await one_call(src, out, f"single{i}")
+        await one_call(src, out, f"single{i}", cap)
         both.append(time.perf_counter() - t)
         t = time.perf_counter()
-        await archive_aac(src, out / f"a{i}.m4a")
+        await archive_aac(src, out / f"a{i}.m4a", cap=cap)
         aac.append(time.perf_counter() - t)
         t = time.perf_counter()
-        await archive_mp3(src, out / f"m{i}.mp3")
+        await archive_mp3(src, out / f"m{i}.mp3", cap=cap)
         mp3.append(time.perf_counter() - t)
     sizes = {p.suffix: p.stat().st_size for p in (out / "single0.m4a", out / "single0.mp3")}
     print(f"5-min 8 kHz stereo call, {runs} runs (median, min..max):")
@@ -125,12 +122,11 @@ async def bench_single(src: Path, out: Path, runs: int) -> None:
 
 
 async def bench_queue(src: Path, out: Path, calls: int, limit: int) -> None:
-    set_ffmpeg_limit(limit)
-    reset_ffmpeg_max()
-    sampler = Sampler()
+    cap = FFmpegCap(limit)
+    sampler = Sampler(cap)
     sampler.start()
     t = time.perf_counter()
-    await asyncio.gather(*(one_call(src, out, f"q{i}") for i in range(calls)))
+    await asyncio.gather(*(one_call(src, out, f"q{i}", cap) for i in range(calls)))
     wall = time.perf_counter() - t
     sampler.stop()
     os_counts = [s[1] for s in sampler.samples]
@@ -140,7 +136,7 @@ async def bench_queue(src: Path, out: Path, calls: int, limit: int) -> None:
           f" queued at once, cap {limit}:")
     print(f"  wall {wall:.2f} s, {wall / calls * 1000:.0f} ms per call")
     print(f"  samples: {len(os_counts)} every 5 ms; max running (OS view) {max(os_counts)}, "
-          f"(module counter) {max(mod_counts)}, module max-seen {ffmpeg_stats()[1]}")
+          f"(module counter) {max(mod_counts)}, module max-seen {cap.stats()[1]}")
     print("  share of samples by running count (OS view): "
           + ", ".join(f"{k}: {hist[k] / len(os_counts):.0%}" for k in sorted(hist)))
     # Time series summary: the running count in 10 equal slices of the run.
@@ -166,7 +162,6 @@ def main() -> None:
         d = Path(tmp)
         five = synth_call(d / "five.wav", 300)
         short = synth_call(d / "short.wav", 30, seed=1)
-        set_ffmpeg_limit(2)
         asyncio.run(bench_single(five, d, args.runs))
         asyncio.run(bench_queue(short, d, args.calls, args.limit))
 

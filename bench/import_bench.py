@@ -27,11 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from audiosocket.app import AppContext  # noqa: E402
 from audiosocket.config import load_config  # noqa: E402
-from audiosocket.services import close_services, ensure_jobs  # noqa: E402
+from audiosocket.root.app import AppContext  # noqa: E402
+from audiosocket.root.services import close_services, ensure_jobs  # noqa: E402
 from helpers.audio import write_wav  # noqa: E402
-from helpers.postcall.archive import ffmpeg_limit  # noqa: E402
 from helpers.postcall.importer import import_file  # noqa: E402
 from tests.helpers.speech_fixtures import silence, synth_speech  # noqa: E402
 
@@ -59,14 +58,14 @@ def make_files(folder: Path, n: int) -> list[Path]:
 async def run(files: list[Path], data: Path, naive: bool) -> float:
     ctx = AppContext(load_config(overrides={"data_dir": str(data)}, environ={}))
     jobs = await ensure_jobs(ctx)
-    store = ctx.get("store")
+    store = ctx.services.store
     started = time.monotonic()
     if naive:
         for path in files:
             await asyncio.to_thread(import_file, store, jobs, path, data)
             await jobs.wait_idle(600)
     else:
-        gate = asyncio.Semaphore(ffmpeg_limit())
+        gate = asyncio.Semaphore(ctx.services.ffmpeg.limit)
 
         async def one(path: Path) -> None:
             async with gate:

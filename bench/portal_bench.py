@@ -25,6 +25,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audiosocket.config import Config
+from audiosocket.root.app import Services
 from helpers.store.db import CallStore
 from web.app import make_app
 
@@ -93,7 +94,7 @@ async def main() -> None:
         seed(store, args.calls, random.Random(args.seed))
         segs = store.execute_read("SELECT count(*) AS n FROM segments")[0]["n"]
         print(f"seeded {args.calls} calls, {segs} segments in {time.perf_counter() - t:.1f} s")
-        app = make_app({"store": store, "config": Config(data_dir=tmp)})
+        app = make_app(Config(data_dir=tmp), Services(store=store))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -103,6 +103,7 @@ def serve_portal(port: int, file: Path, fast: bool) -> None:
     import uvloop
 
     from audiosocket.config import Config, WebConfig
+    from audiosocket.root.app import Services
     from helpers.store.db import CallStore
     from web.app import make_app, start_http
 
@@ -114,7 +115,7 @@ def serve_portal(port: int, file: Path, fast: bool) -> None:
         store.set_recording(PORTAL_CALL, "mp3", str(file), FILE_SIZE, 300.0)
         store.flush()
         cfg = Config(data_dir=str(data), web=WebConfig(fast_ranges=fast))
-        app = make_app({"store": store, "config": cfg})
+        app = make_app(cfg, Services(store=store))
         await start_http(app, "127.0.0.1", port)
         await asyncio.Event().wait()
 

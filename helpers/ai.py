@@ -1,36 +1,43 @@
-"""One process-wide limit on concurrent AI inference (Whisper, Flan-T5, ...).
+"""What AI engines share in a process: one limit on concurrent inference (Whisper,
+Flan-T5, ...) and the loaded models.
+
+The composition root creates one :class:`AiSlots` (``postcall.ai_limit`` slots, default 2)
+and one :class:`ModelCache`, and hands them to the engines; nothing here is module state.
 
 Model inference is CPU-bound and each call already uses its own threads; letting STT workers
 and post-call summaries all run at once only makes every one of them slower and the event
 loop's thread starve. Every engine therefore takes a slot from the same semaphore around an
 inference call::
 
-    with ai_slots():
+    with slots:
         model.generate(...)
 
-Live speech goes first: a live STT worker takes its slot with ``ai_slots().live()``; while
+Live speech goes first: a live STT worker takes its slot with ``slots.live()``; while
 one waits, a freed slot goes to it, never to post-call work (full transcripts, summaries),
-which waits in ``with ai_slots():``. Running inference is never interrupted, so live speech
+which waits in ``with slots:``. Running inference is never interrupted, so live speech
 waits at most for the shortest running job (a post-call utterance takes ~0.2 s).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import TypeVar, cast
 
-__all__ = ["DEFAULT_AI_LIMIT", "AiSlots", "ai_limit", "ai_slots", "set_ai_limit"]
+__all__ = ["DEFAULT_AI_LIMIT", "AiSlots", "ModelCache"]
 
 DEFAULT_AI_LIMIT = 2
-
+T = TypeVar("T")
 
 
 class AiSlots:
     """A bounded semaphore with two classes of waiter: live ones are served first."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int = DEFAULT_AI_LIMIT) -> None:
+        if n < 1:
+            raise ValueError(f"AI limit must be >= 1, got {n}")
         self.limit = n
         self._free = n
         self._live_waiting = 0
@@ -84,44 +91,40 @@ class AiSlots:
         self.release()
 
 
-_lock = threading.Lock()
-_slots: AiSlots | None = None
-_limit: int = DEFAULT_AI_LIMIT
+class ModelCache:
+    """Models loaded once per process, by key: Whisper checkpoints, Piper voices, Silero.
 
-
-def ai_slots(limit: int | None = None) -> AiSlots:
-    """The shared semaphore, created on first use with ``limit`` (default 2).
-
-    ``limit`` only matters on the first call (configure it once at start-up, or use
-    :func:`set_ai_limit`); later calls return the same object whatever they pass.
+    The composition root makes one and hands it to every engine that loads weights, so two
+    engines asking for the same model share it. A key loads under its own lock: a Whisper
+    load (seconds) never holds up a Silero session asked for on a call's start.
     """
-    global _slots, _limit
-    with _lock:
-        if _slots is None:
-            if limit is not None:
-                if limit < 1:
-                    raise ValueError(f"AI limit must be >= 1, got {limit}")
-                _limit = limit
-            _slots = AiSlots(_limit)
-        return _slots
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self._items: dict[Hashable, object] = {}
+        self._seen: set[Hashable] = set()
 
-def set_ai_limit(n: int) -> AiSlots:
-    """Replace the shared semaphore with one of ``n`` slots and return it.
+    def get(self, key: Hashable, load: Callable[[], T]) -> T:
+        """The model under ``key``, loaded by ``load`` the first time (once, even when
+        several threads ask at the same moment)."""
+        with self._lock:
+            if key in self._items:
+                return cast(T, self._items[key])
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:
+                    return cast(T, self._items[key])
+            item = load()
+            with self._lock:
+                self._items[key] = item
+            return item
 
-    Holders of the old semaphore release that one (``with ai_slots():`` keeps the object it
-    acquired), so replacing it while inference runs is safe; for a short moment both limits
-    apply side by side.
-    """
-    global _slots, _limit
-    if n < 1:
-        raise ValueError(f"AI limit must be >= 1, got {n}")
-    with _lock:
-        _limit = n
-        _slots = AiSlots(n)
-        return _slots
-
-
-def ai_limit() -> int:
-    """The configured number of slots."""
-    return _limit
+    def first_time(self, key: Hashable) -> bool:
+        """True the first time ``key`` is asked about (for "logged once per process")."""
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            return True

@@ -70,20 +70,35 @@ def _header(rate: int, channels: int, data_bytes: int) -> bytes:
 
 
 class RecorderWriter:
-    """One thread that performs every recorder's file I/O, in order, off the event loop."""
+    """One thread that performs every recorder's file I/O, in order, off the event loop.
+
+    The composition root makes one per process and every call's recorder is given it; the
+    thread starts with the first write, so a writer nobody uses costs no thread.
+    """
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="recorder-writer", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self.errors = 0
+
+    def _started(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="recorder-writer",
+                                                daemon=True)
+                self._thread.start()
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the writer thread."""
+        if self._thread is None:
+            self._started()
         self._queue.put(fn)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything submitted so far has been written."""
+        if self._thread is None:
+            return True  # nothing was ever submitted
         done = threading.Event()
         self._queue.put(done.set)
         return done.wait(timeout)
@@ -101,19 +116,6 @@ class RecorderWriter:
                 log.error("recorder_write_failed", error=str(exc))
 
 
-_WRITER: RecorderWriter | None = None
-_WRITER_LOCK = threading.Lock()
-
-
-def shared_writer() -> RecorderWriter:
-    """The process-wide writer thread, started on first use."""
-    global _WRITER
-    with _WRITER_LOCK:
-        if _WRITER is None:
-            _WRITER = RecorderWriter()
-        return _WRITER
-
-
 class CallRecorder:
     """Records both legs of one call into ``path`` (stereo, 16-bit, the call's rate)."""
 
@@ -124,7 +126,7 @@ class CallRecorder:
         *,
         flush_every: int = 50,
         hold_slots: int = 0,
-        writer: RecorderWriter | None = None,
+        writer: RecorderWriter,
     ) -> None:
         self.path = Path(path)
         self.rate = rate
@@ -132,7 +134,7 @@ class CallRecorder:
         self.frame_bytes = self.frame_samples * 2
         self.flush_every = flush_every
         self.hold_slots = hold_slots
-        self._writer = writer or shared_writer()
+        self._writer = writer
         # Slots not yet written, from _base on: one frame_bytes each, zero (silence) where
         # nothing was put, so a run of frames is one slice assignment.
         self._in = bytearray()

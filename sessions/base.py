@@ -11,9 +11,9 @@ from audiosocket.clock import Playback
 from sessions.parts.speaker import Speaker
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.media import MediaBlock
+    from audiosocket.root.app import AppContext, Need
 
 __all__ = ["Session"]
 
@@ -49,10 +49,10 @@ class Session:
     #: Name used in logs, metrics and the call store.
     name = "base"
     #: The shared engines this app uses (``store``, ``live``, ``stt``, ``tts``, ``jobs``):
-    #: the composition root builds them before ``prepare`` and they are in ``ctx``
-    #: (``ctx.get(name)``) for every call. Declared, not fetched, so apps never import
+    #: the composition root builds them before ``prepare`` and they are in ``ctx.services``
+    #: (``ctx.services.stt``) for every call. Declared, not fetched, so apps never import
     #: the wiring.
-    needs: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[Need, ...]] = ()
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         self.call = call
@@ -61,7 +61,7 @@ class Session:
             call=call.id, app=self.name, peer=call.peer
         )
         #: What the server says on this call (``say``, ``play_file``, barge-in).
-        self.speaker = Speaker(call, tts=ctx.get("tts"), store=ctx.get("store"), log=self.log)
+        self.speaker = Speaker(call, tts=ctx.services.tts, store=ctx.services.store, log=self.log)
 
     @classmethod
     async def prepare(cls, ctx: AppContext) -> None:

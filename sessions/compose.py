@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 from sessions.base import Session
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.media import MediaBlock
+    from audiosocket.root.app import AppContext
     from sessions.parts import Part
 
 __all__ = ["Composed"]

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from sessions.base import Session
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
+    from audiosocket.root.app import AppContext
 
 __all__ = ["EchoSession"]
 

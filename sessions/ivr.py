@@ -30,9 +30,9 @@ from sessions.parts.transcriber import Transcriber
 from sessions.record import recording_for
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveCall
+    from audiosocket.root.app import AppContext, Need
     from helpers.speech.stt import Segment
 
 __all__ = ["DEMO_FLOWS", "MESSAGE_MAX_BYTES", "MESSAGE_STT_WAIT_S", "IvrSession", "beep"]
@@ -42,14 +42,14 @@ class IvrSession(Composed):
     """Flow-driven IVR. The flow is ``ivr.flow`` from ``ivr.flows_dir``."""
 
     name = "ivr"
-    needs: ClassVar[tuple[str, ...]] = (*needs_of(Recording, Transcriber), "tts")
+    needs: ClassVar[tuple[Need, ...]] = (*needs_of(Recording, Transcriber), "tts")
     #: The flow this process runs (loaded once, in ``prepare``): the app's own state.
     flow: ClassVar[Flow]
 
     @classmethod
     async def prepare(cls, ctx: AppContext) -> None:
         await super().prepare(ctx)
-        tts = ctx.get("tts")
+        tts = ctx.services.tts
         if tts is None:
             raise RuntimeError("ivr: the TTS engine was not built before prepare() (needs)")
         cfg = ctx.config.ivr
@@ -75,8 +75,8 @@ class IvrSession(Composed):
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
-        self.stt = ctx.get("stt")
-        self.store = ctx.get("store")
+        self.stt = ctx.services.stt
+        self.store = ctx.services.store
         self.speaker.protect_s = ctx.config.ivr.barge_in_protect_ms / 1000
         self.recording_part = recording_for(call, ctx, self.log)
         self.transcriber = Transcriber(

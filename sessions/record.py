@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helpers.recorder import CallRecorder, shared_writer
+from helpers.recorder import CallRecorder
 from sessions.compose import Composed
 from sessions.parts.recording import Recording, recording_path
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveCall
+    from audiosocket.root.app import AppContext
 
 __all__ = ["RecordSession", "recording_for", "recording_path"]
 
@@ -20,11 +20,11 @@ __all__ = ["RecordSession", "recording_for", "recording_path"]
 def recording_for(call: Call, ctx: AppContext, log: object) -> Recording:
     """The recording part as the built-in apps use it (the live view and the post-call
     jobs when the root built them)."""
-    live = ctx.get("live")
+    live = ctx.services.live
     return Recording(
-        call, ctx.data_dir, writer=shared_writer(),
+        call, ctx.data_dir, writer=ctx.services.writer,
         live=live.attach(call) if live is not None else None,
-        jobs=ctx.get("jobs"), log=log,
+        jobs=ctx.services.jobs, log=log,
     )
 
 

@@ -17,9 +17,9 @@ from sessions.parts.transcriber import Transcriber
 from sessions.record import recording_for
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveCall
+    from audiosocket.root.app import AppContext, Need
     from helpers.speech.stt import Segment
     from helpers.speech.vad import VadSegmenter
 
@@ -32,12 +32,12 @@ class TranscribeSession(Composed):
     listener)."""
 
     name = "transcribe"
-    needs: ClassVar[tuple[str, ...]] = needs_of(Recording, Transcriber)
+    needs: ClassVar[tuple[Need, ...]] = needs_of(Recording, Transcriber)
 
     def __init__(self, call: Call, ctx: AppContext) -> None:
         super().__init__(call, ctx)
-        self.stt = ctx.get("stt")
-        self.store = ctx.get("store")
+        self.stt = ctx.services.stt
+        self.store = ctx.services.store
         self.recording_part = recording_for(call, ctx, self.log)
         self.transcriber = Transcriber(
             call, ctx.config.stt, stt=self.stt, store=self.store,

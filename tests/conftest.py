@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from audiosocket.app import AppContext, session_factory
 from audiosocket.config import load_config
+from audiosocket.root.app import AppContext, Services, session_factory
+from audiosocket.root.services import close_services, provide
 from audiosocket.server import AudioSocketServer
-from audiosocket.services import close_services, provide
+from helpers.ai import ModelCache
 from sessions.base import Session
 
 StartServer = Callable[..., Any]
+#: One model cache for the test process, as a server has one for its own: each test's
+#: server gets fresh caps and writer but loads Whisper, Piper and Silero only once.
+_MODELS = ModelCache()
 
 
 @pytest.fixture
@@ -24,14 +29,16 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     servers: list[AudioSocketServer] = []
 
     async def start(
-        app: type[Session], services: dict[str, Any] | None = None, **overrides: Any
+        app: type[Session], services: Services | None = None, **overrides: Any
     ) -> AudioSocketServer:
         overrides.setdefault("port", 1)  # replaced by 0 below; validate() wants a TCP port
         overrides.setdefault("data_dir", str(tmp_path / "data"))
         overrides.setdefault("http_port", 0)
         cfg = load_config(overrides=overrides, environ={})
         cfg.port = 0
-        ctx = AppContext(cfg, services=services or {})
+        if services is None:
+            services = dataclasses.replace(Services.for_config(cfg), models=_MODELS)
+        ctx = AppContext(cfg, services=services)
         # As the composition root does: build what the app declares, then prepare it.
         await provide(ctx, app.needs)
         await app.prepare(ctx)

@@ -18,7 +18,9 @@ The layers (``docs/discussion/architecture.md`` has the picture):
 
 - ``core``: ``audiosocket`` without the composition root: codec, call, clock, playout,
   server, config, metrics, logs, lifecycle, live hub, the ``audiosocket call`` client.
-- ``root``: the composition root, :data:`ROOT_MODULES`; it may import everything.
+- ``root``: the composition root, the sub-package :data:`ROOT_PACKAGE`; it may import
+  everything, and nothing outside it imports it at run time.
+- ``entry``: :data:`ENTRY_POINTS`, old module names that only forward to the root.
 - ``sessions``, ``helpers``, ``web``, ``models``: the folders of those names.
 
 Inside ``helpers`` the domains (``speech``, ``store``, ``postcall``, ``tools``) have their
@@ -28,15 +30,17 @@ own one-way rule: :data:`HELPER_DOMAIN_DEPS`.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from audiosocket.app import AppContext, session_factory
 from audiosocket.config import ConfigError, load_config
-from audiosocket.services import provide
+from audiosocket.root.app import NEEDS, AppContext, Services, session_factory
+from audiosocket.root.services import provide
 from sessions.base import Session
 from sessions.echo import EchoSession
 from sessions.ivr import IvrSession
@@ -45,9 +49,15 @@ from sessions.record import RecordSession
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("audiosocket", "sessions", "helpers", "web", "models")
 #: The composition root: builds everything from the config; nothing else imports it.
-ROOT_MODULES = frozenset(
-    f"audiosocket.{name}" for name in ("app", "services", "runner", "cli", "commands")
-)
+ROOT_PACKAGE = "audiosocket.root"
+#: Modules that only forward to the root, outside it: module -> why it exists. They form a
+#: layer (and a folder) of their own, which imports the root and which nothing imports.
+ENTRY_POINTS = {
+    "audiosocket.cli": (
+        "console scripts installed before the root moved import audiosocket.cli:main; "
+        "goes once every install has re-run pip install -e ."
+    ),
+}
 #: Type-only imports that break a layer rule and stay for now: (importer, imported) -> why.
 #: Empty since the server types apps with audiosocket.hooks.App; kept so a new exception has
 #: to be written down with its reason.
@@ -152,7 +162,23 @@ def layer(module: str) -> str:
     top = module.split(".")[0]
     if top != "audiosocket":
         return top
-    return "root" if module in ROOT_MODULES else "core"
+    if module in ENTRY_POINTS:
+        return "entry"
+    return "root" if _in_root(module) else "core"
+
+
+def _in_root(module: str) -> bool:
+    return module == ROOT_PACKAGE or module.startswith(ROOT_PACKAGE + ".")
+
+
+def folder(module: str, modules: dict[str, Path]) -> str:
+    """The folder (package or sub-package) a module's file sits in; entry points count
+    apart (see :data:`ENTRY_POINTS`)."""
+    if module in ENTRY_POINTS:
+        return "entry"
+    if modules[module].name == "__init__.py":
+        return module
+    return module.rpartition(".")[0]
 
 
 def strongly_connected(nodes: set[str], edges: list[tuple[str, str]]) -> list[list[str]]:
@@ -217,7 +243,7 @@ def test_the_graph_is_read(edges: list[Edge]) -> None:
         modules)
     pairs = {(e.src, e.dst) for e in edges}
     assert ("audiosocket.connection", "audiosocket.protocol") in pairs  # top level
-    assert ("audiosocket.runner", "web.app") in pairs  # function-local
+    assert ("audiosocket.root.runner", "web.app") in pairs  # function-local
     assert ("sessions.base", "audiosocket.call") in pairs  # type-only
     assert ("audiosocket.clock", "audiosocket.metrics") in pairs  # ``from pkg import mod``
     assert ("audiosocket.native", "audiosocket._wire") in pairs  # compiled, read by its stub
@@ -269,6 +295,30 @@ def test_no_import_cycles_between_layers(edges: list[Edge]) -> None:
     assert not cycles, f"layer cycles {cycles}:\n" + "\n".join(detail)
 
 
+def test_no_import_cycles_between_folders(edges: list[Edge]) -> None:
+    """The folders and sub-packages (``audiosocket``, ``audiosocket.root``, ``sessions``,
+    ``sessions.flows``, ...) form no cycle either (run-time imports): with the root in a
+    sub-package of its own, the folder tree itself has dependencies that point one way."""
+    modules = module_files()
+    pairs = sorted({(folder(e.src, modules), folder(e.dst, modules)) for e in edges
+                    if not e.type_only and folder(e.src, modules) != folder(e.dst, modules)})
+    cycles = strongly_connected({folder(m, modules) for m in modules}, pairs)
+    detail = [str(e) for e in edges if not e.type_only for comp in cycles
+              if folder(e.src, modules) in comp and folder(e.dst, modules) in comp
+              and folder(e.src, modules) != folder(e.dst, modules)]
+    assert not cycles, f"folder cycles {cycles}:\n" + "\n".join(detail)
+
+
+def test_nothing_outside_the_root_imports_it(edges: list[Edge]) -> None:
+    """The root builds and hands down; no other layer imports it at run time (``sessions``
+    and ``web`` may name its types under ``TYPE_CHECKING``; the entry points forward to it)."""
+    bad = [f"{e}  [only the root and the entry points import the root]" for e in edges
+           if layer(e.dst) == "root" and layer(e.src) not in {"root", "entry"}
+           and not (e.type_only and layer(e.src) in {"sessions", "web"})]
+    assert not bad, "\n".join(bad)
+    assert not [e for e in edges if layer(e.dst) == "entry"], "nothing imports an entry point"
+
+
 def test_helpers_import_no_sessions_server_or_web(edges: list[Edge]) -> None:
     """``helpers`` are engines: they know nothing of apps, the server or the portal."""
     bad = _violations(edges, "helpers", {"sessions", "web", "core", "root"})
@@ -285,12 +335,12 @@ def test_web_reads_no_sessions_or_server(edges: list[Edge]) -> None:
 
 def test_sessions_import_no_composition_root(edges: list[Edge]) -> None:
     """Apps declare what they need (``Session.needs``) and the root builds it: they never
-    import the wiring. ``audiosocket.app`` may be named for ``AppContext``'s type only."""
+    import the wiring. ``audiosocket.root.app`` may be named for ``AppContext``'s type only."""
     bad = _violations(edges, "sessions", {"root"}, run_time_only=True)
     bad += [
         f"{e}  [sessions must not import {e.dst}]" for e in edges
         if layer(e.src) == "sessions" and layer(e.dst) == "root" and e.type_only
-        and e.dst != "audiosocket.app"
+        and e.dst != "audiosocket.root.app"
     ]
     assert not bad, "\n".join(bad)
 
@@ -350,6 +400,105 @@ def test_helper_domains_import_one_way(edges: list[Edge]) -> None:
     assert not bad, "\n".join(bad)
 
 
+#: Module-level mutable state in ``helpers`` that stays: (module, name) -> why. Keep it empty:
+#: what a process shares (caps, the writer, loaded models) is made by the root and passed.
+HELPERS_STATE_ALLOWED: dict[tuple[str, str], str] = {}
+_MUTABLE_CALLS = frozenset({
+    "dict", "list", "set", "deque", "defaultdict", "OrderedDict", "Counter",
+    "Lock", "RLock", "Condition", "Event", "Semaphore", "BoundedSemaphore",
+})
+_LOCKS = frozenset({"Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore"})
+_MUTATORS = frozenset({
+    "append", "extend", "insert", "add", "update", "setdefault", "pop", "popitem", "clear",
+    "remove", "discard", "appendleft", "popleft", "__setitem__",
+})
+
+
+def _call_name(node: ast.expr) -> str | None:
+    if not isinstance(node, ast.Call):
+        return None
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else (
+        func.attr if isinstance(func, ast.Attribute) else None)
+
+
+def module_state(tree: ast.Module) -> dict[str, str]:
+    """Module-level mutable state: name -> what makes it so. A ``global`` statement in a
+    function; a module-level lock (it exists only to guard such state); or a module-level
+    None / container that a function mutates (item assignment, ``.append`` and the like)."""
+    found: dict[str, str] = {}
+    containers: dict[str, int] = {}
+    for stmt in tree.body:
+        targets = (stmt.targets if isinstance(stmt, ast.Assign)
+                   else [stmt.target] if isinstance(stmt, ast.AnnAssign) and stmt.value
+                   else [])
+        value = stmt.value if isinstance(stmt, ast.Assign | ast.AnnAssign) else None
+        for target in targets:
+            if not isinstance(target, ast.Name) or value is None:
+                continue
+            called = _call_name(value)
+            if called in _LOCKS:
+                found[target.id] = f"line {stmt.lineno}: a module-level {called}"
+            elif (isinstance(value, ast.Dict | ast.List | ast.Set)
+                  or (isinstance(value, ast.Constant) and value.value is None)
+                  or called in _MUTABLE_CALLS):
+                containers[target.id] = stmt.lineno
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Global):
+                for name in inner.names:
+                    found[name] = f"line {inner.lineno}: 'global {name}' in {node.name}()"
+            elif (isinstance(inner, ast.Subscript) and isinstance(inner.ctx, ast.Store | ast.Del)
+                  and isinstance(inner.value, ast.Name) and inner.value.id in containers):
+                found[inner.value.id] = f"line {inner.lineno}: item set in {node.name}()"
+            elif (isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute)
+                  and inner.func.attr in _MUTATORS and isinstance(inner.func.value, ast.Name)
+                  and inner.func.value.id in containers):
+                name = inner.func.value.id
+                found[name] = f"line {inner.lineno}: .{inner.func.attr}() in {node.name}()"
+    return found
+
+
+def test_helpers_keep_no_module_level_mutable_state() -> None:
+    """No process-wide singletons in ``helpers``: the AI slots, the FFmpeg cap, the recording
+    writer and the model caches are objects the composition root creates once and passes
+    down (``audiosocket.root.app.Services``), so an engine is usable twice in one process
+    (two tests, a script beside the server) and what it shares is visible in its signature."""
+    bad = []
+    for module, path in module_files().items():
+        if layer(module) != "helpers" or path.suffix != ".py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for name, why in sorted(module_state(tree).items()):
+            if (module, name) not in HELPERS_STATE_ALLOWED:
+                bad.append(f"{path.relative_to(REPO)}: {name}: {why}")
+    assert not bad, "module-level mutable state in helpers:\n" + "\n".join(bad)
+
+
+def test_the_state_finder_finds_the_old_singletons() -> None:
+    """What the rule above must catch, as the helpers had it before step 2."""
+    old = ast.parse(textwrap.dedent("""
+        import threading
+        _lock = threading.Lock()
+        _slots = None
+        _models: dict[str, object] = {}
+        _seen = set()
+        CONSTANTS = {"a": 1}  # read only: fine
+
+        def slots():
+            global _slots
+            return _slots
+
+        def load(key):
+            _models[key] = object()
+            _seen.add(key)
+            return CONSTANTS["a"]
+    """))
+    assert set(module_state(old)) == {"_lock", "_slots", "_models", "_seen"}
+
+
 def test_type_only_exceptions_are_still_needed(edges: list[Edge]) -> None:
     """An exception whose import is gone is deleted from the list, so it cannot hide a
     new one later."""
@@ -359,6 +508,10 @@ def test_type_only_exceptions_are_still_needed(edges: list[Edge]) -> None:
 
 
 # ---- the composition root's side of the rules ----------------------------------------------
+
+
+def _engines(services: Services) -> dict[str, object]:
+    return {name: getattr(services, name) for name in NEEDS if getattr(services, name)}
 
 
 def _ctx(tmp_path: Path) -> AppContext:
@@ -381,9 +534,16 @@ async def test_provide_builds_what_an_app_declares_once(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     with pytest.raises(ConfigError, match=r"'speech'.*known: store, live, stt, tts, jobs"):
         await provide(ctx, ("live", "speech"))
-    assert ctx.services == {} and ctx.observers == []
+    before = ctx.services
+    assert _engines(before) == {} and ctx.observers == []
     await provide(ctx, ("live",))
-    hub = ctx.get("live")
+    hub = ctx.services.live
     await provide(ctx, ("live",))
-    assert hub is not None and ctx.get("live") is hub and ctx.observers == [hub]
+    assert hub is not None and ctx.services.live is hub and ctx.observers == [hub]
+    # A new frozen Services each time something is built; the old one is left as it was.
+    assert _engines(before) == {} and _engines(ctx.services) == {"live": hub}
+    # The process-wide parts travel unchanged from one Services to the next.
+    assert ctx.services.ai is before.ai and ctx.services.writer is before.writer
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.services.stt = None  # type: ignore[misc]
     assert IvrSession.needs == ("store", "stt", "tts") and EchoSession.needs == ()

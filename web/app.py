@@ -1,17 +1,21 @@
 """The HTTP server: health, Prometheus metrics, and (when a store is given) the API and portal.
 
 ``web`` reads the call store and files; it never reaches into the live AudioSocket server.
-The live view reads only the live-call hub (``services["live"]``, :mod:`web.live`), which
+The live view reads only the live-call hub (``services.live``, :mod:`web.live`), which
 the composition root hands over like the store.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+if TYPE_CHECKING:
+    from audiosocket.config import Config
+    from audiosocket.root.app import Services
 
 __all__ = ["make_app", "start_http"]
 
@@ -30,21 +34,19 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return resp
 
 
-def make_app(services: dict[str, Any] | None = None) -> web.Application:
+def make_app(config: Config | None, services: Services | None = None) -> web.Application:
     """Build the aiohttp application.
 
-    ``services`` may carry ``store``, ``jobs``, ``live`` and ``config``. With a store the API
-    and the portal are served; auth follows ``config.http_bind`` (open on loopback, token otherwise;
+    From ``services`` it reads ``store``, ``jobs`` and ``live``. With a store the API and the
+    portal are served; auth follows ``config.http_bind`` (open on loopback, token otherwise;
     without a config the app is taken as loopback). Uploads need ``jobs`` too (else 503).
     """
-    services = services or {}
-    config = services.get("config")
     # Request bodies read whole (forms) stay small; uploads stream and have their own cap.
     app = web.Application(client_max_size=1024**2)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
-    store = services.get("store")
-    if store is not None:
+    store = services.store if services is not None else None
+    if services is not None and store is not None:
         from web.api import setup_api
         from web.portal import setup_portal
         from web.upload import setup_uploads
@@ -59,14 +61,14 @@ def make_app(services: dict[str, Any] | None = None) -> web.Application:
         setup_api(app, store, data_dir)
         from web.live import setup_live
 
-        setup_live(app, services.get("live"), store,
+        setup_live(app, services.live, store,
                    listen_in=bool(config is not None and config.web.listen_in))
         if config is None or config.web.fast_ranges:
             from web.fastpath import FAST_INDEX, RecordingIndex
 
             app[FAST_INDEX] = RecordingIndex(store)
         setup_uploads(
-            app, store, services.get("jobs"),
+            app, store, services.jobs,
             data_dir if data_dir is not None else store.path.parent,
             config.web.max_upload_mb if config is not None else 50,
         )

@@ -15,8 +15,9 @@ Guarantees:
   and its duration checked against the WAV, and only then ``os.replace`` moves it into place
   (atomic on one filesystem). A killed, failed, timed-out or cancelled FFmpeg leaves nothing
   behind at the destination and its temporary file is deleted.
-* At most ``set_ffmpeg_limit(n)`` FFmpeg processes (default 2) run at once in the whole
-  process, whichever event loop or thread starts them (see :class:`_ProcessCap`).
+* At most ``n`` FFmpeg processes (default 2) run at once in the whole process, whichever
+  event loop or thread starts them: the composition root makes one :class:`FFmpegCap(n)
+  <FFmpegCap>` and every archive call of the server is given it (``cap=``).
 * Durations are measured without ffprobe (imageio-ffmpeg ships none): the archive is decoded
   to the null muxer and the last ``time=`` FFmpeg reports is taken.
 """
@@ -51,14 +52,10 @@ __all__ = [
     "ArchiveResult",
     "ArchiveSettings",
     "ArchiveVerifyError",
+    "FFmpegCap",
     "archive_aac",
     "archive_mp3",
-    "ffmpeg_limit",
-    "ffmpeg_stats",
     "probe_duration",
-    "reset_ffmpeg_max",
-    "running_ffmpeg_pids",
-    "set_ffmpeg_limit",
     "verify_archive",
     "wav_duration",
 ]
@@ -227,57 +224,60 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-_CAP = _ProcessCap(2)
-_stats_lock = threading.Lock()
-_running: set[int] = set()
-_max_seen = 0
+class FFmpegCap(_ProcessCap):
+    """How many FFmpeg processes (and echo-canceller children) may run at once, and which
+    run now. One per process, made by the composition root and passed to every archive
+    call (``cap=``); a call given none makes its own (a standalone script or test)."""
 
+    def __init__(self, limit: int = 2) -> None:
+        super().__init__(limit)
+        self._stats_lock = threading.Lock()
+        self._running: set[int] = set()
+        self._max_seen = 0
 
-def set_ffmpeg_limit(n: int) -> None:
-    """Set how many FFmpeg processes may run at once in this process (default 2)."""
-    _CAP.set_limit(n)
+    def stats(self) -> tuple[int, int]:
+        """``(running now, most seen running at once since the last reset)``."""
+        with self._stats_lock:
+            return len(self._running), self._max_seen
 
+    def reset_max(self) -> None:
+        """Reset the max-seen counter to the number running now (tests, benchmarks)."""
+        with self._stats_lock:
+            self._max_seen = len(self._running)
 
-def ffmpeg_limit() -> int:
-    """The current cap on concurrent FFmpeg processes."""
-    return _CAP.limit
+    def running_pids(self) -> list[int]:
+        """PIDs of the FFmpeg processes run under this cap now (for tests and admin)."""
+        with self._stats_lock:
+            return list(self._running)
 
+    def track(self, pid: int) -> None:
+        with self._stats_lock:
+            self._running.add(pid)
+            self._max_seen = max(self._max_seen, len(self._running))
+        FFMPEG_PROCESSES.inc()
 
-def ffmpeg_stats() -> tuple[int, int]:
-    """``(running now, most seen running at once since the last reset)``."""
-    with _stats_lock:
-        return len(_running), _max_seen
-
-
-def reset_ffmpeg_max() -> None:
-    """Reset the max-seen counter to the number running now (tests, benchmarks)."""
-    global _max_seen
-    with _stats_lock:
-        _max_seen = len(_running)
-
-
-def running_ffmpeg_pids() -> list[int]:
-    """PIDs of the FFmpeg processes this module is running now (for tests and admin)."""
-    with _stats_lock:
-        return list(_running)
+    def untrack(self, pid: int) -> None:
+        with self._stats_lock:
+            self._running.discard(pid)
+        FFMPEG_PROCESSES.dec()
 
 
 # --------------------------------------------------------------------------- running FFmpeg
 
 
 async def _run_ffmpeg(
-    cmd: list[str], *, step: str, timeout_s: float, tail: int = STDERR_TAIL
+    cmd: list[str], *, step: str, timeout_s: float, cap: FFmpegCap, tail: int = STDERR_TAIL
 ) -> bytes:
     """Run one FFmpeg under the process cap; return the tail of its stderr.
 
     Raises :class:`FFmpegError` on a non-zero exit, a signal or a timeout. On timeout or
     cancellation the process is killed and reaped before we return, so no orphan remains.
     """
-    async with _CAP.slot():
+    async with cap.slot():
         started = time.perf_counter()
         try:
             done = await spawn.run_async(
-                cmd, timeout_s=timeout_s, tail=tail, on_start=_track, on_exit=_untrack
+                cmd, timeout_s=timeout_s, tail=tail, on_start=cap.track, on_exit=cap.untrack
             )
         except spawn.SpawnTimeout as exc:
             raise FFmpegError(
@@ -291,20 +291,6 @@ async def _run_ffmpeg(
             how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited {rc}"
             raise FFmpegError(f"ffmpeg ({step}) {how}", _decode_tail(done.stderr_tail, tail))
         return done.stderr_tail
-
-
-def _track(pid: int) -> None:
-    global _max_seen
-    with _stats_lock:
-        _running.add(pid)
-        _max_seen = max(_max_seen, len(_running))
-    FFMPEG_PROCESSES.inc()
-
-
-def _untrack(pid: int) -> None:
-    with _stats_lock:
-        _running.discard(pid)
-    FFMPEG_PROCESSES.dec()
 
 
 def _decode_tail(buf: bytes | bytearray, tail: int) -> str:
@@ -323,7 +309,8 @@ def _compile(stream: Any) -> list[str]:
 
 
 async def _archive(
-    src_wav: Path, dst: Path, stream_for: Any, step: str, settings: ArchiveSettings
+    src_wav: Path, dst: Path, stream_for: Any, step: str, settings: ArchiveSettings,
+    cap: FFmpegCap,
 ) -> ArchiveResult:
     started = time.perf_counter()
     src_wav = Path(src_wav)
@@ -332,12 +319,12 @@ async def _archive(
         raise FileNotFoundError(src_wav)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial_path(dst)
-    src_duration = await _source_duration(src_wav, settings.timeout_s)
+    src_duration = await _source_duration(src_wav, settings.timeout_s, cap)
     cmd = _compile(stream_for(src_wav, tmp, src_duration))
     try:
-        await _run_ffmpeg(cmd, step=step, timeout_s=settings.timeout_s)
+        await _run_ffmpeg(cmd, step=step, timeout_s=settings.timeout_s, cap=cap)
         if settings.verify:
-            duration = await _check_duration(tmp, src_duration, settings.timeout_s)
+            duration = await _check_duration(tmp, src_duration, settings.timeout_s, cap)
         else:
             duration = src_duration
         size = tmp.stat().st_size
@@ -353,7 +340,8 @@ async def _archive(
 
 
 async def archive_aac(
-    src_wav: str | Path, dst_m4a: str | Path, settings: ArchiveSettings | None = None
+    src_wav: str | Path, dst_m4a: str | Path, settings: ArchiveSettings | None = None, *,
+    cap: FFmpegCap | None = None,
 ) -> ArchiveResult:
     """Encode a recording to AAC in MP4 (.m4a) for retention; publish it atomically.
 
@@ -372,11 +360,12 @@ async def archive_aac(
             .overwrite_output()  # a stale partial from a crashed run may be there
         )
 
-    return await _archive(Path(src_wav), Path(dst_m4a), build, "aac", s)
+    return await _archive(Path(src_wav), Path(dst_m4a), build, "aac", s, cap or FFmpegCap())
 
 
 async def archive_mp3(
-    src_wav: str | Path, dst_mp3: str | Path, settings: ArchiveSettings | None = None
+    src_wav: str | Path, dst_mp3: str | Path, settings: ArchiveSettings | None = None, *,
+    cap: FFmpegCap | None = None,
 ) -> ArchiveResult:
     """Encode the listening copy of a recording to MP3; publish it atomically.
 
@@ -389,10 +378,11 @@ async def archive_mp3(
     tails never shift the two timelines apart.
     """
     s = settings or ArchiveSettings()
+    cap = cap or FFmpegCap()
     if s.listen_filter not in LISTEN_FILTERS:
         raise ValueError(f"listen_filter must be one of {LISTEN_FILTERS}, got {s.listen_filter!r}")
     if s.listen_filter == "aec":
-        return await _aec_mp3(Path(src_wav), Path(dst_mp3), s)
+        return await _aec_mp3(Path(src_wav), Path(dst_mp3), s, cap)
     audio_filter: Any = None
     if s.listen_filter == "aecho":
         if not _AECHO_RE.match(s.aecho):
@@ -405,7 +395,7 @@ async def archive_mp3(
             )
 
     res = await _archive(Path(src_wav), Path(dst_mp3),
-                         _mp3_builder(s, audio_filter, None), "mp3", s)
+                         _mp3_builder(s, audio_filter, None), "mp3", s, cap)
     LISTEN_COPIES.labels(filter=s.listen_filter).inc()
     return res
 
@@ -433,7 +423,7 @@ def _mp3_builder(s: ArchiveSettings, audio_filter: Any, source: Path | None) -> 
     return build
 
 
-async def _aec_mp3(src: Path, dst: Path, s: ArchiveSettings) -> ArchiveResult:
+async def _aec_mp3(src: Path, dst: Path, s: ArchiveSettings, cap: FFmpegCap) -> ArchiveResult:
     """The echo-cancelled listening copy.
 
     1. :mod:`helpers.postcall.echo_cancel` runs as a child process (under the same cap as FFmpeg,
@@ -456,20 +446,22 @@ async def _aec_mp3(src: Path, dst: Path, s: ArchiveSettings) -> ArchiveResult:
         cmd = [sys.executable, "-I", str(_AEC_SCRIPT), str(src), str(clean)]
         # The canceller's time grows with the call (about 0.7 CPU s per minute at 8 kHz,
         # more at 48 kHz): allow 10 s a minute on top, or a 3-hour call could never finish.
-        minutes = await _source_duration(src, s.timeout_s) / 60.0
+        minutes = await _source_duration(src, s.timeout_s, cap) / 60.0
         try:
-            err = await _run_ffmpeg(cmd, step="aec", timeout_s=s.timeout_s + 10.0 * minutes)
+            err = await _run_ffmpeg(cmd, step="aec", timeout_s=s.timeout_s + 10.0 * minutes,
+                                    cap=cap)
             levels = _aec_levels(err)
         except FFmpegError as exc:
             if "timed out" in str(exc) or "killed" in str(exc):
                 raise
             log.warning("echo_cancel_skipped", path=str(src), error=exc.stderr.strip()[-300:])
         if levels is None:
-            res = await _archive(src, dst, _mp3_builder(s, _denoise, None), "mp3", s)
+            res = await _archive(src, dst, _mp3_builder(s, _denoise, None), "mp3", s, cap)
             LISTEN_COPIES.labels(filter="aec_skipped").inc()
             return res
         gains = [_level_gain(lv, s.listen_level_dbfs) for lv in levels]
-        res = await _archive(src, dst, _mp3_builder(s, _clean_chain(gains), clean), "mp3", s)
+        res = await _archive(src, dst, _mp3_builder(s, _clean_chain(gains), clean), "mp3", s,
+                             cap)
         LISTEN_COPIES.labels(filter="aec").inc()
         return res
     finally:
@@ -523,21 +515,23 @@ def wav_duration(path: str | Path) -> float:
         return wf.getnframes() / float(wf.getframerate())
 
 
-async def _source_duration(src_wav: Path, timeout_s: float) -> float:
+async def _source_duration(src_wav: Path, timeout_s: float, cap: FFmpegCap) -> float:
     """The recording's duration: from its WAV header, or decoded by FFmpeg when the header
     cannot be parsed (FFmpeg is more forgiving, and if it cannot read the file either, its
     stderr explains why in the FFmpegError)."""
     try:
         return await asyncio.to_thread(wav_duration, src_wav)
     except (wave.Error, EOFError, ZeroDivisionError):
-        return await probe_duration(src_wav, timeout_s=timeout_s)
+        return await probe_duration(src_wav, timeout_s=timeout_s, cap=cap)
 
 
 def _hms(h: bytes, m: bytes, s: bytes) -> float:
     return int(h) * 3600 + int(m) * 60 + float(s)
 
 
-async def probe_duration(path: str | Path, *, timeout_s: float = 120.0) -> float:
+async def probe_duration(
+    path: str | Path, *, timeout_s: float = 120.0, cap: FFmpegCap | None = None
+) -> float:
     """Decoded duration of any file FFmpeg reads, in seconds, without ffprobe.
 
     Runs ``ffmpeg -i path -f null -`` and takes the last ``time=`` progress report: that is
@@ -551,7 +545,8 @@ async def probe_duration(path: str | Path, *, timeout_s: float = 120.0) -> float
         # -stats with -loglevel info: the progress line (and its time=) is what we parse.
         .global_args("-nostdin", "-hide_banner", "-stats", "-loglevel", "info")
     )
-    err = await _run_ffmpeg(cmd, step="probe", timeout_s=timeout_s, tail=16384)
+    err = await _run_ffmpeg(cmd, step="probe", timeout_s=timeout_s, tail=16384,
+                            cap=cap or FFmpegCap())
     times = _TIME_RE.findall(err)
     if times:
         sign, h, m, s = times[-1]
@@ -562,9 +557,11 @@ async def probe_duration(path: str | Path, *, timeout_s: float = 120.0) -> float
     raise FFmpegError(f"could not read a duration for {path}", _decode_tail(err, STDERR_TAIL))
 
 
-async def _check_duration(archive: Path, expected: float, timeout_s: float) -> float:
+async def _check_duration(
+    archive: Path, expected: float, timeout_s: float, cap: FFmpegCap
+) -> float:
     try:
-        got = await probe_duration(archive, timeout_s=timeout_s)
+        got = await probe_duration(archive, timeout_s=timeout_s, cap=cap)
     except FFmpegError as exc:
         raise ArchiveVerifyError(f"{archive} is not decodable", exc.stderr) from exc
     if abs(got - expected) > DURATION_TOLERANCE_S:
@@ -574,10 +571,13 @@ async def _check_duration(archive: Path, expected: float, timeout_s: float) -> f
     return got
 
 
-async def verify_archive(src_wav: str | Path, archive: str | Path) -> float:
+async def verify_archive(
+    src_wav: str | Path, archive: str | Path, *, cap: FFmpegCap | None = None
+) -> float:
     """Check ``archive`` decodes to the WAV's duration (±0.1 s); return its decoded duration.
 
     Raises :class:`ArchiveVerifyError` when it does not decode or the lengths differ.
     """
-    expected = await _source_duration(Path(src_wav), 300.0)
-    return await _check_duration(Path(archive), expected, timeout_s=300.0)
+    cap = cap or FFmpegCap()
+    expected = await _source_duration(Path(src_wav), 300.0, cap)
+    return await _check_duration(Path(archive), expected, timeout_s=300.0, cap=cap)

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from helpers.ai import ai_slots
+from helpers.ai import AiSlots
 from helpers.postcall.summarize import (
     EMPTY_TEXT,
     EMPTY_TITLE,
@@ -87,7 +87,11 @@ class Seq2SeqSummarizer:
     summary_prompt = "Summarize this phone call: "
     title_prompt = "Write a short title for this phone call: "
 
-    def __init__(self, tokenizer: Any, model_name: str, max_input_tokens: int) -> None:
+    def __init__(self, tokenizer: Any, model_name: str, max_input_tokens: int,
+                 ai: AiSlots | None) -> None:
+        # The server passes the process's AI slots (shared with Whisper); None (a script,
+        # a test) gives this summariser slots of its own.
+        self.ai = ai if ai is not None else AiSlots()
         self._tokenizer: Any = tokenizer
         self.model_name = model_name
         self.max_input_tokens = max_input_tokens
@@ -113,7 +117,7 @@ class Seq2SeqSummarizer:
         and the server loads the summariser at start-up."""
         ids = self._tokenizer(self.summary_prompt + "hello", truncation=True,
                               max_length=self.max_input_tokens)["input_ids"]
-        with self._lock, ai_slots():
+        with self._lock, self.ai:
             self._infer(ids, 2, 1)
 
     # -- token accounting
@@ -158,9 +162,9 @@ class Seq2SeqSummarizer:
             prompt, truncation=True, max_length=self.max_input_tokens
         )["input_ids"]
         min_tokens = min(self.min_new_tokens, max_new_tokens)
-        # The instance lock serialises this model; ai_slots() is the process-wide cap on
+        # The instance lock serialises this model; ``self.ai`` is the process-wide cap on
         # concurrent inference shared with Whisper (helpers.ai).
-        with self._lock, ai_slots():
+        with self._lock, self.ai:
             self.generate_calls += 1
             out = self._infer(ids, max_new_tokens, min_tokens)
         text: str = self._tokenizer.decode(out, skip_special_tokens=True)
@@ -216,6 +220,7 @@ class T5Summarizer(Seq2SeqSummarizer):
         threads: int | None = None,
         local_files_only: bool = True,
         name: str | None = None,
+        ai: AiSlots | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -233,7 +238,7 @@ class T5Summarizer(Seq2SeqSummarizer):
         super().__init__(
             tokenizer,
             name or (Path(checkpoint).name if Path(checkpoint).is_dir() else str(checkpoint)),
-            max_input_tokens,
+            max_input_tokens, ai,
         )
         self._model: Any = AutoModelForSeq2SeqLM.from_pretrained(
             str(checkpoint), local_files_only=local_files_only
@@ -284,6 +289,7 @@ class Ct2Summarizer(Seq2SeqSummarizer):
         threads: int | None = None,
         max_input_tokens: int = 512,
         name: str | None = None,
+        ai: AiSlots | None = None,
     ) -> None:
         import ctranslate2
         from transformers import AutoTokenizer
@@ -305,7 +311,7 @@ class Ct2Summarizer(Seq2SeqSummarizer):
         )
         base = name or strip_ct2_suffix(model_dir.absolute().name)
         super().__init__(tokenizer, f"{base} (ctranslate2 {self.compute_type})",
-                         max_input_tokens)
+                         max_input_tokens, ai)
         self._suppress_sequences = [
             [tok] for tok in tokenizer.convert_ids_to_tokens(self._suppress)
         ] or None

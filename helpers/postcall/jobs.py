@@ -25,7 +25,13 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from helpers.postcall.archive import ArchiveSettings, archive_aac, archive_mp3, wav_duration
+from helpers.postcall.archive import (
+    ArchiveSettings,
+    FFmpegCap,
+    archive_aac,
+    archive_mp3,
+    wav_duration,
+)
 from helpers.postcall.peaks import write_peaks
 from helpers.store.db import CallStore
 from helpers.store.rows import JobRow
@@ -92,6 +98,7 @@ class PostCallJobs:
         data_dir: str | Path,
         *,
         archive: ArchiveSettings | None = None,
+        ffmpeg: FFmpegCap | None = None,
         stt: Callable[[], Awaitable[Any]] | None = None,
         summarizer: Callable[[], Any] | None = None,
         workers: int = 4,
@@ -101,6 +108,8 @@ class PostCallJobs:
         self.store = store
         self.data_dir = Path(data_dir)
         self.archive = archive or ArchiveSettings()
+        #: The process's FFmpeg cap (from the composition root); None: one of its own.
+        self.ffmpeg = ffmpeg if ffmpeg is not None else FFmpegCap()
         self._stt_factory = stt
         self._summarizer_factory = summarizer
         self._summarizer: Any = None
@@ -304,12 +313,14 @@ class PostCallJobs:
 
     async def _step_archive_aac(self, call_uuid: str) -> None:
         wav = await self._wav(call_uuid)
-        res = await archive_aac(wav, self._out("archive", call_uuid, ".m4a"), self.archive)
+        res = await archive_aac(wav, self._out("archive", call_uuid, ".m4a"), self.archive,
+                                cap=self.ffmpeg)
         self.store.set_recording(call_uuid, "m4a", str(res.path), res.bytes, res.duration)
 
     async def _step_archive_mp3(self, call_uuid: str) -> None:
         wav = await self._wav(call_uuid)
-        res = await archive_mp3(wav, self._out("archive", call_uuid, ".mp3"), self.archive)
+        res = await archive_mp3(wav, self._out("archive", call_uuid, ".mp3"), self.archive,
+                                cap=self.ffmpeg)
         self.store.set_recording(call_uuid, "mp3", str(res.path), res.bytes, res.duration)
 
     async def _step_peaks(self, call_uuid: str) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from helpers.ai import AiSlots, ModelCache
 from helpers.postcall.flan_t5 import (
     CT2_SUFFIX,
     Ct2Summarizer,
@@ -41,28 +41,17 @@ _TOKENIZER_FILES = (
 
 
 
-_fallback_lock = threading.Lock()
-_fallback_logged = False
-_chosen_logged: set[tuple[str, str]] = set()
-
-
-def _log_fallback_once(reason: str, checkpoint: str | None) -> None:
-    global _fallback_logged
-    with _fallback_lock:
-        if _fallback_logged:
-            return
-        _fallback_logged = True
+def _log_fallback_once(reason: str, checkpoint: str | None, seen: ModelCache) -> None:
+    if not seen.first_time(("summary fallback",)):
+        return
     log.warning("no Flan-T5 checkpoint installed; using extractive summaries",
                 reason=reason, checkpoint=checkpoint)
 
 
-def _log_choice_once(backend: str, summarizer: Seq2SeqSummarizer) -> None:
+def _log_choice_once(backend: str, summarizer: Seq2SeqSummarizer, seen: ModelCache) -> None:
     """One info line per process and model: which backend serves summaries, from where."""
-    key = (backend, summarizer.checkpoint)
-    with _fallback_lock:
-        if key in _chosen_logged:
-            return
-        _chosen_logged.add(key)
+    if not seen.first_time(("summary backend", backend, summarizer.checkpoint)):
+        return
     log.info("summary backend chosen", backend=backend, model=summarizer.model_name,
              path=summarizer.checkpoint)
 
@@ -143,6 +132,8 @@ def load_summarizer(
     *,
     search_dirs: Sequence[Path] | None = None,
     threads: int | None = None,
+    ai: AiSlots | None = None,
+    models: ModelCache | None = None,
 ) -> Summarizer:
     """The best summariser available offline for ``checkpoint``.
 
@@ -163,9 +154,13 @@ def load_summarizer(
     ``None``, a missing path, or a name found nowhere (or that fails to load) gives an
     :class:`ExtractiveSummarizer`, after logging "no Flan-T5 checkpoint installed; using
     extractive summaries" once per process.
+
+    The server passes the process's AI slots (``ai``) and model cache (``models``, which
+    also remembers what was logged); None gives each call its own (a script, a test).
     """
+    seen = models if models is not None else ModelCache()
     if checkpoint is None:
-        _log_fallback_once("no checkpoint configured", None)
+        _log_fallback_once("no checkpoint configured", None, seen)
         return ExtractiveSummarizer()
     name = str(checkpoint)
     as_path = isinstance(checkpoint, Path) or _looks_like_path(name)
@@ -174,27 +169,27 @@ def load_summarizer(
         try:
             if c.backend == "ctranslate2":
                 loaded = Ct2Summarizer(c.path, tokenizer_dir=c.tokenizer_dir, threads=threads,
-                                       name=c.label)
+                                       name=c.label, ai=ai)
             else:
-                loaded = T5Summarizer(c.path, threads=threads, name=c.label)
+                loaded = T5Summarizer(c.path, threads=threads, name=c.label, ai=ai)
             loaded.warm_up()  # also proves the model runs before we commit to it
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             # RuntimeError: CTranslate2's "unsupported model"; ImportError: no transformers.
             log.warning("could not load summariser checkpoint", path=str(c.path),
                         backend=c.backend, error=str(exc))
             continue
-        _log_choice_once(c.backend, loaded)
+        _log_choice_once(c.backend, loaded, seen)
         return loaded
     if not as_path:
         try:
-            loaded = T5Summarizer(name, threads=threads, local_files_only=True)
+            loaded = T5Summarizer(name, threads=threads, local_files_only=True, ai=ai)
             loaded.warm_up()
         except (OSError, ValueError, RuntimeError, ImportError):
             pass  # not in the local Hugging Face cache either
         else:
-            _log_choice_once("torch", loaded)
+            _log_choice_once("torch", loaded, seen)
             return loaded
-    _log_fallback_once("checkpoint not found locally", name)
+    _log_fallback_once("checkpoint not found locally", name, seen)
     return ExtractiveSummarizer()
 
 

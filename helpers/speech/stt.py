@@ -32,7 +32,7 @@ import numpy as np
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from helpers.ai import ai_limit, ai_slots
+from helpers.ai import AiSlots, ModelCache
 from helpers.audio import dbfs, pcm_to_float, resample_float
 from helpers.speech.lines import Word, line_text, make_lines
 from helpers.speech.stt_guards import PHANTOM_PHRASES, cut_loop, guard_words, reject_reason
@@ -212,7 +212,13 @@ class SttEngine:
         word_timestamps: bool = True,
         phantom_no_speech: float = 0.5,
         edge_below_speech_db: float = 20.0,
+        ai: AiSlots | None = None,
+        models: ModelCache | None = None,
     ) -> None:
+        # The server passes the process's AI slots and model cache (``audiosocket.root``);
+        # None (a standalone script or test) gives the engine slots and a cache of its own.
+        self.ai = ai if ai is not None else AiSlots()
+        self.models = models
         self.model_name = model
         self.word_timestamps = word_timestamps
         self.phantom_no_speech = phantom_no_speech
@@ -297,7 +303,7 @@ class SttEngine:
                 short_window=self.short_window, device=self.device,
                 compute_type=self.compute_type, cpu_threads=self.cpu_threads,
                 num_workers=self.workers, short_window_min_s=self.short_window_min_s,
-                word_timestamps=self.word_timestamps,
+                word_timestamps=self.word_timestamps, models=self.models,
             )
         return self._backend
 
@@ -347,7 +353,7 @@ class SttEngine:
         return out
 
     def _parallel(self) -> int:
-        return max(1, min(self.workers, ai_limit()))
+        return max(1, min(self.workers, self.ai.limit))
 
     def submit(
         self,
@@ -498,7 +504,7 @@ class SttEngine:
         if voiced < self.min_voiced_ms:
             return self._reject("vad", info, t0, audio_s)
         audio = resample_float(pcm_to_float(pcm), rate, SAMPLE_RATE)
-        slots = ai_slots()
+        slots = self.ai
         with slots.live() if live else slots:
             raw = self.backend.recognize(audio)
         info.update(avg_logprob=raw.avg_logprob, no_speech_prob=raw.no_speech_prob,

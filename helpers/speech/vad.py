@@ -18,7 +18,6 @@ little past ``end`` (a short post-roll), which is what Whisper should hear.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import webrtcvad
+
+from helpers.ai import ModelCache
 
 __all__ = ["FRAME_MS", "Utterance", "VadSegmenter", "voiced_ms"]
 
@@ -72,31 +73,30 @@ class Utterance:
         return len(self.pcm) / 2 / self.rate
 
 
-_SILERO_LOCK = threading.Lock()
-_SILERO_SESSION: Any = None
 SILERO_WINDOW = 512  # samples at 16 kHz: 32 ms
 SILERO_CONTEXT = 64
 
 
-def silero_session() -> Any:
+def silero_session(models: ModelCache) -> Any:
     """The Silero VAD v6 ONNX model that faster-whisper ships in its wheel, loaded once per
-    process (ONNX Runtime sessions are safe to run from several threads)."""
-    global _SILERO_SESSION
-    with _SILERO_LOCK:
-        if _SILERO_SESSION is None:
-            from importlib.resources import files
+    ``models`` (the process's cache: ONNX Runtime sessions are safe to run from several
+    threads)."""
 
-            import onnxruntime
+    def load() -> Any:
+        from importlib.resources import files
 
-            opts = onnxruntime.SessionOptions()
-            opts.inter_op_num_threads = 1
-            opts.intra_op_num_threads = 1
-            opts.log_severity_level = 4
-            path = str(files("faster_whisper").joinpath("assets", "silero_vad_v6.onnx"))
-            _SILERO_SESSION = onnxruntime.InferenceSession(
-                path, providers=["CPUExecutionProvider"], sess_options=opts
-            )
-        return _SILERO_SESSION
+        import onnxruntime
+
+        opts = onnxruntime.SessionOptions()
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 4
+        path = str(files("faster_whisper").joinpath("assets", "silero_vad_v6.onnx"))
+        return onnxruntime.InferenceSession(
+            path, providers=["CPUExecutionProvider"], sess_options=opts
+        )
+
+    return models.get(("silero", "v6"), load)
 
 
 class SileroClassifier:
@@ -108,12 +108,15 @@ class SileroClassifier:
     audio: the choice where accuracy matters more than cost (noisy lines, music on hold).
     """
 
-    def __init__(self, rate: int, threshold: float = 0.5) -> None:
+    def __init__(self, rate: int, threshold: float = 0.5, *,
+                 models: ModelCache | None = None) -> None:
         import numpy as np
 
         self._np = np
         self.threshold = threshold
-        self._session = silero_session()
+        # The server passes the process's model cache; None (a script, a test) loads the
+        # model for this classifier alone.
+        self._session = silero_session(models if models is not None else ModelCache())
         self._resampler = None if rate == 16000 else _Resampler(rate)
         self._buf = np.zeros(0, dtype=np.float32)
         self._context = np.zeros(SILERO_CONTEXT, dtype=np.float32)
@@ -187,6 +190,7 @@ class VadSegmenter:
         on_speech_start: Callable[[float], None] | None = None,
         engine: str = "webrtc",
         silero_threshold: float = 0.5,
+        models: ModelCache | None = None,
     ) -> None:
         if engine not in ("webrtc", "silero"):
             raise ValueError(f"VAD engine {engine!r}: use webrtc or silero")
@@ -201,7 +205,8 @@ class VadSegmenter:
         self._vad = webrtcvad.Vad(aggressiveness)
         self._resampler = None if rate in _NATIVE_RATES else _Resampler(rate)
         self._resampled_voiced = False
-        self._silero = SileroClassifier(rate, silero_threshold) if engine == "silero" else None
+        self._silero = (SileroClassifier(rate, silero_threshold, models=models)
+                        if engine == "silero" else None)
         self._silence = bytes(self.frame_bytes)
         self.on_speech_start = on_speech_start
         self.start_frames = start_frames

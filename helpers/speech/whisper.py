@@ -17,7 +17,6 @@ engine that queues utterances and judges these results is :mod:`helpers.speech.s
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
+from helpers.ai import ModelCache
 from helpers.speech.lines import Word, align_words, collapse_loops, line_text
 from helpers.speech.stt_guards import cut_loop
 
@@ -74,9 +74,6 @@ class Backend(Protocol):
 
 
 # -- model loading ----------------------------------------------------------------------------
-_models: dict[tuple[str, str, str], Any] = {}
-_models_lock = threading.Lock()
-
 
 def _resolve(model: str | None) -> str:
     if not model:
@@ -106,8 +103,11 @@ def load_model(
     compute_type: str | None = None,
     cpu_threads: int = 0,
     num_workers: int = 1,
+    models: ModelCache | None = None,
 ) -> Any:
-    """The process-wide ``WhisperModel`` for ``(model, device, compute_type)``, loaded once.
+    """The ``WhisperModel`` for ``(model, device, compute_type)``, loaded once per ``models``
+    (the process's cache, from the composition root; None loads one of its own, for a
+    standalone script or test).
 
     ``cpu_threads``/``num_workers`` only apply to the first load of a key. Never downloads
     when ``model`` is a local path (the default is the bundled tiny.en).
@@ -116,23 +116,23 @@ def load_model(
 
     name = _resolve(model)
     device, compute_type = _device_and_type(device, compute_type)
-    key = (name, device, compute_type)
-    with _models_lock:
-        m = _models.get(key)
-        if m is None:
-            t0 = time.perf_counter()
-            m = WhisperModel(
-                name,
-                device=device,
-                compute_type=compute_type,
-                cpu_threads=cpu_threads,
-                num_workers=max(1, num_workers),
-                local_files_only=os.path.isdir(name),
-            )
-            _models[key] = m
-            log.info("stt_model_loaded", model=name, device=device, compute_type=compute_type,
-                     seconds=round(time.perf_counter() - t0, 2))
+
+    def load() -> Any:
+        t0 = time.perf_counter()
+        m = WhisperModel(
+            name,
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=max(1, num_workers),
+            local_files_only=os.path.isdir(name),
+        )
+        log.info("stt_model_loaded", model=name, device=device, compute_type=compute_type,
+                 seconds=round(time.perf_counter() - t0, 2))
         return m
+
+    cache = models if models is not None else ModelCache()
+    return cache.get(("whisper", name, device, compute_type), load)
 
 
 class WhisperBackend:
@@ -151,12 +151,14 @@ class WhisperBackend:
         num_workers: int = 1,
         short_window_min_s: float = DEFAULT_SHORT_WINDOW_MIN_S,
         word_timestamps: bool = True,
+        models: ModelCache | None = None,
     ) -> None:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
         self.model = load_model(model, device=device, compute_type=compute_type,
-                                cpu_threads=cpu_threads, num_workers=num_workers)
+                                cpu_threads=cpu_threads, num_workers=num_workers,
+                                models=models)
         self.language = language
         self.beam_size = beam_size
         self.short_window = short_window

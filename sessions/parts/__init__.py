@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from audiosocket.media import MediaBlock
+    from audiosocket.root.app import Need
 
 __all__ = ["Part", "needs_of"]
 
 
-def needs_of(*parts: type[Part]) -> tuple[str, ...]:
+def needs_of(*parts: type[Part]) -> tuple[Need, ...]:
     """An app's needs: the union of its parts' (in order, once each)."""
-    out: list[str] = []
+    out: list[Need] = []
     for part in parts:
         out.extend(n for n in part.needs if n not in out)
     return tuple(out)
@@ -35,7 +36,7 @@ class Part:
     """One consumer of a call's audio. Every method runs on the event loop; none may block."""
 
     #: The shared engines this part uses (see ``Session.needs``).
-    needs: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[Need, ...]] = ()
 
     #: On the C path, hand the call back frame by frame at the first frame of sound (parts
     #: that detect speech).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from helpers.recorder import HOLD_SLOTS
 from helpers.speech.loop import SpeechLoop
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from audiosocket.config import SttConfig
     from audiosocket.live import LiveCall
     from audiosocket.media import MediaBlock
+    from audiosocket.root.app import Need
     from helpers.speech.stt import Segment
 
 __all__ = ["FINAL_WAIT_S", "SILENCE_CHECK_TICKS", "Transcriber", "TranscriptListener"]
@@ -56,7 +57,7 @@ class Transcriber(Part):
     """Live transcription of the caller; the lines are kept in ``segments``."""
 
     wake_on_sound = True  # speech is detected (and barge-in happens) frame by frame
-    needs = ("store", "stt")
+    needs: ClassVar[tuple[Need, ...]] = ("store", "stt")
 
     def __init__(
         self,

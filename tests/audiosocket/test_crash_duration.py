@@ -9,7 +9,7 @@ import time
 import wave
 from pathlib import Path
 
-from tests.audiosocket.test_cli import BIN, free_port, serve
+from tests.audiosocket.root.test_cli import BIN, free_port, serve
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from tests.audiosocket.test_cli import BIN, free_port, wait_port
+from tests.audiosocket.root.test_cli import BIN, free_port, wait_port
 
 # Requests aiohttp refuses and logs with a traceback ("Error handling request from ..."),
 # and one that made a handler raise (a 500 with a traceback) before the fix.

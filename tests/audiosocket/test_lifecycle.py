@@ -19,7 +19,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from audiosocket.lifecycle import EXIT_FORCED, EXIT_STUCK, EXIT_WATCHDOG, Watchdog
-from tests.audiosocket.test_cli import BIN, free_port, wait_port
+from tests.audiosocket.root.test_cli import BIN, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.audiosocket.freeze_app:FreezeOnNine"

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audiosocket.app import AppContext
 from audiosocket.config import Config
 from audiosocket.live import DROPPED, LISTENERS, SUBSCRIBERS, ListenError, LiveHub
-from audiosocket.services import install_live
+from audiosocket.root.app import AppContext
+from audiosocket.root.services import install_live
 
 
 def fake_call(call_id: str = "c1", app: str = "ivr", rate: int = 8000) -> Any:
@@ -206,5 +206,5 @@ async def test_a_lagging_listener_skips_old_audio_and_the_caller_backlog_is_boun
 def test_the_composition_root_makes_one_hub_and_observes_calls_with_it() -> None:
     ctx = AppContext(Config())
     hub = install_live(ctx)
-    assert install_live(ctx) is hub and ctx.get("live") is hub
+    assert install_live(ctx) is hub and ctx.services.live is hub
     assert ctx.observers.count(hub) == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audiosocket.test_cli import free_port, serve
+from tests.audiosocket.root.test_cli import free_port, serve
 
 RATE = 192000
 FRAME = 3840 * 2  # 20 ms at 192 kHz

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from audiosocket.caller import CallResult, place_call
-from tests.audiosocket.test_cli import BIN, free_port, wait_port
+from tests.audiosocket.root.test_cli import BIN, free_port, wait_port
 
 GRACE_S = 1.0
 RUNS = 10

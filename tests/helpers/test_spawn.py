@@ -95,13 +95,14 @@ RACE = textwrap.dedent("""
 
     async def main():
         cmd = [ffmpeg_binary(), "-hide_banner", "-version"]
+        cap = archive.FFmpegCap(2)
         done = 0
         for i in range(0, N, 2):
             # Two at once (the product's FFmpeg cap), plus one from a plain thread as the
             # importer and the upload decoder do.
             await asyncio.gather(
-                archive._run_ffmpeg(cmd, step="race", timeout_s=30),
-                archive._run_ffmpeg(cmd, step="race", timeout_s=30),
+                archive._run_ffmpeg(cmd, step="race", timeout_s=30, cap=cap),
+                archive._run_ffmpeg(cmd, step="race", timeout_s=30, cap=cap),
                 asyncio.to_thread(spawn.run, cmd, timeout_s=30),
             )
             done += 3

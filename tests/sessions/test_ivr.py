@@ -46,7 +46,7 @@ nodes:
 
 async def ivr_call(server: Any, **kw: Any) -> tuple[Any, dict[str, Any]]:
     result = await place_call("127.0.0.1", server.port, max_seconds=60, linger=30, **kw)
-    store = server.ctx.get("store")
+    store = server.ctx.services.store
     for _ in range(100):
         await store.aflush()
         call = await aapi_call(store, result.uuid)
@@ -73,7 +73,7 @@ async def test_greeting_round_trip_and_dtmf_path(start_server: Any) -> None:
     assert call["ivr"]["result"] == "support"
     assert call["ivr"]["variables"]["department"] == "support"
     # What the caller heard, transcribed back with the bundled Whisper.
-    stt, tts = server.ctx.get("stt"), server.ctx.get("tts")
+    stt, tts = server.ctx.services.stt, server.ctx.services.tts
     heard = np.frombuffer(bytes(result.received), "<i2")
     greeting = await asyncio.to_thread(tts.synthesize, "Welcome to the demo line.", 8000)
     start = int(np.nonzero(np.abs(heard) > 200)[0][0])
@@ -140,7 +140,7 @@ async def test_prompt_audio_is_clean_at_16k(start_server: Any, short_flow: dict[
     result, _ = await ivr_call(server, rate=16000, pcm=bytes(640), dtmf="1", dtmf_delay=4.0)
     pcm = bytes(result.received)
     # 16 kHz kind, and the prompt's first two sentences transcribe back.
-    stt, tts = server.ctx.get("stt"), server.ctx.get("tts")
+    stt, tts = server.ctx.services.stt, server.ctx.services.tts
     said = "Press one for yes. Press two for no."
     ref = await asyncio.to_thread(tts.synthesize, said, 16000)
     heard = np.frombuffer(pcm, "<i2")

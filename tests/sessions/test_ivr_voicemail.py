@@ -50,7 +50,7 @@ async def test_voicemail_and_both_sides_end_to_end(start_server: Any) -> None:
                               dtmf="3#", dtmf_delay=3.5, dtmf_gap=pound_at - 3.5,
                               max_seconds=60, linger=30)
     assert result.hangup_by_server
-    store = server.ctx.get("store")
+    store = server.ctx.services.store
     call = await _wait_for(store, result.uuid)
     assert call["ivr"]["result"] == "message"
 

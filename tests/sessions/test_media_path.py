@@ -85,7 +85,7 @@ async def test_a_listen_in_brings_a_taped_call_back_frame_by_frame(start_server:
     call = asyncio.create_task(
         place_call("127.0.0.1", server.port, pcm=numbered_frames(100), linger=0.2))
     await wait_for(lambda: server.clock.native_lines == 1, timeout=3.0)
-    hub = server.ctx.get("live")
+    hub = server.ctx.services.live
     (call_id,) = list(server.calls)
     entry, listener = hub.listen(call_id)
     assert server.clock.native_lines == 0  # woken at once: listeners hear it as it comes
@@ -108,7 +108,7 @@ async def test_a_silent_caller_rides_in_blocks_and_speech_wakes_it(
     """Digital silence goes to the VAD in blocks from the tape; the first frame of speech
     hands the call back at once, so the transcript is the Python path's."""
     server = await start_server(TranscribeSession, native_media=native)
-    store = server.ctx.get("store")
+    store = server.ctx.services.store
     wakes = wake_events()
     audio = silence(1.5) + synth_speech(FIRST) + silence(1.5) + synth_speech(SECOND) + silence(1)
     done = asyncio.Event()

@@ -14,7 +14,6 @@ import pytest
 
 from audiosocket.caller import place_call
 from helpers.postcall.jobs import STEPS
-from helpers.recorder import shared_writer
 from sessions.record import RecordSession, recording_path
 from tests.helpers.store.api_view import aapi_call
 from tests.web.portal_fixtures import serve
@@ -31,7 +30,7 @@ async def test_record_writes_aligned_stereo(start_server: Any, tmp_path: Path) -
         if not server.calls:
             break
         await asyncio.sleep(0.02)
-    shared_writer().flush()
+    server.ctx.services.writer.flush()
     with wave.open(str(path), "rb") as wf:
         assert wf.getnchannels() == 2 and wf.getframerate() == 8000
         seconds = wf.getnframes() / 8000
@@ -87,7 +86,7 @@ def wav_seconds(path: Path) -> float:
 async def test_a_reused_uuid_is_a_call_of_its_own(start_server: Any) -> None:
     server = await start_server(RecordWithJobs)
     ctx = server.ctx
-    store, jobs = ctx.get("store"), ctx.get("jobs")
+    store, jobs = ctx.services.store, ctx.services.jobs
     fixed = uuid.UUID("01234567-89ab-cdef-0123-456789abcdef")  # as in a dialplan
     first = str(fixed)
     await place_call("127.0.0.1", server.port, pcm=tone(300, 1.0), call_uuid=fixed, linger=0.2)
@@ -144,12 +143,12 @@ async def test_a_live_call_with_a_reused_uuid_is_live_and_cannot_be_deleted(
     start_server: Any,
 ) -> None:
     server = await start_server(RecordWithStore)
-    store = server.ctx.get("store")
+    store = server.ctx.services.store
     data_dir = server.ctx.data_dir
     fixed = uuid.uuid4()
     await place_call("127.0.0.1", server.port, pcm=tone(300, 0.6), call_uuid=fixed, linger=0.2)
     await calls_done(server)
-    shared_writer().flush()
+    server.ctx.services.writer.flush()
     first_wav = recording_path(data_dir, str(fixed))
     before = first_wav.read_bytes()
 
@@ -179,7 +178,7 @@ async def test_a_live_call_with_a_reused_uuid_is_live_and_cannot_be_deleted(
     finally:
         await web.close()
     await calls_done(server)
-    shared_writer().flush()
+    server.ctx.services.writer.flush()
     # The refused DELETE left the recorder alone: the whole second call is on disk.
     assert 1.9 < wav_seconds(live_wav) < 2.6
     assert first_wav.read_bytes() == before

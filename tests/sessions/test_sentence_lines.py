@@ -68,7 +68,7 @@ async def test_fluent_speech_gives_sentence_lines_live_and_after_the_call(
     start_server: Any, tmp_path: Path
 ) -> None:
     server = await start_server(TranscribeSession)
-    store, stt = server.ctx.get("store"), server.ctx.get("stt")
+    store, stt = server.ctx.services.store, server.ctx.services.stt
     audio, onsets = _fluent_speech()
     assert len(audio) / 16000 > 20  # one fluent 20+ s stretch
     result = await place_call("127.0.0.1", server.port, pcm=audio, linger=0.3)

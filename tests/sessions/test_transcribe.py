@@ -21,7 +21,7 @@ SECOND = "My phone number has changed since last year."  # stable across VAD cut
 
 async def test_transcript_complete_after_hangup(start_server: Any) -> None:
     server = await start_server(TranscribeSession)
-    store = server.ctx.get("store")
+    store = server.ctx.services.store
     audio = silence(0.5) + synth_speech(FIRST) + silence(1.2) + synth_speech(SECOND)
     # Hang up right after the last word: the final utterance is flushed at hang-up.
     result = await place_call("127.0.0.1", server.port, pcm=audio, linger=0.1)
@@ -46,7 +46,7 @@ async def test_quiet_caller_silence_ends_utterances(start_server: Any) -> None:
     # The caller sends speech then NOTHING (no frames at all): the clock measures the
     # silence and the utterance is transcribed while the call is still up.
     server = await start_server(TranscribeSession)
-    store = server.ctx.get("store")
+    store = server.ctx.services.store
     call_task = asyncio.create_task(
         place_call("127.0.0.1", server.port, pcm=synth_speech(FIRST), linger=6.0)
     )

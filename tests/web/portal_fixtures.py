@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from audiosocket.config import Config
+from audiosocket.root.app import Services
 from helpers.audio import write_wav
 from helpers.postcall.archive import archive_aac, archive_mp3
 from helpers.postcall.peaks import write_peaks
@@ -95,7 +96,7 @@ async def serve(
     cfg = Config(data_dir=str(data_dir), host=host, http_port=1)
     cfg.web.token = token
     cfg.web.max_upload_mb = max_upload_mb
-    app = make_app({"store": store, "config": cfg, "jobs": jobs})
+    app = make_app(cfg, Services(store=store, jobs=jobs))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     # The production site: recordings' simple range requests take web/fastpath.py, so the

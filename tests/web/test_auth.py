@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from audiosocket.config import Config
+from audiosocket.root.app import Services
 from helpers.store.db import CallStore
 from web.app import make_app
 from web.auth import COOKIE_NAME, SESSION_TTL_S, AuthPolicy, is_loopback, safe_next
@@ -30,7 +31,7 @@ def store(tmp_path: Path) -> Iterator[CallStore]:
 async def _client(store: CallStore, tmp_path: Path, host: str, token: str) -> Client:
     cfg = Config(data_dir=str(tmp_path), host=host)
     cfg.web.token = token
-    return TestClient(TestServer(make_app({"store": store, "config": cfg})))
+    return TestClient(TestServer(make_app(cfg, Services(store=store))))
 
 
 @pytest.fixture

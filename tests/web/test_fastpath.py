@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from audiosocket.config import Config, WebConfig
+from audiosocket.root.app import Services
 from helpers.store.db import CallStore
 from web.app import make_app, start_http
 from web.fastpath import FAST_INDEX
@@ -49,7 +50,7 @@ class Portal:
 async def start(store: CallStore, data_dir: Path, *, fast: bool, host: str = "127.0.0.1",
                 token: str = "") -> Portal:
     cfg = Config(data_dir=str(data_dir), host=host, web=WebConfig(token=token, fast_ranges=fast))
-    app = make_app({"store": store, "config": cfg})
+    app = make_app(cfg, Services(store=store))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from audiosocket.caller import place_call
-from tests.audiosocket.test_cli import free_port
+from tests.audiosocket.root.test_cli import free_port
 
 BIN = Path(sys.executable).parent / "audiosocket"
 FRAME = 320

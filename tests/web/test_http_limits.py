@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from audiosocket.config import Config, WebConfig
+from audiosocket.root.app import Services
 from helpers.store.db import CallStore
 from web.app import make_app, start_http
 from web.limits import MAX_FIELD_SIZE, MAX_HEADERS, fd_budget
@@ -52,7 +53,7 @@ def free_port() -> int:
 
 async def start(store: CallStore, data_dir: Path, *, fast: bool, **web: Any) -> tuple[int, Any]:
     cfg = Config(data_dir=str(data_dir), web=WebConfig(fast_ranges=fast, **web))
-    app = make_app({"store": store, "config": cfg})
+    app = make_app(cfg, Services(store=store))
     port = free_port()
     runner = await start_http(app, "127.0.0.1", port, cfg)
     return port, runner

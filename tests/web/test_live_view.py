@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from audiosocket.caller import CallResult, place_call
 from audiosocket.config import Config
 from audiosocket.live import LiveHub
-from audiosocket.services import install_live
+from audiosocket.root.app import Services
+from audiosocket.root.services import install_live
 from helpers.store.db import CallStore
 from sessions.echo import EchoSession
 from sessions.ivr import IvrSession
@@ -79,11 +80,11 @@ async def start_stack(start_server: Any, tmp_path: Path, app: Any, *, listen_in:
     hub = install_live(server.ctx)  # as `audiosocket serve` does, before any call
     hub.heartbeat_s = 0.5
     server.observers.append(hub)  # the fixture copied ctx.observers before the hub existed
-    store = store or server.ctx.get("store")
+    store = store or server.ctx.services.store
     cfg = Config(data_dir=str(tmp_path / "data"), host="127.0.0.1", http_port=1)
     cfg.web.listen_in = listen_in
     cfg.web.head_timeout_s = 1.0  # the streams below must outlive it
-    http = make_app({"store": store, "config": cfg, "live": hub})
+    http = make_app(cfg, Services(store=store, live=hub))
     runner = await start_http(http, "127.0.0.1", 0, cfg)
     host, port = runner.addresses[0][:2]
     return Stack(server, hub, f"http://{host}:{port}", runner)
@@ -196,7 +197,7 @@ async def test_events_and_listen_in_follow_a_real_ivr_call(
     reply = [f for f in frames_of(bytes(result.received)) if loud(f)][-20:]
     assert sum(f in mixed for f in reply) >= 18
     # Audited: who listened to which call.
-    store = stack.server.ctx.get("store")
+    store = stack.server.ctx.services.store
     await store.aflush()
     audit = await store.aread(store.audit_log, 10, result.uuid)
     assert [a.action for a in audit] == ["listen_in"]
@@ -253,8 +254,7 @@ async def test_listen_in_refusals(tmp_path: Path, bind: str, token: str, listen_
     cfg.web.token, cfg.web.listen_in = token, listen_in
     hub = LiveHub()
     try:
-        async with TestClient(TestServer(make_app({"store": store, "config": cfg,
-                                                   "live": hub}))) as client:
+        async with TestClient(TestServer(make_app(cfg, Services(store=store, live=hub)))) as client:
             uuid = "0b7e7ad8-3f43-4d7b-9d5a-0e2f1f3b2a10"
             r = await client.get(f"/api/calls/{uuid}/listen")
             assert r.status == expected
@@ -278,7 +278,8 @@ async def test_event_stream_cap_is_a_503(tmp_path: Path) -> None:
     store = CallStore(tmp_path).open()
     hub = LiveHub(max_subscribers=1)
     try:
-        async with TestClient(TestServer(make_app({"store": store, "live": hub}))) as client:
+        app = make_app(None, Services(store=store, live=hub))
+        async with TestClient(TestServer(app)) as client:
             first = await client.get("/api/live/events")
             assert first.status == 200
             second = await client.get("/api/live/events")

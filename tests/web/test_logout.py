@@ -15,6 +15,7 @@ import pytest
 
 import web.auth as auth_mod
 from audiosocket.config import Config, WebConfig
+from audiosocket.root.app import Services
 from helpers.store.db import CallStore
 from tests.web.test_fastpath import exchange, fast_count, get, handoffs
 from web.app import make_app, start_http
@@ -33,7 +34,7 @@ async def _start(store: CallStore, data_dir: Path, **web: Any) -> Portal:
     import socket
 
     cfg = Config(data_dir=str(data_dir), host="0.0.0.0", web=WebConfig(token=TOKEN, **web))
-    app = make_app({"store": store, "config": cfg})
+    app = make_app(cfg, Services(store=store))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

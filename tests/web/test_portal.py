@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from audiosocket.config import Config
+from audiosocket.root.app import Services
 from helpers.store.db import CallStore
 from web.app import make_app
 from web.portal import CSP
@@ -36,7 +37,7 @@ def store(data_dir: Path) -> Iterator[CallStore]:
 @pytest.fixture
 async def client(store: CallStore, data_dir: Path) -> AsyncIterator[Client]:
     cfg = Config(data_dir=str(data_dir))
-    async with TestClient(TestServer(make_app({"store": store, "config": cfg}))) as c:
+    async with TestClient(TestServer(make_app(cfg, Services(store=store)))) as c:
         yield c
 
 

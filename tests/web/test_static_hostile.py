@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from audiosocket.config import Config
+from audiosocket.root.app import Services
 from helpers.store.db import CallStore
 from tests.web.test_fastpath import exchange, get
 from web.app import make_app, start_http
@@ -24,7 +25,7 @@ async def test_hostile_static_paths_are_404(tmp_path: Path, fast: bool,
     store = CallStore(tmp_path / "calls.db").open()
     cfg = Config(data_dir=str(tmp_path))
     cfg.web.fast_ranges = fast
-    app = make_app({"store": store, "config": cfg})
+    app = make_app(cfg, Services(store=store))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

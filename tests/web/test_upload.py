@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from audiosocket.config import Config
+from audiosocket.root.app import Services
 from helpers.audio import wav_bytes
 from helpers.postcall.jobs import PostCallJobs
 from helpers.store.db import CallStore
@@ -39,9 +40,8 @@ async def _client(store: CallStore, data_dir: Path, jobs: bool = True,
                   max_mb: int = 1) -> Client:
     cfg = Config(data_dir=str(data_dir))
     cfg.web.max_upload_mb = max_mb
-    services = {"store": store, "config": cfg,
-                "jobs": PostCallJobs(store, data_dir) if jobs else None}
-    return TestClient(TestServer(make_app(services)))
+    services = Services(store=store, jobs=PostCallJobs(store, data_dir) if jobs else None)
+    return TestClient(TestServer(make_app(cfg, services)))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.audiosocket.test_cli import free_port, serve, wait_port
+from tests.audiosocket.root.test_cli import free_port, serve, wait_port
 from tests.helpers.decode_bombs import honest_bomb, lying_bomb
 
 pytestmark = pytest.mark.slow  # real FFmpeg, a real server process

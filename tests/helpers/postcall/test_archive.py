@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,10 @@ from helpers.postcall import archive
 from helpers.postcall.archive import (
     ArchiveSettings,
     ArchiveVerifyError,
+    FFmpegCap,
     archive_aac,
     archive_mp3,
-    ffmpeg_stats,
     probe_duration,
-    reset_ffmpeg_max,
-    running_ffmpeg_pids,
-    set_ffmpeg_limit,
     verify_archive,
 )
 
@@ -49,11 +45,11 @@ def write_stereo(path: Path, data: np.ndarray, rate: int = RATE) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _limit() -> Iterator[None]:
-    set_ffmpeg_limit(2)
-    yield
-    set_ffmpeg_limit(2)
+@pytest.fixture
+def cap() -> FFmpegCap:
+    """The cap the server would share between archive calls (2, as configured by default);
+    a call given none makes its own."""
+    return FFmpegCap(2)
 
 
 @pytest.fixture
@@ -245,9 +241,9 @@ async def test_listening_copy_of_odd_recordings(tmp_path: Path) -> None:
     assert (skipped._value.get(), cleaned._value.get()) == (before[0] + 1, before[1] + 4)
 
 
-async def _wait_for_pid(limit_s: float = 10.0) -> int:
+async def _wait_for_pid(cap: FFmpegCap, limit_s: float = 10.0) -> int:
     for _ in range(int(limit_s / 0.005)):
-        pids = running_ffmpeg_pids()
+        pids = cap.running_pids()
         if pids:
             return pids[0]
         await asyncio.sleep(0.005)
@@ -265,11 +261,12 @@ def long_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-async def test_killed_ffmpeg_leaves_no_file(long_wav: Path, tmp_path: Path) -> None:
+async def test_killed_ffmpeg_leaves_no_file(long_wav: Path, tmp_path: Path,
+                                            cap: FFmpegCap) -> None:
     out = tmp_path / "out"
     dst = out / "long.m4a"
-    task = asyncio.create_task(archive_aac(long_wav, dst))
-    pid = await _wait_for_pid()
+    task = asyncio.create_task(archive_aac(long_wav, dst, cap=cap))
+    pid = await _wait_for_pid(cap)
     partial = out / ".long.partial.m4a"
     for _ in range(1000):  # up to 5 s
         if partial.exists():
@@ -281,30 +278,32 @@ async def test_killed_ffmpeg_leaves_no_file(long_wav: Path, tmp_path: Path) -> N
         await task
     assert not dst.exists()
     assert leftovers(out) == []
-    assert running_ffmpeg_pids() == []
+    assert cap.running_pids() == []
 
 
-async def test_cancelled_archive_kills_ffmpeg(long_wav: Path, tmp_path: Path) -> None:
+async def test_cancelled_archive_kills_ffmpeg(long_wav: Path, tmp_path: Path,
+                                              cap: FFmpegCap) -> None:
     dst = tmp_path / "long.mp3"
     # The first child of the default listening copy is the echo canceller: cancelling
     # kills it and removes its half-written WAV as it would FFmpeg and its partial.
-    task = asyncio.create_task(archive_mp3(long_wav, dst))
-    pid = await _wait_for_pid()
+    task = asyncio.create_task(archive_mp3(long_wav, dst, cap=cap))
+    pid = await _wait_for_pid(cap)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert running_ffmpeg_pids() == []
+    assert cap.running_pids() == []
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie or orphan
     assert not dst.exists() and leftovers(tmp_path) == []
 
 
-async def test_timeout_kills_and_cleans(long_wav: Path, tmp_path: Path) -> None:
+async def test_timeout_kills_and_cleans(long_wav: Path, tmp_path: Path,
+                                        cap: FFmpegCap) -> None:
     dst = tmp_path / "long.m4a"
     with pytest.raises(FFmpegError, match="timed out"):
-        await archive_aac(long_wav, dst, ArchiveSettings(timeout_s=0.2))
+        await archive_aac(long_wav, dst, ArchiveSettings(timeout_s=0.2), cap=cap)
     assert not dst.exists() and leftovers(tmp_path) == []
-    assert running_ffmpeg_pids() == []
+    assert cap.running_pids() == []
 
 
 async def test_failure_captures_stderr(tmp_path: Path) -> None:
@@ -319,21 +318,20 @@ async def test_failure_captures_stderr(tmp_path: Path) -> None:
     assert not dst.exists() and leftovers(tmp_path) == []
 
 
-async def test_semaphore_caps_concurrent_ffmpeg(tmp_path: Path) -> None:
+async def test_semaphore_caps_concurrent_ffmpeg(tmp_path: Path, cap: FFmpegCap) -> None:
     src = write_stereo(tmp_path / "mid.wav", speechlike(20.0))
-    set_ffmpeg_limit(2)
-    reset_ffmpeg_max()
     samples: list[int] = []
     stop = asyncio.Event()
 
     async def sampler() -> None:
         while not stop.is_set():
-            samples.append(ffmpeg_stats()[0])
+            samples.append(cap.stats()[0])
             await asyncio.sleep(0.002)
 
     sampling = asyncio.create_task(sampler())
     jobs = [
-        (archive_aac if i % 2 else archive_mp3)(src, tmp_path / f"c{i}.{'m4a' if i % 2 else 'mp3'}")
+        (archive_aac if i % 2 else archive_mp3)(
+            src, tmp_path / f"c{i}.{'m4a' if i % 2 else 'mp3'}", cap=cap)
         for i in range(6)
     ]
     results = await asyncio.gather(*jobs)
@@ -341,21 +339,19 @@ async def test_semaphore_caps_concurrent_ffmpeg(tmp_path: Path) -> None:
     await sampling
     assert len(results) == 6 and all(r.path.is_file() for r in results)
     assert max(samples) <= 2
-    running, max_seen = ffmpeg_stats()
+    running, max_seen = cap.stats()
     assert running == 0
     assert max_seen == 2  # the cap was reached, and never exceeded
     assert archive.FFMPEG_PROCESSES._value.get() == 0
 
 
-def test_cap_holds_across_event_loops_in_threads(tmp_path: Path) -> None:
+def test_cap_holds_across_event_loops_in_threads(tmp_path: Path, cap: FFmpegCap) -> None:
     src = write_stereo(tmp_path / "mid.wav", speechlike(30.0))
-    set_ffmpeg_limit(2)
-    reset_ffmpeg_max()
     errors: list[BaseException] = []
 
     def worker(n: int) -> None:
         async def main() -> None:
-            await asyncio.gather(*(archive_mp3(src, tmp_path / f"t{n}_{i}.mp3")
+            await asyncio.gather(*(archive_mp3(src, tmp_path / f"t{n}_{i}.mp3", cap=cap)
                                    for i in range(3)))
         try:
             asyncio.run(main())
@@ -369,14 +365,16 @@ def test_cap_holds_across_event_loops_in_threads(tmp_path: Path) -> None:
         th.join(60)
     assert not errors
     assert len(list(tmp_path.glob("t*.mp3"))) == 6
-    assert ffmpeg_stats() == (0, 2)
+    assert cap.stats() == (0, 2)
 
 
 async def test_limit_one_serialises(call_wav: Path, tmp_path: Path) -> None:
-    set_ffmpeg_limit(1)
-    reset_ffmpeg_max()
-    await asyncio.gather(*(archive_mp3(call_wav, tmp_path / f"s{i}.mp3") for i in range(3)))
-    assert ffmpeg_stats() == (0, 1)
+    cap = FFmpegCap(1)
+    await asyncio.gather(*(archive_mp3(call_wav, tmp_path / f"s{i}.mp3", cap=cap)
+                           for i in range(3)))
+    assert cap.stats() == (0, 1)
+    cap.reset_max()
+    assert cap.stats() == (0, 0)
 
 
 def test_listen_filter_setting() -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from audiosocket.app import AppContext
 from audiosocket.config import load_config
-from audiosocket.services import close_services, ensure_jobs
+from audiosocket.root.app import AppContext
+from audiosocket.root.services import close_services, ensure_jobs
 from helpers.audio import write_wav
 from helpers.postcall.archive import probe_duration
 from helpers.postcall.retention import apply_retention
@@ -43,7 +43,7 @@ async def ctx(tmp_path: Path) -> Any:
 
 async def test_pipeline_archives_transcribes_and_summarises(ctx: Any) -> None:
     jobs = await ensure_jobs(ctx)
-    store = ctx.get("store")
+    store = ctx.services.store
     wav = ctx.data_dir / "recordings" / "c1.wav"
     wav.parent.mkdir(parents=True)
     seconds = stereo_call(wav, silence(0.5) + synth_speech(SPEECH) + silence(0.5))
@@ -80,7 +80,7 @@ async def test_pipeline_archives_transcribes_and_summarises(ctx: Any) -> None:
 async def test_failures_retry_then_fail_with_the_error(ctx: Any) -> None:
     jobs = await ensure_jobs(ctx)
     jobs.max_attempts = 2
-    store = ctx.get("store")
+    store = ctx.services.store
     store.call_started("c2", "record", 8000, None, time.time())
     store.call_ended("c2", time.time(), "remote_closed", 0, 0)
     bad = ctx.data_dir / "recordings" / "c2.wav"
@@ -98,7 +98,7 @@ async def test_failures_retry_then_fail_with_the_error(ctx: Any) -> None:
 
 async def test_retention_respects_jobs_and_archives(ctx: Any) -> None:
     jobs = await ensure_jobs(ctx)
-    store = ctx.get("store")
+    store = ctx.services.store
     old = time.time() - 40 * 86400
     wav = ctx.data_dir / "recordings" / "c3.wav"
     wav.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ async def test_aclose_returns_even_if_a_step_absorbs_the_cancel(ctx: Any) -> Non
     # the worker then went on looping and shutdown waited on it forever (a CI hang).
     # Simulate the worst case, a step that swallows its cancellation outright.
     jobs = await ensure_jobs(ctx)
-    store = ctx.get("store")
+    store = ctx.services.store
     entered = asyncio.Event()
     absorbed: list[bool] = []
 

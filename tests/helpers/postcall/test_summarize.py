@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from helpers.postcall import summarize, summary_models
+from helpers.ai import ModelCache
+from helpers.postcall import summarize
 from helpers.postcall.flan_t5 import Ct2Summarizer, T5Summarizer
 from helpers.postcall.summarize import ExtractiveSummarizer, Summarizer, Summary, cap_title
 from helpers.postcall.summary_models import convert_checkpoint, fetch_model, load_summarizer
@@ -158,16 +159,17 @@ def test_load_picks_ct2_dir(ct2_dir: Path) -> None:
 
 
 def test_load_prefers_ct2_sibling_and_logs_choice(
-    tiny_ckpt: Path, ct2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_ckpt: Path, ct2_dir: Path, tmp_path: Path
 ) -> None:
     models = tmp_path / "models"
     models.mkdir()
     (models / "flan-t5-small").symlink_to(tiny_ckpt, target_is_directory=True)
     (models / "flan-t5-small-ct2").symlink_to(ct2_dir, target_is_directory=True)
-    monkeypatch.setattr(summary_models, "_chosen_logged", set())
+    seen = ModelCache()  # the process's, from the root: remembers what was logged
     with capture_logs() as logs:
-        by_name = load_summarizer("google/flan-t5-small", search_dirs=[models], threads=1)
-        by_path = load_summarizer(models / "flan-t5-small", threads=1)
+        by_name = load_summarizer("google/flan-t5-small", search_dirs=[models], threads=1,
+                                  models=seen)
+        by_path = load_summarizer(models / "flan-t5-small", threads=1, models=seen)
     assert isinstance(by_name, Ct2Summarizer) and isinstance(by_path, Ct2Summarizer)
     out = by_name.summarize(CALL)
     assert out.model is not None
@@ -264,12 +266,12 @@ def test_cap_title() -> None:
 # --------------------------------------------------------------------------- loading
 
 
-def test_load_none_falls_back_and_logs_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(summary_models, "_fallback_logged", False)
+def test_load_none_falls_back_and_logs_once() -> None:
+    seen = ModelCache()
     with capture_logs() as logs:
-        a = load_summarizer(None)
-        b = load_summarizer("no-such-org/no-such-model", search_dirs=[])
-        c = load_summarizer(Path("/nonexistent/flan"))
+        a = load_summarizer(None, models=seen)
+        b = load_summarizer("no-such-org/no-such-model", search_dirs=[], models=seen)
+        c = load_summarizer(Path("/nonexistent/flan"), models=seen)
     assert all(isinstance(x, ExtractiveSummarizer) for x in (a, b, c))
     events = [e for e in logs
               if e["event"] == "no Flan-T5 checkpoint installed; using extractive summaries"]

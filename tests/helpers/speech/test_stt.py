@@ -25,6 +25,10 @@ def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+#: Whisper loaded once for the whole file, as the server's model cache does per process.
+MODELS = ai.ModelCache()
+
+
 class FakeBackend:
     """Returns a fixed result, optionally slowly; counts calls."""
 
@@ -60,13 +64,13 @@ def _utt(pcm: bytes, rate: int = 8000, start: float = 1.0) -> Utterance:
 
 @pytest.fixture(scope="module")
 def engine() -> SttEngine:
-    return SttEngine(workers=1)
+    return SttEngine(workers=1, models=MODELS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("short_window", [True, False])
 def test_transcribes_piper_at_8k(short_window: bool, engine: SttEngine) -> None:
-    eng = engine if short_window else SttEngine(workers=1, short_window=False)
+    eng = engine if short_window else SttEngine(workers=1, short_window=False, models=MODELS)
     for text in SENTENCES:
         pcm = silence(0.3) + synth_speech(text, 8000) + silence(0.3)
         out, conf, info = eng.transcribe(pcm, 8000)
@@ -83,7 +87,7 @@ def test_real_model_silence_and_noise_rejected(engine: SttEngine) -> None:
     assert text == "" and info["rejected"] == "vad"
     # With the VAD gate off, Whisper itself sees silence and hiss: the other guards catch
     # what it invents (tiny.en says "I", "You" or "." here).
-    ungated = SttEngine(workers=1, min_voiced_ms=0)
+    ungated = SttEngine(workers=1, min_voiced_ms=0, models=MODELS)
     rng = np.random.default_rng(0)
     for amp in (0, 30, 300, 3000):
         noise = (rng.standard_normal(16000) * amp).astype("<i2").tobytes()
@@ -259,21 +263,33 @@ def test_callback_errors_do_not_kill_workers() -> None:
     eng.stop()
 
 
-def test_ai_slots_singleton() -> None:
-    s = ai.ai_slots()
-    assert ai.ai_slots(7) is s  # configured once
-    new = ai.set_ai_limit(3)
-    try:
-        assert ai.ai_slots() is new and ai.ai_limit() == 3
-        for _ in range(3):
-            assert new.acquire(blocking=False)
-        assert not new.acquire(blocking=False)
-        for _ in range(3):
-            new.release()
-    finally:
-        ai.set_ai_limit(ai.DEFAULT_AI_LIMIT)
+def test_ai_slots_are_what_the_engine_is_given() -> None:
+    """The root hands one AiSlots to every engine; an engine given none has its own."""
+    new = ai.AiSlots(3)
+    eng = SttEngine(backend=FakeBackend(), workers=4, ai=new)
+    assert eng.ai is new and eng._parallel() == 3
+    for _ in range(3):
+        assert new.acquire(blocking=False)
+    assert not new.acquire(blocking=False)
+    for _ in range(3):
+        new.release()
+    alone = SttEngine(backend=FakeBackend())
+    assert alone.ai is not new and alone.ai.limit == ai.DEFAULT_AI_LIMIT
     with pytest.raises(ValueError):
-        ai.set_ai_limit(0)
+        ai.AiSlots(0)
+
+
+def test_model_cache_loads_each_key_once() -> None:
+    cache = ai.ModelCache()
+    loads: list[str] = []
+    threads = [threading.Thread(target=lambda: cache.get("k", lambda: loads.append("k") or 1))
+               for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(5)
+    assert loads == ["k"] and cache.get("k", lambda: 2) == 1
+    assert cache.first_time("x") and not cache.first_time("x")
 
 
 def test_cut_loop_trims_decoder_loops() -> None:

@@ -185,30 +185,27 @@ def test_byte_bound_still_drops_the_oldest() -> None:
 
 
 def test_live_speech_takes_an_ai_slot_before_post_call_work() -> None:
-    slots = ai.set_ai_limit(1)
-    try:
-        order: list[str] = []
-        slots.acquire()  # a post-call job is running
-        batch = threading.Thread(target=lambda: (slots.acquire(), order.append("post-call"),
-                                                 slots.release()))
-        batch.start()
-        time.sleep(0.1)  # the post-call waiter queued first
-        live = threading.Thread(target=lambda: (slots.acquire(live=True), order.append("live"),
-                                                time.sleep(0.05), slots.release()))
-        live.start()
-        time.sleep(0.1)
+    slots = ai.AiSlots(1)
+    order: list[str] = []
+    slots.acquire()  # a post-call job is running
+    batch = threading.Thread(target=lambda: (slots.acquire(), order.append("post-call"),
+                                             slots.release()))
+    batch.start()
+    time.sleep(0.1)  # the post-call waiter queued first
+    live = threading.Thread(target=lambda: (slots.acquire(live=True), order.append("live"),
+                                            time.sleep(0.05), slots.release()))
+    live.start()
+    time.sleep(0.1)
+    slots.release()
+    batch.join(5)
+    live.join(5)
+    assert order == ["live", "post-call"]
+    with pytest.raises(ValueError):
         slots.release()
-        batch.join(5)
-        live.join(5)
-        assert order == ["live", "post-call"]
-        with pytest.raises(ValueError):
-            slots.release()
-        with slots.live():
-            assert not slots.acquire(blocking=False)
-        with slots:
-            assert not slots.acquire(live=True, blocking=False)
-    finally:
-        ai.set_ai_limit(ai.DEFAULT_AI_LIMIT)
+    with slots.live():
+        assert not slots.acquire(blocking=False)
+    with slots:
+        assert not slots.acquire(live=True, blocking=False)
 
 
 def test_workers_take_live_slots_and_post_call_does_not() -> None:
@@ -221,14 +218,10 @@ def test_workers_take_live_slots_and_post_call_does_not() -> None:
             seen.append(live)
             return super().acquire(blocking, timeout, live=live)
 
-    ai._slots = Spy(2)
-    try:
-        eng, _fake = _started(workers=1)
-        res = Results()
-        eng.submit("a", _voiced(1.0), res.cb("live"))
-        res.wait(1)
-        eng.transcribe(_voiced(1.0).pcm, 8000, voiced=1000.0)  # as the post-call step does
-        eng.stop()
-        assert seen == [True, False]
-    finally:
-        ai.set_ai_limit(ai.DEFAULT_AI_LIMIT)
+    eng, _fake = _started(workers=1, ai=Spy(2))
+    res = Results()
+    eng.submit("a", _voiced(1.0), res.cb("live"))
+    res.wait(1)
+    eng.transcribe(_voiced(1.0).pcm, 8000, voiced=1000.0)  # as the post-call step does
+    eng.stop()
+    assert seen == [True, False]

@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from helpers.ai import ModelCache
 from helpers.audio import resample_pcm
 from helpers.speech.prompt_cache import PromptCache
 from helpers.speech.tts import SENTENCE_PAUSE_MS, TtsEngine, TtsSettings
+
+#: Voices loaded once for the whole file, as the server's model cache does per process.
+MODELS = ModelCache()
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +29,7 @@ DETERMINISTIC = TtsSettings(noise_scale=0.0, noise_w=0.0)
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[TtsEngine]:
-    eng = TtsEngine()
+    eng = TtsEngine(models=MODELS)
     yield eng
     eng.close()
 
@@ -34,7 +38,7 @@ def engine() -> Iterator[TtsEngine]:
 def det_engine() -> Iterator[TtsEngine]:
     # One ONNX thread always: a render alone may otherwise use every core, and a different
     # thread count can change the last bits of the floats, so bytes would depend on timing.
-    eng = TtsEngine(settings=DETERMINISTIC, solo_threads=1)
+    eng = TtsEngine(models=MODELS, settings=DETERMINISTIC, solo_threads=1)
     yield eng
     eng.close()
 
@@ -135,7 +139,7 @@ def test_synthesize_equals_stream_and_inserts_pauses(det_engine: TtsEngine) -> N
 async def test_stream_starts_early_but_never_runs_dry() -> None:
     # Its own engine (the voice is shared, so this is cheap) with a wider safety factor: the
     # guarantee holds while the cost estimates do, and a CI host may be busy with other work.
-    engine = TtsEngine(safety=3.0)
+    engine = TtsEngine(models=MODELS, safety=3.0)
     text = (
         "Hello. Thank you for calling the customer service line of our company. "
         "Your call may be recorded for training and quality purposes today. "
@@ -201,7 +205,7 @@ async def test_stream_close_early_cancels_cleanly(engine: TtsEngine) -> None:
 
 def test_cache_hit_is_identical_and_counted(tmp_path: Path) -> None:
     cache = PromptCache(tmp_path / "prompts")
-    eng = TtsEngine(cache=cache)
+    eng = TtsEngine(models=MODELS, cache=cache)
     try:
         text = "Press one for sales. Press two for support."
         hits0 = _counter("audiosocket_tts_cache_hits_total")
@@ -229,7 +233,7 @@ def _no_threads(*_: Any, **__: Any) -> Any:
 
 async def test_prewarm_then_stream_without_thread_hop(tmp_path: Path) -> None:
     cache = PromptCache(tmp_path / "prompts")
-    eng = TtsEngine(cache=cache)
+    eng = TtsEngine(models=MODELS, cache=cache)
     try:
         texts = ["Welcome to the demo line. Goodbye.", "Goodbye."]
         assert await eng.prewarm(texts, [8000, 16000]) == 4  # 2 sentences x 2 rates
@@ -237,7 +241,7 @@ async def test_prewarm_then_stream_without_thread_hop(tmp_path: Path) -> None:
         expected = eng.synthesize(texts[0], 16000)
     finally:
         eng.close()
-    cached_only = TtsEngine(cache=cache, workers=1)
+    cached_only = TtsEngine(models=MODELS, cache=cache, workers=1)
     cached_only.scheduler.submit = _no_threads  # type: ignore[method-assign]
     cached_only.scheduler.add_sentence = _no_threads  # type: ignore[method-assign]
     hits0 = _counter("audiosocket_tts_cache_hits_total")
@@ -294,7 +298,7 @@ def test_round_trip_through_whisper(engine: TtsEngine) -> None:
 def test_is_cached_checks_every_sentence(tmp_path: Path) -> None:
     from helpers.speech.prompt_cache import PromptCache
 
-    engine = TtsEngine(cache=PromptCache(tmp_path / "c"))
+    engine = TtsEngine(models=MODELS, cache=PromptCache(tmp_path / "c"))
     text = "One. Two."
     assert not engine.is_cached(text, 8000)
     engine.synthesize("One.", 8000)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from audiosocket.cli import build_parser
+from audiosocket.root.cli import build_parser
 
 BIN = Path(sys.executable).parent / "audiosocket"
 

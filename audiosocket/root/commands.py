@@ -8,7 +8,10 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from audiosocket.config import Config
 
 __all__ = ["add_extra_commands"]
 
@@ -18,7 +21,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML settings file")
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> Config:
     from audiosocket.config import load_config
 
     return load_config(args.config, {"data_dir": args.data_dir})
@@ -48,7 +51,7 @@ def add_extra_commands(sub: Any) -> None:
     msub = p.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="download a hub checkpoint into models/ (needs internet)")
     f.add_argument("name", help="e.g. google/flan-t5-small")
-    f.add_argument("--dest", default=str(Path(__file__).resolve().parents[1] / "models"),
+    f.add_argument("--dest", default=str(Path(__file__).resolve().parents[2] / "models"),
                    help="where the checkpoint directory goes (default models/)")
     f.set_defaults(handler=cmd_models_fetch)
     ls = msub.add_parser("list", help="which model serves which role")
@@ -64,7 +67,7 @@ def add_extra_commands(sub: Any) -> None:
                             "bfloat16", "int8_float16", "int8_bfloat16"],
                    help="weight type (default int8: smallest and fastest on CPU)")
     c.set_defaults(handler=cmd_models_convert)
-    web_default = str(Path(__file__).resolve().parents[1] / "web" / "static" / "models")
+    web_default = str(Path(__file__).resolve().parents[2] / "web" / "static" / "models")
     bw = msub.add_parser(
         "build-web",
         help="rebuild the bundled Whisper tiny.en as ONNX for the upload page (transformers.js)",
@@ -112,18 +115,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return asyncio.run(_import(config, files, progress=not args.no_progress))
 
 
-async def _import(config: Any, files: list[Path], *, progress: bool) -> int:
-    from audiosocket.app import AppContext
-    from audiosocket.services import close_services, ensure_jobs
-    from helpers.postcall.archive import ffmpeg_limit
+async def _import(config: Config, files: list[Path], *, progress: bool) -> int:
+    from audiosocket.root.app import AppContext
+    from audiosocket.root.services import close_services, ensure_jobs, ensure_store
     from helpers.postcall.importer import ValidationError, import_file
 
     ctx = AppContext(config)
     started = time.monotonic()
     jobs = await ensure_jobs(ctx)
-    store = ctx.get("store")
+    store = await ensure_store(ctx)  # built by ensure_jobs: the same object
     # Decoding runs FFmpeg too: no more of them at once than the archive cap allows.
-    gate = asyncio.Semaphore(ffmpeg_limit())
+    gate = asyncio.Semaphore(ctx.services.ffmpeg.limit)
     bar: Any = None
     if progress:
         from tqdm import tqdm

@@ -17,7 +17,7 @@ import pytest
 
 from helpers.audio import write_wav
 from helpers.ffmpeg import ffmpeg_binary
-from tests.audiosocket.test_cli import free_port, wait_port
+from tests.audiosocket.root.test_cli import free_port, wait_port
 from tests.helpers.speech_fixtures import silence, synth_speech
 
 pytestmark = pytest.mark.slow

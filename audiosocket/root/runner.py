@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from audiosocket import metrics
-from audiosocket.app import AppContext, resolve_app, session_factory
 from audiosocket.config import Config
 from audiosocket.lifecycle import SignalWatcher, Watchdog
+from audiosocket.root.app import AppContext, resolve_app, session_factory
 from audiosocket.server import AudioSocketServer
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ async def run_server(
     their own takes them, so a stop request works even if the loop is stuck, and the process
     ends within ``shutdown_grace_s + 5`` s of it whatever happens.
     """
-    from helpers.recorder import repair_all, shared_writer
+    from helpers.recorder import repair_all
     from web.limits import raise_nofile_limit
 
     # First of all, before any model loads: a busy port is a one-line error now, not a
@@ -93,7 +93,7 @@ async def run_server(
     if config.http_port:
         from web.app import make_app, start_http
 
-        app = make_app({**ctx.services, "config": config})
+        app = make_app(config, ctx.services)
         runner = await start_http(app, config.http_bind, config.http_port, config)
         log.info("http_listening", host=config.http_bind, port=config.http_port)
     # What start-up loaded (modules, models, the web app) lives as long as the process:
@@ -123,7 +123,7 @@ async def run_server(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(1.0, left())):
                 await runner.cleanup()
-    await asyncio.to_thread(shared_writer().flush)
+    await asyncio.to_thread(ctx.services.writer.flush)
     await _stop_services(ctx, budget_s=left())
     gc.callbacks.remove(gc_watch)
     watchdog.stop()
@@ -156,7 +156,7 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
         return
     while True:
         try:
-            await asyncio.to_thread(apply_retention, ctx.get("store"), rules)
+            await asyncio.to_thread(apply_retention, ctx.services.store, rules)
         except Exception as exc:
             log.error("retention_failed", error=str(exc))
         await asyncio.sleep(every_s)
@@ -165,7 +165,7 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
 async def _start_services(ctx: AppContext) -> None:
     """Create the engines every app shares: the call store (every call is recorded in it)
     and the live-call hub (the portal's live view)."""
-    from audiosocket.services import provide
+    from audiosocket.root.services import provide
 
     await provide(ctx, ("store", "live", "jobs") if ctx.config.postcall.enabled
                   else ("store", "live"))
@@ -173,14 +173,14 @@ async def _start_services(ctx: AppContext) -> None:
 
 async def _prepare_app(cls: type[Session], ctx: AppContext) -> None:
     """Build the engines the app declares (``cls.needs``), then let it load its own."""
-    from audiosocket.services import provide
+    from audiosocket.root.services import provide
 
     await provide(ctx, cls.needs)
     await cls.prepare(ctx)
 
 
 async def _stop_services(ctx: AppContext, budget_s: float) -> None:
-    from audiosocket.services import close_services
+    from audiosocket.root.services import close_services
 
     try:
         async with asyncio.timeout(budget_s):

@@ -6,9 +6,9 @@ import asyncio
 import threading
 from pathlib import Path
 
-from audiosocket.app import AppContext
 from audiosocket.config import load_config
-from audiosocket.services import close_services, ensure_stt, ensure_tts
+from audiosocket.root.app import AppContext
+from audiosocket.root.services import close_services, ensure_stt, ensure_tts
 
 
 def _threads(prefix: str) -> set[threading.Thread]:
@@ -26,7 +26,7 @@ async def test_concurrent_first_uses_load_each_engine_once(tmp_path: Path) -> No
         ttss = await asyncio.gather(*[ensure_tts(ctx) for _ in range(6)])
         assert len({id(e) for e in stts}) == 1
         assert len({id(e) for e in ttss}) == 1
-        assert stts[0] is ctx.get("stt") and ttss[0] is ctx.get("tts")
+        assert stts[0] is ctx.services.stt and ttss[0] is ctx.services.tts
         assert len(_threads("stt-") - stt_before) == 2  # one engine's workers
         tts_threads = _threads("tts-") - tts_before
         assert len(tts_threads) == ttss[0].scheduler.workers

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import structlog
 
 from audiosocket.call import CallIds
 from audiosocket.config import ConfigError
+from audiosocket.root.app import NEEDS, AppContext, Need
 
 if TYPE_CHECKING:
-    from audiosocket.app import AppContext
     from audiosocket.call import Call
     from audiosocket.live import LiveHub
+    from helpers.postcall.jobs import PostCallJobs
     from helpers.speech.stt import SttEngine
     from helpers.speech.tts import TtsEngine
     from helpers.store.db import CallStore
@@ -31,10 +33,10 @@ __all__ = [
     "provide",
 ]
 
-log = structlog.get_logger("audiosocket.services")
+log = structlog.get_logger("audiosocket.root.services")
 T = TypeVar("T")
 #: Where ``audiosocket models fetch`` puts checkpoints (the repository's models/ folder).
-_REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+_REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 class StoreObserver:
@@ -60,20 +62,22 @@ class StoreObserver:
         )
 
 
-async def _once(ctx: AppContext, name: str, build: Callable[[AppContext], Awaitable[T]]) -> T:
-    """Engine ``name`` from ``ctx``, built by ``build`` the first time, exactly once even
-    when several coroutines ask at the same moment."""
-    engine = ctx.get(name)
+async def _once(ctx: AppContext, name: Need, build: Callable[[AppContext], Awaitable[T]]) -> T:
+    """Engine ``name`` of ``ctx.services``, built by ``build`` the first time, exactly once
+    even when several coroutines ask at the same moment; the context then holds a new
+    :class:`~audiosocket.root.app.Services` with it."""
+    engine = getattr(ctx.services, name)
     if engine is None:
         async with _loading(ctx, name):
-            engine = ctx.get(name)
+            engine = getattr(ctx.services, name)
             if engine is None:
                 engine = await build(ctx)
-                ctx.services[name] = engine
+                # The field named ``name`` holds what ``build`` returns (``_BUILDERS``).
+                ctx.services = replace(ctx.services, **{name: engine})  # type: ignore[arg-type]
     return cast(T, engine)
 
 
-def _loading(ctx: AppContext, name: str) -> asyncio.Lock:
+def _loading(ctx: AppContext, name: Need) -> asyncio.Lock:
     """The lock that makes concurrent first uses of engine ``name`` load it once: without
     it, the first post-call transcripts each loaded their own Whisper (and its threads)."""
     lock = ctx.loading.get(name)
@@ -108,12 +112,13 @@ async def _build_store(ctx: AppContext) -> CallStore:
 
 def install_live(ctx: AppContext) -> LiveHub:
     """The live-call hub (portal's live view, listen-in), made once: a call observer, and
-    ``ctx.services["live"]`` for sessions and the web app."""
-    hub: LiveHub | None = ctx.get("live")
+    ``ctx.services.live`` for sessions and the web app."""
+    hub = ctx.services.live
     if hub is None:
         from audiosocket.live import LiveHub
 
-        hub = ctx.services["live"] = LiveHub()
+        hub = LiveHub()
+        ctx.services = replace(ctx.services, live=hub)
         ctx.observers.append(hub)
     return hub
 
@@ -124,11 +129,10 @@ async def ensure_stt(ctx: AppContext) -> SttEngine:
 
 
 async def _build_stt(ctx: AppContext) -> SttEngine:
-    from helpers.ai import set_ai_limit
     from helpers.speech.stt import SttEngine
 
     cfg = ctx.config.stt
-    set_ai_limit(ctx.config.postcall.ai_limit)
+    shared = ctx.services
 
     def load() -> SttEngine:
         engine = SttEngine(
@@ -138,6 +142,7 @@ async def _build_stt(ctx: AppContext) -> SttEngine:
             queue_capacity=cfg.queue_capacity or None, queue_max_bytes=cfg.queue_max_bytes,
             short_window=cfg.short_window,
             vad_aggressiveness=cfg.vad_aggressiveness,
+            ai=shared.ai, models=shared.models,
         )
         engine.start()
         _ = engine.backend  # load the model now, not on the first utterance
@@ -165,6 +170,7 @@ async def _build_tts(ctx: AppContext) -> TtsEngine:
         return TtsEngine(
             cfg.voice or None, cache=cache,
             settings=TtsSettings(length_scale=cfg.length_scale), threads=1,
+            models=ctx.services.models,
         )
 
     tts = await asyncio.to_thread(load)
@@ -172,32 +178,32 @@ async def _build_tts(ctx: AppContext) -> TtsEngine:
     return tts
 
 
-async def ensure_jobs(ctx: AppContext) -> Any:
+async def ensure_jobs(ctx: AppContext) -> PostCallJobs:
     """Start the post-call job workers (archives, peaks, transcript, summary)."""
     return await _once(ctx, "jobs", _build_jobs)
 
 
-async def _build_jobs(ctx: AppContext) -> Any:
-    from helpers.ai import set_ai_limit
-    from helpers.postcall.archive import ArchiveSettings, set_ffmpeg_limit
+async def _build_jobs(ctx: AppContext) -> PostCallJobs:
+    from helpers.postcall.archive import ArchiveSettings
     from helpers.postcall.jobs import PostCallJobs
     from helpers.postcall.summary_models import load_summarizer
 
     cfg = ctx.config.postcall
-    set_ffmpeg_limit(cfg.ffmpeg_limit)
-    set_ai_limit(cfg.ai_limit)
+    shared = ctx.services
     store = await ensure_store(ctx)
     search = [_REPO_MODELS, ctx.data_dir / "models"]
 
-    async def stt() -> Any:
+    async def stt() -> SttEngine:
         return await ensure_stt(ctx)
 
     jobs = PostCallJobs(
         store, ctx.data_dir,
         archive=ArchiveSettings(aac_bitrate=cfg.aac_bitrate, mp3_bitrate=cfg.mp3_bitrate,
                                 listen_filter=cfg.listen_filter, aecho=cfg.aecho),
+        ffmpeg=shared.ffmpeg,
         stt=stt,
-        summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search),
+        summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search,
+                                           ai=shared.ai, models=shared.models),
     )
     await jobs.start()
     return jobs
@@ -207,43 +213,44 @@ async def _ensure_live(ctx: AppContext) -> LiveHub:
     return install_live(ctx)
 
 
-#: What an app may declare in ``Session.needs``, and what builds each (in this order).
-_BUILDERS: dict[str, Callable[[AppContext], Awaitable[Any]]] = {
+#: What builds each :data:`~audiosocket.root.app.Need` (run in ``NEEDS`` order).
+_BUILDERS: dict[Need, Callable[[AppContext], Awaitable[object]]] = {
     "store": ensure_store,
     "live": _ensure_live,
     "stt": ensure_stt,
     "tts": ensure_tts,
     "jobs": ensure_jobs,
 }
-SERVICE_NAMES = tuple(_BUILDERS)
+SERVICE_NAMES: tuple[Need, ...] = NEEDS
 
 
-async def provide(ctx: AppContext, needs: Iterable[str]) -> None:
-    """Build the engines an app declares it needs (each once; those already in ``ctx`` are
-    kept), in dependency order. An unknown name is a :class:`ConfigError` naming it."""
-    wanted = set(needs)
-    unknown = sorted(wanted - set(_BUILDERS))
+async def provide(ctx: AppContext, needs: Iterable[Need]) -> None:
+    """Build the engines an app declares it needs (each once; those already in
+    ``ctx.services`` are kept), in dependency order; ``ctx.services`` becomes a new frozen
+    ``Services`` holding them. mypy checks the names of this repository's apps; a user's
+    app is checked here: an unknown name is a :class:`ConfigError` naming it."""
+    wanted: set[str] = set(needs)
+    unknown = sorted(wanted - set(NEEDS))
     if unknown:
         raise ConfigError(
             f"app: needs unknown service(s) {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(SERVICE_NAMES)}"
         )
-    for name, build in _BUILDERS.items():
+    for name in NEEDS:
         if name in wanted:
-            await build(ctx)
+            await _BUILDERS[name](ctx)
 
 
 async def close_services(ctx: AppContext) -> None:
     """Stop engines and flush the store, in dependency order."""
-    jobs: Any = ctx.get("jobs")
-    if jobs is not None:
-        await jobs.aclose()
-    stt: Any = ctx.get("stt")
+    services = ctx.services
+    if services.jobs is not None:
+        await services.jobs.aclose()
+    stt = services.stt
     if stt is not None:
         await asyncio.to_thread(stt.stop)
-    tts: Any = ctx.get("tts")
-    if tts is not None:
-        tts.close()
-    store: Any = ctx.get("store")
+    if services.tts is not None:
+        services.tts.close()
+    store = services.store
     if store is not None:
         await asyncio.to_thread(store.close)
