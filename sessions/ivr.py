@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from audiosocket.config import ConfigError
 from sessions.compose import Composed
-from sessions.flow import Flow, FlowError, load_flows
 from sessions.parts import needs_of
+from sessions.parts.flow import Flow, FlowError, load_flows
 from sessions.parts.flow_runner import (
     DEMO_FLOWS,
     MESSAGE_MAX_BYTES,

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sessions.flow import Flow, Gather, Menu, Node, Record, Webhook
-from sessions.matching import match_choice
-from sessions.metrics import IVR_INPUTS, IVR_RESULTS, WEBHOOKS
+from sessions.parts.flow import Flow, Gather, Menu, Node, Record, Webhook
+from sessions.parts.matching import match_choice
 from sessions.parts.message import MessageTap
+from sessions.parts.metrics import IVR_INPUTS, IVR_RESULTS, WEBHOOKS
 from sessions.parts.speaker import Speaker
 from sessions.parts.transcriber import Transcriber
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from audiosocket.clock import Playback
 from audiosocket.protocol import FRAME_MS
-from sessions.metrics import BARGE_INS, SAY_FIRST_FRAME
+from sessions.parts.metrics import BARGE_INS, SAY_FIRST_FRAME
 
 if TYPE_CHECKING:
     from audiosocket.call import Call

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from helpers.recorder import HOLD_SLOTS
 from helpers.speech.loop import SpeechLoop
 from helpers.speech.vad import Utterance, VadSegmenter
-from sessions.metrics import TRANSCRIPT_SEGMENTS
 from sessions.parts import Part
+from sessions.parts.metrics import TRANSCRIPT_SEGMENTS
 
 if TYPE_CHECKING:
     from audiosocket.call import Call

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sessions.flow import FlowError, load_flow, load_flows, parse_flow
+from sessions.parts.flow import FlowError, load_flow, load_flows, parse_flow
 
-DEMO = Path(__file__).resolve().parents[2] / "sessions" / "flows" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[3] / "sessions" / "flows" / "demo.yaml"
 
 
 def base() -> dict[str, Any]:

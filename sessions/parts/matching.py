@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Sequence
 
-from sessions.flow import Choice
+from sessions.parts.flow import Choice
 
 __all__ = ["match_choice", "normalise"]
 

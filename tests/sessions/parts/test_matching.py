@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sessions.flow import Choice
-from sessions.matching import match_choice
+from sessions.parts.flow import Choice
+from sessions.parts.matching import match_choice
 
 CHOICES = (
     Choice(goto="sales", key="1", words=("sales",)),
