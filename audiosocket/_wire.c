@@ -59,12 +59,14 @@ typedef struct {
     int64_t mark_at;    /* popped reaching this resolves a playback (EV_MARK); < 0: none */
     int64_t clip;       /* a clip is playing: a frame sent ends no live gap (NO_GAP) */
     int64_t wake;       /* a tape line: report a frame that is not digital silence */
+    int64_t stream;     /* a TTS stream is open: a silent tick past stream_at is an underrun */
+    int64_t stream_at;  /* popped at which the open stream's first frame has gone out */
 } line_state;
 
 /* Exported as STATE_FIELDS (all int64, in this order): playout.py builds its struct from it. */
 static const char *state_fields[] = {"fd", "frame_len", "whole", "max_frames", "ticks",
     "popped", "audio_sent", "frames_in", "gap", "underruns", "now", "mark_at", "clip",
-    "wake"};
+    "wake", "stream", "stream_at"};
 #define N_STATE_FIELDS ((Py_ssize_t)(sizeof state_fields / sizeof state_fields[0]))
 
 /* Playout._NO_GAP: no live frame went out last, so the silence after it is not a gap. */
@@ -295,6 +297,9 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
             st->gap = 0;
         }
     } else {
+        /* Nothing to send while more of a prompt is coming: the listener hears a hole
+         * (Playout.tick counts the same). */
+        if (st->stream && st->popped >= st->stream_at) st->underruns++;
         st->gap++;
     }
     PyObject *tape = tape_of(line);

@@ -17,7 +17,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MediaBlock", "block_from_tape"]
+__all__ = ["MediaBlock", "Run", "block_from_tape"]
+
+#: One delivery of the Python path: ``(sent, tick, pcm)`` (see :meth:`MediaBlock.events`).
+Event = tuple[bool, int, bytes]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A steady stretch of a block: ``n`` frames went out on slots ``first_slot`` ..
+    ``first_slot + n - 1`` and after each exactly one frame came in, on the next tick."""
+
+    first_slot: int
+    heard: bytes
+    sent: bytes
+    frame_bytes: int
+
+    @property
+    def frames(self) -> int:
+        return len(self.sent) // self.frame_bytes
+
+    def events(self) -> Iterator[Event]:
+        """The run frame by frame, in the Python path's order."""
+        fb = self.frame_bytes
+        for k in range(self.frames):
+            yield True, self.first_slot + k, self.sent[k * fb : (k + 1) * fb]
+            yield False, self.first_slot + k + 1, self.heard[k * fb : (k + 1) * fb]
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,54 @@ class MediaBlock:
             np.all(np.diff(self.sent_ticks) == 1) and np.array_equal(
                 self.heard_ticks, self.sent_ticks + 1)
         )
+
+    def segments(self) -> Iterator[Run | Event]:
+        """The block in the Python path's order, its steady stretches as :class:`Run`s
+        and everything else (a tick with no frame or two, a resync, a frame read before the
+        first slot) as single events. A consumer takes a run at once and the rest frame by
+        frame; one late frame then costs a few Python calls, not the whole block's."""
+        fb = self.frame_bytes
+        s, h = self.sent_ticks, self.heard_ticks
+        n, m = len(s), len(h)
+        heard, sent = self.heard, self.sent
+        if n == 0:
+            yield from self.events()
+            return
+        hticks = h.tolist()
+        lo = np.searchsorted(h, s + 1, "left")
+        hi = np.searchsorted(h, s + 1, "right")
+        one = (hi - lo) == 1
+        # Slot i continues slot i - 1's run: the next slot, no frame read between them.
+        cont = np.zeros(n, dtype=bool)
+        cont[1:] = (np.diff(s) == 1) & (lo[1:] == hi[:-1])
+        # Slot i and slot i + 1 are in one run: both read one frame and i + 1 continues i.
+        link = np.zeros(n, dtype=bool)
+        link[:-1] = one[:-1] & one[1:] & cont[1:]
+        brk = np.flatnonzero(~link)  # a run that reaches i ends there
+        lo_l, hi_l, s_l, one_l = lo.tolist(), hi.tolist(), s.tolist(), one.tolist()
+
+        def heard_between(a: int, b: int) -> Iterator[Event]:
+            for j in range(a, b):
+                yield False, hticks[j], heard[j * fb : (j + 1) * fb]
+
+        yield from heard_between(0, lo_l[0])  # read at or before the first slot
+        i = 0
+        b = 0  # index into brk: the first break at or after i
+        brks = brk.tolist()
+        while i < n:
+            while brks[b] < i:
+                b += 1
+            if one_l[i]:
+                k = brks[b] + 1  # the run is i .. brks[b] (a lone slot is a run of one)
+                yield Run(s_l[i], heard[lo_l[i] * fb : hi_l[k - 1] * fb],
+                          sent[i * fb : k * fb], fb)
+            else:
+                k = i + 1
+                yield True, s_l[i], sent[i * fb : k * fb]
+                yield from heard_between(lo_l[i], hi_l[i])
+            nxt = lo_l[k] if k < n else m
+            yield from heard_between(hi_l[k - 1], nxt)
+            i = k
 
     def events(self) -> Iterator[tuple[bool, int, bytes]]:
         """``(sent, tick, pcm)`` in the order the Python path delivers them: a slot's

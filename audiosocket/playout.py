@@ -199,14 +199,9 @@ class Playout:
         return state
 
     def _replan(self) -> None:
-        wired = (
-            self._listener is None
-            and not self._streams
-            and not self._lead
-            and not self._short
-        )
+        wired = self._listener is None and not self._lead and not self._short
         self.wired = wired
-        self.plain = wired and not self._marks and not self._start_marks
+        self.plain = wired and not self._marks and not self._start_marks and not self._streams
         if self._native_state is not None:
             self._native_plan(self._native_state)
 
@@ -215,11 +210,13 @@ class Playout:
         the frames it has taken since the last fold) and whether a clip is playing (then
         the queue's bound is ``max_frames``, not the live target, and a frame sent ends no
         live gap), as ``tick()`` does for itself."""
-        clip = bool(self._marks or self._start_marks)
+        clip = bool(self._marks or self._start_marks or self._streams)
         state["clip"] = int(clip)
         state["max_frames"] = self.max_frames if clip else self._cap
         seqs = [q[0][0] for q in (self._marks, self._start_marks) if q]
         state["mark_at"] = min(seqs) - self._sent_seq if seqs else -1
+        state["stream"] = int(bool(self._streams))
+        state["stream_at"] = self._stream_from - self._sent_seq
 
     def sync_counters(self) -> None:
         """Fold in what the C media path counted since the last fold (ticks, frames sent).
@@ -238,6 +235,7 @@ class Playout:
             mark_at = state["mark_at"]
             if mark_at >= 0:
                 state["mark_at"] = mark_at - popped  # it counts from the folded _sent_seq
+            state["stream_at"] = state["stream_at"] - popped
         self._gap = state["gap"]
         under = state.take("underruns")
         if under:

@@ -159,6 +159,12 @@ class CallRecorder:
         self.error: str | None = None
         #: The file already existed (another call's): nothing of it is touched or written.
         self.refused = False
+        # The file stays open while the call records (writer thread only): an append is
+        # then two pwrite()s, not open/seek/write/truncate/seek/write/close, which at a
+        # thousand calls (a thousand appends a second) was most of the writer thread's time.
+        self._fd: int | None = None
+        # A failed write may have left bytes past written_bytes: cut them at the next one.
+        self._tail_dirty = False
         header = _header(rate, 2, 0)
         self._writer.submit(lambda: self._create(header))
 
@@ -168,13 +174,13 @@ class CallRecorder:
         # (call ids are unique, so this is the last line of defence, not the rule).
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fh = open(self.path, "xb")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             self.refused = True
             self.error = "a recording already exists at this path"
             raise
-        with fh:
-            fh.write(header)
+        self._fd = fd
+        _write_at(fd, header, 0)
 
     # -- the loop side: cheap list appends ---------------------------------------------
 
@@ -265,6 +271,47 @@ class CallRecorder:
             self._flush(self._out_pos - self.hold_slots)
         return True
 
+    def add_block(
+        self, slots: np.ndarray, sent: bytes, heard: bytes, heard_ticks: np.ndarray
+    ) -> bool:
+        """A stretch of the call at once (the C path's tape): frame ``i`` of ``sent`` went
+        out on ``slots[i]``, frame ``k`` of ``heard`` was read at ``heard_ticks[k]`` (each
+        after the slot before its tick). The same bytes as the rounds of ``add_outbound``
+        and ``add_inbound`` in that order whenever no frame would jump a gap or run ahead
+        of the clock (jitter of a frame or two per tick included): inbound frames then go
+        one after another, which is one slice assignment. Returns False, changing nothing,
+        otherwise (the caller replays the rounds)."""
+        if self.closed:
+            return True
+        fb = self.frame_bytes
+        n, m = len(slots), len(heard_ticks)
+        if n == 0 or len(sent) != n * fb or len(heard) != m * fb or self._in_partial:
+            return False
+        first_slot = int(slots[0])
+        if first_slot < self._base or (m and int(heard_ticks[0]) <= first_slot):
+            return False  # already written out, or read before the block's first slot
+        self._place_batch()
+        pos = self._in_pos
+        if m:
+            # Where each inbound frame lands against the tick it was read at: no gap jump
+            # (lands at or after tick - JITTER_SLOTS) and not ahead of the clock.
+            lead = pos + np.arange(m) - heard_ticks
+            if pos < self._base or lead.min() < -JITTER_SLOTS or lead.max() >= AHEAD_SLOTS:
+                return False
+            self._put_run(self._in, pos, heard, m)
+            self._in_pos = pos + m
+            self._batch_tick = int(heard_ticks[-1])
+        last = int(slots[-1])
+        if last - first_slot == n - 1:
+            self._put_run(self._out, first_slot, sent, n)
+        else:  # a resync skipped slots: each frame where it went out
+            for i, slot in enumerate(slots.tolist()):
+                self._put(self._out, slot, sent[i * fb : (i + 1) * fb])
+        self._out_pos = max(self._out_pos, last + 1)
+        if self._out_pos - self._base >= self.flush_every + self.hold_slots:
+            self._flush(self._out_pos - self.hold_slots)
+        return True
+
     def _put(self, slots: bytearray, index: int, pcm: bytes | None) -> None:
         """Slot ``index`` holds ``pcm`` (None: silence; a short frame: its start)."""
         self._put_run(slots, index, pcm if pcm is not None else self._zero, 1)
@@ -323,18 +370,24 @@ class CallRecorder:
             return
         pending = bytes(self._unwritten) + data if self._unwritten else data
         try:
-            with open(self.path, "r+b") as fh:
-                fh.seek(_HEADER_SIZE + self.written_bytes)
-                fh.write(pending)
-                fh.truncate()
-                self.written_bytes += len(pending)
-                fh.seek(0)
-                fh.write(_header(self.rate, 2, self.written_bytes))
+            if self._fd is None:  # the create failed (or the file was closed): reopen it
+                self._fd = os.open(self.path, os.O_RDWR)
+            fd = self._fd
+            end = _HEADER_SIZE + self.written_bytes
+            _write_at(fd, pending, end)
+            if self._tail_dirty:
+                os.ftruncate(fd, end + len(pending))
+                self._tail_dirty = False
+            self.written_bytes += len(pending)
+            _write_at(fd, _header(self.rate, 2, self.written_bytes), 0)
             self._unwritten.clear()
             if self.error is not None:
                 log.info("recording_writes_resumed", path=str(self.path))
                 self.error = None
+            if self.closed:
+                self._release()
         except OSError as exc:
+            self._tail_dirty = True
             self.error = str(exc)
             self._unwritten = bytearray(pending)
             excess = len(self._unwritten) - RETRY_MAX_BYTES
@@ -366,11 +419,28 @@ class CallRecorder:
             self._in_partial = b""
         self._flush(max(self._in_pos, self._out_pos))
         self.closed = True
+        self._writer.submit(self._release)
+
+    def _release(self) -> None:
+        """Close the file once everything is on disk (writer thread); a refused tail keeps
+        it open for ``retry``, whose successful write closes it."""
+        if self._fd is not None and not self._unwritten:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     @property
     def duration(self) -> float:
         """Seconds recorded so far (written or queued)."""
         return self.data_bytes / (self.rate * 4)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    """All of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
 
 
 def repair_wav(path: str | Path) -> bool:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+import numpy as np
+
 from helpers.speech.lines import Line, make_lines
 from helpers.speech.vad import JITTER_TICKS, ZERO_SETTLE, Utterance, VadSegmenter
 
@@ -78,6 +80,45 @@ class SpeechLoop:
             out += self.vad.push_frames(pcm)
         except ValueError:
             return out, False
+        return out, True
+
+    def run_block(
+        self,
+        heard: bytes,
+        heard_ticks: np.ndarray,
+        slots: np.ndarray,
+        *,
+        silence_every: int,
+        silence_behind: int,
+    ) -> tuple[list[Utterance], bool]:
+        """A stretch at once (the C path's tape): frames read at ``heard_ticks`` while
+        ``slots`` went out, the caller checking for missing audio at every
+        ``silence_every``-th slot ``silence_behind`` behind (as the live transcriber does).
+        The same utterances as feeding it tick by tick whenever no frame jumps a gap and no
+        silence check would fill one (jitter of a frame or two per tick included); returns
+        whether it was taken, and otherwise pushes only what the current tick held."""
+        out = self.end_tick()
+        vad = self.vad
+        m = len(heard_ticks)
+        start = vad.next_tick
+        if m:
+            if int(heard_ticks[0]) <= int(slots[0]):
+                return out, False
+            lead = start + np.arange(m) - heard_ticks
+            if lead.min() < -JITTER_TICKS:
+                return out, False
+        checked = slots[(slots % silence_every == 0) & (slots > silence_behind)]
+        if len(checked):
+            # At slot s the audio read up to tick s has been pushed: it must reach s - behind.
+            pushed = np.searchsorted(heard_ticks, checked, "right")
+            if np.any(start + pushed < checked - silence_behind):
+                return out, False
+        if m:
+            try:
+                out += vad.push_frames(heard)
+            except ValueError:
+                return out, False
+            self._batch_tick = int(heard_ticks[-1])
         return out, True
 
     @property

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from audiosocket.protocol import FRAME_MS
 from sessions.parts import Part
+
+if TYPE_CHECKING:
+    from audiosocket.media import MediaBlock
 
 __all__ = ["MessageTap"]
 
@@ -45,3 +49,9 @@ class MessageTap(Part):
 
     def ready(self) -> bool:
         return self._pcm is None
+
+    def take(self, block: MediaBlock) -> None:
+        if self._pcm is not None:  # taped before the message began: it gets its share
+            super().take(block)
+        elif block.heard_frames and self._in_speech():
+            self.last_voice = int(block.heard_ticks[-1]) * FRAME_MS / 1000

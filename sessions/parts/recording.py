@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from audiosocket.media import Event, Run
 from helpers.recorder import HOLD_SLOTS, CallRecorder, RecorderWriter
 from sessions.parts import Part
 
@@ -69,13 +71,20 @@ class Recording(Part):
 
     def take(self, block: MediaBlock) -> None:
         rec = self.recorder
-        if block.steady() and rec.add_run(int(block.sent_ticks[0]), block.heard, block.sent):
-            return
-        for sent, tick, pcm in block.events():
-            if sent:
-                rec.add_outbound(tick, pcm)
+        if rec.add_block(block.sent_ticks, block.sent, block.heard, block.heard_ticks):
+            return  # the common case, jitter included: at once
+        for seg in block.segments():
+            if isinstance(seg, Run):
+                if rec.add_run(seg.first_slot, seg.heard, seg.sent):
+                    continue
+                events: Iterable[Event] = seg.events()
             else:
-                rec.add_inbound(pcm, tick)
+                events = (seg,)
+            for sent, tick, pcm in events:
+                if sent:
+                    rec.add_outbound(tick, pcm)
+                else:
+                    rec.add_inbound(pcm, tick)
 
     async def end(self, reason: str) -> None:
         self.recorder.close()

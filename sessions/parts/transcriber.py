@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from audiosocket.media import Event, Run
 from helpers.recorder import HOLD_SLOTS
 from helpers.speech.loop import SpeechLoop
 from helpers.speech.vad import Utterance, VadSegmenter
@@ -111,12 +113,26 @@ class Transcriber(Part):
         return self.speech.settled
 
     def take(self, block: MediaBlock) -> None:
-        if block.steady():
-            utts, taken = self.speech.run(block.heard, int(block.sent_ticks[0]) + 1)
-            self._submit_all(utts)
-            if taken:
-                return
-        super().take(block)
+        utts, taken = self.speech.run_block(
+            block.heard, block.heard_ticks, block.sent_ticks,
+            silence_every=SILENCE_CHECK_TICKS, silence_behind=HOLD_SLOTS)
+        self._submit_all(utts)
+        if taken:
+            return  # the common case, jitter included: at once
+        for seg in block.segments():
+            if isinstance(seg, Run):
+                utts, taken = self.speech.run(seg.heard, seg.first_slot + 1)
+                self._submit_all(utts)
+                if taken:
+                    continue
+                events: Iterable[Event] = seg.events()
+            else:
+                events = (seg,)
+            for sent, tick, pcm in events:
+                if sent:
+                    self.sent(tick, pcm)
+                else:
+                    self.hear(pcm, tick)
 
     @property
     def in_speech(self) -> bool:

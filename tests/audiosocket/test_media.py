@@ -70,3 +70,43 @@ def test_block_from_tape_empties_the_tape() -> None:
     assert b is not None and b.steady() and b.heard_frames == 2 and b.sent_frames == 2
     assert all(len(part) == 0 for part in tape)
     assert block_from_tape(tape, 4) is None
+
+
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(0, 3)), min_size=1, max_size=60),
+       st.integers(0, 3))
+def test_segments_are_the_events_with_steady_stretches_as_runs(
+    script: list[tuple[int, int]], early: int
+) -> None:
+    """Whatever the tape holds (resyncs, ticks with no frame or several, frames read
+    before the first slot), the segments replay exactly the events, in order, and every
+    run is steady."""
+    from audiosocket.media import Run
+
+    sent: list[int] = []
+    heard: list[int] = [0] * early
+    slot = 1
+    for advance, reads in script:
+        slot += advance - 1
+        sent.append(slot)
+        slot += 1
+        heard.extend([slot] * reads)
+    b = block(sent, heard)
+    flat: list[tuple[bool, int, bytes]] = []
+    for seg in b.segments():
+        if isinstance(seg, Run):
+            assert seg.frames >= 1
+            flat.extend(seg.events())
+        else:
+            flat.append(seg)
+    assert flat == list(b.events())
+
+
+def test_one_late_frame_leaves_the_rest_of_a_block_in_runs() -> None:
+    from audiosocket.media import Run
+
+    sent = list(range(10, 60))
+    heard = [s + 1 for s in sent]
+    heard[20] = heard[21]  # frame 20 read a tick late, together with frame 21
+    b = block(sent, heard)
+    runs = [seg for seg in b.segments() if isinstance(seg, Run)]
+    assert sum(r.frames for r in runs) == 48 and len(runs) == 2

@@ -87,16 +87,24 @@ def test_repair_fixes_a_stale_header(tmp_path: Path) -> None:
     assert repair_all(tmp_path) == 0
 
 
-def test_write_failure_is_contained(tmp_path: Path) -> None:
+def test_write_failure_is_contained(tmp_path: Path, monkeypatch: Any) -> None:
+    import errno
+
+    import helpers.recorder as rec_mod
+
     writer = RecorderWriter()
     rec = CallRecorder(tmp_path / "missing" / "deeper" / "e.wav", 8000, writer=writer)
     writer.flush()  # the writer thread made the directory and the file
-    (tmp_path / "missing" / "deeper" / "e.wav").unlink()
-    (tmp_path / "missing" / "deeper").rmdir()  # the directory vanishes (like a full disk)
+
+    def broken(fd: int, data: bytes, offset: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")  # the disk went away
+
+    monkeypatch.setattr(rec_mod, "_write_at", broken)
     rec.add_outbound(0, frame(1))
     rec.close()
     writer.flush()
-    assert writer.errors >= 1
+    assert writer.errors >= 1 and rec.pending_bytes == 640  # kept for a retry
+    monkeypatch.undo()
     # The writer thread survives for other calls.
     ok = CallRecorder(tmp_path / "f.wav", 8000, writer=writer)
     ok.add_outbound(0, frame(1))
@@ -113,17 +121,18 @@ def test_full_disk_loses_nothing_already_received(tmp_path: Path, monkeypatch: A
     writer = RecorderWriter()
     path = tmp_path / "full.wav"
     rec = CallRecorder(path, 8000, flush_every=5, writer=writer)
-    real_open = open
+    real_write = rec_mod._write_at
 
-    def full_disk(file: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
-        if "r+" in mode:
+    def full_disk(fd: int, data: bytes, offset: int) -> None:
+        if offset:  # the header still fits; the audio does not
+            real_write(fd, data[: len(data) // 3], offset)  # a partial write, then the error
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(file, mode, *a, **kw)
+        real_write(fd, data, offset)
 
     for t in range(5):  # one chunk written normally
         rec.add_outbound(t, frame(t + 1))
     writer.flush()
-    monkeypatch.setattr(rec_mod, "open", full_disk, raising=False)
+    monkeypatch.setattr(rec_mod, "_write_at", full_disk)
     for t in range(5, 15):  # two chunks refused by the disk
         rec.add_outbound(t, frame(t + 1))
     writer.flush()
@@ -144,8 +153,8 @@ def test_retry_writes_a_refused_tail(tmp_path: Path, monkeypatch: Any) -> None:
     path = tmp_path / "tail.wav"
     rec = CallRecorder(path, 8000, flush_every=50, writer=writer)
     writer.flush()
-    monkeypatch.setattr(rec_mod, "open", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")),
-                        raising=False)
+    monkeypatch.setattr(rec_mod, "_write_at",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")))
     rec.add_outbound(0, frame(7))
     rec.close()  # the last chunk is refused at hang-up
     writer.flush()
@@ -254,3 +263,50 @@ def test_a_steady_run_is_taken_at_once_in_the_common_case(tmp_path: Path) -> Non
     left, _, _ = read_stereo(tmp_path / "r.wav")
     slots = left.reshape(-1, 160)[:, 0].tolist()
     assert slots[:55] == [1, 2, 3, 4, 5] + [100 + k for k in range(50)]
+
+
+@given(
+    before=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 8)), max_size=20),
+    block=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3)), min_size=1, max_size=80),
+    after=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), max_size=10),
+)
+@settings(max_examples=80, deadline=None)
+def test_a_block_writes_the_same_bytes_as_its_rounds(
+    before: list[_Step], block: list[_Step], after: list[_Step]
+) -> None:
+    """add_block (a jittery stretch at once: 0-2 frames read per tick, resyncs) against the
+    rounds it stands for, after any history: the same file, or it declines."""
+    writer = RecorderWriter()
+    with tempfile.TemporaryDirectory() as d:
+        a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        tick = _drive(a, before, 0, 100)
+        _drive(b, before, 0, 100)
+        slots: list[int] = []
+        sent: list[bytes] = []
+        heard: list[bytes] = []
+        ticks: list[int] = []
+        for reads, advance in block:
+            tick += advance
+            slots.append(tick - 1)
+            sent.append(frame(-300 - tick))
+            a.add_outbound(tick - 1, sent[-1])
+            for k in range(reads):
+                heard.append(frame(300 + tick + k))
+                ticks.append(tick)
+                a.add_inbound(heard[-1], tick)
+        taken = b.add_block(np.array(slots, dtype="<i8"), b"".join(sent), b"".join(heard),
+                            np.array(ticks, dtype="<i8"))
+        if not taken:
+            k = 0
+            for i, slot in enumerate(slots):
+                b.add_outbound(slot, sent[i])
+                while k < len(ticks) and ticks[k] == slot + 1:
+                    b.add_inbound(heard[k], ticks[k])
+                    k += 1
+        _drive(a, after, tick, 900)
+        _drive(b, after, tick, 900)
+        a.close()
+        b.close()
+        assert writer.flush()
+        assert (Path(d) / "a.wav").read_bytes() == (Path(d) / "b.wav").read_bytes()

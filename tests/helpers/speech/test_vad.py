@@ -338,3 +338,57 @@ def test_push_frames_and_the_zero_shortcut_change_nothing(seed: int) -> None:
     assert _utts(out) == want
     assert blocks.next_tick == shortcut.next_tick == plain.next_tick
     assert shortcut.frames_seen == plain.frames_seen == blocks.frames_seen
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_run_block_matches_feeding_tick_by_tick(seed: int) -> None:
+    """SpeechLoop.run_block (a jittery stretch from the C path's tape at once) against the
+    live transcriber's tick-by-tick rounds (feed, end_tick, the silence check): the same
+    utterances and the same VAD position, or it declines and the rounds run instead."""
+    from helpers.speech.loop import SpeechLoop
+
+    rng = np.random.default_rng(seed)
+    fb = 320
+    every, behind = 5, 25
+
+    def rounds(loop: SpeechLoop, slots: list[int], frames: list[tuple[int, bytes]]) -> list:
+        out = []
+        k = 0
+        for slot in slots:
+            out += loop.end_tick()
+            if slot % every == 0 and slot > behind:
+                out += loop.silence_until(slot - behind)
+            while k < len(frames) and frames[k][0] == slot + 1:
+                out += loop.feed(frames[k][1], frames[k][0])
+                k += 1
+        return out
+
+    taken_any = False
+    for _trial in range(6):
+        a = SpeechLoop(VadSegmenter(8000, max_utterance_s=3.0))
+        b = SpeechLoop(VadSegmenter(8000, max_utterance_s=3.0))
+        tick, got_a, got_b = 0, [], []
+        for _block in range(4):
+            slots: list[int] = []
+            frames: list[tuple[int, bytes]] = []
+            loud = rng.random() < 0.3
+            for _ in range(int(rng.integers(5, 60))):
+                tick += int(rng.choice([1, 1, 1, 1, 2]))  # now and then a resync
+                slots.append(tick - 1)
+                for _r in range(int(rng.choice([0, 1, 1, 1, 1, 2]))):
+                    pcm = (_speechy(rng, 1, 8000) if loud else bytes(fb))
+                    frames.append((tick, pcm))
+            got_a += rounds(a, slots, frames)
+            utts, taken = b.run_block(
+                b"".join(p for _, p in frames), np.array([t for t, _ in frames], dtype="<i8"),
+                np.array(slots, dtype="<i8"), silence_every=every, silence_behind=behind)
+            got_b += utts
+            if taken:
+                taken_any = True
+            else:
+                got_b += rounds(b, slots, frames)
+        got_a += a.flush(tick)
+        got_b += b.flush(tick)
+        assert _utts(got_b) == _utts(got_a)
+        assert a.vad.next_tick == b.vad.next_tick
+    assert taken_any
