@@ -169,11 +169,21 @@ def make_lines(
     """Sentence-sized lines of ``words``, their times moved by ``offset`` (the call time of
     the audio's first sample) and, with ``clamp``, kept inside ``(lo, hi)``."""
     lines = []
+    said: list[list[str]] = []
     for group in split_words(words, max_s, max_words):
         text = line_text(group)
         if not text:
             continue
         start, end = offset + group[0].start, offset + group[-1].end
+        key = [k for k in (_norm(w.text) for w in group) if k]
+        if clamp is not None and start >= clamp[1] and any(
+            key == earlier[: len(key)] for earlier in said
+        ):
+            # Whisper repeating the utterance's start in the padding after the speech: the
+            # words lie past its end and say again what a line before them said (seen on
+            # a fresh machine's Piper rendering: "...my order. I would like to check the").
+            continue
+        said.append(key)
         if clamp is not None:
             start = min(max(start, clamp[0]), clamp[1])
             end = min(max(end, start), clamp[1])

@@ -155,3 +155,23 @@ def test_snap_onsets_moves_a_start_off_the_silence_before_it() -> None:
     # A word with no loud audio in it keeps its times (nothing better to go on).
     quiet = [Word(" hm", 1.1, 1.6, 0.5)]
     assert snap_onsets(quiet, audio, rate) == quiet
+
+
+def test_a_repeat_of_the_start_past_the_speech_end_is_not_a_line() -> None:
+    """Whisper sometimes says the utterance's start again in the padding after it; those
+    words lie past the speech's end. A real last sentence there is kept (it says something
+    new), and so is a repeat inside the speech ("Hello? Hello?" is speech)."""
+    from helpers.speech.lines import Word, make_lines
+
+    def w(text: str, start: float) -> Word:
+        return Word(" " + text, start, start + 0.2, 0.9)  # as Whisper spells words
+
+    said = [w("I", 0.1), w("would", 0.3), w("like", 0.5), w("it.", 0.7)]
+    ghost = [w("I", 2.0), w("would", 2.2)]
+    lines = make_lines(said + ghost, clamp=(0.0, 1.5))
+    assert [ln.text for ln in lines] == ["I would like it."]
+    new = [w("Thanks.", 2.0)]
+    assert [ln.text for ln in make_lines(said + new, clamp=(0.0, 1.5))] == [
+        "I would like it.", "Thanks."]
+    inside = [w("Hello?", 0.1), w("Hello?", 0.6)]
+    assert len(make_lines(inside, clamp=(0.0, 1.5))) >= 1
