@@ -86,6 +86,8 @@ class Clock:
         self._k = 0
         self.ticks = 0
         self.resyncs = 0
+        #: Ticks skipped by resyncs (the loop was stalled past ``resync_after``).
+        self.skipped_ticks = 0
         self.max_lateness = 0.0
 
     @property
@@ -177,6 +179,7 @@ class Clock:
             skipped = int(lateness / self.interval)
             self._k += skipped
             advance += skipped
+            self.skipped_ticks += skipped
             self.resyncs += 1
             metrics.CLOCK_RESYNCS.inc()
         lateness = max(lateness, 0.0)

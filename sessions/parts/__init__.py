@@ -15,7 +15,10 @@ blocks now (``ready``), and finishes when the call ends (``end``). A part that s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ClassVar
+
+from audiosocket.media import Event, Run
 
 if TYPE_CHECKING:
     from audiosocket.media import MediaBlock
@@ -56,6 +59,23 @@ class Part:
                 self.sent(tick, pcm)
             else:
                 self.hear(pcm, tick)
+
+    def take_runs(self, block: MediaBlock, run: Callable[[Run], bool]) -> None:
+        """The block's steady runs to ``run`` (True: taken at once), and the rest, and any
+        run it declines, frame by frame through ``hear``/``sent`` in the Python path's
+        order."""
+        for seg in block.segments():
+            if isinstance(seg, Run):
+                if run(seg):
+                    continue
+                events: Iterable[Event] = seg.events()
+            else:
+                events = (seg,)
+            for sent, tick, pcm in events:
+                if sent:
+                    self.sent(tick, pcm)
+                else:
+                    self.hear(pcm, tick)
 
     def ready(self) -> bool:
         """Whether this part can take the call's audio in blocks from now on."""

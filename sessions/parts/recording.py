@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audiosocket.media import Event, Run
 from helpers.recorder import HOLD_SLOTS, CallRecorder, RecorderWriter
 from sessions.parts import Part
 
@@ -73,18 +71,7 @@ class Recording(Part):
         rec = self.recorder
         if rec.add_block(block.sent_ticks, block.sent, block.heard, block.heard_ticks):
             return  # the common case, jitter included: at once
-        for seg in block.segments():
-            if isinstance(seg, Run):
-                if rec.add_run(seg.first_slot, seg.heard, seg.sent):
-                    continue
-                events: Iterable[Event] = seg.events()
-            else:
-                events = (seg,)
-            for sent, tick, pcm in events:
-                if sent:
-                    rec.add_outbound(tick, pcm)
-                else:
-                    rec.add_inbound(pcm, tick)
+        self.take_runs(block, lambda run: rec.add_run(run.first_slot, run.heard, run.sent))
 
     async def end(self, reason: str) -> None:
         self.recorder.close()

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from audiosocket.media import Event, Run
 from helpers.recorder import HOLD_SLOTS
 from helpers.speech.loop import SpeechLoop
 from helpers.speech.vad import Utterance, VadSegmenter
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
     from audiosocket.call import Call
     from audiosocket.config import SttConfig
     from audiosocket.live import LiveCall
-    from audiosocket.media import MediaBlock
+    from audiosocket.media import MediaBlock, Run
     from audiosocket.root.app import Need
     from helpers.speech.stt import Segment
 
@@ -119,20 +117,12 @@ class Transcriber(Part):
         self._submit_all(utts)
         if taken:
             return  # the common case, jitter included: at once
-        for seg in block.segments():
-            if isinstance(seg, Run):
-                utts, taken = self.speech.run(seg.heard, seg.first_slot + 1)
-                self._submit_all(utts)
-                if taken:
-                    continue
-                events: Iterable[Event] = seg.events()
-            else:
-                events = (seg,)
-            for sent, tick, pcm in events:
-                if sent:
-                    self.sent(tick, pcm)
-                else:
-                    self.hear(pcm, tick)
+        self.take_runs(block, self._take_run)
+
+    def _take_run(self, run: Run) -> bool:
+        utts, taken = self.speech.run(run.heard, run.first_slot + 1)
+        self._submit_all(utts)
+        return taken
 
     @property
     def in_speech(self) -> bool:

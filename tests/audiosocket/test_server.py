@@ -508,6 +508,8 @@ async def test_many_concurrent_calls_get_every_tick(start_server: Any) -> None:
         place_call("127.0.0.1", server.port, pcm=tone(1.0), linger=0.2) for _ in range(30)
     ])
     for r in results:
-        assert r.frames_received >= 55
+        # Every tick, except those a stall of the whole process made the clock skip (a
+        # resync: on a busy test machine the other worker can hold the CPU for 0.2 s+).
+        assert r.frames_received >= 55 - server.clock.skipped_ticks
         gaps = sorted(r.gaps_ms())
         assert gaps[len(gaps) // 2] == pytest.approx(20, abs=4)
