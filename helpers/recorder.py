@@ -285,12 +285,16 @@ class CallRecorder:
             return True
         fb = self.frame_bytes
         n, m = len(slots), len(heard_ticks)
-        if n == 0 or len(sent) != n * fb or len(heard) != m * fb or self._in_partial:
+        if n == 0 or len(sent) != n * fb or len(heard) != m * fb:
             return False
         first_slot = int(slots[0])
         if first_slot < self._base or (m and int(heard_ticks[0]) <= first_slot):
             return False  # already written out, or read before the block's first slot
+        # What the last tick held goes first, as the rounds' first add_outbound does (so
+        # declining after this leaves the rounds the same state); it may leave a partial.
         self._place_batch()
+        if self._in_partial:
+            return False
         pos = self._in_pos
         if m:
             # Where each inbound frame lands against the tick it was read at: no gap jump
