@@ -37,6 +37,16 @@ class Run:
     def frames(self) -> int:
         return len(self.sent) // self.frame_bytes
 
+    @property
+    def slots(self) -> np.ndarray:
+        """The slot of each frame sent (as :attr:`MediaBlock.sent_ticks`)."""
+        return np.arange(self.first_slot, self.first_slot + self.frames, dtype="<i8")
+
+    @property
+    def heard_ticks(self) -> np.ndarray:
+        """The tick each frame was read at: the one after its slot."""
+        return self.slots + 1
+
     def events(self) -> Iterator[Event]:
         """The run frame by frame, in the Python path's order."""
         fb = self.frame_bytes

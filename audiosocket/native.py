@@ -108,7 +108,3 @@ def pump(
     assert _wire is not None
     return _wire.pump(lines, advance)
 
-
-def is_event(code: int, name: str) -> bool:
-    """Whether ``code`` is the event called ``name`` (False without the extension)."""
-    return EVENT_NAMES.get(code) == name

@@ -240,36 +240,12 @@ class CallRecorder:
             self._flush(self._out_pos - self.hold_slots)
 
     def add_run(self, first_slot: int, heard: bytes, sent: bytes) -> bool:
-        """A steady run at once (the C path's tape): ``n`` frames went out on slots
-        ``first_slot`` .. ``first_slot + n - 1`` and after each one frame came in (``heard``:
-        ``n`` frames, read on the tick after each slot). Placed with two slice assignments,
-        the same bytes as ``n`` rounds of ``add_outbound`` and ``add_inbound``. Returns
-        False, changing nothing, when this recorder's state needs those rounds instead (a
-        partial frame held, or placement that would jump a gap): the caller replays then.
-        """
-        if self.closed:
-            return True
-        fb = self.frame_bytes
-        n = len(sent) // fb
-        if n == 0 or len(sent) != n * fb or len(heard) != n * fb:
-            return False
-        self._place_batch()
-        t0 = first_slot + 1
-        pos = self._in_pos
-        # _place_batch's rule for the whole run: no gap jump (pos >= t - JITTER_SLOTS), not
-        # ahead of the clock, and nothing already written out.
-        if self._in_partial or not (t0 - JITTER_SLOTS <= pos < t0 + AHEAD_SLOTS) or (
-            pos < self._base or first_slot < self._base
-        ):
-            return False
-        self._put_run(self._in, pos, heard, n)
-        self._in_pos = pos + n
-        self._batch_tick = t0 + n - 1
-        self._put_run(self._out, first_slot, sent, n)
-        self._out_pos = max(self._out_pos, first_slot + n)
-        if self._out_pos - self._base >= self.flush_every + self.hold_slots:
-            self._flush(self._out_pos - self.hold_slots)
-        return True
+        """A steady run at once: ``n`` frames went out on slots ``first_slot`` ..
+        ``first_slot + n - 1`` and after each one frame came in (``heard``: ``n`` frames,
+        read on the tick after each slot). :meth:`add_block` for that shape."""
+        n = len(sent) // self.frame_bytes
+        slots = np.arange(first_slot, first_slot + n, dtype="<i8")
+        return self.add_block(slots, sent, heard, slots + 1)
 
     def add_block(
         self, slots: np.ndarray, sent: bytes, heard: bytes, heard_ticks: np.ndarray

@@ -67,21 +67,6 @@ class SpeechLoop:
         self._batch.clear()
         return self.vad.push(pcm, self._batch_tick)
 
-    def run(self, pcm: bytes, first_tick: int) -> tuple[list[Utterance], bool]:
-        """A steady run at once: whole frames read one per tick from ``first_tick`` on, in
-        time (the C path's tape); the same utterances as feeding them tick by tick. Returns
-        the utterances and whether the run was taken: not when the VAD's state needs the
-        tick-by-tick way (a gap to fill, a partial frame held), and then only what the
-        current tick held was pushed."""
-        out = self.end_tick()
-        if self.vad.next_tick < first_tick - JITTER_TICKS:
-            return out, False
-        try:
-            out += self.vad.push_frames(pcm)
-        except ValueError:
-            return out, False
-        return out, True
-
     def run_block(
         self,
         heard: bytes,

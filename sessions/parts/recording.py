@@ -71,6 +71,7 @@ class Recording(Part):
         rec = self.recorder
         if rec.add_block(block.sent_ticks, block.sent, block.heard, block.heard_ticks):
             return  # the common case, jitter included: at once
+        # A gap or a burst somewhere: its steady runs at once, the rest frame by frame.
         self.take_runs(block, lambda run: rec.add_run(run.first_slot, run.heard, run.sent))
 
     async def end(self, reason: str) -> None:

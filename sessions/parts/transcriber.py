@@ -17,6 +17,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
+
 from helpers.recorder import HOLD_SLOTS
 from helpers.speech.loop import SpeechLoop
 from helpers.speech.vad import Utterance, VadSegmenter
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from audiosocket.call import Call
     from audiosocket.config import SttConfig
     from audiosocket.live import LiveCall
-    from audiosocket.media import MediaBlock, Run
+    from audiosocket.media import MediaBlock
     from audiosocket.root.app import Need
     from helpers.speech.stt import Segment
 
@@ -111,16 +113,15 @@ class Transcriber(Part):
         return self.speech.settled
 
     def take(self, block: MediaBlock) -> None:
-        utts, taken = self.speech.run_block(
-            block.heard, block.heard_ticks, block.sent_ticks,
-            silence_every=SILENCE_CHECK_TICKS, silence_behind=HOLD_SLOTS)
-        self._submit_all(utts)
-        if taken:
-            return  # the common case, jitter included: at once
-        self.take_runs(block, self._take_run)
+        if not self._take_at_once(block.heard, block.heard_ticks, block.sent_ticks):
+            # A gap or a burst somewhere: its steady runs at once, the rest frame by frame.
+            self.take_runs(
+                block, lambda run: self._take_at_once(run.heard, run.heard_ticks, run.slots))
 
-    def _take_run(self, run: Run) -> bool:
-        utts, taken = self.speech.run(run.heard, run.first_slot + 1)
+    def _take_at_once(self, heard: bytes, ticks: np.ndarray, slots: np.ndarray) -> bool:
+        utts, taken = self.speech.run_block(heard, ticks, slots,
+                                            silence_every=SILENCE_CHECK_TICKS,
+                                            silence_behind=HOLD_SLOTS)
         self._submit_all(utts)
         return taken
 
