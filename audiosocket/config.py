@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["ClusterConfig", "Config", "ConfigError", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -116,6 +116,24 @@ class WebConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Many servers and workers sharing one store (docs/SCALE-OUT.md).
+
+    With every key at its default nothing changes: SQLite under ``data_dir``, post-call jobs
+    and live STT in this process.
+    """
+
+    node: str = ""  # this server's name in ``calls.node``; empty: ``host:port``
+    store: str = ""  # empty: SQLite under data_dir; or postgresql://user@host/db
+    nats: str = ""  # empty: no NATS; or nats://host:4222
+    stt_remote: bool = False  # live utterances go to ``audiosocket worker --stt`` over NATS
+    stt_remote_inflight: int = 4
+    shared_dir: str = ""  # recordings every node reads; empty: data_dir
+    job_lease_s: float = 30.0
+    connect_timeout_s: float = 10.0
+
+
+@dataclass
 class Config:
     """Everything the server reads at start-up."""
 
@@ -154,6 +172,7 @@ class Config:
     ivr: IvrConfig = field(default_factory=IvrConfig)
     postcall: PostCallConfig = field(default_factory=PostCallConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data_path(self) -> Path:
@@ -162,6 +181,16 @@ class Config:
     @property
     def http_bind(self) -> str:
         return self.http_host or self.host
+
+    @property
+    def node(self) -> str:
+        """This server's name in the shared store: ``cluster.node``, else ``host:port``."""
+        return self.cluster.node or f"{self.host}:{self.port}"
+
+    @property
+    def shared_path(self) -> Path:
+        """Where recordings live: ``cluster.shared_dir`` (on every node), else ``data_dir``."""
+        return Path(self.cluster.shared_dir or self.data_dir)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings that cannot work."""
@@ -193,11 +222,31 @@ class Config:
             raise ConfigError("playout_max_bytes: must be at least 65536 (one maximal frame)")
         if self.stt.max_utterance_bytes < 65536 or self.stt.queue_max_bytes < 65536:
             raise ConfigError("stt.max_utterance_bytes, stt.queue_max_bytes: at least 65536")
+        self._validate_cluster()
         if self.http_port and not _is_loopback(self.http_bind) and not self.web.token:
             raise ConfigError(
                 f"web.token: the portal listens on {self.http_bind}, which is not loopback; "
                 "set a token (AUDIOSOCKET_WEB__TOKEN) or bind to 127.0.0.1"
             )
+
+    def _validate_cluster(self) -> None:
+        c = self.cluster
+        store_scheme = c.store.split("://", 1)[0] if c.store else ""
+        if store_scheme not in ("", "postgresql", "postgres"):
+            raise ConfigError(
+                f"cluster.store: {c.store!r} is not empty (SQLite) or a postgresql:// URL"
+            )
+        nats_scheme = c.nats.split("://", 1)[0] if c.nats else ""
+        if nats_scheme not in ("", "nats", "tls"):
+            raise ConfigError(f"cluster.nats: {c.nats!r} is not empty or a nats:// URL")
+        if c.stt_remote and not c.nats:
+            raise ConfigError("cluster.stt_remote: needs cluster.nats (a nats:// URL)")
+        if c.stt_remote_inflight < 1:
+            raise ConfigError("cluster.stt_remote_inflight: must be at least 1")
+        if c.job_lease_s < 1:
+            raise ConfigError("cluster.job_lease_s: must be at least 1")
+        if c.connect_timeout_s <= 0:
+            raise ConfigError("cluster.connect_timeout_s: must be more than 0")
 
 
 def _is_loopback(host: str) -> bool:

@@ -53,3 +53,37 @@ def test_public_http_needs_token() -> None:
 def test_unreadable_file() -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config("/nonexistent/file.toml", environ={})
+
+
+def test_cluster_defaults_change_nothing() -> None:
+    config = load_config(environ={})
+    assert config.cluster.store == "" and config.cluster.nats == ""
+    assert config.node == f"{config.host}:{config.port}"
+    assert config.shared_path == config.data_path
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"AUDIOSOCKET_CLUSTER__STORE": "mysql://x/y"}, "cluster.store"),
+        ({"AUDIOSOCKET_CLUSTER__NATS": "http://x"}, "cluster.nats"),
+        ({"AUDIOSOCKET_CLUSTER__STT_REMOTE": "true"}, "cluster.stt_remote"),
+        ({"AUDIOSOCKET_CLUSTER__JOB_LEASE_S": "0"}, "cluster.job_lease_s"),
+    ],
+)
+def test_cluster_bad_settings_name_the_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config(environ=env)
+
+
+def test_cluster_settings_from_environment() -> None:
+    config = load_config(environ={
+        "AUDIOSOCKET_CLUSTER__STORE": "postgresql://u@h/db",
+        "AUDIOSOCKET_CLUSTER__NATS": "nats://127.0.0.1:4222",
+        "AUDIOSOCKET_CLUSTER__STT_REMOTE": "1",
+        "AUDIOSOCKET_CLUSTER__NODE": "a:9092",
+        "AUDIOSOCKET_CLUSTER__SHARED_DIR": "/srv/rec",
+    })
+    assert config.cluster.stt_remote is True
+    assert config.node == "a:9092"
+    assert str(config.shared_path) == "/srv/rec"
