@@ -1,5 +1,5 @@
-"""Sub-commands beyond ``serve`` and ``call``: ``import``, ``export``, ``retention`` and
-``models``. Registered here so the CLI module stays small."""
+"""Sub-commands beyond ``serve`` and ``call``: ``worker``, ``import``, ``export``,
+``retention`` and ``models``. Registered here so the CLI module stays small."""
 
 from __future__ import annotations
 
@@ -29,6 +29,19 @@ def _config(args: argparse.Namespace) -> Config:
 
 def add_extra_commands(sub: Any) -> None:
     """Register the extra sub-commands on the ``audiosocket`` parser."""
+    p = sub.add_parser(
+        "worker",
+        help="run post-call jobs (and, with --stt, live speech-to-text) for the servers "
+             "sharing cluster.store and cluster.nats",
+    )
+    p.add_argument("--steps", help="post-call steps to take: ffmpeg, ai or step names, "
+                                   "comma-separated (default: all; none with --stt alone)")
+    p.add_argument("--stt", action="store_true",
+                   help="transcribe live utterances sent over NATS (cluster.stt_remote)")
+    p.add_argument("--log-format", choices=["json", "console"], help="log format")
+    _common(p)
+    p.set_defaults(handler=cmd_worker)
+
     p = sub.add_parser("import", help="run existing recordings through the post-call pipeline")
     p.add_argument("paths", nargs="+", help="files or folders (WAV, FLAC, MP3, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,6 +98,24 @@ def add_extra_commands(sub: Any) -> None:
     fw.add_argument("--dest", default=web_default,
                     help="output dir, served under /models/ (default web/static/models)")
     fw.set_defaults(handler=cmd_models_fetch_web)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``audiosocket worker [--steps ffmpeg,ai] [--stt]``: exit 2 on a bad setting, 1 when an
+    engine is unreachable for ``cluster.connect_timeout_s``, 0 after SIGTERM."""
+    from audiosocket.config import ConfigError, load_config
+    from audiosocket.logs import configure_logging
+    from audiosocket.root.worker import parse_steps, run_worker
+
+    try:
+        config = load_config(args.config, {"data_dir": args.data_dir,
+                                           "log_format": args.log_format})
+        steps = parse_steps(args.steps, stt=args.stt)
+    except ConfigError as exc:
+        print(f"audiosocket worker: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.log_level)
+    return asyncio.run(run_worker(config, steps=steps, stt=args.stt))
 
 
 def _audio_files(paths: list[str]) -> list[Path]:
