@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audiosocket.native import take_tape
+
 __all__ = ["MediaBlock", "Run", "block_from_tape"]
 
 #: One delivery of the Python path: ``(sent, tick, pcm)`` (see :meth:`MediaBlock.events`).
@@ -165,16 +167,14 @@ def block_from_tape(
     tape: tuple[bytearray, bytearray, bytearray, bytearray], frame_bytes: int
 ) -> MediaBlock | None:
     """Take what a line's tape holds (emptying it) as a block; None when it is empty."""
-    in_pcm, in_ticks, out_pcm, out_ticks = tape
-    if not in_ticks and not out_ticks:
+    taken = take_tape(tape)
+    if taken is None:
         return None
-    block = MediaBlock(
+    in_pcm, in_ticks, out_pcm, out_ticks = taken
+    return MediaBlock(
         frame_bytes=frame_bytes,
-        heard=bytes(in_pcm),
-        heard_ticks=np.frombuffer(bytes(in_ticks), dtype="<i8"),
-        sent=bytes(out_pcm),
-        sent_ticks=np.frombuffer(bytes(out_ticks), dtype="<i8"),
+        heard=in_pcm,
+        heard_ticks=np.frombuffer(in_ticks, dtype="<i8"),
+        sent=out_pcm,
+        sent_ticks=np.frombuffer(out_ticks, dtype="<i8"),
     )
-    for part in tape:
-        part.clear()
-    return block

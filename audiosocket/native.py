@@ -24,6 +24,7 @@ __all__ = [
     "State",
     "new_tape",
     "pump",
+    "take_tape",
 ]
 
 #: The C media path was built and can be used.
@@ -108,3 +109,20 @@ def pump(
     assert _wire is not None
     return _wire.pump(lines, advance)
 
+
+
+Tape = tuple[bytearray, bytearray, bytearray, bytearray]
+
+
+def take_tape(tape: Tape) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """What ``tape`` holds (inbound audio, inbound ticks, outbound audio, outbound slots),
+    leaving it empty; None when it is empty. The C side keeps the tape's capacity, so the
+    next second refills it without reallocating."""
+    if _wire is not None:
+        return _wire.take_tape(tape)  # type: ignore[no-any-return]
+    if not tape[1] and not tape[3]:
+        return None
+    taken = (bytes(tape[0]), bytes(tape[1]), bytes(tape[2]), bytes(tape[3]))
+    for part in tape:
+        part.clear()
+    return taken

@@ -97,8 +97,8 @@ def recv_exactly(sock: socket.socket, n: int, timeout: float = 2.0) -> bytes:
     return out
 
 
-def settle() -> None:
-    time.sleep(0.02)  # loopback delivery is immediate, but leave the kernel a moment
+def settle(seconds: float = 0.02) -> None:
+    time.sleep(seconds)  # loopback delivery is immediate, but leave the kernel a moment
 
 
 def test_steady_state_sends_queued_frame_and_hands_frames_to_the_sink(pair: Any) -> None:
@@ -387,6 +387,32 @@ def test_a_taped_line_records_both_directions_with_their_ticks(pair: Any) -> Non
     assert bytes(in_pcm) == frame(1)[3:] + frame(3)[3:] + frame(4)[3:]
     assert counters(line) == (3, 1, 1, 3)  # ticks, popped, sent, frames in
     assert recv_exactly(peer, 3 * 323) == frame(9) + playout._silence * 2
+
+
+def test_taking_a_tape_empties_it_and_keeps_its_capacity(pair: Any) -> None:
+    """A second of frames, taken, then another: the same bytes in order, and the second
+    second appends into the buffers the first one grew (no realloc churn per second)."""
+    from audiosocket.native import take_tape
+
+    ours, peer = pair
+    line, _, tape = taped_line(ours)
+    for second in range(2):
+        for k in range(50):
+            peer.sendall(frame(50 * second + k))
+            settle(0.02 if k == 49 else 0.001)  # a late frame is read next tick; not the last
+            assert _wire.pump([line], 1) == []
+        held = [part.__sizeof__() for part in tape]
+        taken = take_tape(tape)
+        assert taken is not None
+        in_pcm, in_ticks, out_pcm, out_ticks = taken
+        assert in_pcm == b"".join(frame(50 * second + k)[3:] for k in range(50))
+        sent_at = np.frombuffer(out_ticks, "<i8").tolist()
+        assert sent_at == list(range(50 * second, 50 * second + 50))
+        assert len(out_pcm) == 50 * 320 and len(in_ticks) == 50 * 8
+        assert [len(part) for part in tape] == [0, 0, 0, 0]
+        assert [part.__sizeof__() for part in tape] == held  # capacity kept
+        assert held[0] >= 50 * 320
+    assert take_tape(tape) is None
 
 
 def test_a_waking_line_reports_the_first_sound_and_tapes_it(pair: Any) -> None:
