@@ -20,3 +20,6 @@ EV_WAKE: int
 def pump(
     lines: list[tuple[object, ...]], advance: int, /
 ) -> list[tuple[tuple[object, ...], int, object]]: ...
+def take_tape(
+    tape: tuple[bytearray, bytearray, bytearray, bytearray], /
+) -> tuple[bytes, bytes, bytes, bytes] | None: ...

@@ -119,7 +119,7 @@ def take_tape(tape: Tape) -> tuple[bytes, bytes, bytes, bytes] | None:
     leaving it empty; None when it is empty. The C side keeps the tape's capacity, so the
     next second refills it without reallocating."""
     if _wire is not None:
-        return _wire.take_tape(tape)  # type: ignore[no-any-return]
+        return _wire.take_tape(tape)
     if not tape[1] and not tape[3]:
         return None
     taken = (bytes(tape[0]), bytes(tape[1]), bytes(tape[2]), bytes(tape[3]))
