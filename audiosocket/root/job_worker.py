@@ -42,7 +42,12 @@ def worker_tasks(config: Config, steps: tuple[str, ...]) -> int:
 async def run_job_worker(config: Config, steps: tuple[str, ...], stop: asyncio.Event) -> int:
     """Work post-call jobs until ``stop``; 1 when the store stays unreachable for
     ``cluster.connect_timeout_s`` (or the pool cannot start), else 0."""
-    from audiosocket.root.services import close_services, ensure_jobs, ensure_store
+    from audiosocket.root.services import (
+        close_services,
+        ensure_jobs,
+        ensure_store,
+        ensure_stt,
+    )
 
     ctx = AppContext(config)
     loop = asyncio.get_running_loop()
@@ -65,6 +70,11 @@ async def run_job_worker(config: Config, steps: tuple[str, ...], stop: asyncio.E
                     async with asyncio.timeout(min(0.5, left)):
                         await stop.wait()
         try:
+            if "transcript" in steps:
+                # Load Whisper before claiming anything: loading holds the GIL in stretches
+                # (seconds on a busy machine), and a job claimed meanwhile could miss its
+                # heartbeats and lose its lease. (The summariser loads in ``start``.)
+                await ensure_stt(ctx)
             jobs = await ensure_jobs(ctx, steps=steps, listener=False,
                                      workers=worker_tasks(config, steps))
         except Exception as exc:

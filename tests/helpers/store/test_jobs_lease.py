@@ -104,6 +104,9 @@ def test_a_stolen_job_cannot_be_finished_nor_written_by_its_old_worker(
     assert store.extend_lease(old.id, "old", 5.0).result(5)  # heartbeat while held
     # "old" froze past its lease: it expired and another worker took the job.
     assert store.reset_running_jobs(now=time.time() + 6) == 1
+    # Requeued but not yet taken: the row still names "old", and is still not its own.
+    assert store.finish_job(old.id, "done", worker="old").result(5) is False
+    assert store.jobs_for(cid)[0].status == "pending"
     new = store.claim_job(worker="new")
     assert new is not None and new.id == old.id and new.attempts == 2
     before = lost("finish_job")
