@@ -219,7 +219,9 @@ class JobQueries(StoreCore):
 
         def op(conn: sqlite3.Connection) -> bool:
             taken = conn.execute(
-                "UPDATE jobs SET status='pending', attempts=max(0, attempts-1), updated_at=?, "
+                # CASE, not SQLite's two-argument max(): standard SQL, PostgreSQL too.
+                "UPDATE jobs SET status='pending', "
+                "attempts=CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at=?, "
                 "not_before=?, lease_until=NULL WHERE id=? AND worker=? AND status='running'",
                 (now, now + delay, job_id, worker),
             ).rowcount == 1

@@ -202,3 +202,26 @@ def test_an_unreachable_store_exits_1_after_connect_timeout(tmp_path: Path) -> N
     assert res.returncode == 1, res.stderr
     assert "store is unreachable" in res.stderr
     assert time.monotonic() - started < 30
+
+
+async def test_a_server_with_workers_in_server_false_only_queues(tmp_path: Path) -> None:
+    from audiosocket.config import load_config
+    from audiosocket.root.app import AppContext
+    from audiosocket.root.services import close_services, ensure_jobs
+
+    cfg = load_config(overrides={"data_dir": str(tmp_path / "data")},
+                      environ={"AUDIOSOCKET_POSTCALL__WORKERS_IN_SERVER": "false",
+                               "AUDIOSOCKET_CLUSTER__JOB_LEASE_S": "7"})
+    ctx = AppContext(cfg)
+    try:
+        jobs = await ensure_jobs(ctx)
+        assert jobs.workers == 0 and jobs.worker_ids == [] and jobs.listener
+        assert jobs.lease_s == 7 and jobs.node == cfg.node
+    finally:
+        await close_services(ctx)
+    ctx = AppContext(load_config(overrides={"data_dir": str(tmp_path / "data")}, environ={}))
+    try:
+        jobs = await ensure_jobs(ctx)
+        assert jobs.workers == 4 and len(jobs.worker_ids) == 4  # the default: as before
+    finally:
+        await close_services(ctx)

@@ -291,3 +291,23 @@ async def test_a_poison_job_fails_after_max_attempts_with_its_error(
     assert len(attempts) == 2 and row.attempts == 2
     assert row.error is not None and "ValueError: cannot decode" in row.error
     assert "(try 2)" in row.error
+
+
+async def test_orphans_are_only_this_nodes_recordings(
+    stores: tuple[CallStore, CallStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # calls.node is the store's (being added beside this); its rows are stood in for here:
+    # with a shared recordings folder, another node's call is that node's to submit.
+    import types
+
+    a, _ = stores
+    rec = tmp_path / "data" / "recordings"
+    rec.mkdir(parents=True)
+    [mine, theirs, legacy] = make_calls(a, 3, ())
+    for cid in (mine, theirs, legacy):
+        (rec / f"{cid}.wav").write_bytes(b"")
+    owner = {mine: "A", theirs: "B", legacy: None}
+    monkeypatch.setattr(a, "get_call_row", lambda cid: types.SimpleNamespace(
+        ended_at=T0, node=owner[cid]))
+    jobs = PostCallJobs(a, tmp_path / "data", node="A", workers=0)
+    assert sorted(c for c, _ in jobs._orphans()) == sorted([mine, legacy])
