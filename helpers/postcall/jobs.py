@@ -360,8 +360,12 @@ class PostCallJobs:
                          lost: asyncio.Event) -> None:
         """Extend the job's lease every ``lease_s / 3``; if it was taken from us (we were
         frozen past its end), stop the step: its result would be discarded anyway."""
+        loop = asyncio.get_running_loop()
+        beat_at = loop.time()
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            # On a fixed schedule, not a fixed pause: a slow beat does not delay the next.
+            beat_at = max(beat_at + self.lease_s / 3, loop.time())
+            await asyncio.sleep(beat_at - loop.time())
             try:
                 held = await asyncio.wrap_future(
                     self.store.extend_lease(job_id, worker_id, self.lease_s))
