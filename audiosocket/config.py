@@ -78,6 +78,9 @@ class PostCallConfig:
     """After-call jobs: archives, transcripts, summaries, retention."""
 
     enabled: bool = True
+    # Whether this server runs the jobs itself (asyncio workers, as with one machine) or only
+    # queues them in the store for ``audiosocket worker`` processes (docs/SCALE-OUT.md).
+    workers_in_server: bool = True
     ffmpeg_limit: int = 2
     ai_limit: int = 2
     aac_bitrate: str = "32k"

@@ -29,14 +29,16 @@ if TYPE_CHECKING:
     from helpers.store.db import CallStore
 
 __all__ = [
-    "SERVICE_NAMES", "StoreObserver", "ensure_store", "ensure_stt", "ensure_tts", "install_live",
-    "provide",
+    "SERVICE_NAMES", "StoreObserver", "ensure_jobs", "ensure_store", "ensure_stt", "ensure_tts",
+    "install_live", "provide",
 ]
 
 log = structlog.get_logger("audiosocket.root.services")
 T = TypeVar("T")
 #: Where ``audiosocket models fetch`` puts checkpoints (the repository's models/ folder).
 _REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+#: Post-call worker tasks per process (the FFmpeg and AI caps bound the heavy part).
+_SERVER_WORKERS = 4
 
 
 class StoreObserver:
@@ -86,17 +88,25 @@ def _loading(ctx: AppContext, name: Need) -> asyncio.Lock:
     return lock
 
 
-async def ensure_store(ctx: AppContext) -> CallStore:
-    """Open ``<data>/calls.db`` once; also registers the observer that records calls."""
-    return await _once(ctx, "store", _build_store)
+async def ensure_store(ctx: AppContext, *, own_calls: bool = True) -> CallStore:
+    """Open ``<data>/calls.db`` once; also registers the observer that records calls.
+    ``own_calls`` False (``audiosocket worker``: it takes no calls) leaves the calls of the
+    store alone: closing "dangling" calls at start would end the servers' live ones."""
+
+    async def build(c: AppContext) -> CallStore:
+        return await _build_store(c, own_calls=own_calls)
+
+    return await _once(ctx, "store", build)
 
 
-async def _build_store(ctx: AppContext) -> CallStore:
+async def _build_store(ctx: AppContext, *, own_calls: bool = True) -> CallStore:
     from helpers.store.db import CallStore
 
     path = ctx.data_dir / "calls.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     store = await asyncio.to_thread(lambda: CallStore(path).open())
+    if not own_calls:
+        return store
     # Calls cut off by a crash have no end: close them so they do not look live.
     # Their length is the last activity known (the recording), not the downtime.
     recordings = ctx.data_dir / "recordings"
@@ -178,20 +188,42 @@ async def _build_tts(ctx: AppContext) -> TtsEngine:
     return tts
 
 
-async def ensure_jobs(ctx: AppContext) -> PostCallJobs:
-    """Start the post-call job workers (archives, peaks, transcript, summary)."""
-    return await _once(ctx, "jobs", _build_jobs)
+async def ensure_jobs(
+    ctx: AppContext,
+    *,
+    steps: Iterable[str] | None = None,
+    listener: bool = True,
+    workers: int | None = None,
+) -> PostCallJobs:
+    """Start the post-call job workers (archives, peaks, transcript, summary).
+
+    A server's (the defaults): it submits its own recordings, and runs the jobs in-process
+    unless ``postcall.workers_in_server`` is false (then it only queues them).
+    ``audiosocket worker`` passes its ``--steps``, ``listener=False`` and the workers."""
+
+    async def build(c: AppContext) -> PostCallJobs:
+        return await _build_jobs(c, steps=steps, listener=listener, workers=workers)
+
+    return await _once(ctx, "jobs", build)
 
 
-async def _build_jobs(ctx: AppContext) -> PostCallJobs:
+async def _build_jobs(
+    ctx: AppContext,
+    *,
+    steps: Iterable[str] | None = None,
+    listener: bool = True,
+    workers: int | None = None,
+) -> PostCallJobs:
     from helpers.postcall.archive import ArchiveSettings
     from helpers.postcall.jobs import PostCallJobs
     from helpers.postcall.summary_models import load_summarizer
 
     cfg = ctx.config.postcall
     shared = ctx.services
-    store = await ensure_store(ctx)
+    store = await ensure_store(ctx, own_calls=listener)
     search = [_REPO_MODELS, ctx.data_dir / "models"]
+    if workers is None:
+        workers = _SERVER_WORKERS if cfg.workers_in_server else 0
 
     async def stt() -> SttEngine:
         return await ensure_stt(ctx)
@@ -204,6 +236,11 @@ async def _build_jobs(ctx: AppContext) -> PostCallJobs:
         stt=stt,
         summarizer=lambda: load_summarizer(cfg.summary_model or None, search_dirs=search,
                                            ai=shared.ai, models=shared.models),
+        workers=workers,
+        node=ctx.config.node,
+        lease_s=ctx.config.cluster.job_lease_s,
+        steps=steps,
+        listener=listener,
     )
     await jobs.start()
     return jobs

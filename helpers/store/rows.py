@@ -201,6 +201,10 @@ class JobRow:
     duration: float | None
     not_before: float
     updated_at: float
+    #: Who holds (or last held) the job: ``<node>/<pid>/<n>``; None before its first claim.
+    worker: str | None = None
+    #: When a running job's lease ends unless its worker extends it.
+    lease_until: float | None = None
 
 
 @dataclass(frozen=True)

@@ -154,11 +154,20 @@ CREATE TABLE messages (
 );
 """
 
+# v4: job leases (several processes share one queue). ``worker`` is who holds (or last held)
+# the job, ``lease_until`` when a running job's hold ends unless its worker heartbeats
+# (``helpers.store.jobs``); NULL on a running row (claimed before v4) counts as expired.
+_V4_JOB_LEASES = """
+ALTER TABLE jobs ADD COLUMN worker TEXT;
+ALTER TABLE jobs ADD COLUMN lease_until REAL;
+CREATE INDEX jobs_lease ON jobs(status, lease_until);
+"""
+
 # MIGRATIONS[i] takes a database from user_version i to i + 1. Append only: never edit a
 # migration that has shipped; add a new one. Each is SQL text or a callable on the
 # connection, run inside one transaction together with the user_version bump.
 Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4_JOB_LEASES]
 
 
 def _split_sql(script: str) -> list[str]:

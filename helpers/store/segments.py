@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from helpers.store.core import SPEAKERS, StoreCore
@@ -134,6 +134,14 @@ class SegmentQueries(StoreCore):
         """Swap in the post-call transcript of the caller (dicts with start, end, text,
         confidence?, latency_ms?); live segments are kept but :meth:`get_call` prefers
         these. The server's lines are left as they are."""
+        return self._submit(self.final_transcript_op(call_uuid, segments),
+                            "replace_final_transcript")
+
+    def final_transcript_op(
+        self, call_uuid: str, segments: Sequence[dict[str, Any]]
+    ) -> Callable[[sqlite3.Connection], None]:
+        """The write of :meth:`replace_final_transcript`, not submitted: the transcript job
+        hands it to its fenced ``finish_job`` so segments and job commit together."""
         now = time.time()
         rows = [
             (
@@ -160,7 +168,7 @@ class SegmentQueries(StoreCore):
                 rows,
             )
 
-        return self._submit(op, "replace_final_transcript")
+        return op
 
     def search(self, q: str, limit: int = 20, offset: int = 0) -> SearchPage:
         """Transcript segments matching ``q``, newest first, with highlighted snippets.
