@@ -93,7 +93,7 @@ async def run_server(
     if config.http_port:
         from web.app import make_app, start_http
 
-        app = make_app(config, ctx.services)
+        app = make_app(config, ctx.services, health=server.health)
         runner = await start_http(app, config.http_bind, config.http_port, config)
         log.info("http_listening", host=config.http_bind, port=config.http_port)
     # What start-up loaded (modules, models, the web app) lives as long as the process:
