@@ -65,18 +65,21 @@ def make_app(config: Config | None, services: Services | None = None, *,
     app.router.add_get("/metrics", metrics_handler)
     store = services.store if services is not None else None
     if services is not None and store is not None:
+        from helpers.storage import LocalStorage
         from web.api import setup_api
         from web.portal import setup_portal
         from web.upload import setup_uploads
 
         data_dir = Path(config.data_path) if config is not None else None
+        # Recordings, archives and voicemail: the shared directory (data_dir by default).
+        files = LocalStorage(config.shared_path) if config is not None else None
         setup_portal(
             app,
             bind=config.http_bind if config is not None else "127.0.0.1",
             token=config.web.token if config is not None else "",
             secure_cookies=config.web.secure_cookies if config is not None else False,
         )
-        setup_api(app, store, data_dir)
+        setup_api(app, store, data_dir, files)
         from web.live import setup_live
 
         setup_live(app, services.live, store,
@@ -84,10 +87,10 @@ def make_app(config: Config | None, services: Services | None = None, *,
         if config is None or config.web.fast_ranges:
             from web.fastpath import FAST_INDEX, RecordingIndex
 
-            app[FAST_INDEX] = RecordingIndex(store)
+            app[FAST_INDEX] = RecordingIndex(store, files=files)
         setup_uploads(
             app, store, services.jobs,
-            data_dir if data_dir is not None else store.path.parent,
+            files.root if files is not None else store.path.parent,
             config.web.max_upload_mb if config is not None else 50,
         )
     return app

@@ -72,8 +72,9 @@ async def run_server(
     watchdog = Watchdog(loop, stall_s=config.watchdog_stall_s,
                         exit_s=config.watchdog_exit_s).start()
     data = config.data_path
-    (data / "recordings").mkdir(parents=True, exist_ok=True)
-    fixed = await asyncio.to_thread(repair_all, data / "recordings")
+    recordings = config.shared_path / "recordings"
+    recordings.mkdir(parents=True, exist_ok=True)
+    fixed = await asyncio.to_thread(repair_all, recordings)
     if fixed:
         log.warning("recordings_repaired", count=fixed)
     cls = resolve_app(config.app)
@@ -156,7 +157,8 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
         return
     while True:
         try:
-            await asyncio.to_thread(apply_retention, ctx.services.store, rules)
+            await asyncio.to_thread(lambda: apply_retention(ctx.services.store, rules,
+                                                            root=ctx.shared_dir))
         except Exception as exc:
             log.error("retention_failed", error=str(exc))
         await asyncio.sleep(every_s)
