@@ -275,7 +275,6 @@ class Line:
                 await asyncio.wait_for(self._task, 5)
 
 
-@pytest.mark.slow
 def test_a_frozen_node_is_cut_in_about_two_seconds_and_the_next_call_lands_elsewhere(
     tmp_path: Path,
 ) -> None:
@@ -311,7 +310,6 @@ def test_a_frozen_node_is_cut_in_about_two_seconds_and_the_next_call_lands_elsew
         assert 0.5 < cut_s < 4.5, cut_s
 
 
-@pytest.mark.slow
 def test_sigterm_refuses_new_calls_at_once_and_stays_healthy_until_its_calls_end(
     tmp_path: Path,
 ) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 from aiohttp import web
 
 from audiosocket.caller import place_call
@@ -50,6 +51,7 @@ async def _ended(server: Any) -> None:
     raise AssertionError("calls still running")
 
 
+@pytest.mark.slow  # the post-call jobs: FFmpeg and Whisper
 async def test_recorded_on_the_shared_dir_served_with_ranges(
     start_server: Any, tmp_path: Path
 ) -> None:
