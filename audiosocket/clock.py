@@ -89,6 +89,19 @@ class Clock:
         #: Ticks skipped by resyncs (the loop was stalled past ``resync_after``).
         self.skipped_ticks = 0
         self.max_lateness = 0.0
+        #: Loop time of the last tick and how late it ran: what ``/healthz`` reads (``lag``).
+        self.last_tick = 0.0
+        self.last_lateness = 0.0
+
+    def lag(self, now: float | None = None) -> float:
+        """How far behind its 20 ms grid the clock is, in seconds: the last tick's lateness,
+        or how overdue the next tick is if that is more (a loop too busy to run timers).
+        Infinite when the clock is not running."""
+        if self._handle is None or self._loop is None:
+            return float("inf")
+        now = self._loop.time() if now is None else now
+        overdue = now - (self._t0 + self._k * self.interval)  # _k: the next tick, scheduled
+        return max(self.last_lateness, overdue, 0.0)
 
     @property
     def running(self) -> bool:
@@ -183,6 +196,8 @@ class Clock:
             self.resyncs += 1
             metrics.CLOCK_RESYNCS.inc()
         lateness = max(lateness, 0.0)
+        self.last_tick = now
+        self.last_lateness = lateness
         if lateness > self.max_lateness:
             self.max_lateness = lateness
         metrics.TICK_LATENESS.observe(lateness)

@@ -38,11 +38,16 @@ from audiosocket.peerlog import PeerLogLimit
 if TYPE_CHECKING:
     from audiosocket.config import Config
 
-__all__ = ["AudioSocketServer", "CallObserver", "Connection"]
+__all__ = ["HEALTH_MAX_LAG_S", "AudioSocketServer", "CallObserver", "Connection"]
 
 log = structlog.get_logger("audiosocket.server")
 
 SessionFactory = AppFactory
+
+#: ``/healthz`` fails when the 20 ms clock runs more than this behind: a load balancer
+#: (asterisk/haproxy.cfg) then stops sending calls here and cuts the ones it holds, which
+#: are hearing silence or garbage anyway.
+HEALTH_MAX_LAG_S = 1.0
 
 class CallObserver(Protocol):
     """Something that follows calls without being an app (the call store, for one).
@@ -83,6 +88,9 @@ class AudioSocketServer:
         #: Ids of this process's calls; the call store's observer knows the older ones.
         self.call_ids = CallIds()
         self.peer_log = PeerLogLimit()
+        #: ``starting`` → ``serving`` → ``draining`` (SIGTERM: listener closed, calls
+        #: finishing) → ``stopped``; what :meth:`health` reports.
+        self.state = "starting"
 
     def id_taken(self, call_id: str) -> bool:
         """Whether an earlier call had this id: in this process, or as an observer with an
@@ -109,6 +117,26 @@ class AudioSocketServer:
                 log.exception("observer_failed", observer=type(observer).__name__,
                               event=event, error=str(exc))
 
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """``/healthz`` from the call loop's point of view: (healthy, JSON body).
+
+        Runs on the loop, so a frozen loop answers nothing (a load balancer's check times
+        out); a loop that answers but whose clock lags over :data:`HEALTH_MAX_LAG_S` fails
+        with ``reason: clock_lag``. While draining after SIGTERM it stays healthy until the
+        calls end: a failing check would make HAProxy cut the calls still finishing here.
+        """
+        calls = len(self.calls)
+        if self.state in ("starting", "stopped"):
+            return False, {"status": self.state, "reason": f"server_{self.state}",
+                           "calls": calls}
+        lag = self.clock.lag()
+        if lag > HEALTH_MAX_LAG_S:
+            return False, {"status": "lagging", "reason": "clock_lag",
+                           "lag_s": round(lag, 3) if lag != float("inf") else None,
+                           "calls": calls}
+        status = "ok" if self.state == "serving" else self.state
+        return True, {"status": status, "calls": calls, "lag_ms": round(lag * 1000, 1)}
+
     @property
     def port(self) -> int:
         """The bound port (useful with port 0 in tests)."""
@@ -124,6 +152,7 @@ class AudioSocketServer:
         )
         self.clock.start()
         self._sweeper = self.loop.create_task(self._sweep_forever())
+        self.state = "serving"
         log.info(
             "listening", host=self.config.host, port=self.port, app=self.app_name,
             media_path="native" if NATIVE_AVAILABLE and self.config.native_media else "python",
@@ -184,8 +213,14 @@ class AudioSocketServer:
 
     async def shutdown(self, grace: float | None = None, finish_s: float = 5.0) -> None:
         """Stop accepting, let calls finish for ``grace`` seconds, then hang up the rest and
-        give their end-of-call work (recording close, job submit) ``finish_s`` more."""
+        give their end-of-call work (recording close, job submit) ``finish_s`` more.
+
+        The listener closes first, so a new connection is refused at once (HAProxy retries
+        it on another server, ``Dial(AudioSocket/...)`` gets CHANUNAVAIL and the dialplan
+        tries the next); :meth:`health` stays healthy while the calls finish.
+        """
         grace = self.config.shutdown_grace_s if grace is None else grace
+        self.state = "draining"
         if self._server is not None:
             self._server.close()
         log.info("shutting_down", active=len(self.calls), grace=grace)
@@ -208,6 +243,7 @@ class AudioSocketServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.clock.stop()
+        self.state = "stopped"
         if self._server is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):

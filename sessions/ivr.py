@@ -87,7 +87,7 @@ class IvrSession(Composed):
         self.parts += [self.recording_part, self.transcriber, self.message]
         self.runner = FlowRunner(
             type(self).flow, call, speaker=self.speaker, transcriber=self.transcriber,
-            message=self.message, ivr_cfg=ctx.config.ivr, data_dir=ctx.data_dir,
+            message=self.message, ivr_cfg=ctx.config.ivr, data_dir=ctx.shared_dir,
             store=self.store, stt=self.stt, live=self.recording_part.live, log=self.log,
         )
 

@@ -22,7 +22,7 @@ def recording_for(call: Call, ctx: AppContext, log: object) -> Recording:
     jobs when the root built them)."""
     live = ctx.services.live
     return Recording(
-        call, ctx.data_dir, writer=ctx.services.writer,
+        call, ctx.shared_dir, writer=ctx.services.writer,
         live=live.attach(call) if live is not None else None,
         jobs=ctx.services.jobs, log=log,
     )

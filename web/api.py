@@ -21,9 +21,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter
 
+from helpers.storage import LocalStorage
 from helpers.store.db import CallStore
 from web.fastpath import FAST_INDEX
-from web.files import content_type_for, serve_file
+from web.files import content_type_for, serve_file, stored_path
 from web.shapes import call_json, call_list_json
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "parse_time", "setup_api"]
@@ -141,9 +142,21 @@ def _call_uuid(request: web.Request) -> str | None:
 class _CallsApi:
     """The handlers, bound to one store."""
 
-    def __init__(self, store: CallStore, data_dir: Path | None = None) -> None:
+    def __init__(self, store: CallStore, data_dir: Path | None = None,
+                 files: LocalStorage | None = None) -> None:
         self.store = store
         self.data_dir = data_dir
+        #: Where recordings and voicemail live (the shared directory; data_dir by default).
+        self.files = files if files is not None else (
+            LocalStorage(data_dir) if data_dir is not None else getattr(store, "files", None))
+
+    def _roots(self) -> list[Path]:
+        """The directories files may be read from or deleted in: the files root, and the
+        data dir (voicemail saved before a shared directory was configured)."""
+        roots = [self.files.root] if self.files is not None else []
+        if self.data_dir is not None and self.data_dir not in roots:
+            roots.append(self.data_dir)
+        return roots
 
     async def list_calls(self, request: web.Request) -> web.StreamResponse:
         limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
@@ -185,12 +198,12 @@ class _CallsApi:
         if row.ended_at is None:
             return _error(409, "conflict", "the call is live; delete it after it ends")
         files = await self.store.aread(self.store.recordings_for, call_id)
-        paths = [str(f.path) for f in files.values()]
-        if self.data_dir is not None:
-            # Voicemail is stored relative to the data dir; it goes with its call.
+        paths = [str(stored_path(self.files, f.path) or f.path) for f in files.values()]
+        if self.files is not None:
+            # Voicemail is stored relative to the files root; it goes with its call.
             messages = await self.store.aread(self.store.messages_for, call_id)
-            paths += [str(self.data_dir / m.path) for m in messages]
-        removed, refused = await asyncio.to_thread(_remove_files, paths, self.data_dir)
+            paths += [str(stored_path(self.files, m.path) or m.path) for m in messages]
+        removed, refused = await asyncio.to_thread(_remove_files, paths, self._roots())
         index = request.app.get(FAST_INDEX)
         if index is not None:
             index.invalidate(call_id)  # the range fast path must not serve it from its cache
@@ -226,12 +239,13 @@ class _CallsApi:
         """
         call_id = _call_uuid(request)
         name = request.match_info.get("name", "")
-        if call_id is None or not _MESSAGE_NAME.fullmatch(name) or self.data_dir is None:
+        roots = self._roots()
+        if call_id is None or not _MESSAGE_NAME.fullmatch(name) or not roots:
             MESSAGES_SERVED.labels(status="404").inc()
             return _error(404, "not_found", "no such message")
         rows = await self.store.aread(self.store.messages_for, call_id)
         row = next((m for m in rows if m.name == name), None)
-        path = None if row is None else _confined(self.data_dir, row.path, "messages")
+        path = None if row is None else await asyncio.to_thread(_message_file, roots, row.path)
         if path is None:
             MESSAGES_SERVED.labels(status="404").inc()
             return _error(404, "not_found", "no such message")
@@ -247,7 +261,9 @@ class _CallsApi:
         entry = files.get(fmt)
         if entry is None:
             return _error(404, "not_found", f"no {fmt} for this call (yet)")
-        path = Path(entry.path)
+        path = stored_path(self.files, entry.path)
+        if path is None:
+            return _error(404, "not_found", f"no {fmt} for this call (yet)")
         ctype = "application/json" if fmt == "peaks" else content_type_for(path)
         return await serve_file(request, path, ctype)
 
@@ -262,19 +278,27 @@ def _confined(data_dir: Path, relative: str, folder: str) -> Path | None:
     return path if path.is_relative_to(root) and path != root else None
 
 
-def _remove_files(paths: list[str], data_dir: Path | None) -> tuple[list[str], list[str]]:
-    """Unlink ``paths`` that resolve inside ``data_dir``; returns (removed, refused).
+def _message_file(roots: list[Path], relative: str) -> Path | None:
+    """The first existing ``<root>/relative`` confined to ``<root>/messages``, else the
+    confined path under the first root (which then answers 404), else None."""
+    found = [p for p in (_confined(root, relative, "messages") for root in roots) if p]
+    return next((p for p in found if p.is_file()), found[0] if found else None)
+
+
+def _remove_files(paths: list[str], roots: list[Path]) -> tuple[list[str], list[str]]:
+    """Unlink ``paths`` that resolve inside one of ``roots``; returns (removed, refused).
 
     The paths come from our own store, but a row could have been edited or restored from
-    elsewhere: resolving (symlinks included) and confining to the data dir means a DELETE
-    can never remove anything outside it. Without a data dir nothing is removed.
+    elsewhere: resolving (symlinks included) and confining to the files root and the data
+    dir means a DELETE can never remove anything outside them. Without a root nothing is
+    removed.
     """
     removed: list[str] = []
     refused: list[str] = []
-    root = data_dir.resolve() if data_dir is not None else None
+    resolved = [root.resolve() for root in roots]
     for raw in paths:
         path = Path(raw).resolve()
-        if root is None or not path.is_relative_to(root) or path == root:
+        if not any(path.is_relative_to(root) and path != root for root in resolved):
             refused.append(raw)
             continue
         try:
@@ -289,13 +313,16 @@ def _remove_files(paths: list[str], data_dir: Path | None) -> tuple[list[str], l
     return removed, refused
 
 
-def setup_api(app: web.Application, store: CallStore, data_dir: Path | None = None) -> None:
+def setup_api(app: web.Application, store: CallStore, data_dir: Path | None = None,
+              files: LocalStorage | None = None) -> None:
     """Register the JSON API routes on ``app``, reading from ``store``.
 
-    ``data_dir`` confines what ``DELETE /api/calls/{uuid}`` may unlink; without it the
-    rows are deleted and the files left in place (and listed as refused in the audit).
+    ``files`` is where recordings and voicemail live (``config.shared_path``; default
+    ``data_dir``): stored relative paths resolve against it. It and ``data_dir`` confine
+    what ``DELETE /api/calls/{uuid}`` may unlink; without either the rows are deleted and
+    the files left in place (and listed as refused in the audit).
     """
-    api = _CallsApi(store, data_dir)
+    api = _CallsApi(store, data_dir, files)
     app.router.add_get("/api/openapi.json", api.openapi)
     app.router.add_get("/api/calls", _json_errors(api.list_calls))
     app.router.add_get("/api/calls/{uuid}", _json_errors(api.get_call))

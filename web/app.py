@@ -7,8 +7,9 @@ the composition root hands over like the store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -17,12 +18,24 @@ if TYPE_CHECKING:
     from audiosocket.config import Config
     from audiosocket.root.app import Services
 
-__all__ = ["make_app", "start_http"]
+__all__ = ["HEALTH", "HealthProbe", "make_app", "start_http"]
+
+#: What ``/healthz`` asks: (healthy, JSON body). The composition root hands over the call
+#: server's (clock lag, draining); ``web`` never imports the server itself.
+HealthProbe = Callable[[], tuple[bool, dict[str, object]]]
+HEALTH: Final[web.AppKey[HealthProbe]] = web.AppKey("health")
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the loop answers."""
-    return web.json_response({"status": "ok"})
+    """Health as a load balancer needs it: 200 when this process can take calls (or is
+    finishing them after SIGTERM), 503 with the reason otherwise. Without a probe (the
+    portal alone): the loop answers, so 200."""
+    probe = request.app.get(HEALTH)
+    if probe is None:
+        return web.json_response({"status": "ok"})
+    healthy, body = probe()
+    return web.json_response(body, status=200 if healthy else 503,
+                             headers={"Cache-Control": "no-store"})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -34,8 +47,11 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return resp
 
 
-def make_app(config: Config | None, services: Services | None = None) -> web.Application:
+def make_app(config: Config | None, services: Services | None = None, *,
+             health: HealthProbe | None = None) -> web.Application:
     """Build the aiohttp application.
+
+    ``health`` answers ``/healthz`` (the call server's :meth:`health`); None: always 200.
 
     From ``services`` it reads ``store``, ``jobs`` and ``live``. With a store the API and the
     portal are served; auth follows ``config.http_bind`` (open on loopback, token otherwise;
@@ -43,22 +59,27 @@ def make_app(config: Config | None, services: Services | None = None) -> web.App
     """
     # Request bodies read whole (forms) stay small; uploads stream and have their own cap.
     app = web.Application(client_max_size=1024**2)
+    if health is not None:
+        app[HEALTH] = health
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     store = services.store if services is not None else None
     if services is not None and store is not None:
+        from helpers.storage import LocalStorage
         from web.api import setup_api
         from web.portal import setup_portal
         from web.upload import setup_uploads
 
         data_dir = Path(config.data_path) if config is not None else None
+        # Recordings, archives and voicemail: the shared directory (data_dir by default).
+        files = LocalStorage(config.shared_path) if config is not None else None
         setup_portal(
             app,
             bind=config.http_bind if config is not None else "127.0.0.1",
             token=config.web.token if config is not None else "",
             secure_cookies=config.web.secure_cookies if config is not None else False,
         )
-        setup_api(app, store, data_dir)
+        setup_api(app, store, data_dir, files)
         from web.live import setup_live
 
         setup_live(app, services.live, store,
@@ -66,10 +87,10 @@ def make_app(config: Config | None, services: Services | None = None) -> web.App
         if config is None or config.web.fast_ranges:
             from web.fastpath import FAST_INDEX, RecordingIndex
 
-            app[FAST_INDEX] = RecordingIndex(store)
+            app[FAST_INDEX] = RecordingIndex(store, files=files)
         setup_uploads(
             app, store, services.jobs,
-            data_dir if data_dir is not None else store.path.parent,
+            files.root if files is not None else store.path.parent,
             config.web.max_upload_mb if config is not None else 50,
         )
     return app

@@ -53,8 +53,9 @@ from aiohttp import web
 from aiohttp.web_runner import BaseRunner, TCPSite
 from prometheus_client import Counter
 
+from helpers.storage import LocalStorage
 from web.auth import AUTH_KEY, COOKIE_NAME, AuthPolicy
-from web.files import CACHE_CONTROL, content_type_for
+from web.files import CACHE_CONTROL, content_type_for, stored_path
 from web.limits import MAX_FIELD_SIZE, MAX_HEADERS, TIMEOUTS, GuardedSite, HttpGuard, http_limits
 from web.portal import SECURITY_HEADERS
 from web.ranges import RangeKind, format_http_date, make_etag, parse_range
@@ -100,8 +101,11 @@ class _Lookup:
 class RecordingIndex:
     """(call uuid, format) → an open recording, looked up in the store off the loop."""
 
-    def __init__(self, store: Any, *, ttl_s: float = 2.0, max_entries: int = 512) -> None:
+    def __init__(self, store: Any, *, ttl_s: float = 2.0, max_entries: int = 512,
+                 files: LocalStorage | None = None) -> None:
         self.store = store
+        #: The files root relative paths resolve against (web.files.stored_path).
+        self.files = files if files is not None else getattr(store, "files", None)
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._files: OrderedDict[tuple[str, str], _File] = OrderedDict()
@@ -126,8 +130,9 @@ class RecordingIndex:
         try:
             files = await self.store.aread(self.store.recordings_for, key[0])
             row = files.get(key[1])
-            if row is not None:
-                entry = await asyncio.to_thread(_open, Path(row.path), self.ttl_s)
+            path = None if row is None else stored_path(self.files, row.path)
+            if path is not None:
+                entry = await asyncio.to_thread(_open, path, self.ttl_s)
             if entry is not None:
                 self._put(key, entry)
             return entry

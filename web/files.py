@@ -27,6 +27,7 @@ from typing import Final
 
 from aiohttp import hdrs, web
 
+from helpers.storage import LocalStorage, resolve_stored
 from web.ranges import (
     DEFAULT_MAX_RANGES,
     Precondition,
@@ -43,7 +44,7 @@ from web.ranges import (
     parse_range,
 )
 
-__all__ = ["CACHE_CONTROL", "content_type_for", "serve_file"]
+__all__ = ["CACHE_CONTROL", "content_type_for", "serve_file", "stored_path"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,6 +64,20 @@ _CONTENT_TYPES: Final = {
 def content_type_for(path: Path | str) -> str:
     """Content-Type for a recording artefact by extension (application/octet-stream else)."""
     return _CONTENT_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
+
+
+def stored_path(files: LocalStorage | None, stored: str) -> Path | None:
+    """The local file a ``recordings`` row names (the one resolution rule,
+    :func:`helpers.storage.resolve_stored`): relative to the files root (the shared
+    directory), or absolute as rows from before it hold. None when it cannot name a file
+    here: relative with no root, or climbing out of the root."""
+    if files is None:
+        path = Path(stored)
+        return path if path.is_absolute() else None
+    try:
+        return resolve_stored(files.root, stored)
+    except ValueError:
+        return None
 
 
 def _open_regular(path: Path) -> tuple[io.BufferedReader, os.stat_result]:

@@ -209,8 +209,15 @@ OPENAPI: Final[dict[str, Any]] = {
     },
     "security": [{}, {"bearer": []}, {"session": []}],
     "paths": {
-        "/healthz": {"get": {"summary": "Liveness", "security": [],
-                             "responses": {"200": {"description": "ok"}}}},
+        "/healthz": {"get": {
+            "summary": "Health from the call loop's point of view (load balancers)",
+            "security": [],
+            "responses": {
+                "200": {"description": "taking calls (status ok), or finishing them after "
+                                       "SIGTERM (status draining)"},
+                "503": {"description": "reason clock_lag (the 20 ms clock lags over 1 s), "
+                                       "server_starting or server_stopped"},
+            }}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
                              "responses": {"200": {"description": "text exposition",
                                                    "content": {"text/plain": {}}}}}},

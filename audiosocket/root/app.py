@@ -104,6 +104,12 @@ class AppContext:
     def data_dir(self) -> Path:
         return self.config.data_path
 
+    @property
+    def shared_dir(self) -> Path:
+        """Where recordings, archives and voicemail go: ``cluster.shared_dir`` (a directory
+        every node mounts), else ``data_dir``. Never ``calls.db``: it stays in ``data_dir``."""
+        return self.config.shared_path
+
 
 def resolve_app(name: str) -> type[Session]:
     """``echo`` / ``record`` / ``transcribe`` / ``ivr`` or ``package.module:Class``."""

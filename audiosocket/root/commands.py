@@ -167,7 +167,8 @@ async def _import(config: Config, files: list[Path], *, progress: bool) -> int:
     async def one(path: Path) -> None:
         async with gate:
             try:
-                res = await asyncio.to_thread(import_file, store, jobs, path, config.data_path)
+                res = await asyncio.to_thread(import_file, store, jobs, path,
+                                               config.shared_path)
                 counts["skipped" if res.skipped else "imported"] += 1
             except ValidationError as exc:
                 counts["refused"] += 1
@@ -217,7 +218,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
         return 0
     store = CallStore(config.data_path / "calls.db").open()
     try:
-        done = apply_retention(store, rules, dry_run=args.dry_run)
+        done = apply_retention(store, rules, dry_run=args.dry_run, root=config.shared_path)
     finally:
         store.close()
     verb = "would delete" if args.dry_run else "deleted"

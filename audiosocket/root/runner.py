@@ -72,8 +72,9 @@ async def run_server(
     watchdog = Watchdog(loop, stall_s=config.watchdog_stall_s,
                         exit_s=config.watchdog_exit_s).start()
     data = config.data_path
-    (data / "recordings").mkdir(parents=True, exist_ok=True)
-    fixed = await asyncio.to_thread(repair_all, data / "recordings")
+    recordings = config.shared_path / "recordings"
+    recordings.mkdir(parents=True, exist_ok=True)
+    fixed = await asyncio.to_thread(repair_all, recordings)
     if fixed:
         log.warning("recordings_repaired", count=fixed)
     cls = resolve_app(config.app)
@@ -93,7 +94,7 @@ async def run_server(
     if config.http_port:
         from web.app import make_app, start_http
 
-        app = make_app(config, ctx.services)
+        app = make_app(config, ctx.services, health=server.health)
         runner = await start_http(app, config.http_bind, config.http_port, config)
         log.info("http_listening", host=config.http_bind, port=config.http_port)
     # What start-up loaded (modules, models, the web app) lives as long as the process:
@@ -156,7 +157,8 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
         return
     while True:
         try:
-            await asyncio.to_thread(apply_retention, ctx.services.store, rules)
+            await asyncio.to_thread(lambda: apply_retention(ctx.services.store, rules,
+                                                            root=ctx.shared_dir))
         except Exception as exc:
             log.error("retention_failed", error=str(exc))
         await asyncio.sleep(every_s)

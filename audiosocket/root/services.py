@@ -100,16 +100,20 @@ async def ensure_store(ctx: AppContext, *, own_calls: bool = True) -> CallStore:
 
 
 async def _build_store(ctx: AppContext, *, own_calls: bool = True) -> CallStore:
+    from helpers.storage import LocalStorage
     from helpers.store.db import CallStore
 
+    # calls.db stays in data_dir, never on the shared directory: SQLite's WAL needs one host.
     path = ctx.data_dir / "calls.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     store = await asyncio.to_thread(lambda: CallStore(path).open())
+    # Recording paths are stored relative to the shared directory (helpers.storage).
+    store.files = LocalStorage(ctx.shared_dir)
     if not own_calls:
         return store
     # Calls cut off by a crash have no end: close them so they do not look live.
     # Their length is the last activity known (the recording), not the downtime.
-    recordings = ctx.data_dir / "recordings"
+    recordings = ctx.shared_dir / "recordings"
     closed = await asyncio.to_thread(
         lambda: store.close_dangling_calls(recordings=recordings).result()
     )
@@ -229,7 +233,7 @@ async def _build_jobs(
         return await ensure_stt(ctx)
 
     jobs = PostCallJobs(
-        store, ctx.data_dir,
+        store, ctx.shared_dir,  # archives and peaks beside the recordings, on every node
         archive=ArchiveSettings(aac_bitrate=cfg.aac_bitrate, mp3_bitrate=cfg.mp3_bitrate,
                                 listen_filter=cfg.listen_filter, aecho=cfg.aecho),
         ffmpeg=shared.ffmpeg,

@@ -39,6 +39,7 @@ from helpers.postcall.archive import (
     wav_duration,
 )
 from helpers.postcall.peaks import write_peaks
+from helpers.storage import resolve_stored
 from helpers.store.db import CallStore
 from helpers.store.jobs import DEFAULT_LEASE_S, JOBS_LOST_LEASE, WriteOp
 from helpers.store.rows import JobRow
@@ -454,14 +455,17 @@ class PostCallJobs:
         files = await self.store.aread(self.store.recordings_for, call_uuid)
         if "wav" not in files:
             raise FileNotFoundError(f"no recording stored for {call_uuid}")
-        path = Path(files["wav"].path)
+        # Stored relative to the files root (``data_dir`` here: the shared directory when
+        # there is one), or absolute in rows from before: helpers.storage resolves both.
+        path = resolve_stored(self.data_dir, files["wav"].path)
         if not await asyncio.to_thread(path.exists):
             raise FileNotFoundError(f"recording {path} is gone")
         return path
 
     def _out(self, folder: str, call_uuid: str, suffix: str) -> Path:
-        # The folders are made once at start-up; this only names the file.
-        return self.data_dir / folder / f"{call_uuid}{suffix}"
+        # The folders are made once at start-up; this only names the file (the store
+        # keeps it relative to the files root: CallStore.files).
+        return resolve_stored(self.data_dir, f"{folder}/{call_uuid}{suffix}")
 
     async def _step_archive_aac(self, call_uuid: str) -> None:
         wav = await self._wav(call_uuid)

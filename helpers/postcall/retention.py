@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 
+from helpers.storage import resolve_stored
+
 __all__ = ["Deletion", "apply_retention"]
 
 log = structlog.get_logger("audiosocket.retention")
@@ -52,10 +54,17 @@ def _candidates(db: Path, fmt: str, cutoff: float) -> list[sqlite3.Row]:
 
 def apply_retention(
     store: Any, days_by_format: dict[str, float], *, now: float | None = None,
-    dry_run: bool = False,
+    dry_run: bool = False, root: Path | None = None,
 ) -> list[Deletion]:
-    """Delete what the rules allow; a format with 0 days is kept forever. Blocking."""
+    """Delete what the rules allow; a format with 0 days is kept forever. Blocking.
+
+    ``root``: the files root relative paths are stored under (``config.shared_path``);
+    None: the store's own (``store.files``), else paths are taken as they are.
+    """
     now = time.time() if now is None else now
+    files = getattr(store, "files", None)
+    if root is None and files is not None:
+        root = files.root
     done: list[Deletion] = []
     for fmt, days in days_by_format.items():
         if not days or days <= 0:
@@ -71,7 +80,8 @@ def apply_retention(
             if dry_run:
                 continue
             try:
-                os.remove(row["path"])
+                os.remove(resolve_stored(root, row["path"]) if root is not None
+                          else row["path"])
             except FileNotFoundError:
                 pass
             store.delete_recording(row["call_uuid"], fmt)

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from helpers.storage import LocalStorage
 from helpers.store.core import RECORDING_FORMATS, STORE_ERRORS, StoreCore
 from helpers.store.messages import message_row
 from helpers.store.rows import (
@@ -55,6 +56,10 @@ def call_row(r: sqlite3.Row) -> CallRow:
 class CallQueries(StoreCore):
     """The calls table and the tables of one call (IVR, summary, recordings), the audit
     trail, and the reads across them."""
+
+    #: The files root (``config.shared_path``) recording paths are stored relative to, set
+    #: by the composition root; None: paths are stored as given (absolute, as before).
+    files: LocalStorage | None = None
 
     # ---- writes --------------------------------------------------------------------
 
@@ -201,9 +206,12 @@ class CallQueries(StoreCore):
         bytes: int,  # shadows a builtin: the column name, as in the brief
         duration: float | None,
     ) -> concurrent.futures.Future[None]:
-        """Record (or overwrite) one stored file of the call: wav, m4a, mp3 or peaks."""
+        """Record (or overwrite) one stored file of the call: wav, m4a, mp3 or peaks. A path
+        under :attr:`files`' root is stored relative to it (every node resolves it against
+        its own mount of the shared directory: ``helpers.storage``)."""
         if fmt not in RECORDING_FORMATS:
             raise ValueError(f"unknown recording format {fmt!r}")
+        stored = self.files.relative(path) if self.files is not None else str(path)
         now = time.time()
         size = bytes
 
@@ -213,7 +221,7 @@ class CallQueries(StoreCore):
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(call_uuid, format) DO UPDATE SET "
                 "path=excluded.path, bytes=excluded.bytes, duration=excluded.duration, "
                 "created_at=excluded.created_at",
-                (call_uuid, fmt, str(path), size, duration, now),
+                (call_uuid, fmt, stored, size, duration, now),
             )
 
         return self._submit(op, "set_recording")

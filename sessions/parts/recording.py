@@ -21,8 +21,10 @@ _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 def recording_path(data_dir: Path, call_id: str) -> Path:
-    """Where a call's WAV lives: ``<data>/recordings/<call id>.wav`` (the call's own id, not
-    its AudioSocket UUID, which a fixed-UUID dialplan repeats)."""
+    """Where a call's WAV lives: ``<root>/recordings/<call id>.wav`` (the call's own id, not
+    its AudioSocket UUID, which a fixed-UUID dialplan repeats). ``data_dir`` is the files
+    root: ``cluster.shared_dir`` when set (every node writes there), else the data dir; the
+    store keeps the path relative to it (``helpers.storage``)."""
     return data_dir / "recordings" / f"{call_id}.wav"
 
 

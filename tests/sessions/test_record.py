@@ -93,7 +93,7 @@ async def test_a_reused_uuid_is_a_call_of_its_own(start_server: Any) -> None:
     await calls_done(server)
     await jobs.wait_idle(120)
     files1 = await store.aread(store.recordings_for, first)
-    snapshot = {fmt: read_bytes(f.path) for fmt, f in files1.items()}
+    snapshot = {fmt: read_bytes(store.files.path(f.path)) for fmt, f in files1.items()}
     assert {"wav", "m4a", "mp3", "peaks"} <= set(snapshot)
 
     await place_call("127.0.0.1", server.port, pcm=tone(700, 1.6), call_uuid=fixed, linger=0.2)
@@ -122,16 +122,16 @@ async def test_a_reused_uuid_is_a_call_of_its_own(start_server: Any) -> None:
         f: r.path for f, r in files1.items()
     }
     for fmt, data in snapshot.items():
-        assert read_bytes(files1[fmt].path) == data, fmt
+        assert read_bytes(store.files.path(files1[fmt].path)) == data, fmt
     # The second call has its own recording, archives and jobs, all named by its own id.
     files2 = await store.aread(store.recordings_for, second)
     assert set(files2) == set(files1)
     for fmt in files2:
-        path2 = Path(files2[fmt].path)
-        assert second in path2.name and path2 != Path(files1[fmt].path)
+        path2 = store.files.path(files2[fmt].path)
+        assert second in path2.name and path2 != store.files.path(files1[fmt].path)
         assert read_bytes(path2) != snapshot[fmt], fmt
-    assert 0.9 < wav_seconds(Path(files1["wav"].path)) < 1.6
-    assert 1.5 < wav_seconds(Path(files2["wav"].path)) < 2.2
+    assert 0.9 < wav_seconds(store.files.path(files1["wav"].path)) < 1.6
+    assert 1.5 < wav_seconds(store.files.path(files2["wav"].path)) < 2.2
     for cid in (first, second):
         call = await aapi_call(store, cid)
         assert set(call["jobs"]) == set(STEPS) and call["jobs"]["archive_aac"] == "done"
