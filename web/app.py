@@ -69,7 +69,7 @@ def make_app(config: Config | None, services: Services | None = None) -> web.App
             app[FAST_INDEX] = RecordingIndex(store)
         setup_uploads(
             app, store, services.jobs,
-            data_dir if data_dir is not None else store.path.parent,
+            data_dir if data_dir is not None else store.data_dir,
             config.web.max_upload_mb if config is not None else 50,
         )
     return app

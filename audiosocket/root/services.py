@@ -87,16 +87,22 @@ def _loading(ctx: AppContext, name: Need) -> asyncio.Lock:
 
 
 async def ensure_store(ctx: AppContext) -> CallStore:
-    """Open ``<data>/calls.db`` once; also registers the observer that records calls."""
+    """Open the call store once (``<data>/calls.db``, or PostgreSQL when ``cluster.store``
+    names it); also registers the observer that records calls."""
     return await _once(ctx, "store", _build_store)
 
 
 async def _build_store(ctx: AppContext) -> CallStore:
-    from helpers.store.db import CallStore
+    """The store of ``cluster.store`` (empty: SQLite under the data dir). PostgreSQL is
+    retried until ``cluster.connect_timeout_s``; then :class:`StoreUnavailableError` (the
+    runner exits 1). Never a fall-back to SQLite: calls would go where no portal looks."""
+    from helpers.store.db import open_store
 
-    path = ctx.data_dir / "calls.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store = await asyncio.to_thread(lambda: CallStore(path).open())
+    cfg = ctx.config
+    store = await asyncio.to_thread(
+        open_store, cfg.cluster.store, ctx.data_dir, node=cfg.node,
+        connect_timeout_s=cfg.cluster.connect_timeout_s,
+    )
     # Calls cut off by a crash have no end: close them so they do not look live.
     # Their length is the last activity known (the recording), not the downtime.
     recordings = ctx.data_dir / "recordings"

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from helpers.store.core import StoreCore
+from helpers.store.dialect import Conn
 from helpers.store.rows import JobRow
 
 __all__ = ["JobQueries", "job_row"]
 
 
-def job_row(r: sqlite3.Row) -> JobRow:
+def job_row(r: Any) -> JobRow:
     """A ``jobs`` row as its typed row."""
     return JobRow(r["id"], r["call_uuid"], r["step"], r["status"], r["attempts"], r["error"],
                   r["duration"], r["not_before"], r["updated_at"])
@@ -31,7 +31,7 @@ class JobQueries(StoreCore):
         nb = now if not_before is None else not_before
         rows = [(call_uuid, step, nb, now) for step in steps]
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.executemany(
                 "INSERT INTO jobs (call_uuid, step, status, not_before, updated_at) "
                 "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(call_uuid, step) DO NOTHING",
@@ -45,8 +45,11 @@ class JobQueries(StoreCore):
     ) -> concurrent.futures.Future[JobRow | None]:
         """Queue an atomic pending→running claim; the future gives the job or None."""
         step_list = sorted(steps) if steps is not None else None
+        # PostgreSQL: another node's writer may be claiming at the same moment; the row
+        # lock makes it skip to the next job rather than take the same one.
+        lock = self._dialect.skip_locked
 
-        def op(conn: sqlite3.Connection) -> JobRow | None:
+        def op(conn: Conn) -> JobRow | None:
             at = time.time() if now is None else now
             where = "status='pending' AND not_before <= ?"
             params: list[Any] = [at]
@@ -59,7 +62,7 @@ class JobQueries(StoreCore):
             row = conn.execute(
                 "UPDATE jobs SET status='running', attempts=attempts+1, updated_at=? "
                 f"WHERE id = (SELECT id FROM jobs WHERE {where} ORDER BY not_before, id "
-                "LIMIT 1) RETURNING *",
+                f"LIMIT 1{lock}) AND status='pending' RETURNING *",
                 [at, *params],
             ).fetchone()
             return job_row(row) if row is not None else None
@@ -95,7 +98,7 @@ class JobQueries(StoreCore):
         else:
             new_status, not_before = status, None
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(
                 "UPDATE jobs SET status=?, error=?, duration=?, updated_at=?, "
                 "not_before=coalesce(?, not_before) WHERE id=?",
@@ -110,9 +113,10 @@ class JobQueries(StoreCore):
         job_id = id
         now = time.time()
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(
-                "UPDATE jobs SET status='pending', attempts=max(0, attempts-1), updated_at=?, "
+                "UPDATE jobs SET status='pending', "
+                "attempts=CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at=?, "
                 "not_before=? WHERE id=?",
                 (now, now + delay, job_id),
             )
@@ -130,11 +134,11 @@ class JobQueries(StoreCore):
     def reset_running_jobs(self) -> int:
         """At start-up (crash resume): running → pending. Blocks; returns how many."""
 
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
+        def op(conn: Conn) -> int:
+            return int(conn.execute(
                 "UPDATE jobs SET status='pending', updated_at=? WHERE status='running'",
                 (time.time(),),
-            ).rowcount
+            ).rowcount)
 
         return self._submit(op, "reset_running_jobs").result()
 
