@@ -367,17 +367,16 @@ class StoreCore:
                 n += 1
                 continue
             try:
-                conn.execute("SAVEPOINT w")
+                self._dialect.savepoint(conn)
                 try:
                     result = item.op(conn)
                 except BaseException:
                     # SQLITE_FULL/IOERR may already have rolled back the whole
                     # transaction, taking the savepoint with it; checked before COMMIT.
                     with suppress(*self._dialect.errors):
-                        conn.execute("ROLLBACK TO w")
-                        conn.execute("RELEASE w")
+                        self._dialect.rollback_to_savepoint(conn)
                     raise
-                conn.execute("RELEASE w")
+                self._dialect.release(conn)
             except Exception as exc:
                 if self._dialect.is_transient(exc):
                     retry_from = item

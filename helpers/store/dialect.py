@@ -217,6 +217,20 @@ class Dialect:
         """Start the writer's batch transaction (taking the write lock at once)."""
         conn.execute("BEGIN IMMEDIATE")
 
+    def savepoint(self, conn: Conn) -> None:
+        """Before each write of a batch: a bad write rolls back to here and loses only
+        itself."""
+        conn.execute("SAVEPOINT w")
+
+    def release(self, conn: Conn) -> None:
+        """After a write that succeeded."""
+        conn.execute("RELEASE w")
+
+    def rollback_to_savepoint(self, conn: Conn) -> None:
+        """After a write that failed: undo it, keep the batch."""
+        conn.execute("ROLLBACK TO w")
+        conn.execute("RELEASE w")
+
     def commit(self, conn: Conn) -> None:
         """Commit the batch; raise if the database already rolled it back (disk full)."""
         if not conn.in_transaction:

@@ -105,6 +105,8 @@ class PgConn:
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
+        #: The last write's savepoint is still to be released (sent with the next one).
+        self.release_pending = False
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
         return self.raw.execute(to_pg(sql), parameters)
@@ -262,7 +264,27 @@ class PgDialect(Dialect):
         return raw is not None and not raw.closed and not raw.broken
 
     def begin(self, conn: Conn) -> None:
+        assert isinstance(conn, PgConn)
+        conn.release_pending = False
         conn.execute("BEGIN")
+
+    # Each round trip to the server costs as much as a small INSERT: a write's savepoint is
+    # released together with the next write's SAVEPOINT (one simple-protocol message), and
+    # the last one by COMMIT.
+
+    def savepoint(self, conn: Conn) -> None:
+        assert isinstance(conn, PgConn)
+        conn.raw.execute("RELEASE w; SAVEPOINT w" if conn.release_pending else "SAVEPOINT w")
+        conn.release_pending = False
+
+    def release(self, conn: Conn) -> None:
+        assert isinstance(conn, PgConn)
+        conn.release_pending = True
+
+    def rollback_to_savepoint(self, conn: Conn) -> None:
+        assert isinstance(conn, PgConn)
+        conn.release_pending = False
+        conn.raw.execute("ROLLBACK TO w; RELEASE w")
 
     def commit(self, conn: Conn) -> None:
         assert isinstance(conn, PgConn)
