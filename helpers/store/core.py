@@ -142,8 +142,10 @@ class StoreCore:
 
     ``path`` is the SQLite database file, or a directory (the data dir), in which case
     ``calls.db`` inside it is used; or a ``postgresql://`` URL. ``node`` is this server's
-    name, written into the calls it starts (``calls.node``). Call :meth:`open` first (or
-    use it as a context manager); :meth:`close` drains queued writes.
+    name, written into the calls it starts (``calls.node``). ``connect_timeout`` bounds
+    each PostgreSQL connection attempt (``open_store`` retries them); ``data_dir`` is where
+    recordings and uploads live when the database is not a file beside them. Call
+    :meth:`open` first (or use it as a context manager); :meth:`close` drains queued writes.
     """
 
     def __init__(
