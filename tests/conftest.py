@@ -16,6 +16,7 @@ from audiosocket.root.services import close_services, provide
 from audiosocket.server import AudioSocketServer
 from helpers.ai import ModelCache
 from sessions.base import Session
+from tests.engines.postgres import pg_cluster, pg_url, store_target  # noqa: F401 (fixtures)
 
 StartServer = Callable[..., Any]
 #: One model cache for the test process, as a server has one for its own: each test's

@@ -90,7 +90,7 @@ def make_app(config: Config | None, services: Services | None = None, *,
             app[FAST_INDEX] = RecordingIndex(store, files=files)
         setup_uploads(
             app, store, services.jobs,
-            files.root if files is not None else store.path.parent,
+            files.root if files is not None else store.data_dir,
             config.web.max_upload_mb if config is not None else 50,
         )
     return app

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from audiosocket.config import Config
+    from helpers.store.db import CallStore
 
 __all__ = ["add_extra_commands"]
 
@@ -188,13 +189,20 @@ async def _import(config: Config, files: list[Path], *, progress: bool) -> int:
     return 0 if counts["refused"] == 0 else 1
 
 
+def _open_store(config: Config) -> CallStore:
+    """The store the config names (SQLite under data_dir, or ``cluster.store``)."""
+    from helpers.store.db import open_store
+
+    return open_store(config.cluster.store, config.data_path, node=config.node,
+                      connect_timeout_s=config.cluster.connect_timeout_s)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``audiosocket export --jsonl FILE``."""
-    from helpers.store.db import CallStore
     from web.shapes import export_jsonl
 
     config = _config(args)
-    store = CallStore(config.data_path / "calls.db").open()
+    store = _open_store(config)
     try:
         count = export_jsonl(store, Path(args.jsonl))
     finally:
@@ -206,7 +214,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     """``audiosocket retention``: apply the per-format day limits now."""
     from helpers.postcall.retention import apply_retention
-    from helpers.store.db import CallStore
 
     config = _config(args)
     pc = config.postcall
@@ -216,7 +223,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
         print("no retention rule is set (postcall.retention_days_wav, _m4a and _mp3 are all 0: "
               "recordings are kept forever); nothing to delete")
         return 0
-    store = CallStore(config.data_path / "calls.db").open()
+    store = _open_store(config)
     try:
         done = apply_retention(store, rules, dry_run=args.dry_run, root=config.shared_path)
     finally:

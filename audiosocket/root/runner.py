@@ -53,6 +53,7 @@ async def run_server(
     ends within ``shutdown_grace_s + 5`` s of it whatever happens.
     """
     from helpers.recorder import repair_all
+    from helpers.store.db import StoreUnavailableError
     from web.limits import raise_nofile_limit
 
     # First of all, before any model loads: a busy port is a one-line error now, not a
@@ -79,7 +80,14 @@ async def run_server(
         log.warning("recordings_repaired", count=fixed)
     cls = resolve_app(config.app)
     ctx = AppContext(config)
-    await _start_services(ctx)
+    try:
+        await _start_services(ctx)
+    except StoreUnavailableError as exc:
+        # cluster.store is down or wrong: exit 1 (a supervisor retries), never SQLite.
+        log.error("cannot_start", reason="store_unavailable", error=str(exc),
+                  connect_timeout_s=config.cluster.connect_timeout_s)
+        watchdog.stop()
+        return 1
     # Model loading and prompt warm-up can take a while; a stop request meanwhile should
     # not wait for them.
     if not await _unless_stopped(_prepare_app(cls, ctx), stop):

@@ -89,9 +89,10 @@ def _loading(ctx: AppContext, name: Need) -> asyncio.Lock:
 
 
 async def ensure_store(ctx: AppContext, *, own_calls: bool = True) -> CallStore:
-    """Open ``<data>/calls.db`` once; also registers the observer that records calls.
-    ``own_calls`` False (``audiosocket worker``: it takes no calls) leaves the calls of the
-    store alone: closing "dangling" calls at start would end the servers' live ones."""
+    """Open the call store once (``<data>/calls.db``, or PostgreSQL when ``cluster.store``
+    names it); also registers the observer that records calls. ``own_calls`` False
+    (``audiosocket worker``: it takes no calls) leaves the calls of the store alone: closing
+    "dangling" calls at start would end the servers' live ones."""
 
     async def build(c: AppContext) -> CallStore:
         return await _build_store(c, own_calls=own_calls)
@@ -100,13 +101,18 @@ async def ensure_store(ctx: AppContext, *, own_calls: bool = True) -> CallStore:
 
 
 async def _build_store(ctx: AppContext, *, own_calls: bool = True) -> CallStore:
+    """The store of ``cluster.store`` (empty: SQLite under the data dir). PostgreSQL is
+    retried until ``cluster.connect_timeout_s``; then :class:`StoreUnavailableError` (the
+    runner exits 1). Never a fall-back to SQLite: calls would go where no portal looks."""
     from helpers.storage import LocalStorage
-    from helpers.store.db import CallStore
+    from helpers.store.db import open_store
 
+    cfg = ctx.config
     # calls.db stays in data_dir, never on the shared directory: SQLite's WAL needs one host.
-    path = ctx.data_dir / "calls.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store = await asyncio.to_thread(lambda: CallStore(path).open())
+    store = await asyncio.to_thread(
+        open_store, cfg.cluster.store, ctx.data_dir, node=cfg.node,
+        connect_timeout_s=cfg.cluster.connect_timeout_s,
+    )
     # Recording paths are stored relative to the shared directory (helpers.storage).
     store.files = LocalStorage(ctx.shared_dir)
     if not own_calls:

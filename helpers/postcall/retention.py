@@ -8,7 +8,6 @@ written to the audit log with the file, its age and the rule that deleted it.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,23 +32,19 @@ class Deletion:
     age_days: float
 
 
-def _candidates(db: Path, fmt: str, cutoff: float) -> list[sqlite3.Row]:
-    # A read-only connection of our own: this runs in a thread, beside the store's writer.
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(
-            "SELECT r.call_uuid, r.path, c.ended_at, "
-            " (SELECT count(*) FROM jobs j WHERE j.call_uuid = r.call_uuid "
-            "   AND j.status IN ('pending', 'running')) AS busy, "
-            " (SELECT count(*) FROM jobs j WHERE j.call_uuid = r.call_uuid "
-            "   AND j.step IN ('archive_aac', 'archive_mp3') AND j.status = 'done') AS archived "
-            "FROM recordings r JOIN calls c ON c.uuid = r.call_uuid "
-            "WHERE r.format = ? AND c.ended_at IS NOT NULL AND c.ended_at < ?",
-            (fmt, cutoff),
-        ).fetchall()
-    finally:
-        conn.close()
+def _candidates(store: Any, fmt: str, cutoff: float) -> list[dict[str, Any]]:
+    # The store's read pool (either back-end); this runs in a thread, beside its writer.
+    rows: list[dict[str, Any]] = store.execute_read(
+        "SELECT r.call_uuid, r.path, c.ended_at, "
+        " (SELECT count(*) FROM jobs j WHERE j.call_uuid = r.call_uuid "
+        "   AND j.status IN ('pending', 'running')) AS busy, "
+        " (SELECT count(*) FROM jobs j WHERE j.call_uuid = r.call_uuid "
+        "   AND j.step IN ('archive_aac', 'archive_mp3') AND j.status = 'done') AS archived "
+        "FROM recordings r JOIN calls c ON c.uuid = r.call_uuid "
+        "WHERE r.format = ? AND c.ended_at IS NOT NULL AND c.ended_at < ?",
+        (fmt, cutoff),
+    )
+    return rows
 
 
 def apply_retention(
@@ -69,7 +64,7 @@ def apply_retention(
     for fmt, days in days_by_format.items():
         if not days or days <= 0:
             continue
-        for row in _candidates(Path(store.path), fmt, now - days * 86400):
+        for row in _candidates(store, fmt, now - days * 86400):
             if row["busy"]:
                 continue  # a job still needs the call's files
             if fmt == "wav" and row["archived"] < 2:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ import structlog
 
 from helpers.storage import LocalStorage
 from helpers.store.core import RECORDING_FORMATS, STORE_ERRORS, StoreCore
+from helpers.store.dialect import Conn
 from helpers.store.messages import message_row
 from helpers.store.rows import (
     AuditRow,
@@ -28,7 +28,7 @@ from helpers.store.rows import (
     RecordingRow,
     SummaryRow,
 )
-from helpers.store.segments import TRANSCRIPT_KIND_SQL, call_snippet, fts_query
+from helpers.store.segments import TRANSCRIPT_KIND_SQL
 
 __all__ = ["CallQueries", "call_row"]
 
@@ -44,7 +44,7 @@ def _json_load(text: str | None, default: Any) -> Any:
         return default
 
 
-def call_row(r: sqlite3.Row) -> CallRow:
+def call_row(r: Any) -> CallRow:
     """A ``calls`` row as its typed row (``meta`` parsed)."""
     return CallRow(
         r["uuid"], r["audiosocket_uuid"], r["app"], r["rate"], r["peer"], r["caller"],
@@ -77,16 +77,18 @@ class CallQueries(StoreCore):
         """Record a new call under its own id ``uuid``; the future says if it was new.
 
         A row already under that id is another call's and is never touched (the server
-        gives a reused AudioSocket UUID a fresh id; see ``audiosocket.call.CallIds``).
+        gives a reused AudioSocket UUID a fresh id; see ``audiosocket.call.CallIds``). The
+        call belongs to this store's node (``calls.node``).
         """
         meta_json = json.dumps(meta or {})
+        node = self.node or None
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: Conn) -> bool:
             cur = conn.execute(
                 "INSERT INTO calls (uuid, app, rate, peer, started_at, caller, meta, "
-                "audiosocket_uuid) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "audiosocket_uuid, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(uuid) DO NOTHING",
-                (uuid, app, rate, peer, started_at, caller, meta_json, audiosocket_uuid),
+                (uuid, app, rate, peer, started_at, caller, meta_json, audiosocket_uuid, node),
             )
             if cur.rowcount == 0:
                 STORE_ERRORS.labels(kind="call_id_taken").inc()
@@ -107,11 +109,12 @@ class CallQueries(StoreCore):
         """Close a live call; duration is computed from its started_at. A call that has
         already ended keeps its end (nothing of a finished call is overwritten)."""
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(
                 "UPDATE calls SET ended_at=?, end_reason=?, frames_in=?, frames_out=?, "
-                "duration=max(0.0, ? - started_at) WHERE uuid=? AND ended_at IS NULL",
-                (ended_at, end_reason, frames_in, frames_out, ended_at, uuid),
+                "duration=CASE WHEN ? > started_at THEN ? - started_at ELSE 0.0 END "
+                "WHERE uuid=? AND ended_at IS NULL",
+                (ended_at, end_reason, frames_in, frames_out, ended_at, ended_at, uuid),
             )
 
         return self._submit(op, "call_ended")
@@ -123,7 +126,9 @@ class CallQueries(StoreCore):
         *,
         recordings: Path | None = None,
     ) -> concurrent.futures.Future[int]:
-        """At start-up: calls left 'live' by a crash get an end; returns how many.
+        """At start-up: this node's calls left 'live' by a crash get an end; returns how
+        many. Calls of other nodes sharing the store are theirs, live or not (calls from
+        before ``calls.node`` existed have none and are closed by any node).
 
         Their duration is the last activity known, never the downtime: the length of the
         recording ``<recordings>/<call id>.wav`` when there is one, else the end of the last
@@ -131,13 +136,16 @@ class CallQueries(StoreCore):
         ``ended_at``, default now).
         """
         at = time.time() if ended_at is None else ended_at
+        node = self.node or None
 
-        def op(conn: sqlite3.Connection) -> int:
+        def op(conn: Conn) -> int:
             from helpers.recorder import wav_seconds
 
             rows = conn.execute(
                 "SELECT c.uuid, c.started_at, (SELECT max(s.\"end\") FROM segments s "
-                "WHERE s.call_uuid = c.uuid) FROM calls c WHERE c.ended_at IS NULL"
+                "WHERE s.call_uuid = c.uuid) FROM calls c WHERE c.ended_at IS NULL "
+                "AND (c.node = ? OR c.node IS NULL)",
+                (node,),
             ).fetchall()
             for call_id, started_at, last_segment in rows:
                 seconds = None
@@ -165,7 +173,7 @@ class CallQueries(StoreCore):
         path_json = json.dumps(list(path))
         vars_json = json.dumps(variables)
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO ivr (call_uuid, path, variables, result) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(call_uuid) DO UPDATE SET path=excluded.path, "
@@ -187,7 +195,7 @@ class CallQueries(StoreCore):
         """Record (or overwrite) the call's summary."""
         at = time.time() if created_at is None else created_at
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO summaries (call_uuid, title, text, method, model, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(call_uuid) DO UPDATE SET "
@@ -215,7 +223,7 @@ class CallQueries(StoreCore):
         now = time.time()
         size = bytes
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO recordings (call_uuid, format, path, bytes, duration, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(call_uuid, format) DO UPDATE SET "
@@ -229,7 +237,7 @@ class CallQueries(StoreCore):
     def delete_recording(self, call_uuid: str, fmt: str) -> concurrent.futures.Future[None]:
         """Forget one stored file of the call (the caller deletes the file itself)."""
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute("DELETE FROM recordings WHERE call_uuid=? AND format=?", (call_uuid, fmt))
 
         return self._submit(op, "delete_recording")
@@ -241,7 +249,7 @@ class CallQueries(StoreCore):
         now = time.time()
         text = detail if isinstance(detail, str) else json.dumps(detail)
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO audit (at, action, call_uuid, detail) VALUES (?, ?, ?, ?)",
                 (now, action, call_uuid, text),
@@ -256,8 +264,8 @@ class CallQueries(StoreCore):
         :meth:`messages_for` first.
         """
 
-        def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM calls WHERE uuid=?", (uuid,)).rowcount > 0
+        def op(conn: Conn) -> bool:
+            return bool(conn.execute("DELETE FROM calls WHERE uuid=?", (uuid,)).rowcount > 0)
 
         return self._submit(op, "delete_call")
 
@@ -281,7 +289,9 @@ class CallQueries(StoreCore):
                 (uuid, "final" if has_final else "live"),
             ).fetchall()
             messages = conn.execute(
-                "SELECT * FROM messages WHERE call_uuid=? ORDER BY start, created_at", (uuid,)
+                "SELECT * FROM messages WHERE call_uuid=? "
+                "ORDER BY start NULLS FIRST, created_at",
+                (uuid,),
             ).fetchall()
             ivr = conn.execute(
                 "SELECT path, variables, result FROM ivr WHERE call_uuid=?", (uuid,)
@@ -385,14 +395,14 @@ class CallQueries(StoreCore):
             params.append(ivr_result)
         match: str | None = None
         searched = q is not None and bool(q.strip())
+        fts = self._dialect.fts
         if q is not None and q.strip():
-            match = fts_query(q)
+            match = fts.query(q)
             if match is None:  # nothing searchable in q: nothing can match
                 return CallPage((), 0, searched=True)
             where.append(
-                "c.uuid IN (SELECT s.call_uuid FROM segments_fts "
-                "JOIN segments s ON s.id = segments_fts.rowid "
-                f"WHERE segments_fts MATCH ? AND {TRANSCRIPT_KIND_SQL})"
+                f"c.uuid IN (SELECT s.call_uuid FROM {fts.source} "
+                f"WHERE {fts.match} AND {TRANSCRIPT_KIND_SQL})"
             )
             params.append(match)
         where_sql = f"WHERE {' AND '.join(where)}" if where else ""
@@ -417,7 +427,9 @@ class CallQueries(StoreCore):
             snippets: dict[str, tuple[Highlight | None, str | None]] = {}
             if match is not None:
                 for r in rows:
-                    snippets[r["uuid"]] = call_snippet(conn, match, r["uuid"])
+                    snippets[r["uuid"]] = fts.first_in_call(
+                        conn, match, r["uuid"], TRANSCRIPT_KIND_SQL
+                    )
         items = tuple(
             CallListItem(
                 r["uuid"], r["audiosocket_uuid"], r["app"], r["rate"], r["caller"],

@@ -1,7 +1,8 @@
-"""The call store's single-writer core: SQLite in the data directory (``<data_dir>/calls.db``).
+"""The call store's single-writer core: SQLite in the data directory (``<data_dir>/calls.db``),
+or PostgreSQL when given a ``postgresql://`` URL (``cluster.store``).
 
-Rule 1 of the design says the event loop never blocks, and SQLite blocks (fsync, locks,
-page cache misses). So:
+Rule 1 of the design says the event loop never blocks, and a database blocks (fsync, locks,
+page cache misses, the network). So:
 
 * **Writes** never run on the caller's thread. Every write method builds a small closure,
   puts it on a queue and returns at once with a :class:`concurrent.futures.Future`; callers
@@ -10,13 +11,15 @@ page cache misses). So:
   owns the only write connection; it drains whatever is queued and commits it in one
   transaction (one fsync per batch, not per row), each item inside its own SAVEPOINT so a
   bad statement only loses itself.
-* **Reads** use separate connections (WAL lets readers run beside the writer). From asyncio,
+* **Reads** use separate connections (WAL lets readers run beside the writer; on
+  PostgreSQL a ``psycopg_pool.ConnectionPool``). From asyncio,
   ``await store.aread(store.get_call, uuid)`` runs the read in a small thread pool; the same
   methods may be called directly from any thread outside the loop.
 
-Schema changes are numbered migrations recorded in ``PRAGMA user_version``; each runs in
-its own transaction so a failure leaves the file at the previous, consistent version
-(``helpers.store.schema``).
+Schema changes are numbered migrations recorded in ``PRAGMA user_version`` (PostgreSQL: a
+``schema_version`` table); each runs in its own transaction so a failure leaves the database
+at the previous, consistent version (``helpers.store.schema``, ``helpers.store.pg_schema``).
+What differs between the two databases is behind :class:`helpers.store.dialect.Dialect`.
 
 This module is the mechanism (:class:`StoreCore`: connections, the writer thread, flush);
 the writes and reads of each table live in the query modules (``calls``, ``segments``,
@@ -29,12 +32,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import queue
-import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -42,8 +44,8 @@ from typing import Any, Self, TypeVar
 import structlog
 from prometheus_client import Counter
 
+from helpers.store.dialect import DB_FILENAME, Conn, Dialect, is_pg_url
 from helpers.store.schema import MIGRATIONS, Migration
-from helpers.store.schema import migrate as _migrate
 
 __all__ = [
     "DB_FILENAME",
@@ -59,8 +61,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-DB_FILENAME = "calls.db"
 JOB_STATUSES = ("pending", "running", "done", "failed")
 RECORDING_FORMATS = ("wav", "m4a", "mp3", "peaks")
 SPEAKERS = ("caller", "server")
@@ -74,23 +74,33 @@ STORE_ERRORS = Counter(
     ["kind"],
 )
 
+def dialect_for(
+    target: str | Path,
+    *,
+    migrations: Sequence[Migration] | None,
+    readers: int,
+    connect_timeout: float,
+) -> Dialect:
+    """The dialect for a store at ``target``: a ``postgresql://`` URL, or a SQLite file (a
+    directory means ``calls.db`` inside it). ``migrations`` are SQLite's (None: all)."""
+    if is_pg_url(target):
+        from helpers.store.pg import PgDialect
+
+        return PgDialect(str(target), readers=readers, connect_timeout=connect_timeout)
+    p = Path(target)
+    path = p / DB_FILENAME if p.is_dir() else p
+    return Dialect(path, MIGRATIONS if migrations is None else migrations, readers)
+
+
 class StoreClosedError(RuntimeError):
     """A write was submitted to a store that is not open."""
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying later: a full disk, or a lock held by another process."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    msg = str(exc).lower()
-    return "full" in msg or "locked" in msg or "busy" in msg
 
 
 @dataclass(eq=False)
 class _Write:
     """One queued write: ``op`` runs on the writer connection inside a transaction."""
 
-    op: Callable[[sqlite3.Connection], Any]
+    op: Callable[[Conn], Any]
     future: concurrent.futures.Future[Any]
     name: str
     attempts: int = 0
@@ -127,40 +137,62 @@ class _Control:
 
 
 class StoreCore:
-    """SQLite with one writer thread and pooled readers (the query modules add the tables).
+    """One writer thread and pooled readers over SQLite or PostgreSQL (the query modules
+    add the tables).
 
-    ``path`` is the database file, or a directory (the data dir), in which case
-    ``calls.db`` inside it is used. Call :meth:`open` first (or use it as a context
-    manager); :meth:`close` drains queued writes.
+    ``path`` is the SQLite database file, or a directory (the data dir), in which case
+    ``calls.db`` inside it is used; or a ``postgresql://`` URL. ``node`` is this server's
+    name, written into the calls it starts (``calls.node``). ``connect_timeout`` bounds
+    each PostgreSQL connection attempt (``open_store`` retries them); ``data_dir`` is where
+    recordings and uploads live when the database is not a file beside them. Call
+    :meth:`open` first (or use it as a context manager); :meth:`close` drains queued writes.
     """
 
     def __init__(
         self,
         path: str | Path,
         *,
+        node: str = "",
         readers: int = 4,
         batch_max: int = 500,
         queue_max: int = 100_000,
         max_retries: int = 5,
         retry_backoff: float = 0.05,
         migrations: Sequence[Migration] | None = None,
+        connect_timeout: float = 10.0,
+        data_dir: str | Path | None = None,
     ) -> None:
-        p = Path(path)
-        self.path: Path = p / DB_FILENAME if p.is_dir() else p
+        self._dialect: Dialect = dialect_for(
+            path, migrations=migrations, readers=readers, connect_timeout=connect_timeout
+        )
+        #: The SQLite file (None on PostgreSQL).
+        self.path: Path | None = None if self._dialect.name != "sqlite" else self._dialect.path
+        #: Where recordings and uploads live: given, else the SQLite file's directory.
+        self.data_dir: Path = (
+            Path(data_dir) if data_dir is not None
+            else self.path.parent if self.path is not None else Path(".")
+        )
+        self.node = node
         self._readers = readers
         self._batch_max = batch_max
         self._max_retries = max_retries
         self._retry_backoff = retry_backoff
-        self._migrations: Sequence[Migration] = MIGRATIONS if migrations is None else migrations
         # Bounded (rule 3): if the disk stalls for long, refuse new writes (counted)
         # rather than grow without limit; put_nowait never blocks the loop.
         self._queue: queue.Queue[_Write | _Control] = queue.Queue(maxsize=queue_max)
         self._writer: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._read_conns: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
-        self._all_read_conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
         self._open = False
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._dialect.name
+
+    @property
+    def location(self) -> str:
+        """The SQLite file, or the PostgreSQL URL without its password (for logs)."""
+        return self._dialect.location
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -168,26 +200,22 @@ class StoreCore:
         """Create/migrate the database and start the writer thread and reader pool."""
         if self._open:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
-        try:
-            # journal_mode=WAL is persistent in the file; set it before migrating so the
-            # migrations themselves are already WAL transactions.
-            conn.execute("PRAGMA journal_mode=WAL")
-            _migrate(conn, self._migrations)
-        finally:
-            conn.close()
+        self._dialect.prepare()
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._writer = threading.Thread(
             target=self._writer_main, args=(ready,), name="store-writer", daemon=True
         )
         self._writer.start()
-        ready.result()
+        try:
+            ready.result()
+        except BaseException:
+            self._dialect.close_readers()
+            raise
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._readers, thread_name_prefix="store-read"
         )
         self._open = True
-        log.info("store_opened", path=str(self.path))
+        log.info("store_opened", backend=self.backend, location=self.location, node=self.node)
         return self
 
     def close(self) -> None:
@@ -204,7 +232,7 @@ class StoreCore:
                 self._writer.join(timeout=1.0)
             if not stop.future.done():
                 STORE_ERRORS.labels(kind="writer_died").inc()
-                log.error("store_writer_died", path=str(self.path))
+                log.error("store_writer_died", location=self.location)
         # A write that raced with close() landed behind the stop barrier: fail it
         # rather than leave its future unresolved forever.
         while True:
@@ -218,13 +246,8 @@ class StoreCore:
                 _settle(late.future)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        with self._lock:
-            for conn in self._all_read_conns:
-                conn.close()
-            self._all_read_conns.clear()
-        while not self._read_conns.empty():
-            self._read_conns.get_nowait()
-        log.info("store_closed", path=str(self.path))
+        self._dialect.close_readers()
+        log.info("store_closed", location=self.location)
 
     def __enter__(self) -> Self:
         return self.open()
@@ -237,24 +260,10 @@ class StoreCore:
         """True between :meth:`open` and :meth:`close`."""
         return self._open
 
-    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's
-        # implicit transactions would interleave badly with savepoints and migrations).
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        if read_only:
-            conn.execute("PRAGMA query_only=ON")
-        return conn
-
     # ---- the writer thread -------------------------------------------------------
 
     def _submit(
-        self, op: Callable[[sqlite3.Connection], T], name: str = "write",
+        self, op: Callable[[Conn], T], name: str = "write",
         *, skip_if_cancelled: bool = False,
     ) -> concurrent.futures.Future[T]:
         """Queue ``op`` for the writer; never blocks. The future resolves after COMMIT."""
@@ -273,7 +282,7 @@ class StoreCore:
 
     def _writer_main(self, ready: concurrent.futures.Future[None]) -> None:
         try:
-            conn = self._connect()
+            conn = self._dialect.connect_writer()
         except BaseException as exc:
             ready.set_exception(exc)
             return
@@ -289,6 +298,7 @@ class StoreCore:
                         pending.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
+                conn = self._usable(conn)
                 try:
                     if self._run_batch(conn, pending):
                         return
@@ -298,7 +308,7 @@ class StoreCore:
                     STORE_ERRORS.labels(kind="statement").inc()
                     log.exception("store_writer_error", error=repr(exc))
                     if conn.in_transaction:
-                        with suppress(sqlite3.Error):
+                        with suppress(*self._dialect.errors):
                             conn.execute("ROLLBACK")
                     if not pending:
                         continue
@@ -308,9 +318,26 @@ class StoreCore:
                     elif self._finish_control(head):
                         return
         finally:
-            conn.close()
+            with suppress(Exception):
+                conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, pending: deque[_Write | _Control]) -> bool:
+    def _usable(self, conn: Conn) -> Conn:
+        """The writer's connection, made anew when it was lost (PostgreSQL restarted, the
+        network dropped). When that fails too the dead one is kept: the batch's BEGIN then
+        fails like a busy database, and the head item is retried with backoff (bounded)."""
+        if self._dialect.usable(conn):
+            return conn
+        try:
+            fresh = self._dialect.connect_writer()
+        except self._dialect.errors as exc:
+            log.warning("store_reconnect_failed", location=self.location, error=str(exc))
+            return conn
+        with suppress(Exception):
+            conn.close()
+        log.info("store_reconnected", location=self.location)
+        return fresh
+
+    def _run_batch(self, conn: Conn, pending: deque[_Write | _Control]) -> bool:
         """Commit the writes at the head of ``pending``; True when told to stop.
 
         Items that are done are removed from ``pending``; on a transient failure (full
@@ -323,8 +350,8 @@ class StoreCore:
         transient_exc: Exception | None = None
         control: _Control | None = None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            self._dialect.begin(conn)
+        except self._dialect.errors as exc:
             head = pending[0]
             if isinstance(head, _Write):
                 self._transient(head, exc, pending)
@@ -342,19 +369,18 @@ class StoreCore:
                 n += 1
                 continue
             try:
-                conn.execute("SAVEPOINT w")
+                self._dialect.savepoint(conn)
                 try:
                     result = item.op(conn)
                 except BaseException:
                     # SQLITE_FULL/IOERR may already have rolled back the whole
                     # transaction, taking the savepoint with it; checked before COMMIT.
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK TO w")
-                        conn.execute("RELEASE w")
+                    with suppress(*self._dialect.errors):
+                        self._dialect.rollback_to_savepoint(conn)
                     raise
-                conn.execute("RELEASE w")
+                self._dialect.release(conn)
             except Exception as exc:
-                if _is_transient(exc):
+                if self._dialect.is_transient(exc):
                     retry_from = item
                     transient_exc = exc
                     break
@@ -368,14 +394,12 @@ class StoreCore:
             done.append((item, result))
             n += 1
         try:
-            if not conn.in_transaction:
-                raise sqlite3.OperationalError("transaction rolled back by SQLite (disk full?)")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+            self._dialect.commit(conn)
+        except self._dialect.errors as exc:
             # Nothing of this batch is durable: roll back and retry it all (bounded),
             # except the items that already failed for good.
             if conn.in_transaction:
-                with suppress(sqlite3.Error):
+                with suppress(*self._dialect.errors):
                     conn.execute("ROLLBACK")
             for item in failed:
                 pending.remove(item)
@@ -437,23 +461,9 @@ class StoreCore:
 
     # ---- reads -------------------------------------------------------------------
 
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
+    def _reader(self) -> AbstractContextManager[Conn]:
         """A pooled read connection inside one read transaction (one consistent snapshot)."""
-        try:
-            conn = self._read_conns.get_nowait()
-        except queue.Empty:
-            conn = self._connect(read_only=True)
-            with self._lock:
-                self._all_read_conns.append(conn)
-        try:
-            conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                conn.execute("ROLLBACK")
-        finally:
-            self._read_conns.put(conn)
+        return self._dialect.reader()
 
     async def aread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a sync read (e.g. ``store.get_call``) in the reader pool, off the loop."""

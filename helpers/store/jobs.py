@@ -11,13 +11,12 @@ thrown away instead of overwriting the new holder's.
 
 The SQL is standard (``UPDATE ... WHERE id = (SELECT ...) RETURNING``), so it runs on SQLite
 and PostgreSQL alike; the one difference, locking the chosen row so concurrent claimers skip
-it, is the hook :attr:`JobQueries.CLAIM_LOCK` (see :meth:`JobQueries._claim_subquery`).
+it, is the dialect's ``skip_locked`` (see :meth:`JobQueries._claim_subquery`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ import structlog
 from prometheus_client import Counter
 
 from helpers.store.core import StoreCore
+from helpers.store.dialect import Conn
 from helpers.store.rows import JobRow
 
 __all__ = ["DEFAULT_LEASE_S", "JOBS_LOST_LEASE", "LOCAL_WORKER", "JobQueries", "WriteOp",
@@ -39,7 +39,7 @@ DEFAULT_LEASE_S = 30.0
 
 #: A write that belongs to a job's result: run on the writer connection, in the same
 #: transaction as the job's fenced finish (so both happen, or neither).
-WriteOp = Callable[[sqlite3.Connection], Any]
+WriteOp = Callable[[Conn], Any]
 
 JOBS_LOST_LEASE = Counter(
     "audiosocket_jobs_lost_lease_total",
@@ -48,7 +48,7 @@ JOBS_LOST_LEASE = Counter(
 )
 
 
-def job_row(r: sqlite3.Row) -> JobRow:
+def job_row(r: Any) -> JobRow:
     """A ``jobs`` row as its typed row."""
     return JobRow(r["id"], r["call_uuid"], r["step"], r["status"], r["attempts"], r["error"],
                   r["duration"], r["not_before"], r["updated_at"], r["worker"],
@@ -58,11 +58,6 @@ def job_row(r: sqlite3.Row) -> JobRow:
 class JobQueries(StoreCore):
     """Enqueue, claim (with a lease), heartbeat, finish and defer post-call jobs."""
 
-    #: Appended to the claim's row-choosing subquery. SQLite needs nothing (its writer lock
-    #: serialises the whole UPDATE); PostgreSQL sets ``" FOR UPDATE SKIP LOCKED"`` so two
-    #: claimers never wait on, nor both pick, the same row.
-    CLAIM_LOCK = ""
-
     def enqueue_jobs(
         self, call_uuid: str, steps: Sequence[str], not_before: float | None = None
     ) -> concurrent.futures.Future[None]:
@@ -71,7 +66,7 @@ class JobQueries(StoreCore):
         nb = now if not_before is None else not_before
         rows = [(call_uuid, step, nb, now) for step in steps]
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.executemany(
                 "INSERT INTO jobs (call_uuid, step, status, not_before, updated_at) "
                 "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(call_uuid, step) DO NOTHING",
@@ -82,9 +77,11 @@ class JobQueries(StoreCore):
 
     def _claim_subquery(self, where: str) -> str:
         """The SELECT that picks the job a claim takes: the oldest due one. The only place
-        where the back-ends differ (:attr:`CLAIM_LOCK`)."""
+        where the back-ends differ: SQLite needs nothing (its writer lock serialises the
+        whole UPDATE); PostgreSQL appends ``FOR UPDATE SKIP LOCKED``, so two claimers never
+        wait on, nor both pick, the same row."""
         return (f"SELECT id FROM jobs WHERE {where} ORDER BY not_before, id LIMIT 1"
-                f"{self.CLAIM_LOCK}")
+                f"{self._dialect.skip_locked}")
 
     def claim_job_async(
         self,
@@ -98,7 +95,7 @@ class JobQueries(StoreCore):
         seconds; the future gives the job (attempts counted) or None."""
         step_list = sorted(steps) if steps is not None else None
 
-        def op(conn: sqlite3.Connection) -> JobRow | None:
+        def op(conn: Conn) -> JobRow | None:
             at = time.time() if now is None else now
             where = "status='pending' AND not_before <= ?"
             params: list[Any] = [at]
@@ -112,7 +109,8 @@ class JobQueries(StoreCore):
             row = conn.execute(
                 "UPDATE jobs SET status='running', attempts=attempts+1, worker=?, "
                 f"lease_until=?, updated_at=? WHERE id = ({self._claim_subquery(where)}) "
-                "RETURNING *",
+                # PostgreSQL re-reads a row locked meanwhile: still pending, or no claim.
+                "AND status='pending' RETURNING *",
                 [worker, at + lease_s, at, *params],
             ).fetchone()
             return job_row(row) if row is not None else None
@@ -155,12 +153,12 @@ class JobQueries(StoreCore):
         ``worker`` no longer holds the job (its lease expired and it was requeued)."""
         job_id = id
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: Conn) -> bool:
             at = time.time()
-            return conn.execute(
+            return bool(conn.execute(
                 "UPDATE jobs SET lease_until=? WHERE id=? AND worker=? AND status='running'",
                 (at + lease_s, job_id, worker),
-            ).rowcount == 1
+            ).rowcount == 1)
 
         return self._submit(op, "extend_lease")
 
@@ -191,7 +189,7 @@ class JobQueries(StoreCore):
         else:
             new_status, not_before = status, None
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: Conn) -> bool:
             # worker is kept (who did it); the lease ends with the run.
             taken = conn.execute(
                 "UPDATE jobs SET status=?, error=?, duration=?, updated_at=?, lease_until=NULL, "
@@ -217,7 +215,7 @@ class JobQueries(StoreCore):
         job_id = id
         now = time.time()
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: Conn) -> bool:
             taken = conn.execute(
                 # CASE, not SQLite's two-argument max(): standard SQL, PostgreSQL too.
                 "UPDATE jobs SET status='pending', "
@@ -227,7 +225,7 @@ class JobQueries(StoreCore):
             ).rowcount == 1
             if not taken:
                 _lost("defer_job", job_id, worker)
-            return taken
+            return bool(taken)
 
         return self._submit(op, "defer_job")
 
@@ -249,7 +247,7 @@ class JobQueries(StoreCore):
         OOM killer on a huge file) must not be retried forever. A job that has used up
         ``max_attempts`` this way is failed instead, with the reason in ``error``."""
 
-        def op(conn: sqlite3.Connection) -> int:
+        def op(conn: Conn) -> int:
             at = time.time() if now is None else now
             expired = "status='running' AND (lease_until IS NULL OR lease_until < ?)"
             failed = 0

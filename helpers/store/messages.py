@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
-import sqlite3
 import time
+from typing import Any
 
 from helpers.store.core import StoreCore
+from helpers.store.dialect import Conn
 from helpers.store.rows import MessageRow
 
 __all__ = ["MessageQueries", "message_row"]
 
 
-def message_row(r: sqlite3.Row) -> MessageRow:
+def message_row(r: Any) -> MessageRow:
     """A ``messages`` row as its typed row."""
     return MessageRow(r["call_uuid"], r["name"], r["path"], r["start"], r["seconds"],
                       r["stopped_by"], r["transcript"], r["created_at"])
@@ -36,7 +37,7 @@ class MessageQueries(StoreCore):
         data dir, ``start`` on the call's timeline."""
         now = time.time()
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO messages (call_uuid, name, path, start, seconds, stopped_by, "
                 "transcript, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -54,11 +55,12 @@ class MessageQueries(StoreCore):
     ) -> concurrent.futures.Future[bool]:
         """Store the transcript of a saved message; the future says if the message exists."""
 
-        def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
+        def op(conn: Conn) -> bool:
+            cur = conn.execute(
                 "UPDATE messages SET transcript=? WHERE call_uuid=? AND name=?",
                 (text, call_uuid, name),
-            ).rowcount > 0
+            )
+            return bool(cur.rowcount > 0)
 
         return self._submit(op, "set_message_transcript")
 
@@ -66,7 +68,7 @@ class MessageQueries(StoreCore):
         """The call's voicemail messages as stored (path relative to the data dir)."""
         with self._reader() as conn:
             rows = conn.execute(
-                "SELECT * FROM messages WHERE call_uuid=? ORDER BY start, created_at",
+                "SELECT * FROM messages WHERE call_uuid=? ORDER BY start NULLS FIRST, created_at",
                 (call_uuid,),
             ).fetchall()
         return [message_row(r) for r in rows]

@@ -163,11 +163,20 @@ ALTER TABLE jobs ADD COLUMN lease_until REAL;
 CREATE INDEX jobs_lease ON jobs(status, lease_until);
 """
 
+# v5: many servers may share one store (PostgreSQL, docs/SCALE-OUT.md): each call says which
+# server (``cluster.node``) took it, so a server starting up closes only its own calls left
+# live by a crash. Calls from before have none. Its PostgreSQL twin is in pg_schema's v1.
+_V5_NODE = """
+ALTER TABLE calls ADD COLUMN node TEXT;
+CREATE INDEX calls_live_node ON calls(node) WHERE ended_at IS NULL;
+"""
+
 # MIGRATIONS[i] takes a database from user_version i to i + 1. Append only: never edit a
 # migration that has shipped; add a new one. Each is SQL text or a callable on the
-# connection, run inside one transaction together with the user_version bump.
+# connection, run inside one transaction together with the user_version bump. A change of
+# schema also needs its PostgreSQL twin appended to ``helpers.store.pg_schema.PG_MIGRATIONS``.
 Migration = str | Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4_JOB_LEASES]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4_JOB_LEASES, _V5_NODE]
 
 
 def _split_sql(script: str) -> list[str]:

@@ -3,26 +3,22 @@
 Writes: a live line as it is heard or spoken (:meth:`SegmentQueries.add_segment`), and the
 post-call transcript that replaces the caller's live lines
 (:meth:`SegmentQueries.replace_final_transcript`). Reads: :meth:`SegmentQueries.search`, by
-FTS5, with the matched words as :class:`helpers.store.rows.Highlight` pieces.
+FTS5 on SQLite or a ``tsvector`` on PostgreSQL (the dialect's :class:`TextSearch`), with the
+matched words as :class:`helpers.store.rows.Highlight` pieces.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from helpers.store.core import SPEAKERS, StoreCore
-from helpers.store.rows import Highlight, SearchHit, SearchPage
+from helpers.store.dialect import Conn, TextSearch, highlight
+from helpers.store.rows import SearchHit, SearchPage
 
-__all__ = ["TRANSCRIPT_KIND_SQL", "SegmentQueries", "call_snippet", "fts_query", "highlight"]
-
-# Snippet markers that cannot occur in transcript text: FTS5 puts them around each match,
-# and :func:`highlight` cuts the snippet into marked and unmarked pieces at them.
-_MARK_OPEN = "\x02"
-_MARK_CLOSE = "\x03"
+__all__ = ["TRANSCRIPT_KIND_SQL", "SegmentQueries", "fts_query", "highlight"]
 
 #: Transcript rows to use for a call: the caller's 'final' segments if it has any, else the
 #: 'live' ones, and always the server's lines (they are never re-recognised). Used by search
@@ -34,61 +30,8 @@ TRANSCRIPT_KIND_SQL = (
 
 
 def fts_query(q: str) -> str | None:
-    """Turn free user text into a safe FTS5 query, or None when nothing is searchable.
-
-    Every whitespace-separated token becomes a quoted phrase (internal quotes doubled), so
-    FTS5 operators typed by a user (``OR``, ``NEAR(``, ``*``, ``"``, ``col:``) are plain
-    words and can never be a syntax error. Tokens without a letter or digit are dropped:
-    they index to nothing. Phrases are ANDed (FTS5's implicit operator).
-    """
-    phrases = [
-        '"' + token.replace('"', '""') + '"'
-        for token in q.split()
-        if any(ch.isalnum() for ch in token)
-    ]
-    return " ".join(phrases) if phrases else None
-
-
-def highlight(raw: str | None) -> Highlight | None:
-    """An FTS5 snippet with the markers above as pieces of text, marked or not."""
-    if raw is None:
-        return None
-    pieces: list[tuple[str, bool]] = []
-    for i, part in enumerate(raw.split(_MARK_OPEN)):
-        if i == 0:
-            marked, rest = "", part
-        else:
-            marked, _, rest = part.partition(_MARK_CLOSE)
-            if marked:
-                pieces.append((marked, True))
-        if rest:
-            pieces.append((rest, False))
-    return Highlight(tuple(pieces))
-
-
-def call_snippet(
-    conn: sqlite3.Connection, match: str, call_uuid: str
-) -> tuple[Highlight | None, str | None]:
-    """The call's first matching segment, highlighted, and who said it.
-
-    A plain ``MATCH ? AND call_uuid = ?`` walks the whole doclist of the query for
-    every call on the page; bounding the FTS rowid to the call's id range lets FTS5
-    seek straight to it.
-    """
-    lo, hi = conn.execute(
-        "SELECT min(id), max(id) FROM segments WHERE call_uuid=?", (call_uuid,)
-    ).fetchone()
-    if lo is None:
-        return None, None
-    row = conn.execute(
-        "SELECT snippet(segments_fts, 0, ?, ?, '…', 12), s.speaker FROM segments_fts "
-        "JOIN segments s ON s.id = segments_fts.rowid "
-        "WHERE segments_fts MATCH ? AND segments_fts.rowid BETWEEN ? AND ? "
-        f"AND s.call_uuid = ? AND {TRANSCRIPT_KIND_SQL} "
-        "ORDER BY segments_fts.rowid LIMIT 1",
-        (_MARK_OPEN, _MARK_CLOSE, match, lo, hi, call_uuid),
-    ).fetchone()
-    return (None, None) if row is None else (highlight(row[0]), row[1])
+    """SQLite's FTS5 query for free user text (see :meth:`TextSearch.query`)."""
+    return TextSearch().query(q)
 
 
 class SegmentQueries(StoreCore):
@@ -118,13 +61,14 @@ class SegmentQueries(StoreCore):
         now = time.time()
         cut = int(bool(interrupted))
 
-        def op(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
+        def op(conn: Conn) -> int:
+            row = conn.execute(
                 'INSERT INTO segments (call_uuid, start, "end", text, confidence, latency_ms, '
-                "kind, created_at, speaker, interrupted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "kind, created_at, speaker, interrupted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
                 (call_uuid, start, end, text, confidence, latency_ms, kind, now, speaker, cut),
-            )
-            return int(cur.lastrowid or 0)
+            ).fetchone()
+            return int(row[0])
 
         return self._submit(op, "add_segment")
 
@@ -139,7 +83,7 @@ class SegmentQueries(StoreCore):
 
     def final_transcript_op(
         self, call_uuid: str, segments: Sequence[dict[str, Any]]
-    ) -> Callable[[sqlite3.Connection], None]:
+    ) -> Callable[[Conn], None]:
         """The write of :meth:`replace_final_transcript`, not submitted: the transcript job
         hands it to its fenced ``finish_job`` so segments and job commit together."""
         now = time.time()
@@ -156,7 +100,7 @@ class SegmentQueries(StoreCore):
             for s in segments
         ]
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Conn) -> None:
             # Only the caller's: what the server said is known, never re-recognised.
             conn.execute(
                 "DELETE FROM segments WHERE call_uuid=? AND kind='final' AND speaker='caller'",
@@ -173,32 +117,29 @@ class SegmentQueries(StoreCore):
     def search(self, q: str, limit: int = 20, offset: int = 0) -> SearchPage:
         """Transcript segments matching ``q``, newest first, with highlighted snippets.
 
-        ``q`` is free text (see :func:`fts_query`); it can never cause an FTS syntax error.
-        Newest first rather than by bm25 rank: FTS5 yields rowid order for free, so a page
-        costs O(limit) even for a word in every call, where ranking must score every hit.
-        Both speakers are searched (the server's lines as spoken, the caller's final
-        transcript or else the live one).
+        ``q`` is free text (see the dialect's :meth:`TextSearch.query`); it can never cause
+        a syntax error. Newest first rather than by rank: FTS5 yields rowid order for free,
+        so a page costs O(limit) even for a word in every call, where ranking must score
+        every hit. Both speakers are searched (the server's lines as spoken, the caller's
+        final transcript or else the live one).
         """
-        match = fts_query(q)
+        fts = self._dialect.fts
+        match = fts.query(q)
         if match is None:
             return SearchPage((), 0)
         base = (
-            "FROM segments_fts JOIN segments s ON s.id = segments_fts.rowid "
-            "JOIN calls c ON c.uuid = s.call_uuid "
-            f"WHERE segments_fts MATCH ? AND {TRANSCRIPT_KIND_SQL}"
+            f"FROM {fts.source} JOIN calls c ON c.uuid = s.call_uuid "
+            f"WHERE {fts.match} AND {TRANSCRIPT_KIND_SQL}"
         )
+        columns = ('s.id AS segment_id, s.call_uuid, s.start, s."end", s.kind, s.speaker, '
+                   "c.app, c.started_at")
+        sql, params = fts.page(columns, base, match, max(0, limit), max(0, offset))
         with self._reader() as conn:
             total = conn.execute(f"SELECT count(*) {base}", (match,)).fetchone()[0]
-            rows = conn.execute(
-                'SELECT s.id AS segment_id, s.call_uuid, s.start, s."end", s.kind, '
-                "s.speaker, c.app, c.started_at, "
-                f"snippet(segments_fts, 0, ?, ?, '…', 12) AS snip {base} "
-                "ORDER BY segments_fts.rowid DESC LIMIT ? OFFSET ?",
-                (_MARK_OPEN, _MARK_CLOSE, match, max(0, limit), max(0, offset)),
-            ).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         items = tuple(
             SearchHit(r["call_uuid"], r["segment_id"], r["start"], r["end"], r["kind"],
-                      r["speaker"], highlight(r["snip"]), r["app"], r["started_at"])
+                      r["speaker"], fts.snippet(r), r["app"], r["started_at"])
             for r in rows
         )
         return SearchPage(items, int(total))

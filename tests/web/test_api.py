@@ -20,8 +20,9 @@ Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[CallStore]:
-    s = CallStore(tmp_path).open()
+def store(store_target: str | Path) -> Iterator[CallStore]:
+    """The API over each back-end: SQLite in tmp_path, then PostgreSQL."""
+    s = CallStore(store_target).open()
     yield s
     s.close()
 
