@@ -238,6 +238,13 @@ async def _build_jobs(
     async def stt() -> SttEngine:
         return await ensure_stt(ctx)
 
+    wakeup = None
+    if store.listen_url is not None:
+        from helpers.store.pg_listen import JobWakeups
+
+        # PostgreSQL: idle workers wake at the commit of a new job (LISTEN/NOTIFY), not at
+        # their next poll; SQLite has no such signal between processes, so they poll.
+        wakeup = JobWakeups(store.listen_url)
     jobs = PostCallJobs(
         store, ctx.shared_dir,  # archives and peaks beside the recordings, on every node
         archive=ArchiveSettings(aac_bitrate=cfg.aac_bitrate, mp3_bitrate=cfg.mp3_bitrate,
@@ -251,6 +258,7 @@ async def _build_jobs(
         lease_s=ctx.config.cluster.job_lease_s,
         steps=steps,
         listener=listener,
+        wakeup=wakeup,
     )
     await jobs.start()
     return jobs

@@ -214,6 +214,9 @@ class PostCallJobs:
             if not task.cancelled() and task.exception() is not None:
                 log.error("job_worker_failed", error=repr(task.exception()))
         self._tasks.clear()
+        closer = getattr(self._wakeup, "aclose", None)
+        if closer is not None:  # a LISTEN connection (helpers.store.pg_listen)
+            await closer()
 
     def _orphans(self) -> list[tuple[str, Path]]:
         """Recordings of this node's ended calls that have no job rows (a crash before

@@ -190,6 +190,12 @@ class StoreCore:
         return self._dialect.name
 
     @property
+    def listen_url(self) -> str | None:
+        """Where to LISTEN for new jobs (``helpers.store.pg_listen``): the PostgreSQL URL;
+        None on SQLite, where idle workers poll."""
+        return getattr(self._dialect, "url", None) if self._dialect.name == "postgresql" else None
+
+    @property
     def location(self) -> str:
         """The SQLite file, or the PostgreSQL URL without its password (for logs)."""
         return self._dialect.location

@@ -123,6 +123,16 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_claim ON jobs(status, not_before);
 CREATE INDEX jobs_lease ON jobs(status, lease_until);
+-- Idle workers LISTEN on this channel (helpers.store.pg_listen): a job that becomes pending
+-- (enqueued, deferred, requeued) wakes them at its commit instead of at their next poll.
+-- Notifications with the same payload in one transaction are delivered once.
+CREATE FUNCTION jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('audiosocket_jobs', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_pending AFTER INSERT OR UPDATE OF status ON jobs
+    FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE FUNCTION jobs_notify();
 
 CREATE TABLE summaries (
     call_uuid   TEXT COLLATE "C" PRIMARY KEY REFERENCES calls(uuid) ON DELETE CASCADE,
