@@ -107,7 +107,7 @@ def test_two_servers_and_two_workers_share_one_store(
             proc = start(f"serve-{name}", "serve", "--app", "transcribe", "--port", str(port),
                          "--http-port", str(http), "--data-dir", str(tmp_path / name))
             servers.append((port, http))
-        for (_, http), (name, proc, log) in zip(servers, procs[2:], strict=True):
+        for (_, http), (_name, proc, log) in zip(servers, procs[2:], strict=True):
             _wait_healthy(http, proc, log, timeout=120)
 
         wav = tmp_path / "caller.wav"
@@ -181,7 +181,7 @@ def test_two_servers_and_two_workers_share_one_store(
         for p in shared.glob("recordings/*.wav"):
             assert p.stat().st_size > 44
     finally:
-        for name, proc, log in reversed(procs):
+        for _name, proc, _log in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc, log in procs:
