@@ -17,6 +17,9 @@ from audiosocket.server import AudioSocketServer
 from helpers.ai import ModelCache
 from sessions.base import Session
 
+#: Real engines (nats-server, ...) as fixtures any test can use.
+pytest_plugins = ("tests.engines.nats",)
+
 StartServer = Callable[..., Any]
 #: One model cache for the test process, as a server has one for its own: each test's
 #: server gets fresh caps and writer but loads Whisper, Piper and Silero only once.
