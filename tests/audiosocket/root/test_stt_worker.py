@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +138,28 @@ async def _ticks(seconds: float, period: float = 0.02) -> list[float]:
     return lates
 
 
-@pytest.mark.slow
-async def test_worker_subprocess_then_sigkill_mid_stream(
-    nats_server: NatsServer, tmp_path: Path
-) -> None:
+@pytest.fixture
+def stt_worker_proc(nats_server: NatsServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``audiosocket worker --stt`` as deployed, its log in ``tmp_path/worker.log``."""
     env = {**os.environ, "AUDIOSOCKET_CLUSTER__NATS": nats_server.url,
            "AUDIOSOCKET_STT__WORKERS": "1", "AUDIOSOCKET_CLUSTER__NODE": "w1"}
-    proc = subprocess.Popen(
-        [str(BIN), "worker", "--stt", "--data-dir", str(tmp_path / "w"), "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-    )
+    with open(tmp_path / "worker.log", "wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN), "worker", "--stt", "--data-dir", str(tmp_path / "w"),
+             "--log-format", "json"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+@pytest.mark.slow
+async def test_worker_subprocess_then_sigkill_mid_stream(
+    nats_server: NatsServer, stt_worker_proc: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    proc = stt_worker_proc
     engine = rs.RemoteSttEngine(nats_url=nats_server.url, inflight=2, worker_timeout_s=1.5)
     await asyncio.to_thread(engine.start)
     loop = asyncio.get_running_loop()
@@ -159,7 +172,7 @@ async def test_worker_subprocess_then_sigkill_mid_stream(
         me = f"w1/stt/{proc.pid}"
         end = time.monotonic() + 60  # imports and Whisper on a loaded 2-core box
         while me not in engine._workers:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
             assert time.monotonic() < end, "the worker never said it was alive"
             await asyncio.sleep(0.05)
         pcm = silence(0.3) + synth_speech(SENTENCE, 8000) + silence(0.3)
@@ -191,9 +204,6 @@ async def test_worker_subprocess_then_sigkill_mid_stream(
         drops = {r: dropped(r) - n for r, n in before_drops.items()}
     finally:
         await asyncio.to_thread(engine.stop)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
     p_before, p_during = _p99(before), _p99(during)
     print(f"\ntick p99 before {p_before:.2f} ms, during {p_during:.2f} ms "
           f"(mean {statistics.mean(before) * 1000:.2f} / {statistics.mean(during) * 1000:.2f}); "
