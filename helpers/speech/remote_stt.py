@@ -62,7 +62,15 @@ from prometheus_client import Gauge, Histogram
 
 from helpers.audio import float_to_pcm, pcm_to_float, resample_float
 from helpers.speech.lines import Word
-from helpers.speech.stt import _LAT_BUCKETS, QUEUE_DEPTH, QUEUE_WAIT, SttEngine, _Job
+from helpers.speech.stt import (
+    _LAT_BUCKETS,
+    QUEUE_DEPTH,
+    QUEUE_WAIT,
+    Segment,
+    SttEngine,
+    _Job,
+)
+from helpers.speech.vad import Utterance
 from helpers.speech.whisper import SAMPLE_RATE
 
 __all__ = [
@@ -334,9 +342,16 @@ class RemoteSttEngine(SttEngine):
             await ensure_stream(self._js, self.pool, self.live_deadline_s)
         self._kick()
 
-    def submit(self, *args: Any, **kwargs: Any) -> bool:
+    def submit(
+        self,
+        call_uuid: str,
+        utt: Utterance,
+        callback: Callable[[Segment | None, dict[str, Any]], None],
+        speech_end_monotonic: float | None = None,
+        deadline_s: float | None = None,
+    ) -> bool:
         """:meth:`SttEngine.submit`, then a nudge to the sender (a thread-safe call, no wait)."""
-        admitted = super().submit(*args, **kwargs)
+        admitted = super().submit(call_uuid, utt, callback, speech_end_monotonic, deadline_s)
         if admitted:
             self._kick()
         return admitted
@@ -379,6 +394,9 @@ class RemoteSttEngine(SttEngine):
         """Drop what cannot be answered any more; returns how long the sender may sleep."""
         now = time.monotonic()
         alive = self.workers_alive()
+        for worker, seen in list(self._workers.items()):
+            if now - seen > 60.0:  # long gone (a worker's name changes with its pid)
+                del self._workers[worker]
         WORKERS.set(sum(now - seen < self.worker_timeout_s for seen in self._workers.values()))
         for uid, flight in list(self._flights.items()):
             if not alive:

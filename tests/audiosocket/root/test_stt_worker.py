@@ -212,3 +212,23 @@ async def test_worker_subprocess_then_sigkill_mid_stream(
     assert set(got.reasons()) <= {"timeout", "no_workers", "pool_full"}, got.reasons()
     # The issue's target is +2 ms on a quiet box; a shared 2-core CI box gets slack.
     assert p_during - p_before < 15.0, (p_before, p_during)
+
+
+def test_serve_exits_1_when_nats_is_unreachable(tmp_path: Path) -> None:
+    """``stt_remote`` with NATS down: retry for ``connect_timeout_s``, then exit 1, never a
+    silent fall back to local Whisper."""
+    with socket.socket() as s, socket.socket() as s2:
+        s.bind(("127.0.0.1", 0))
+        s2.bind(("127.0.0.1", 0))
+        port, serve_port = s.getsockname()[1], s2.getsockname()[1]  # nothing listens there
+    env = {**os.environ, "AUDIOSOCKET_CLUSTER__NATS": f"nats://127.0.0.1:{port}",
+           "AUDIOSOCKET_CLUSTER__STT_REMOTE": "true",
+           "AUDIOSOCKET_CLUSTER__CONNECT_TIMEOUT_S": "0.5"}
+    done = subprocess.run(
+        [str(BIN), "serve", "--app", "transcribe", "--port", str(serve_port), "--http-port", "0",
+         "--data-dir", str(tmp_path / "var")],
+        capture_output=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    out = (done.stdout + done.stderr).decode()
+    assert done.returncode == 1, out
+    assert "unreachable" in out and "cluster.nats" in out
