@@ -266,7 +266,11 @@ async def run_stt_worker(config: Config, stop: asyncio.Event) -> int:
                            max_age_s=config.stt.live_deadline_s, name=name)
         await worker.run(stop)
     finally:
+        # Answers are out (flush), nothing is left to take: close, not drain (a drain waits
+        # on the pull subscription's queue, which fetch never marks done).
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), 2.0)
+            await asyncio.wait_for(nc.flush(), 1.0)
+        with contextlib.suppress(Exception):
+            await nc.close()
         await close_services(ctx)
     return 0

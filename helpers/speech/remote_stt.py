@@ -380,9 +380,13 @@ class RemoteSttEngine(SttEngine):
         assert self._wake is not None and self._stopping is not None
         while not self._stopping.is_set():
             self._wake.clear()
-            wait = self._housekeeping()
-            while (job := self._next_job()) is not None:
-                self._send(job)
+            try:
+                wait = self._housekeeping()
+                while (job := self._next_job()) is not None:
+                    self._send(job)
+            except Exception:  # a bug here must not leave the calls' queue unserved
+                log.exception("stt_sender_failed")
+                wait = 0.1
             if self._stopping.is_set():
                 break
             try:
