@@ -191,8 +191,9 @@ async def ensure_stream(js: JetStreamContext, pool: int, max_age_s: float) -> No
 def _json_default(obj: object) -> object:
     if isinstance(obj, Word):
         return asdict(obj)
-    if isinstance(obj, float | int):  # numpy scalars
-        return float(obj)
+    item = getattr(obj, "item", None)  # numpy scalars (float32 is no float subclass)
+    if callable(item):
+        return item()
     raise TypeError(f"not JSON: {type(obj).__name__}")
 
 

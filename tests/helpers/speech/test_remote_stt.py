@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from audiosocket.config import load_config
 from audiosocket.root.app import AppContext
 from audiosocket.root.services import ensure_stt
 from helpers import ai
-from helpers.speech.remote_stt import EngineUnavailable, RemoteSttEngine
-from helpers.speech.stt import SttEngine
+from helpers.speech.remote_stt import (
+    EngineUnavailable,
+    RemoteSttEngine,
+    decode_result,
+    encode_result,
+)
+from helpers.speech.stt import SttEngine, Word
 from tests.engines.nats import NatsServer
 from tests.helpers.speech.remote_fixtures import (
     Results,
@@ -188,3 +195,12 @@ async def test_composition_root_builds_the_remote_engine(nats_server: NatsServer
     cfg.cluster.connect_timeout_s = 0.3
     with pytest.raises(ConnectionError):
         await ensure_stt(AppContext(cfg))
+
+
+def test_result_survives_the_wire() -> None:
+    info = {"rejected": None, "dbfs": -math.inf, "no_speech_prob": np.float32(0.25),
+            "words": [Word(" Hi", 0.1, 0.4, 0.9)], "path": "short"}
+    text, conf, back = decode_result(encode_result("Hi", 0.8, info))
+    assert (text, conf) == ("Hi", 0.8)
+    assert back["words"] == [Word(" Hi", 0.1, 0.4, 0.9)] and back["dbfs"] == -math.inf
+    assert back["no_speech_prob"] == 0.25 and back["rejected"] is None
