@@ -7,7 +7,9 @@ is an ``SttEngine`` with as many worker threads in this process. Both transcribe
 measured capacity (``workers / Whisper seconds per utterance``), and report end-of-speech to
 text (``Segment.latency_ms``) p50/p95 and drops by reason. Local and remote runs alternate,
 ``--rounds`` times, so that the machine's noise falls on both; the figure to quote is the
-median over rounds of remote minus local.
+median over rounds of remote minus local. On a noisy machine that difference is mostly
+Whisper's own variance; the remote lines also print, per utterance, the round trip less the
+worker's Whisper time (NATS both ways, the stream, the fetch, JSON), which is not.
 
     .venv/bin/python bench/remote_stt_bench.py                # 1/3 load and 85 %, 2 rounds
     .venv/bin/python bench/remote_stt_bench.py --utterances 120 --rounds 3 --workers 2
@@ -54,6 +56,7 @@ def run_load(engine: SttEngine, pcm: bytes, rate_hz: float, n: int, seed: int) -
     """Offer ``n`` utterances as Poisson arrivals at ``rate_hz``; wait for every answer."""
     rng = random.Random(seed)
     lat: list[float] = []
+    wire: list[float] = []  # remote: the round trip less the worker's own Whisper time
     done = threading.Semaphore(0)
     lock = threading.Lock()
 
@@ -61,6 +64,8 @@ def run_load(engine: SttEngine, pcm: bytes, rate_hz: float, n: int, seed: int) -
         if seg is not None:
             with lock:
                 lat.append(seg.latency_ms)
+                if "remote_ms" in info:
+                    wire.append(info["remote_ms"] - info["processing_ms"])
         done.release()
 
     before = drops()
@@ -76,9 +81,12 @@ def run_load(engine: SttEngine, pcm: bytes, rate_hz: float, n: int, seed: int) -
         done.acquire(timeout=60)
     after = drops()
     lat.sort()
+    wire.sort()
     return {
         "done": len(lat), "p50": statistics.median(lat) if lat else float("nan"),
         "p95": lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"),
+        "wire_p50": statistics.median(wire) if wire else None,
+        "wire_p95": wire[int(0.95 * (len(wire) - 1))] if wire else None,
         "drops": {r: int(after[r] - before[r]) for r in REASONS if after[r] - before[r]},
     }
 
@@ -132,9 +140,12 @@ def main() -> None:
                 for name, engine in (("local", local), ("remote", remote)):
                     res[name] = run_load(engine, pcm, capacity * load, args.utterances, r)
                     out_ = res[name]
+                    wire = (f" (round trip less Whisper: p50 {out_['wire_p50']:.1f} ms, "
+                            f"p95 {out_['wire_p95']:.1f} ms)" if out_["wire_p50"] is not None
+                            else "")
                     print(f"load {load:.0%} round {r + 1} {name:6}: {out_['done']}/"
                           f"{args.utterances} p50 {out_['p50']:.0f} ms p95 "
-                          f"{out_['p95']:.0f} ms drops {out_['drops'] or 0}")
+                          f"{out_['p95']:.0f} ms drops {out_['drops'] or 0}{wire}")
                 added_p50.append(res["remote"]["p50"] - res["local"]["p50"])
                 added_p95.append(res["remote"]["p95"] - res["local"]["p95"])
             print(f"load {load:.0%}: remote adds p50 {statistics.median(added_p50):+.1f} ms, "
