@@ -18,6 +18,9 @@ from helpers.ai import ModelCache
 from sessions.base import Session
 from tests.engines.postgres import pg_cluster, pg_url, store_target  # noqa: F401 (fixtures)
 
+#: Real engines (nats-server, ...) as fixtures any test can use.
+pytest_plugins = ("tests.engines.nats",)
+
 StartServer = Callable[..., Any]
 #: One model cache for the test process, as a server has one for its own: each test's
 #: server gets fresh caps and writer but loads Whisper, Piper and Silero only once.

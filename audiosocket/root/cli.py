@@ -135,6 +135,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("cannot_start", error=str(exc))
         return 2
+    except ConnectionError as exc:  # an engine (NATS...) unreachable for connect_timeout_s
+        log.error("cannot_start", error=str(exc))
+        return 1
     # Everything durable is written and closed by now. Leave without the interpreter's own
     # teardown: it would join worker threads that may be inside a long native call (a
     # post-call transcript), and the job they run resumes at the next start anyway.

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
@@ -152,18 +152,22 @@ async def _build_stt(ctx: AppContext) -> SttEngine:
     from helpers.speech.stt import SttEngine
 
     cfg = ctx.config.stt
+    cluster = ctx.config.cluster
     shared = ctx.services
+    settings: dict[str, Any] = dict(
+        workers=cfg.workers, language=cfg.language,
+        beam_size=cfg.beam_size, live_deadline_s=cfg.live_deadline_s,
+        max_utterance_s=cfg.max_utterance_s, rtf_estimate=cfg.rtf_estimate,
+        queue_capacity=cfg.queue_capacity or None, queue_max_bytes=cfg.queue_max_bytes,
+        short_window=cfg.short_window,
+        vad_aggressiveness=cfg.vad_aggressiveness,
+        ai=shared.ai, models=shared.models,
+    )
+    if cluster.stt_remote:
+        return await _build_remote_stt(ctx, settings)
 
     def load() -> SttEngine:
-        engine = SttEngine(
-            cfg.model or None, workers=cfg.workers, language=cfg.language,
-            beam_size=cfg.beam_size, live_deadline_s=cfg.live_deadline_s,
-            max_utterance_s=cfg.max_utterance_s, rtf_estimate=cfg.rtf_estimate,
-            queue_capacity=cfg.queue_capacity or None, queue_max_bytes=cfg.queue_max_bytes,
-            short_window=cfg.short_window,
-            vad_aggressiveness=cfg.vad_aggressiveness,
-            ai=shared.ai, models=shared.models,
-        )
+        engine = SttEngine(cfg.model or None, **settings)
         engine.start()
         _ = engine.backend  # load the model now, not on the first utterance
         return engine
@@ -173,6 +177,26 @@ async def _build_stt(ctx: AppContext) -> SttEngine:
              queue_capacity=stt.capacity or None, answer_deadline_s=cfg.answer_deadline_s,
              live_deadline_s=cfg.live_deadline_s)
     return stt
+
+
+async def _build_remote_stt(ctx: AppContext, settings: dict[str, Any]) -> SttEngine:
+    """Live utterances to ``audiosocket worker --stt`` over NATS: no Whisper loads here (a
+    post-call transcript on this server would load it on first use). NATS unreachable for
+    ``cluster.connect_timeout_s`` raises ``EngineUnavailable`` (``serve`` exits 1)."""
+    from helpers.speech.remote_stt import RemoteSttEngine, pool_capacity
+
+    cfg = ctx.config.stt
+    cluster = ctx.config.cluster
+    engine = RemoteSttEngine(
+        cfg.model or None, nats_url=cluster.nats, inflight=cluster.stt_remote_inflight,
+        pool=pool_capacity(cfg.queue_capacity), connect_timeout_s=cluster.connect_timeout_s,
+        name=f"audiosocket {ctx.config.node}", **settings,
+    )
+    await asyncio.to_thread(engine.start)
+    log.info("stt_ready", remote=cluster.nats, inflight=cluster.stt_remote_inflight,
+             pool=engine.pool, answer_deadline_s=cfg.answer_deadline_s,
+             live_deadline_s=cfg.live_deadline_s)
+    return engine
 
 
 async def ensure_tts(ctx: AppContext) -> TtsEngine:

@@ -83,7 +83,8 @@ DROPPED = Counter(
     "audiosocket_stt_utterances_dropped_total",
     "Utterances dropped, by reason: deadline (could not be transcribed by its deadline), "
     "queue_bytes (the queue's audio bound), queue_full (a fixed queue_capacity), stopped, "
-    "not_running",
+    "not_running; remote STT (helpers.speech.remote_stt): pool_full (the shared stream is "
+    "full), timeout (no answer by the deadline), no_workers (no STT worker alive)",
     ["reason"],
 )
 REJECTED = Counter(
@@ -470,6 +471,12 @@ class SttEngine:
             log.exception("stt_failed", call_uuid=job.call_uuid)
             self._safe_callback(job, None, {"error": repr(exc)})
             return
+        self._finish(job, text, conf, info)
+
+    def _finish(self, job: _Job, text: str, conf: float, info: dict[str, Any]) -> None:
+        """Report ``transcribe``'s result for ``job`` as a :class:`Segment` on the call's
+        timeline (None when a guard rejected it); also the remote engine's way back."""
+        started = job.started
         done = time.monotonic()
         latency = done - job.speech_end
         LATENCY.observe(latency)
