@@ -27,6 +27,7 @@ Run (never a pass/fail test; the engines are started here, PostgreSQL via
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -229,9 +230,29 @@ class Workers:
                 "retries": text.count("job_retry"), "failed": text.count('"job_failed"')}
 
 
-def wait_all_done(store: CallStore, n_jobs: int, timeout: float) -> None:
+def pg_ticks(pg: Any) -> int:
+    """CPU ticks of the PostgreSQL server: the postmaster (with its exited backends) and
+    its live children (the backends serving the workers and the bench)."""
+    root = pg.proc.pid
+    total = cpu_ticks(root)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == root:
+            total += sum(int(fields[i]) for i in (11, 12))
+    return total
+
+
+def wait_all_done(store: CallStore, n_jobs: int, timeout: float, workers: Workers) -> None:
+    """Until every job is done or failed; raises when a worker dies or time runs out."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        for p, proc in zip(workers.logs, workers.procs, strict=True):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited {proc.returncode}: "
+                                   f"{p.read_text(errors='replace')[-2000:]}")
         rows = store.execute_read("SELECT status, count(*) AS n FROM jobs GROUP BY status")
         by = {r["status"]: int(r["n"]) for r in rows}
         if by.get("done", 0) + by.get("failed", 0) >= n_jobs:
@@ -268,14 +289,14 @@ def part_throughput(args: argparse.Namespace, pg: Any, tmp: Path, wavs: list[tup
         try:
             ready = workers.wait_ready()
             with CallStore(url) as store:
-                cpu0, (busy0, tot0) = workers.cpu(), machine_ticks()
+                cpu0, pg0, (busy0, tot0) = workers.cpu(), pg_ticks(pg), machine_ticks()
                 t0 = time.monotonic()
                 for i in range(args.calls):
                     src, dur = wavs[i % len(wavs)]
                     enqueue_call(store, shared, src, dur)
-                wait_all_done(store, args.calls * len(STEPS), 600 + 120 * args.calls)
+                wait_all_done(store, args.calls * len(STEPS), 600 + 120 * args.calls, workers)
                 elapsed = time.monotonic() - t0
-                cpu1, (busy1, tot1) = workers.cpu(), machine_ticks()
+                cpu1, pg1, (busy1, tot1) = workers.cpu(), pg_ticks(pg), machine_ticks()
                 jobs = job_rows(store)
                 heard = transcribed(store)
             load = Path("/proc/loadavg").read_text().split()[0]
@@ -289,20 +310,29 @@ def part_throughput(args: argparse.Namespace, pg: Any, tmp: Path, wavs: list[tup
                                         if j["step"] == s and j["duration"] is not None] or [0])
                   for s in STEPS}
         wcpu = (cpu1 - cpu0) / CLK / elapsed / os.cpu_count() * 100  # type: ignore[operator]
+        pcpu = (pg1 - pg0) / CLK / elapsed / os.cpu_count() * 100  # type: ignore[operator]
         mcpu = (busy1 - busy0) / max(1, tot1 - tot0) * 100
         res[k] = {"seconds": elapsed, "calls_per_min": args.calls / elapsed * 60,
-                  "jobs_per_s": n_jobs / elapsed, "workers_cpu_pct": wcpu, "machine_cpu_pct": mcpu,
+                  "jobs_per_s": n_jobs / elapsed, "workers_cpu_pct": wcpu, "pg_cpu_pct": pcpu,
+                  "machine_cpu_pct": mcpu,
                   "load1": float(load), "ready_s": ready, "transcribed": heard, "failed": failed,
                   "extra_attempts": extra, "step_median_s": step_s, **odd}
         rows.append([k, f"{elapsed:.1f}", f"{args.calls / elapsed * 60:.1f}",
-                     f"{n_jobs / elapsed:.2f}", f"{wcpu:.0f} %", f"{mcpu:.0f} %", load,
+                     f"{n_jobs / elapsed:.2f}", f"{wcpu:.0f} %", f"{pcpu:.0f} %",
+                     f"{mcpu:.0f} %", load,
                      "/".join(map(str, odd["jobs_per_worker"])),
                      f"{odd['done_twice']}/{extra}/{failed}", f"{heard}/{args.calls}"])
     print(f"### Post-call throughput: {args.calls} calls of {args.seconds:g} s, "
           f"{len(STEPS)} jobs each, PostgreSQL store, {os.cpu_count()} cores\n")
     table(["workers", "seconds", "calls/min", "jobs/s", "workers' CPU (of all cores)",
-           "machine busy", "load 1 min", "jobs per worker", "done twice/retries/failed",
-           "transcribed"], rows)
+           "PostgreSQL CPU", "machine busy", "load 1 min", "jobs per worker",
+           "done twice/retries/failed", "transcribed"], rows)
+    ks = sorted(res)
+    for a, b in itertools.pairwise(ks):
+        gain = res[b]["calls_per_min"] / res[a]["calls_per_min"]
+        print(f"{a} → {b} workers: calls/min ×{gain:.2f}; machine busy "
+              f"{res[a]['machine_cpu_pct']:.0f} % → {res[b]['machine_cpu_pct']:.0f} %"
+              + (" (the cores are the cap)" if res[b]["machine_cpu_pct"] >= 90 else ""))
     last = res[max(res)]
     print("median step seconds (largest K): " + ", ".join(
         f"{s} {v:.2f}" for s, v in last["step_median_s"].items()) + "\n")
@@ -335,7 +365,7 @@ def part_latency(args: argparse.Namespace, pg: Any, tmp: Path, wavs: list[tuple[
                     cid, t = enqueue_call(store, shared, src, dur)
                     enq[cid] = t
                     time.sleep(args.gap)
-                wait_all_done(store, args.latency_calls * len(STEPS), 600)
+                wait_all_done(store, args.latency_calls * len(STEPS), 600, workers)
                 jobs = job_rows(store)
         finally:
             workers.stop()
@@ -510,7 +540,7 @@ def main() -> None:
         writer(args._writer, args._calls, args._segs, args._start, args._seed)
         return
     if args.quick:
-        args.workers, args.calls, args.seconds = "1,2", 2, 6.0
+        args.workers, args.calls, args.seconds = "1,2", 4, 6.0
         args.latency_calls, args.gap, args.write_calls, args.segments = 3, 2.0, 40, 20_000
     args.workers = [int(k) for k in str(args.workers).split(",")]
     parts = set(args.parts.split(","))
