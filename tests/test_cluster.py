@@ -7,7 +7,7 @@ serve`` with the ``transcribe`` app, live STT sent to ``audiosocket worker --stt
 (``postcall.workers_in_server = false``), recordings on one shared directory. Six calls with
 real speech, three on each server at once. Then both portals must list all six with their
 live and final transcripts, archives and summaries, and every job must have run exactly
-once (one attempt, no duplicate rows).
+once (one attempt, no duplicate rows). And a job worker killed mid-transcript costs only time.
 """
 
 from __future__ import annotations
@@ -192,3 +192,83 @@ def test_two_servers_and_two_workers_share_one_store(
                 code = proc.wait(5)
             if code not in (0, -signal.SIGTERM):
                 print(f"{name} exited {code}:\n{log.read_text()[-3000:]}")
+
+
+def test_a_killed_job_worker_costs_only_time_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """SIGKILL the only job worker while it transcribes; a new one finishes everything
+    within the lease plus the steps' time, each job done once, no row written twice."""
+    env = {
+        **os.environ,
+        "AUDIOSOCKET_CLUSTER__STORE": pg_url,
+        "AUDIOSOCKET_CLUSTER__SHARED_DIR": str(tmp_path / "shared"),
+        "AUDIOSOCKET_CLUSTER__JOB_LEASE_S": "3",
+        "AUDIOSOCKET_POSTCALL__WORKERS_IN_SERVER": "false",
+        "AUDIOSOCKET_LOG_FORMAT": "json",
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"{name}.log", "wb") as fh:
+            proc = subprocess.Popen([str(BIN), *args], cwd=ROOT, env=env, stdout=fh,
+                                    stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    try:
+        port, http = free_port(), free_port()
+        server = start("serve", "serve", "--app", "record", "--port", str(port),
+                       "--http-port", str(http), "--data-dir", str(tmp_path / "s"))
+        _wait_healthy(http, server, tmp_path / "serve.log", timeout=60)
+        first = start("worker-1", "worker", "--data-dir", str(tmp_path / "w1"))
+        wav = tmp_path / "caller.wav"
+        _write_wav(wav, synth_speech(SENTENCE) + silence(0.5) + synth_speech(SENTENCE))
+        for _ in range(3):
+            out = subprocess.run(
+                [str(BIN), "call", str(wav), "--port", str(port), "--linger", "0.5"],
+                cwd=ROOT, env=env, capture_output=True, timeout=60,
+            )
+            assert out.returncode == 0, out.stderr.decode()[-2000:]
+        # Kill it in the middle of a transcript (the step that writes rows).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            running = _pg_rows(pg_url, "SELECT id FROM jobs WHERE status = 'running' "
+                                       "AND step = 'transcript'")
+            if running:
+                break
+            assert first.poll() is None, (tmp_path / "worker-1.log").read_text()[-3000:]
+            time.sleep(0.05)
+        assert running, "no transcript ever ran"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_at = time.monotonic()
+        start("worker-2", "worker", "--data-dir", str(tmp_path / "w2"))
+        while time.monotonic() < killed_at + 180:
+            states = _pg_rows(pg_url, "SELECT status, count(*) FROM jobs GROUP BY status")
+            if dict(states).get("done") == 15:
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - killed_at
+        print(f"everything done {took:.1f} s after the kill (lease 3 s)")
+        jobs = _pg_rows(pg_url, "SELECT call_uuid, step, status, attempts, worker FROM jobs")
+        assert len(jobs) == 15 and all(st == "done" for _, _, st, _, _ in jobs), jobs
+        rerun = [j for j in jobs if j[3] == 2]
+        assert rerun, "the killed worker's job was not taken again"
+        # ... by the second worker (``<node>/<pid>/<n>``), not by a ghost of the first.
+        assert all(w.split("/")[-2] != str(first.pid) for *_, w in rerun), rerun
+        dupes = _pg_rows(pg_url, "SELECT call_uuid, start, count(*) FROM segments "
+                                 "WHERE kind = 'final' GROUP BY call_uuid, start "
+                                 "HAVING count(*) > 1")
+        assert dupes == []
+        finals = _pg_rows(pg_url, "SELECT count(DISTINCT call_uuid) FROM segments "
+                                  "WHERE kind = 'final'")
+        assert finals[0][0] == 3
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
