@@ -89,7 +89,8 @@ async def test_fluent_speech_gives_sentence_lines_live_and_after_the_call(
     async def engine() -> Any:
         return stt
 
-    jobs = PostCallJobs(store, tmp_path / "jobs", stt=engine)
+    # The files root the recording rows are relative to (the server's shared directory).
+    jobs = PostCallJobs(store, server.ctx.shared_dir, stt=engine)
     await jobs.asubmit(result.uuid, wav)
     await store.aflush()  # the recording row is a queued write; the step reads it
     await jobs._step_transcript(result.uuid)
