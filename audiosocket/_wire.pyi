@@ -21,5 +21,5 @@ def pump(
     lines: list[tuple[object, ...]], advance: int, /
 ) -> list[tuple[tuple[object, ...], int, object]]: ...
 def take_tape(
-    tape: tuple[bytearray, bytearray, bytearray, bytearray], /
+    tape: tuple[bytearray, bytearray, bytearray, bytearray], frame_bytes: int, /
 ) -> tuple[bytes, bytes, bytes, bytes] | None: ...

@@ -167,7 +167,7 @@ def block_from_tape(
     tape: tuple[bytearray, bytearray, bytearray, bytearray], frame_bytes: int
 ) -> MediaBlock | None:
     """Take what a line's tape holds (emptying it) as a block; None when it is empty."""
-    taken = take_tape(tape)
+    taken = take_tape(tape, frame_bytes)
     if taken is None:
         return None
     in_pcm, in_ticks, out_pcm, out_ticks = taken

@@ -114,12 +114,13 @@ def pump(
 Tape = tuple[bytearray, bytearray, bytearray, bytearray]
 
 
-def take_tape(tape: Tape) -> tuple[bytes, bytes, bytes, bytes] | None:
+def take_tape(tape: Tape, frame_bytes: int) -> tuple[bytes, bytes, bytes, bytes] | None:
     """What ``tape`` holds (inbound audio, inbound ticks, outbound audio, outbound slots),
-    leaving it empty; None when it is empty. The C side keeps the tape's capacity, so the
-    next second refills it without reallocating."""
+    leaving it empty; None when it is empty. The outbound audio has ``frame_bytes`` per slot
+    (the C side tapes a slot of the line's own silence without its zeros). The C side keeps
+    the tape's capacity, so the next second refills it without reallocating."""
     if _wire is not None:
-        return _wire.take_tape(tape)
+        return _wire.take_tape(tape, frame_bytes)
     if not tape[1] and not tape[3]:
         return None
     taken = (bytes(tape[0]), bytes(tape[1]), bytes(tape[2]), bytes(tape[3]))

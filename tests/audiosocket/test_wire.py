@@ -380,10 +380,17 @@ def test_a_taped_line_records_both_directions_with_their_ticks(pair: Any) -> Non
             peer.sendall(frame(4))  # two at once on the third
         settle()
         assert _wire.pump([line], 1) == []
-    in_pcm, in_ticks, out_pcm, out_ticks = tape
-    assert np.frombuffer(bytes(out_ticks), "<i8").tolist() == [7, 8, 9]
-    assert bytes(out_pcm) == frame(9)[3:] + bytes(640)  # the queued frame, then silence
-    assert np.frombuffer(bytes(in_ticks), "<i8").tolist() == [8, 10, 10]
+    # On the tape the line's own silence is its slot alone, marked; the zeros come back
+    # when the tape is taken.
+    silent = 1 << 62
+    assert np.frombuffer(bytes(tape[3]), "<i8").tolist() == [7, 8 | silent, 9 | silent]
+    assert bytes(tape[2]) == frame(9)[3:]
+    taken = _wire.take_tape(tape, 320)
+    assert taken is not None
+    in_pcm, in_ticks, out_pcm, out_ticks = taken
+    assert np.frombuffer(out_ticks, "<i8").tolist() == [7, 8, 9]
+    assert out_pcm == frame(9)[3:] + bytes(640)  # the queued frame, then silence
+    assert np.frombuffer(in_ticks, "<i8").tolist() == [8, 10, 10]
     assert bytes(in_pcm) == frame(1)[3:] + frame(3)[3:] + frame(4)[3:]
     assert counters(line) == (3, 1, 1, 3)  # ticks, popped, sent, frames in
     assert recv_exactly(peer, 3 * 323) == frame(9) + playout._silence * 2
@@ -402,17 +409,18 @@ def test_taking_a_tape_empties_it_and_keeps_its_capacity(pair: Any) -> None:
             settle(0.02 if k == 49 else 0.001)  # a late frame is read next tick; not the last
             assert _wire.pump([line], 1) == []
         held = [part.__sizeof__() for part in tape]
-        taken = take_tape(tape)
+        taken = take_tape(tape, 320)
         assert taken is not None
         in_pcm, in_ticks, out_pcm, out_ticks = taken
         assert in_pcm == b"".join(frame(50 * second + k)[3:] for k in range(50))
         sent_at = np.frombuffer(out_ticks, "<i8").tolist()
         assert sent_at == list(range(50 * second, 50 * second + 50))
-        assert len(out_pcm) == 50 * 320 and len(in_ticks) == 50 * 8
+        assert out_pcm == bytes(50 * 320)  # silence, taped as slots alone
+        assert len(in_ticks) == 50 * 8
         assert [len(part) for part in tape] == [0, 0, 0, 0]
         assert [part.__sizeof__() for part in tape] == held  # capacity kept
         assert held[0] >= 50 * 320
-    assert take_tape(tape) is None
+    assert take_tape(tape, 320) is None
 
 
 def test_a_waking_line_reports_the_first_sound_and_tapes_it(pair: Any) -> None:
@@ -446,7 +454,8 @@ def test_a_playback_mark_is_reported_and_the_line_keeps_going(pair: Any) -> None
         playout._resolve_marks()
         assert pb.done() and await pb is True
         assert playout.plain and _wire.pump([line], 1) == []  # then silence
-        assert len(tape[2]) == 4 * 320
+        assert len(tape[2]) == 3 * 320  # the clip; the silence after it is a marked slot
+        assert len(tape[3]) == 4 * 8
 
     import asyncio
 
