@@ -63,6 +63,12 @@ def resolve_stored(root: Path, stored: str | Path) -> Path:
         return path
     if ".." in PurePosixPath(str(stored)).parts or ".." in path.parts:
         raise ValueError(f"stored path {stored!r} leaves the storage root")
+    # Rows written before paths were stored relative to the root hold the path as it was
+    # opened: with the default ``data_dir`` of ``./var``, ``var/recordings/x.wav``, relative
+    # to the working directory and already under the (relative) root.
+    prefix = root.parts
+    if prefix and not root.is_absolute() and path.parts[: len(prefix)] == prefix:
+        return path
     return root / path
 
 
@@ -109,6 +115,11 @@ class LocalStorage:
         under it, else the path as it is (a file outside the root stays absolute)."""
         p = Path(path)
         if not p.is_absolute():
+            # Relative to the working directory, under a root named relatively too (the
+            # default ``data_dir`` is ``./var``: ``var/recordings/x.wav`` under ``var``);
+            # else already relative to the root.
+            with contextlib.suppress(ValueError):
+                return p.absolute().relative_to(self.root.absolute()).as_posix()
             return PurePosixPath(*p.parts).as_posix()
         with contextlib.suppress(ValueError):
             return p.relative_to(self.root).as_posix()

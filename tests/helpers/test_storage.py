@@ -52,3 +52,30 @@ def test_ranges_put_exists_delete(tmp_path: Path) -> None:
     assert files.delete("recordings/x.wav") is True
     assert files.delete("recordings/x.wav") is False
     assert not files.exists("recordings/x.wav")
+
+
+def test_a_relative_root_and_paths_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make run`'s default: data_dir ./var, so the recorder's path is var/recordings/x.wav.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var" / "recordings").mkdir(parents=True)
+    (tmp_path / "var" / "recordings" / "x.wav").write_bytes(b"RIFF")
+    files = LocalStorage("./var")
+    stored = files.relative("var/recordings/x.wav")
+    assert stored == "recordings/x.wav"
+    assert files.path(stored).read_bytes() == b"RIFF"
+    assert files.relative("recordings/x.wav") == "recordings/x.wav"  # already under the root
+
+
+def test_rows_from_before_relative_storage_still_resolve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Earlier versions stored the path as opened: var/recordings/x.wav under ./var.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var" / "recordings").mkdir(parents=True)
+    (tmp_path / "var" / "recordings" / "x.wav").write_bytes(b"RIFF")
+    files = LocalStorage("./var")
+    assert files.path("var/recordings/x.wav").read_bytes() == b"RIFF"
+    assert files.path("recordings/x.wav").read_bytes() == b"RIFF"
+    assert resolve_stored(tmp_path / "var", str(tmp_path / "var/recordings/x.wav")).exists()
