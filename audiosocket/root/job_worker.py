@@ -12,7 +12,6 @@ were the process killed instead, their leases expire and another worker takes th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 
 import structlog
@@ -50,25 +49,16 @@ async def run_job_worker(config: Config, steps: tuple[str, ...], stop: asyncio.E
     )
 
     ctx = AppContext(config)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + config.cluster.connect_timeout_s
     try:
-        while True:
-            try:
-                await ensure_store(ctx, own_calls=False)
-                break
-            except Exception as exc:
-                left = deadline - loop.time()
-                if left <= 0 or stop.is_set():
-                    log.error("worker_store_unreachable", error=str(exc),
-                              timeout_s=config.cluster.connect_timeout_s)
-                    print(f"audiosocket worker: the store is unreachable: {exc}",
-                          file=sys.stderr)
-                    return 1
-                log.warning("worker_store_retry", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(0.5, left)):
-                        await stop.wait()
+        try:
+            # open_store already retries an unreachable PostgreSQL until
+            # cluster.connect_timeout_s; what it raises is final.
+            await ensure_store(ctx, own_calls=False)
+        except Exception as exc:
+            log.error("worker_store_unreachable", error=str(exc),
+                      timeout_s=config.cluster.connect_timeout_s)
+            print(f"audiosocket worker: the store is unreachable: {exc}", file=sys.stderr)
+            return 1
         try:
             if "transcript" in steps:
                 # Load Whisper before claiming anything: loading holds the GIL in stretches
