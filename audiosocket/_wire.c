@@ -176,8 +176,16 @@ static int append(PyObject *ba, const void *data, Py_ssize_t len) {
     return 0;
 }
 
+/* Digital silence? Word by word: a silent caller's every frame is scanned to its end (a
+ * byte loop was ~1 % of a core at 1000 silent calls). */
 static int all_zero(const char *p, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++)
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        if (w) return 0;
+    }
+    for (; i < n; i++)
         if (p[i]) return 0;
     return 1;
 }
@@ -443,6 +451,47 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(block_shape_doc,
+"block_shape(heard_ticks, sent_ticks, heard) -> (lead_lo, lead_hi, consecutive, silent)\n\n"
+"What a block's consumers check before taking it at once, in one pass here instead of a\n"
+"dozen numpy calls per call per second: the least and greatest heard_ticks[k] - k (0, 0\n"
+"when nothing was heard), whether the slots step by exactly one, and whether the heard\n"
+"audio is all zero. The ticks are native int64 buffers (numpy arrays or bytes).");
+
+static PyObject *block_shape(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "block_shape(heard_ticks, sent_ticks, heard)");
+        return NULL;
+    }
+    Py_buffer v[3];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 3; got++)
+        if (PyObject_GetBuffer(args[got], &v[got], PyBUF_C_CONTIGUOUS) < 0) goto done;
+    if (v[0].len % 8 || v[1].len % 8) {
+        PyErr_SetString(PyExc_ValueError, "ticks must be int64");
+        goto done;
+    }
+    const int64_t *h = (const int64_t *)v[0].buf, *s = (const int64_t *)v[1].buf;
+    Py_ssize_t m = v[0].len / 8, n = v[1].len / 8;
+    int64_t lo = 0, hi = 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        int64_t d = h[k] - (int64_t)k;
+        if (k == 0 || d < lo) lo = d;
+        if (k == 0 || d > hi) hi = d;
+    }
+    int consecutive = 1;
+    for (Py_ssize_t k = 1; k < n && consecutive; k++)
+        if (s[k] != s[k - 1] + 1) consecutive = 0;
+    int silent = all_zero((const char *)v[2].buf, v[2].len);
+    result = Py_BuildValue("(LLOO)", (long long)lo, (long long)hi,
+                           consecutive ? Py_True : Py_False, silent ? Py_True : Py_False);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 PyDoc_STRVAR(pump_doc,
 "pump(lines, advance) -> list\n\n"
 "For each line (a tuple built by the server): send its frame for this tick (queued or\n"
@@ -550,6 +599,7 @@ fail:
 static PyMethodDef methods[] = {
     {"pump", (PyCFunction)(void (*)(void))pump, METH_FASTCALL, pump_doc},
     {"take_tape", (PyCFunction)(void (*)(void))take_tape, METH_FASTCALL, take_tape_doc},
+    {"block_shape", (PyCFunction)(void (*)(void))block_shape, METH_FASTCALL, block_shape_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,3 +23,6 @@ def pump(
 def take_tape(
     tape: tuple[bytearray, bytearray, bytearray, bytearray], frame_bytes: int, /
 ) -> tuple[bytes, bytes, bytes, bytes] | None: ...
+def block_shape(
+    heard_ticks: object, sent_ticks: object, heard: bytes, /
+) -> tuple[int, int, bool, bool]: ...

@@ -248,7 +248,13 @@ class CallRecorder:
         return self.add_block(slots, sent, heard, slots + 1)
 
     def add_block(
-        self, slots: np.ndarray, sent: bytes, heard: bytes, heard_ticks: np.ndarray
+        self,
+        slots: np.ndarray,
+        sent: bytes,
+        heard: bytes,
+        heard_ticks: np.ndarray,
+        *,
+        lead: tuple[int, int] | None = None,
     ) -> bool:
         """A stretch of the call at once (the C path's tape): frame ``i`` of ``sent`` went
         out on ``slots[i]``, frame ``k`` of ``heard`` was read at ``heard_ticks[k]`` (each
@@ -256,7 +262,9 @@ class CallRecorder:
         and ``add_inbound`` in that order whenever no frame would jump a gap or run ahead
         of the clock (jitter of a frame or two per tick included): inbound frames then go
         one after another, which is one slice assignment. Returns False, changing nothing,
-        otherwise (the caller replays the rounds)."""
+        otherwise (the caller replays the rounds). ``lead``: the least and greatest
+        ``heard_ticks[k] - k`` when the caller has them (``MediaBlock.shape``), which makes
+        the check O(1)."""
         if self.closed:
             return True
         fb = self.frame_bytes
@@ -275,8 +283,11 @@ class CallRecorder:
         if m:
             # Where each inbound frame lands against the tick it was read at: no gap jump
             # (lands at or after tick - JITTER_SLOTS) and not ahead of the clock.
-            lead = np.arange(pos, pos + m) - heard_ticks
-            if pos < self._base or lead.min() < -JITTER_SLOTS or lead.max() >= AHEAD_SLOTS:
+            # Frame k lands at pos + k: it leads its tick by pos + k - heard_ticks[k].
+            if lead is None:
+                offsets = heard_ticks - np.arange(m)
+                lead = int(offsets.min()), int(offsets.max())
+            if pos < self._base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS:
                 return False
             self._put_run(self._in, pos, heard, m)
             self._in_pos = pos + m

@@ -281,17 +281,21 @@ class VadSegmenter:
         """The timeline slot the next frame of audio goes to (when it comes in time)."""
         return self._next_tick
 
-    def push_frames(self, pcm: bytes) -> list[Utterance]:
+    def push_frames(self, pcm: bytes, *, silent: bool = False) -> list[Utterance]:
         """Whole frames that arrived one per tick, in time, for the next slots (the steady
         case of ``push``: the same result as one ``push`` per frame). A run of digital
         silence while no speech is in progress and the classifier has settled
-        (``ZERO_SETTLE``) is taken in O(1) numpy work instead of frame by frame."""
+        (``ZERO_SETTLE``) is taken in O(1) numpy work instead of frame by frame; with
+        ``silent`` (the caller knows ``pcm`` is all zero) in O(1) without numpy."""
         fb = self.frame_bytes
         if self._partial or len(pcm) % fb:
             raise ValueError("push_frames takes whole frames with nothing partial held")
         out: list[Utterance] = []
         m = len(pcm) // fb
         if m == 0:
+            return out
+        if silent and not self._in_speech and self._zero_ok and self.zero_run >= ZERO_SETTLE:
+            self._skip_zeros(m)
             return out
         sound = np.asarray(np.frombuffer(pcm, dtype="<i2").reshape(m, fb // 2).any(axis=1))
         i = 0
@@ -302,19 +306,22 @@ class VadSegmenter:
             ):
                 rest = np.flatnonzero(sound[i:])
                 k = int(rest[0]) if len(rest) else m - i
-                # What k rounds of _classify (all False, past the fixed point) and _frame
-                # (idle: the ring keeps the last frames) leave behind.
-                for _ in range(min(k, self._pre_frames)):
-                    self._ring.append((self._silence, False))
-                self.frames_seen += k
-                self.zero_run += k
-                self._next_tick += k
+                self._skip_zeros(k)
                 i += k
                 continue
             frame = pcm[i * fb : (i + 1) * fb]
             self._frame(frame, self._next_tick, self._classify(frame), out)
             i += 1
         return out
+
+    def _skip_zeros(self, k: int) -> None:
+        """What k rounds of _classify (all False, past the fixed point) and _frame (idle:
+        the ring keeps the last frames) leave behind, at once."""
+        for _ in range(min(k, self._pre_frames)):
+            self._ring.append((self._silence, False))
+        self.frames_seen += k
+        self.zero_run += k
+        self._next_tick += k
 
     def silence_until(self, tick: int) -> list[Utterance]:
         """Nothing arrived before ``tick``: count the missing frames as silence.

@@ -113,15 +113,25 @@ class Transcriber(Part):
         return self.speech.settled
 
     def take(self, block: MediaBlock) -> None:
-        if not self._take_at_once(block.heard, block.heard_ticks, block.sent_ticks):
+        shape = block.shape
+        if not self._take_at_once(block.heard, block.heard_ticks, block.sent_ticks,
+                                  (shape.lead_lo, shape.lead_hi), shape.silent):
             # A gap or a burst somewhere: its steady runs at once, the rest frame by frame.
             self.take_runs(
                 block, lambda run: self._take_at_once(run.heard, run.heard_ticks, run.slots))
 
-    def _take_at_once(self, heard: bytes, ticks: np.ndarray, slots: np.ndarray) -> bool:
+    def _take_at_once(
+        self,
+        heard: bytes,
+        ticks: np.ndarray,
+        slots: np.ndarray,
+        lead: tuple[int, int] | None = None,
+        silent: bool = False,
+    ) -> bool:
         utts, taken = self.speech.run_block(heard, ticks, slots,
                                             silence_every=SILENCE_CHECK_TICKS,
-                                            silence_behind=HOLD_SLOTS)
+                                            silence_behind=HOLD_SLOTS, lead=lead,
+                                            silent=silent)
         self._submit_all(utts)
         return taken
 
