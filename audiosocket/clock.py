@@ -266,7 +266,7 @@ class Clock:
     ) -> None:
         self.native_events += 1
         name = native.EVENT_NAMES.get(code, str(code))
-        metrics.NATIVE_EVENTS.labels(event=name).inc()
+        metrics.native_event(name).inc()
         owner: NativeOwner = line[LINE.OWNER]  # type: ignore[assignment]
         playout: Playout = line[LINE.PLAYOUT]  # type: ignore[assignment]
         if name == "mark":
@@ -309,7 +309,7 @@ class Clock:
         n = playout.sent_total - playout.metric_sent
         if n:
             playout.metric_sent = playout.sent_total
-            metrics.FRAMES_OUT.labels(kind=f"0x{playout.kind:02x}").inc(n)
+            metrics.frames_out(playout.kind).inc(n)
 
     def _flush_slice(self) -> None:
         """Frames-out counts for 1/50 of the calls per tick, so each once a second: in one

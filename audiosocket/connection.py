@@ -576,11 +576,11 @@ class Connection(asyncio.Protocol):
         audio = call.frames_in - self._flushed_in
         if audio:
             kind = KIND_FOR_RATE.get(call.inbound_rate or 8000, Kind.AUDIO_8K)
-            metrics.FRAMES_IN.labels(kind=f"0x{kind:02x}").inc(audio)
+            metrics.frames_in(kind).inc(audio)
             self._flushed_in = call.frames_in
         dtmf = call.dtmf_in - self._flushed_dtmf
         if dtmf:
-            metrics.FRAMES_IN.labels(kind="0x03").inc(dtmf)
+            metrics.frames_in(Kind.DTMF).inc(dtmf)
             self._flushed_dtmf = call.dtmf_in
         nbytes = call.audio_bytes_in - self._flushed_bytes
         if nbytes:
