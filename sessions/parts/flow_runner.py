@@ -322,13 +322,13 @@ class FlowRunner:
         if self.stt is None or self.store is None or not pcm:
             return
         try:
-            text, _, info = await asyncio.to_thread(self.stt.transcribe, pcm, self.rate)
+            result = await asyncio.to_thread(self.stt.transcribe, pcm, self.rate)
         except Exception:
             self.log.exception("message_transcribe_failed", message=name)
             return
-        self.store.set_message_transcript(self.call.id, name, text)
-        self.log.info("message_transcribed", message=name, text=text,
-                      rejected=info.get("rejected"))
+        self.store.set_message_transcript(self.call.id, name, result.text)
+        self.log.info("message_transcribed", message=name, text=result.text,
+                      rejected=result.rejected)
 
     async def _webhook(self, hook: Webhook) -> None:
         import aiohttp
