@@ -37,6 +37,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import Counter
 
 from audiosocket.config import Config
+from audiosocket.root.app import AppContext
+from audiosocket.root.services import close_services, ensure_stt
 from helpers.speech import remote_stt as rs
 from helpers.speech.remote_stt import (
     DURABLE,
@@ -235,9 +237,6 @@ class SttWorker:
 async def run_stt_worker(config: Config, stop: asyncio.Event) -> int:
     """Serve ``STT_LIVE`` until ``stop``: 0; 2 without ``cluster.nats``; 1 when NATS is
     unreachable for ``cluster.connect_timeout_s``."""
-    from audiosocket.root.app import AppContext
-    from audiosocket.root.services import close_services, ensure_stt
-
     cluster = config.cluster
     if not cluster.nats:
         print("audiosocket worker: --stt needs cluster.nats (a nats:// URL)", file=sys.stderr)

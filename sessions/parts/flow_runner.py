@@ -17,8 +17,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import numpy as np
 
+from helpers.audio import write_wav
 from sessions.parts.flow import Flow, Gather, Menu, Node, Record, Webhook
 from sessions.parts.matching import match_choice
 from sessions.parts.message import MessageTap
@@ -295,7 +297,6 @@ class FlowRunner:
         finally:
             pcm = self.message.stop()
         path = self.data_dir / "messages" / f"{self.call.id}-{r.var}.wav"
-        from helpers.audio import write_wav
 
         def save() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,8 +332,6 @@ class FlowRunner:
                       rejected=result.rejected)
 
     async def _webhook(self, hook: Webhook) -> None:
-        import aiohttp
-
         body = {"call": self.call.id, "audiosocket_uuid": str(self.call.uuid), "path": self.path,
                 "variables": self.variables, "digits": "".join(self.digits),
                 "speech": self.speech}
