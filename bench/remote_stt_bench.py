@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from helpers.speech.remote_stt import RemoteSttEngine  # noqa: E402
-from helpers.speech.stt import Segment, SttEngine  # noqa: E402
+from helpers.speech.stt import Segment, SttDone, SttEngine, SttOutcome  # noqa: E402
 from helpers.speech.vad import Utterance  # noqa: E402
 from tests.engines.nats import NatsServer, nats_binary  # noqa: E402
 from tests.helpers.speech_fixtures import silence, synth_speech  # noqa: E402
@@ -60,12 +60,12 @@ def run_load(engine: SttEngine, pcm: bytes, rate_hz: float, n: int, seed: int) -
     done = threading.Semaphore(0)
     lock = threading.Lock()
 
-    def cb(seg: Segment | None, info: dict[str, Any]) -> None:
+    def cb(seg: Segment | None, out: SttOutcome) -> None:
         if seg is not None:
             with lock:
                 lat.append(seg.latency_ms)
-                if "remote_ms" in info:
-                    wire.append(info["remote_ms"] - info["processing_ms"])
+                if isinstance(out, SttDone) and out.remote_ms is not None:
+                    wire.append(out.remote_ms - out.result.processing_ms)
         done.release()
 
     before = drops()

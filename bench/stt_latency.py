@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from corpus import build  # noqa: E402
 
-from helpers.speech.stt import Segment, SttEngine  # noqa: E402
+from helpers.speech.stt import Segment, SttDone, SttDropped, SttEngine, SttOutcome  # noqa: E402
 from helpers.speech.vad import Utterance  # noqa: E402
 
 RATE = 8000
@@ -71,9 +70,9 @@ def single_caller(eng: SttEngine, utts: list[bytes], n: int) -> None:
         done = threading.Event()
         box: list[float] = []
 
-        def cb(seg: Segment | None, info: dict[str, Any], box: list[float] = box,
+        def cb(seg: Segment | None, out: SttOutcome, box: list[float] = box,
                done: threading.Event = done) -> None:
-            box.append(info.get("latency_ms", float("nan")))
+            box.append(out.latency_ms if isinstance(out, SttDone) else float("nan"))
             done.set()
 
         d = len(pcm) / 2 / RATE
@@ -102,13 +101,13 @@ def many_callers(eng: SttEngine, utts: list[bytes], callers: int, seconds: float
     lock = threading.Lock()
     outstanding = threading.Semaphore(0)
 
-    def cb(seg: Segment | None, info: dict[str, Any]) -> None:
+    def cb(seg: Segment | None, out: SttOutcome) -> None:
         nonlocal dropped
         with lock:
-            if info.get("dropped"):
+            if isinstance(out, SttDropped):
                 dropped += 1
-            elif "latency_ms" in info:
-                lat.append(info["latency_ms"])
+            elif isinstance(out, SttDone):
+                lat.append(out.latency_ms)
         outstanding.release()
 
     t0 = time.monotonic() + 0.2

@@ -83,19 +83,19 @@ def main() -> None:
         pcm = it.pcm()
         for name, eng in configs.items():
             t = time.perf_counter()
-            text, _, info = eng.transcribe(pcm, RATE)
+            result = eng.transcribe(pcm, RATE)
             dt = time.perf_counter() - t
-            e, n = word_errors(it.text, text)
+            e, n = word_errors(it.text, result.text)
             a = acc[name]
             a[0] += e
             a[1] += n
             a[2].append(dt)
-            a[3] += info["rejected"] is not None
+            a[3] += result.rejected is not None
             a[4].setdefault(it.noise, [0, 0])
             a[4][it.noise][0] += e
             a[4][it.noise][1] += n
             if name == "short beam1" and e and len(examples) < 8:
-                examples.append(f"  {it.id} [{it.noise}] ref: {it.text!r}  hyp: {text!r}")
+                examples.append(f"  {it.id} [{it.noise}] ref: {it.text!r}  hyp: {result.text!r}")
     print(f"# {len(items)} utterances, 8 kHz, tiny.en int8, {args.threads} threads, "
           f"{time.time() - t0:.0f} s")
     for name, (e, n, times, rej, by_noise) in acc.items():
@@ -112,7 +112,7 @@ def main() -> None:
         for it in vitems:
             pieces = _vad_utterances(it.pcm(), mode)
             missed += not pieces
-            text = " ".join(eng.transcribe(p, RATE)[0] for p in pieces)
+            text = " ".join(eng.transcribe(p, RATE).text for p in pieces)
             e, n = word_errors(it.text, text)
             errs += e
             words += n

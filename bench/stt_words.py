@@ -59,7 +59,7 @@ def _wer(stride: int, threads: int) -> None:
     for item in items:
         pcm, texts = item.pcm(), {}
         for key, engine in engines.items():
-            texts[key] = engine.transcribe(pcm, 8000)[0]
+            texts[key] = engine.transcribe(pcm, 8000).text
             e, n = word_errors(item.text, texts[key])
             errors[key][0] += e
             errors[key][1] += n

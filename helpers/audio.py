@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from helpers.ffmpeg import decode_to_pcm
+
 __all__ = [
     "dbfs",
     "float_to_pcm",
@@ -124,8 +126,6 @@ def read_audio(path: str | Path, rate: int) -> bytes:
             return read_wav(path, rate)[0]
         except (wave.Error, ValueError, EOFError):
             pass  # e.g. a float or A-law WAV: let FFmpeg have it
-    from helpers.ffmpeg import decode_to_pcm  # local: FFmpeg is only needed for non-WAV input
-
     return decode_to_pcm(path, rate)
 
 

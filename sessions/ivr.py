@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+import structlog
+
 from audiosocket.config import ConfigError
 from sessions.compose import Composed
 from sessions.parts import needs_of
@@ -67,8 +69,6 @@ class IvrSession(Composed):
         cls.flow = flow
         # Pre-warm every fixed prompt at the usual call rates: a prompt then costs nothing.
         count = await tts.prewarm(flow.prompts(), (8000, 16000))
-        import structlog
-
         structlog.get_logger("audiosocket.ivr").info(
             "flow_ready", flow=flow.name, nodes=len(flow.nodes), prompts_cached=count
         )

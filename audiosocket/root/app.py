@@ -13,6 +13,7 @@ from audiosocket.config import Config, ConfigError
 from helpers.ai import AiSlots, ModelCache
 from helpers.postcall.archive import FFmpegCap
 from helpers.recorder import RecorderWriter
+from sessions.base import Session
 
 if TYPE_CHECKING:
     from audiosocket.call import Call
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from helpers.speech.stt import SttEngine
     from helpers.speech.tts import TtsEngine
     from helpers.store.db import CallStore
-    from sessions.base import Session
 
 __all__ = [
     "BUILTIN_APPS", "NEEDS", "AppContext", "Need", "Services", "SessionFactory",
@@ -113,8 +113,6 @@ class AppContext:
 
 def resolve_app(name: str) -> type[Session]:
     """``echo`` / ``record`` / ``transcribe`` / ``ivr`` or ``package.module:Class``."""
-    from sessions.base import Session
-
     target = BUILTIN_APPS.get(name, name)
     if ":" not in target:
         raise ConfigError(
@@ -153,8 +151,6 @@ class SessionFactory:
 
 def session_factory(cls: type[Session], ctx: AppContext) -> SessionFactory:
     """Bind the context so the server can create a session from a call alone."""
-    from sessions.base import Session
-
     return SessionFactory(
         cls, ctx,
         hears_ticks=cls.on_tick is not Session.on_tick,

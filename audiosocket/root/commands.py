@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -237,8 +238,6 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     """``audiosocket models fetch google/flan-t5-small``."""
-    import shutil
-
     from helpers.postcall.summary_models import fetch_model
 
     dest = Path(args.dest)
@@ -298,8 +297,6 @@ def cmd_models_fetch_web(args: argparse.Namespace) -> int:
         path = fetch_web_whisper(dest)
     except WebModelError as exc:
         if made:  # as for ``models fetch``: no empty folder left behind
-            import shutil
-
             shutil.rmtree(dest, ignore_errors=True)
         print(f"audiosocket models fetch-web: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ import structlog
 
 from audiosocket.config import Config
 from audiosocket.root.app import AppContext
+from audiosocket.root.services import close_services, ensure_jobs, ensure_store, ensure_stt
 
 __all__ = ["run_job_worker", "worker_tasks"]
 
@@ -41,13 +42,6 @@ def worker_tasks(config: Config, steps: tuple[str, ...]) -> int:
 async def run_job_worker(config: Config, steps: tuple[str, ...], stop: asyncio.Event) -> int:
     """Work post-call jobs until ``stop``; 1 when the store stays unreachable for
     ``cluster.connect_timeout_s`` (or the pool cannot start), else 0."""
-    from audiosocket.root.services import (
-        close_services,
-        ensure_jobs,
-        ensure_store,
-        ensure_stt,
-    )
-
     ctx = AppContext(config)
     try:
         try:

@@ -15,8 +15,14 @@ import structlog
 from audiosocket import metrics
 from audiosocket.config import Config
 from audiosocket.lifecycle import SignalWatcher, Watchdog
+from audiosocket.ports import port_in_use
 from audiosocket.root.app import AppContext, resolve_app, session_factory
+from audiosocket.root.services import close_services, provide
 from audiosocket.server import AudioSocketServer
+from helpers.postcall.retention import apply_retention
+from helpers.recorder import repair_all
+from helpers.store.db import StoreUnavailableError
+from web.limits import raise_nofile_limit
 
 if TYPE_CHECKING:
     from sessions.base import Session
@@ -31,8 +37,6 @@ SHUTDOWN_EXTRA_S = 5.0
 
 def _busy_port(config: Config) -> str | None:
     """A message naming the first of our ports (AudioSocket, HTTP) that is taken, or None."""
-    from audiosocket.ports import port_in_use
-
     wanted = [("AudioSocket", config.host, config.port)]
     if config.http_port:
         wanted.append(("HTTP", config.http_bind, config.http_port))
@@ -52,10 +56,6 @@ async def run_server(
     their own takes them, so a stop request works even if the loop is stuck, and the process
     ends within ``shutdown_grace_s + 5`` s of it whatever happens.
     """
-    from helpers.recorder import repair_all
-    from helpers.store.db import StoreUnavailableError
-    from web.limits import raise_nofile_limit
-
     # First of all, before any model loads: a busy port is a one-line error now, not a
     # traceback after the prompt warm-up.
     busy = _busy_port(config)
@@ -156,8 +156,6 @@ async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) 
 
 async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
     """Apply the retention rules hourly (a no-op when every rule is 0 days)."""
-    from helpers.postcall.retention import apply_retention
-
     pc = ctx.config.postcall
     rules = {"wav": pc.retention_days_wav, "m4a": pc.retention_days_m4a,
              "mp3": pc.retention_days_mp3}
@@ -175,23 +173,17 @@ async def _retention_forever(ctx: AppContext, every_s: float = 3600.0) -> None:
 async def _start_services(ctx: AppContext) -> None:
     """Create the engines every app shares: the call store (every call is recorded in it)
     and the live-call hub (the portal's live view)."""
-    from audiosocket.root.services import provide
-
     await provide(ctx, ("store", "live", "jobs") if ctx.config.postcall.enabled
                   else ("store", "live"))
 
 
 async def _prepare_app(cls: type[Session], ctx: AppContext) -> None:
     """Build the engines the app declares (``cls.needs``), then let it load its own."""
-    from audiosocket.root.services import provide
-
     await provide(ctx, cls.needs)
     await cls.prepare(ctx)
 
 
 async def _stop_services(ctx: AppContext, budget_s: float) -> None:
-    from audiosocket.root.services import close_services
-
     try:
         async with asyncio.timeout(budget_s):
             await close_services(ctx)

@@ -6,8 +6,9 @@ asks for one message per *free* slot, never more than it can run at once, so an 
 worker elsewhere gets the next one. A message past its deadline is acked unread, counted
 (``audiosocket_stt_worker_expired_total``) and answered ``expired`` so its server frees the
 slot at once. The others are transcribed in a thread (the loop keeps fetching and beating),
-answered on the server's reply inbox with the text, the confidence and the guards' info
-(the same ``SttEngine.transcribe`` a server runs locally), then acked; while one runs its
+answered on the server's reply inbox with the
+:class:`~helpers.speech.stt_result.SttResult` (the same ``SttEngine.transcribe`` a server runs
+locally), then acked; while one runs its
 message is marked in progress, so ``ack_wait`` can stay short and a message whose worker
 died is redelivered to another while it may still be in time.
 
@@ -28,7 +29,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import nats.errors
 import structlog
@@ -36,6 +37,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import Counter
 
 from audiosocket.config import Config
+from audiosocket.root.app import AppContext
+from audiosocket.root.services import close_services, ensure_stt
 from helpers.speech import remote_stt as rs
 from helpers.speech.remote_stt import (
     DURABLE,
@@ -182,20 +185,18 @@ class SttWorker:
             log.info("stt_expired_skipped", utterance_id=uid, call_uuid=h.get(rs.H_CALL),
                      late_s=round(time.time() - deadline, 3))
             await msg.ack()
-            await self._answer(reply, uid, {"text": "", "confidence": 0.0,
-                                            "info": {"expired": True}})
+            await self._answer(reply, uid, rs.encode_result(rs.WorkerExpired()))
             return
         keep = asyncio.create_task(self._in_progress(msg))
         loop = asyncio.get_running_loop()
         try:
-            text, conf, info = await loop.run_in_executor(
+            result = await loop.run_in_executor(
                 self._executor,
                 lambda: self.engine.transcribe(msg.data, rate, voiced=voiced, live=True))
-            body = rs.encode_result(text, conf, info)
+            body = rs.encode_result(result)
         except Exception as exc:
             log.exception("stt_failed", utterance_id=uid)
-            body = json.dumps({"text": "", "confidence": 0.0,
-                               "info": {"error": repr(exc)}}).encode()
+            body = rs.encode_result(rs.WorkerError(repr(exc)))
         except asyncio.CancelledError:  # stopping, past the grace: back to the pool
             with contextlib.suppress(Exception):
                 await msg.nak()
@@ -208,12 +209,11 @@ class SttWorker:
         with contextlib.suppress(Exception):  # lost connection: it is redelivered, answered
             await msg.ack()                   # twice, and the server keeps the first
 
-    async def _answer(self, reply: str, uid: str, body: bytes | dict[str, Any]) -> None:
+    async def _answer(self, reply: str, uid: str, body: bytes) -> None:
         if not reply:
             return
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
-            await self.nc.publish(reply, data, headers={H_UTTERANCE: uid, H_WORKER: self.name})
+            await self.nc.publish(reply, body, headers={H_UTTERANCE: uid, H_WORKER: self.name})
         except Exception as exc:
             log.warning("stt_answer_failed", error=repr(exc), utterance_id=uid)
 
@@ -237,9 +237,6 @@ class SttWorker:
 async def run_stt_worker(config: Config, stop: asyncio.Event) -> int:
     """Serve ``STT_LIVE`` until ``stop``: 0; 2 without ``cluster.nats``; 1 when NATS is
     unreachable for ``cluster.connect_timeout_s``."""
-    from audiosocket.root.app import AppContext
-    from audiosocket.root.services import close_services, ensure_stt
-
     cluster = config.cluster
     if not cluster.nats:
         print("audiosocket worker: --stt needs cluster.nats (a nats:// URL)", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import re
 import time
 import uuid as _uuid
 import wave
@@ -22,7 +23,8 @@ from typing import Any, Final
 import numpy as np
 from prometheus_client import Counter
 
-from helpers.ffmpeg import ffmpeg_binary, iter_pcm
+from helpers import spawn
+from helpers.ffmpeg import FFmpegError, FFmpegTimeout, ffmpeg_binary, iter_pcm
 
 __all__ = [
     "AUDIO_SUFFIXES", "DECODE_TIMEOUT_S", "MAX_SECONDS", "CheckedAudio", "ImportResult",
@@ -69,10 +71,6 @@ def probe_audio(path: Path, timeout_s: float = 60.0) -> tuple[int | None, float 
     :class:`ValidationError` (``timeout``) when FFmpeg cannot even read the header within
     ``timeout_s``: that is not "no audio stream", and the person should be told so.
     """
-    import re
-
-    from helpers import spawn
-
     try:
         done = spawn.run(
             [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)], timeout_s=timeout_s
@@ -119,8 +117,6 @@ def validate_audio(
     bounds the probe and the decode together. On refusal ``dest`` is removed. Raises
     :class:`ValidationError`. Blocking.
     """
-    from helpers.ffmpeg import FFmpegError, FFmpegTimeout
-
     deadline = time.monotonic() + timeout_s
     rate, declared = probe_audio(path, timeout_s)
     if rate is None:

@@ -28,9 +28,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from helpers.audio import resample_pcm
 from helpers.postcall.archive import (
     ArchiveSettings,
     FFmpegCap,
@@ -39,6 +41,8 @@ from helpers.postcall.archive import (
     wav_duration,
 )
 from helpers.postcall.peaks import write_peaks
+from helpers.speech.loop import SpeechLoop
+from helpers.speech.vad import VadSegmenter
 from helpers.storage import resolve_stored
 from helpers.store.db import CallStore
 from helpers.store.jobs import DEFAULT_LEASE_S, JOBS_LOST_LEASE, WriteOp
@@ -76,11 +80,6 @@ def transcribe_recording(
     recording, or the whole of a mono file, cut into utterances by the VAD and transcribed
     one by one, each utterance in sentence-sized lines (the live loop,
     :class:`helpers.speech.loop.SpeechLoop`). Blocking (runs in a thread)."""
-    import numpy as np
-
-    from helpers.speech.loop import SpeechLoop
-    from helpers.speech.vad import VadSegmenter
-
     with wave.open(str(wav), "rb") as wf:
         rate, channels = wf.getframerate(), wf.getnchannels()
         raw = wf.readframes(wf.getnframes())
@@ -88,8 +87,6 @@ def transcribe_recording(
     if channels > 1:
         data = data[0::channels]
     if rate not in (8000, 16000, 32000, 48000):
-        from helpers.audio import resample_pcm
-
         data = np.frombuffer(resample_pcm(data.tobytes(), rate, 16000), "<i2")
         rate = 16000
     loop = SpeechLoop(VadSegmenter(rate, aggressiveness=vad_aggressiveness, max_utterance_s=25.0))

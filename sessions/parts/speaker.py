@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from audiosocket.clock import Playback
 from audiosocket.protocol import FRAME_MS
+from helpers.audio import read_audio
 from sessions.parts.metrics import BARGE_INS, SAY_FIRST_FRAME
 
 if TYPE_CHECKING:
@@ -100,8 +101,6 @@ class Speaker:
 
     async def play_file(self, path: str | Path, *, barge_in: bool = False) -> bool:
         """Play any audio file FFmpeg reads (decoded off the loop, at the call's rate)."""
-        from helpers.audio import read_audio
-
         pcm = await asyncio.to_thread(read_audio, path, self.rate)
         if barge_in:
             self.barge_in_after = self.call.time + self.protect_s

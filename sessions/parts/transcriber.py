@@ -21,6 +21,7 @@ import numpy as np
 
 from helpers.recorder import HOLD_SLOTS
 from helpers.speech.loop import SpeechLoop
+from helpers.speech.stt_result import SttDone, SttDropped
 from helpers.speech.vad import Utterance, VadSegmenter
 from sessions.parts import Part
 from sessions.parts.metrics import TRANSCRIPT_SEGMENTS
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from audiosocket.media import MediaBlock
     from audiosocket.root.app import Need
     from helpers.speech.stt import Segment
+    from helpers.speech.stt_result import SttOutcome
 
 __all__ = ["FINAL_WAIT_S", "SILENCE_CHECK_TICKS", "Transcriber", "TranscriptListener"]
 
@@ -160,26 +162,26 @@ class Transcriber(Part):
                         speech_end_monotonic=time.monotonic(),
                         deadline_s=self.listener.stt_deadline_s())
 
-    def _from_worker(self, seg: Segment | None, info: dict[str, Any]) -> None:
+    def _from_worker(self, seg: Segment | None, outcome: SttOutcome) -> None:
         # Called on an STT worker thread (or inline when dropping): hop back to the loop.
         try:
-            self.loop.call_soon_threadsafe(self._transcribed, seg, info)
+            self.loop.call_soon_threadsafe(self._transcribed, seg, outcome)
         except RuntimeError:
             pass  # the loop is closed: the server is gone
 
-    def _transcribed(self, seg: Segment | None, info: dict[str, Any]) -> None:
+    def _transcribed(self, seg: Segment | None, outcome: SttOutcome) -> None:
         self._pending -= 1
         if self._pending <= 0:
             self._pending = 0
             self._idle.set()
-        if info.get("dropped"):
+        if isinstance(outcome, SttDropped):
             self.dropped += 1
-            self.log.warning("utterance_dropped", reason=info.get("reason"))
-            self.listener.on_dropped(str(info.get("reason")))
+            self.log.warning("utterance_dropped", reason=outcome.reason)
+            self.listener.on_dropped(outcome.reason)
             return
         if seg is None:
-            if info.get("rejected"):
-                self.log.debug("utterance_rejected", reason=info.get("rejected"))
+            if isinstance(outcome, SttDone) and outcome.result.rejected:
+                self.log.debug("utterance_rejected", reason=outcome.result.rejected)
             return
         # Fluent speech is one 15-25 s utterance: one line per sentence (Whisper's word
         # times) makes each line start where its sentence does.

@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from audiosocket.playout import Playout
 from helpers import recorder as rec
-from helpers.speech.stt import SttEngine
+from helpers.speech.stt import Segment, SttCallback, SttDropped, SttEngine, SttOutcome
 from helpers.speech.vad import Utterance, VadSegmenter
 from tests.audiosocket.test_clock import FakeTransport
 from tests.helpers.speech.test_stt import FakeBackend, _speechlike
@@ -51,9 +50,9 @@ def test_stt_queue_drops_oldest_past_its_bytes() -> None:
     dropped: list[int] = []
     lock = threading.Lock()
 
-    def cb_for(i: int) -> Any:
-        def cb(seg: Any, info: dict[str, Any]) -> None:
-            if info.get("dropped"):
+    def cb_for(i: int) -> SttCallback:
+        def cb(seg: Segment | None, outcome: SttOutcome) -> None:
+            if isinstance(outcome, SttDropped):
                 with lock:
                     dropped.append(i)
         return cb

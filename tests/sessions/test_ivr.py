@@ -78,7 +78,7 @@ async def test_greeting_round_trip_and_dtmf_path(start_server: Any) -> None:
     greeting = await asyncio.to_thread(tts.synthesize, "Welcome to the demo line.", 8000)
     start = int(np.nonzero(np.abs(heard) > 200)[0][0])
     clip = heard[start : start + len(greeting) // 2].tobytes()
-    text, _, _ = await asyncio.to_thread(stt.transcribe, clip, 8000)
+    text = (await asyncio.to_thread(stt.transcribe, clip, 8000)).text
     assert wer("Welcome to the demo line.", text) <= 0.10, text
     # Prompts are clean: paced one frame a tick (no bursts, no gaps).
     gaps = sorted(result.gaps_ms())
@@ -146,7 +146,7 @@ async def test_prompt_audio_is_clean_at_16k(start_server: Any, short_flow: dict[
     heard = np.frombuffer(pcm, "<i2")
     start = int(np.nonzero(np.abs(heard) > 200)[0][0])
     clip = heard[start : start + len(ref) // 2].tobytes()
-    text, _, _ = await asyncio.to_thread(stt.transcribe, clip, 16000)
+    text = (await asyncio.to_thread(stt.transcribe, clip, 16000)).text
     text = text.replace("1", "one").replace("2", "two")
     assert wer(said, text) <= 0.25, text
     samples = np.frombuffer(pcm, "<i2").astype(float)

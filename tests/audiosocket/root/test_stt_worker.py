@@ -4,7 +4,6 @@ expiry skip, SIGKILL in the middle of a stream, exit codes."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -15,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nats
 import numpy as np
@@ -24,7 +22,7 @@ import pytest
 from audiosocket.config import load_config
 from audiosocket.root.stt_worker import run_stt_worker
 from helpers.speech import remote_stt as rs
-from helpers.speech.stt import RawResult, Segment, SttEngine
+from helpers.speech.stt import RawResult, Segment, SttDone, SttEngine, SttOutcome, SttResult
 from tests.engines.nats import NatsServer
 from tests.helpers.speech.remote_fixtures import Results, WorkerThread, dropped, utterance
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
@@ -64,7 +62,7 @@ async def test_expired_messages_are_skipped(nats_server: NatsServer) -> None:
         sub = await nc.subscribe(f"{inbox}.*")
         js = nc.jetstream()
 
-        async def ask(uid: int, deadline: float) -> dict[str, Any]:
+        async def ask(uid: int, deadline: float) -> rs.WorkerReply:
             await js.publish(rs.SUBJECT, _speechlike(), headers={
                 rs.H_CALL: "call-1", rs.H_UTTERANCE: str(uid), rs.H_START: "1.0",
                 rs.H_END: "2.0", rs.H_PCM_START: "1.0", rs.H_RATE: "8000",
@@ -72,13 +70,14 @@ async def test_expired_messages_are_skipped(nats_server: NatsServer) -> None:
             })
             msg = await sub.next_msg(timeout=10)
             assert msg.headers and msg.headers[rs.H_UTTERANCE] == str(uid)
-            return dict(json.loads(msg.data))
+            return rs.decode_result(msg.data)
 
         late = await ask(1, time.time() - 1.0)
-        assert late["info"] == {"expired": True}
+        assert late == rs.WorkerExpired()
         assert backend.calls == 0 and worker.worker is not None and worker.worker.expired == 1
         live = await ask(2, time.time() + 10.0)
-        assert live["text"] == "hello there" and live["info"]["rejected"] is None
+        assert isinstance(live, SttResult) and live.text == "hello there"
+        assert live.rejected is None and live.path == "short"
         assert backend.calls == 1 and worker.worker.answered == 1
         await asyncio.sleep(0.2)  # the ack after the answer
         assert (await js.stream_info(rs.STREAM)).state.messages == 0  # both acked
@@ -101,8 +100,8 @@ def test_stop_lets_the_running_one_finish(nats_server: NatsServer) -> None:
             time.sleep(0.01)
         t0 = time.monotonic()
         worker.stop()  # SIGTERM's path: no more fetches, the running one finishes
-        seg, info = got.wait(1, 5.0)[0]
-        assert seg is not None and seg.text == "hello there", info
+        seg, out = got.wait(1, 5.0)[0]
+        assert seg is not None and seg.text == "hello there", out
         assert time.monotonic() - t0 < 5.0
     finally:
         remote.stop()
@@ -165,8 +164,8 @@ async def test_worker_subprocess_then_sigkill_mid_stream(
     loop = asyncio.get_running_loop()
     got = Results()
 
-    def on_loop(seg: Segment | None, info: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(got, seg, info)  # as the transcriber hops back
+    def on_loop(seg: Segment | None, out: SttOutcome) -> None:
+        loop.call_soon_threadsafe(got, seg, out)  # as the transcriber hops back
 
     try:
         me = f"w1/stt/{proc.pid}"
@@ -177,9 +176,9 @@ async def test_worker_subprocess_then_sigkill_mid_stream(
             await asyncio.sleep(0.05)
         pcm = silence(0.3) + synth_speech(SENTENCE, 8000) + silence(0.3)
         engine.submit("call-1", utterance(pcm), on_loop)
-        seg, info = (await asyncio.to_thread(got.wait, 1, 30.0))[0]
-        assert seg is not None and wer(SENTENCE, seg.text) <= 0.2, info
-        assert info["worker"] == me and info["rejected"] is None
+        seg, out = (await asyncio.to_thread(got.wait, 1, 30.0))[0]
+        assert seg is not None and wer(SENTENCE, seg.text) <= 0.2, out
+        assert isinstance(out, SttDone) and out.worker == me and out.result.rejected is None
 
         # A stream of utterances (one every 150 ms, each ~0.2 s of Whisper): measure the
         # loop's lateness before the kill, then SIGKILL the worker and measure again.

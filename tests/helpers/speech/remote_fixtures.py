@@ -8,14 +8,13 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from prometheus_client import REGISTRY
 
 from audiosocket.root.stt_worker import SttWorker
 from helpers.speech.remote_stt import DEFAULT_POOL, HEARTBEAT_SUBJECT, connect
-from helpers.speech.stt import Segment, SttEngine
+from helpers.speech.stt import Segment, SttDropped, SttEngine, SttOutcome
 from helpers.speech.vad import Utterance
 
 
@@ -30,18 +29,18 @@ def utterance(pcm: bytes, rate: int = 8000, start: float = 1.0) -> Utterance:
 
 
 class Results:
-    """The engine's callback: collects ``(segment, info)`` from whatever thread calls it."""
+    """The engine's callback: collects ``(segment, outcome)`` from whatever thread calls it."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[Segment | None, dict[str, Any]]] = []
+        self.items: list[tuple[Segment | None, SttOutcome]] = []
         self._cond = threading.Condition()
 
-    def __call__(self, seg: Segment | None, info: dict[str, Any]) -> None:
+    def __call__(self, seg: Segment | None, outcome: SttOutcome) -> None:
         with self._cond:
-            self.items.append((seg, info))
+            self.items.append((seg, outcome))
             self._cond.notify_all()
 
-    def wait(self, n: int, timeout: float = 20.0) -> list[tuple[Segment | None, dict[str, Any]]]:
+    def wait(self, n: int, timeout: float = 20.0) -> list[tuple[Segment | None, SttOutcome]]:
         """The first ``n`` results, waiting up to ``timeout`` for them."""
         with self._cond:
             assert self._cond.wait_for(lambda: len(self.items) >= n, timeout), self.items
@@ -49,7 +48,7 @@ class Results:
 
     def reasons(self) -> list[str]:
         with self._cond:
-            return [str(info.get("reason")) for _, info in self.items if info.get("dropped")]
+            return [out.reason for _, out in self.items if isinstance(out, SttDropped)]
 
 
 class WorkerThread:
@@ -118,7 +117,7 @@ def heartbeats(url: str, name: str = "fake-worker", every_s: float = 0.2) -> Ite
         thread.join(5)
 
 
-def wait_for(pred: Any, timeout: float = 10.0) -> None:
+def wait_for(pred: Callable[[], object], timeout: float = 10.0) -> None:
     end = time.monotonic() + timeout
     while not pred():
         assert time.monotonic() < end, "condition never held"

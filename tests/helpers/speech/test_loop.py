@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from helpers.speech.lines import Word
 from helpers.speech.loop import SpeechLoop
+from helpers.speech.stt_result import SttResult
 from helpers.speech.vad import Utterance, VadSegmenter
 from tests.helpers.speech_fixtures import silence, synth_speech
 
@@ -32,8 +31,9 @@ class _Stt:
         self.words = words
 
     def transcribe(self, pcm: bytes, rate: int, *, voiced: float | None = None,
-                   live: bool = False) -> tuple[str, float, dict[str, Any]]:
-        return "Hello there. Bye.", 0.9, {"words": self.words}
+                   live: bool = False) -> SttResult:
+        return SttResult("Hello there. Bye.", 0.9, duration_s=1.0, dbfs=-20.0, voiced_ms=800.0,
+                         processing_ms=5.0, words=self.words)
 
 
 def test_recognise_makes_lines_on_the_stream_timeline() -> None:

@@ -11,7 +11,16 @@ import pytest
 from prometheus_client import REGISTRY
 
 from helpers import ai
-from helpers.speech.stt import RawResult, Segment, SttEngine, Word
+from helpers.speech.stt import (
+    RawResult,
+    Segment,
+    SttCallback,
+    SttDone,
+    SttDropped,
+    SttEngine,
+    SttOutcome,
+    Word,
+)
 from helpers.speech.vad import Utterance, VadSegmenter
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
 
@@ -73,27 +82,27 @@ def test_transcribes_piper_at_8k(short_window: bool, engine: SttEngine) -> None:
     eng = engine if short_window else SttEngine(workers=1, short_window=False, models=MODELS)
     for text in SENTENCES:
         pcm = silence(0.3) + synth_speech(text, 8000) + silence(0.3)
-        out, conf, info = eng.transcribe(pcm, 8000)
-        assert info["rejected"] is None, info
-        assert wer(text, out) <= 0.20, (text, out)
-        assert 0.3 < conf <= 1.0
-        assert info["path"] == ("short" if short_window else "padded")
+        r = eng.transcribe(pcm, 8000)
+        assert r.rejected is None, r
+        assert wer(text, r.text) <= 0.20, (text, r.text)
+        assert 0.3 < r.confidence <= 1.0
+        assert r.path == ("short" if short_window else "padded")
 
 
 @pytest.mark.slow
 def test_real_model_silence_and_noise_rejected(engine: SttEngine) -> None:
     # Silence: the VAD gate stops it before Whisper.
-    text, _, info = engine.transcribe(silence(2.0), 8000)
-    assert text == "" and info["rejected"] == "vad"
+    r = engine.transcribe(silence(2.0), 8000)
+    assert r.text == "" and r.rejected == "vad" and r.avg_logprob is None
     # With the VAD gate off, Whisper itself sees silence and hiss: the other guards catch
     # what it invents (tiny.en says "I", "You" or "." here).
     ungated = SttEngine(workers=1, min_voiced_ms=0, models=MODELS)
     rng = np.random.default_rng(0)
     for amp in (0, 30, 300, 3000):
         noise = (rng.standard_normal(16000) * amp).astype("<i2").tobytes()
-        text, _, info = ungated.transcribe(noise, 8000)
-        assert text == "", (amp, info)
-        assert info["rejected"] in {"empty", "no_speech", "low_logprob", "phantom"}
+        r = ungated.transcribe(noise, 8000)
+        assert r.text == "", (amp, r)
+        assert r.rejected in {"empty", "no_speech", "low_logprob", "phantom"}
 
 
 @pytest.mark.slow
@@ -105,11 +114,11 @@ def test_engine_end_to_end_with_vad(engine: SttEngine) -> None:
         u for k, i in enumerate(range(0, len(audio), 320)) for u in seg.push(audio[i : i + 320], k)
     ]
     assert len(utts) == 1
-    results: list[tuple[Segment | None, dict[str, Any]]] = []
+    results: list[tuple[Segment | None, SttOutcome]] = []
     done = threading.Event()
 
-    def cb(s: Segment | None, info: dict[str, Any]) -> None:
-        results.append((s, info))
+    def cb(s: Segment | None, out: SttOutcome) -> None:
+        results.append((s, out))
         done.set()
 
     engine.start()
@@ -119,11 +128,12 @@ def test_engine_end_to_end_with_vad(engine: SttEngine) -> None:
         assert done.wait(20)
     finally:
         engine.stop()
-    s, info = results[0]
-    assert s is not None and s.call_uuid == "call-1" and s.utterance_id >= 1
+    s, out = results[0]
+    assert s is not None and isinstance(out, SttDone) and out.result.text == s.text
+    assert s.call_uuid == "call-1" and s.utterance_id == out.utterance_id >= 1
     assert wer(SENTENCES[0], s.text) <= 0.2
     assert s.start == utts[0].start and s.end == utts[0].end
-    assert s.latency_ms == pytest.approx(info["latency_ms"]) and s.latency_ms > 0
+    assert s.latency_ms == pytest.approx(out.latency_ms) and s.latency_ms > 0
     assert set(s.to_json()) == {"start", "end", "text", "confidence", "latency_ms"}
     assert engine.rtf > 0
     assert _metric("audiosocket_stt_latency_seconds_count") >= 1
@@ -142,30 +152,30 @@ def test_vad_gate_rejects_before_whisper() -> None:
     before = _metric("audiosocket_stt_rejections_total", reason="vad")
     rng = np.random.default_rng(2)
     hiss = (rng.standard_normal(16000) * 20).astype("<i2").tobytes()
-    text, conf, info = eng.transcribe(hiss, 8000)
-    assert (text, conf, info["rejected"]) == ("", 0.0, "vad") and fake.calls == 0
+    r = eng.transcribe(hiss, 8000)
+    assert (r.text, r.confidence, r.rejected) == ("", 0.0, "vad") and fake.calls == 0
     assert _metric("audiosocket_stt_rejections_total", reason="vad") == before + 1
     assert eng.stats.rejected["vad"] == 1
     # An utterance that says how much was voiced is trusted (no second VAD pass).
-    assert eng.transcribe(_speechlike(), 8000, voiced=50.0)[2]["rejected"] == "vad"
-    assert eng.transcribe(_speechlike(), 8000)[0] == "thank you" and fake.calls == 1
+    assert eng.transcribe(_speechlike(), 8000, voiced=50.0).rejected == "vad"
+    assert eng.transcribe(_speechlike(), 8000).text == "thank you" and fake.calls == 1
 
 
 def test_no_speech_guard() -> None:
     eng, _ = _fake_engine(RawResult("I", -1.5, 0.9))
-    assert eng.transcribe(_speechlike(), 8000)[2]["rejected"] == "no_speech"
+    assert eng.transcribe(_speechlike(), 8000).rejected == "no_speech"
     # High no_speech_prob alone is not enough when the decoder is confident.
     eng, _ = _fake_engine(RawResult("yes please", -0.3, 0.9))
-    assert eng.transcribe(_speechlike(), 8000)[0] == "yes please"
+    assert eng.transcribe(_speechlike(), 8000).text == "yes please"
 
 
 def test_low_logprob_guard() -> None:
     eng, _ = _fake_engine(RawResult("the quick brown fox", -1.2, 0.1), logprob_threshold=-1.0)
     before = _metric("audiosocket_stt_rejections_total", reason="low_logprob")
-    assert eng.transcribe(_speechlike(), 8000)[2]["rejected"] == "low_logprob"
+    assert eng.transcribe(_speechlike(), 8000).rejected == "low_logprob"
     assert _metric("audiosocket_stt_rejections_total", reason="low_logprob") == before + 1
     eng, _ = _fake_engine(RawResult("the quick brown fox", -0.8, 0.1), logprob_threshold=-1.0)
-    assert eng.transcribe(_speechlike(), 8000)[0] == "the quick brown fox"
+    assert eng.transcribe(_speechlike(), 8000).text == "the quick brown fox"
 
 
 @pytest.mark.parametrize("phrase", ["Thank you.", "Thanks for watching!", "you", "Bye."])
@@ -173,17 +183,17 @@ def test_phantom_guard_only_on_near_silence(phrase: str) -> None:
     eng, _ = _fake_engine(RawResult(phrase, -0.2, 0.1), phantom_rms_dbfs=-45.0)
     quiet = _speechlike(amp=350)  # about -50 dBFS
     # voiced= as the VAD segmenter reports it: isolates this guard from the VAD gate.
-    text, _, info = eng.transcribe(quiet, 8000, voiced=1000.0)
-    assert info["dbfs"] < -45 and info["rejected"] == "phantom" and text == ""
+    r = eng.transcribe(quiet, 8000, voiced=1000.0)
+    assert r.dbfs < -45 and r.rejected == "phantom" and r.text == ""
     # The same words at a normal level are a real answer.
-    assert eng.transcribe(_speechlike(amp=8000), 8000)[0] == phrase
+    assert eng.transcribe(_speechlike(amp=8000), 8000).text == phrase
 
 
 def test_repetition_and_empty_guards() -> None:
     eng, _ = _fake_engine(RawResult("one two " * 40, -0.2, 0.1))
-    assert eng.transcribe(_speechlike(), 8000)[2]["rejected"] == "repetition"
+    assert eng.transcribe(_speechlike(), 8000).rejected == "repetition"
     eng, _ = _fake_engine(RawResult(" . ", -0.2, 0.1))
-    assert eng.transcribe(_speechlike(), 8000)[2]["rejected"] == "empty"
+    assert eng.transcribe(_speechlike(), 8000).rejected == "empty"
 
 
 # -- queue -------------------------------------------------------------------------------
@@ -202,13 +212,13 @@ def test_full_queue_drops_oldest_and_never_blocks() -> None:
     fake = FakeBackend(delay=0.0)
     fake.release.clear()  # the worker holds its first job until released
     eng = SttEngine(backend=fake, workers=1, queue_capacity=2)
-    results: dict[int, tuple[Segment | None, dict[str, Any]]] = {}
+    results: dict[int, tuple[Segment | None, SttOutcome]] = {}
     lock = threading.Lock()
 
-    def cb_for(i: int) -> Any:
-        def cb(s: Segment | None, info: dict[str, Any]) -> None:
+    def cb_for(i: int) -> SttCallback:
+        def cb(s: Segment | None, out: SttOutcome) -> None:
             with lock:
-                results[i] = (s, info)
+                results[i] = (s, out)
         return cb
 
     fake.release.set()
@@ -233,7 +243,8 @@ def test_full_queue_drops_oldest_and_never_blocks() -> None:
     assert _metric("audiosocket_stt_utterances_dropped_total", reason="queue_full") == before + 3
     with lock:
         assert sorted(results) == [1, 2, 3]
-        assert all(s is None and info["dropped"] for s, info in results.values())
+        assert all(s is None and out == SttDropped(out.utterance_id, "queue_full")
+                   for s, out in results.values())
     fake.release.set()
     deadline = time.monotonic() + 5
     while len(results) < 6 and time.monotonic() < deadline:
@@ -241,12 +252,12 @@ def test_full_queue_drops_oldest_and_never_blocks() -> None:
     eng.stop()
     assert sorted(results) == [0, 1, 2, 3, 4, 5]
     for i in (0, 4, 5):
-        s, info = results[i]
-        assert s is not None and s.text == "hello there" and "dropped" not in info
+        s, out = results[i]
+        assert s is not None and s.text == "hello there" and isinstance(out, SttDone)
     # Submitting to a stopped engine refuses at once and says so.
-    got: list[dict[str, Any]] = []
-    assert not eng.submit("c", _utt(pcm), lambda s, info: got.append(info))
-    assert got and got[0]["dropped"]
+    got: list[SttOutcome] = []
+    assert not eng.submit("c", _utt(pcm), lambda s, out: got.append(out))
+    assert got == [SttDropped(-1, "not_running")]
 
 
 def test_callback_errors_do_not_kill_workers() -> None:
@@ -254,11 +265,11 @@ def test_callback_errors_do_not_kill_workers() -> None:
     eng.start()
     ok = threading.Event()
 
-    def bad(s: Segment | None, info: dict[str, Any]) -> None:
+    def bad(s: Segment | None, out: SttOutcome) -> None:
         raise RuntimeError("consumer bug")
 
     eng.submit("c", _utt(_speechlike()), bad)
-    eng.submit("c", _utt(_speechlike()), lambda s, info: ok.set())
+    eng.submit("c", _utt(_speechlike()), lambda s, out: ok.set())
     assert ok.wait(5)
     eng.stop()
 
@@ -317,22 +328,22 @@ def test_thank_you_said_clearly_survives_an_invented_one_does_not(engine: SttEng
     ask = synth_speech("I would like to change my delivery address.", 8000)
     thanks = synth_speech("Thank you.", 8000)
     # A caller's own "Thank you." at a normal level: alone and after a sentence.
-    text, _, info = engine.transcribe(silence(0.3) + thanks + silence(0.3), 8000)
-    assert info["rejected"] is None and wer("Thank you.", text) == 0, info
-    text, _, info = engine.transcribe(ask + silence(0.5) + thanks, 8000)
-    assert info["rejected"] is None and "thank you" in text.lower(), info
-    assert [w.text.strip() for w in info["words"]][-2:] == ["Thank", "you."]
+    r = engine.transcribe(silence(0.3) + thanks + silence(0.3), 8000)
+    assert r.rejected is None and wer("Thank you.", r.text) == 0, r
+    r = engine.transcribe(ask + silence(0.5) + thanks, 8000)
+    assert r.rejected is None and "thank you" in r.text.lower(), r
+    assert [w.text.strip() for w in r.words][-2:] == ["Thank", "you."]
     # The same words 30 dB under the caller (a far-away TV, line crosstalk): Whisper writes
     # them, the tail guard takes them off because the audio there is not the caller's.
     before = _metric("audiosocket_stt_rejections_total", reason="phantom_edge")
-    text, _, info = engine.transcribe(ask + silence(0.5) + _quieter(thanks, 30), 8000)
-    assert "thank you" in info["raw_text"].lower(), info  # Whisper did invent it
-    assert "thank" not in text.lower() and wer(
-        "I would like to change my delivery address.", text) <= 0.1, text
+    r = engine.transcribe(ask + silence(0.5) + _quieter(thanks, 30), 8000)
+    assert r.raw_text is not None and "thank you" in r.raw_text.lower(), r  # Whisper did invent it
+    assert "thank" not in r.text.lower() and wer(
+        "I would like to change my delivery address.", r.text) <= 0.1, r.text
     assert _metric("audiosocket_stt_rejections_total", reason="phantom_edge") == before + 1
     # Alone and near-silent (-50 dBFS): the whole result goes.
-    text, _, info = engine.transcribe(_quieter(thanks, 30), 8000, voiced=500.0)
-    assert text == "" and info["rejected"] == "phantom" and "thank" in info["raw_text"].lower()
+    r = engine.transcribe(_quieter(thanks, 30), 8000, voiced=500.0)
+    assert r.text == "" and r.rejected == "phantom" and "thank" in (r.raw_text or "").lower()
 
 
 @pytest.mark.slow
@@ -340,9 +351,9 @@ def test_real_words_are_timed_on_the_audio(engine: SttEngine) -> None:
     first = synth_speech("Hello, I am calling about my order.", 8000)
     second = synth_speech("Could you please check what happened to it?", 8000)
     gap = 0.4
-    text, _, info = engine.transcribe(silence(0.5) + first + silence(gap) + second, 8000)
-    words = info["words"]
-    assert [w.text for w in words] and "".join(w.text for w in words).strip() == text
+    r = engine.transcribe(silence(0.5) + first + silence(gap) + second, 8000)
+    words = r.words
+    assert [w.text for w in words] and "".join(w.text for w in words).strip() == r.text
     starts = [w.start for w in words]
     assert starts == sorted(starts) and all(w.end >= w.start for w in words)
     could = next(w for w in words if w.text.strip() == "Could")
@@ -356,9 +367,9 @@ def test_word_guards_count_loops_and_repeated_lines() -> None:
     eng, _ = _fake_engine(RawResult("x", -0.2, 0.1, 12, "short", words, loop_words=3))
     before = {r: _metric("audiosocket_stt_rejections_total", reason=r)
               for r in ("loop", "repeated_line")}
-    text, _, info = eng.transcribe(_speechlike(seconds=5.0), 8000)
-    assert text == "I need a new card. Please." and info["rejected"] is None
-    assert [w.text for w in info["words"]] == [" I", " need", " a", " new", " card.", " Please."]
+    r = eng.transcribe(_speechlike(seconds=5.0), 8000)
+    assert r.text == "I need a new card. Please." and r.rejected is None
+    assert [w.text for w in r.words] == [" I", " need", " a", " new", " card.", " Please."]
     for reason in ("loop", "repeated_line"):
         assert _metric("audiosocket_stt_rejections_total", reason=reason) == before[reason] + 1
     assert eng.stats.rejected == {"loop": 1, "repeated_line": 1}
@@ -367,9 +378,9 @@ def test_word_guards_count_loops_and_repeated_lines() -> None:
 def test_phantom_alone_rejected_when_whisper_doubts_speech() -> None:
     # A stock phrase at a normal level, but Whisper's own no-speech estimate is high.
     eng, _ = _fake_engine(RawResult("Thank you. Thank you.", -0.3, 0.7))
-    assert eng.transcribe(_speechlike(), 8000)[2]["rejected"] == "phantom"
+    assert eng.transcribe(_speechlike(), 8000).rejected == "phantom"
     eng, _ = _fake_engine(RawResult("Thank you.", -0.3, 0.05))
-    assert eng.transcribe(_speechlike(), 8000)[0] == "Thank you."
+    assert eng.transcribe(_speechlike(), 8000).text == "Thank you."
 
 
 def test_a_mostly_looping_result_is_still_a_repetition() -> None:
@@ -377,4 +388,4 @@ def test_a_mostly_looping_result_is_still_a_repetition() -> None:
     words = (Word(" Beep", 0.0, 0.3, 0.9), Word(" Be", 0.3, 0.4, 0.5))
     decoded = "Beep " * 30 + "Be"
     eng, _ = _fake_engine(RawResult("Beep Be", -0.3, 0.9, 31, "short", words, 29, decoded))
-    assert eng.transcribe(_speechlike(), 8000)[2]["rejected"] == "repetition"
+    assert eng.transcribe(_speechlike(), 8000).rejected == "repetition"

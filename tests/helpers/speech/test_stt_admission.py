@@ -15,7 +15,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from helpers import ai
-from helpers.speech.stt import RawResult, Segment, SttEngine
+from helpers.speech.stt import (
+    RawResult,
+    Segment,
+    SttCallback,
+    SttDropped,
+    SttEngine,
+    SttOutcome,
+)
 from helpers.speech.vad import Utterance
 
 
@@ -50,14 +57,14 @@ class Results:
 
     def __init__(self) -> None:
         self.order: list[str] = []
-        self.info: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, SttOutcome] = {}
         self.lock = threading.Lock()
 
-    def cb(self, label: str) -> Any:
-        def cb(seg: Segment | None, info: dict[str, Any]) -> None:
+    def cb(self, label: str) -> SttCallback:
+        def cb(seg: Segment | None, outcome: SttOutcome) -> None:
             with self.lock:
                 self.order.append(label)
-                self.info[label] = info
+                self.outcomes[label] = outcome
         return cb
 
     def wait(self, n: int, timeout: float = 10.0) -> None:
@@ -96,7 +103,7 @@ def test_eight_answers_at_once_are_all_admitted() -> None:
     fake.release.set()
     res.wait(8)
     eng.stop()
-    assert not any(i.get("dropped") for i in res.info.values())
+    assert not any(isinstance(o, SttDropped) for o in res.outcomes.values())
     assert sum(_dropped(r) for r in ("deadline", "queue_bytes", "queue_full")) == before
 
 
@@ -127,8 +134,7 @@ def test_drops_only_what_cannot_meet_its_deadline() -> None:
     # Behind it this one would end at ~4.5 s: it cannot make 3 s, so it goes at once, and
     # says why; it does not push the admitted one out.
     assert not eng.submit("b", _voiced(2.0), res.cb("late"), now, deadline_s=3.0)
-    assert res.info["late"] == {"dropped": True, "reason": "deadline",
-                                "utterance_id": res.info["late"]["utterance_id"]}
+    assert res.outcomes["late"] == SttDropped(res.outcomes["late"].utterance_id, "deadline")
     assert _dropped("deadline") == before + 1
     # One with room in its deadline is still admitted behind both.
     assert eng.submit("c", _voiced(2.0), res.cb("roomy"), now, deadline_s=10.0)
@@ -165,7 +171,7 @@ def test_stop_drops_waiting_utterances_with_reason_stopped() -> None:
     threading.Timer(0.2, fake.release.set).start()
     eng.stop()
     res.wait(2)
-    assert res.info["waiting"]["reason"] == "stopped"
+    assert res.outcomes["waiting"] == SttDropped(2, "stopped")  # 1 is the busy one
     assert _dropped("stopped") == before + 1
 
 
@@ -177,7 +183,7 @@ def test_byte_bound_still_drops_the_oldest() -> None:
     for i in range(4):  # 16 000 bytes each
         assert eng.submit("a", _voiced(1.0), res.cb(f"u{i}"), deadline_s=30.0) is True
     assert eng.queue_depth == 3 and res.order == ["u0"]
-    assert res.info["u0"]["reason"] == "queue_bytes"
+    assert res.outcomes["u0"] == SttDropped(2, "queue_bytes")  # 1 is the busy one
     assert _dropped("queue_bytes") == before + 1
     fake.release.set()
     res.wait(5)
