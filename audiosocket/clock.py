@@ -24,6 +24,8 @@ import os
 import time
 from typing import Protocol
 
+import structlog
+
 from audiosocket import metrics, native
 from audiosocket.native import LINE
 from audiosocket.playout import (
@@ -243,8 +245,6 @@ class Clock:
             events = native.pump(self._lines, advance)
         except Exception as exc:
             # A bug there must not stop the clock: every line returns to the Python path.
-            import structlog
-
             structlog.get_logger("audiosocket.clock").exception(
                 "native_pump_failed", error=str(exc) or type(exc).__name__
             )
@@ -297,8 +297,6 @@ class Clock:
             owner._native_read_event(name, payload)
 
     def _failed(self, playout: Playout, exc: Exception) -> None:
-        import structlog
-
         structlog.get_logger("audiosocket.clock").warning(
             "playout_write_failed", error=str(exc) or type(exc).__name__
         )

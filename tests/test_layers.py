@@ -88,12 +88,11 @@ _CLI = ("every CLI run imports this module to build the parser (``audiosocket --
         "``call`` start without the server's libraries): a sub-command loads what it runs")
 _SERVICES = ("the composition root builds an engine only when the config or the process asks "
              "for it: a worker or an app that does not need it never loads it")
-_CHANGING = ("in a file another change is rewriting; move it to the top there")
 _PG = ("psycopg loads only for a postgresql:// store (SQLite is the default, and the "
        "``audiosocket call`` and export paths must not need it)")
-#: Function-local imports of our modules (and the few others in files this change does not
-#: own), each with why it is late: (importer, imported module) -> reason. Everything else is
-#: imported at the top of its module or lives in :data:`HEAVY_OR_OPTIONAL`.
+#: Function-local imports of our modules, each with why it is late: (importer, imported
+#: module) -> reason. Everything else is imported at the top of its module or lives in
+#: :data:`HEAVY_OR_OPTIONAL`.
 LOCAL_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
     ("audiosocket.root.cli", "audiosocket.root.commands"): _CLI,
     ("audiosocket.root.cli", "audiosocket.lifecycle"): _CLI,
@@ -140,11 +139,6 @@ LOCAL_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {
         "helpers.audio and helpers.ffmpeg and stays without it"),
     ("helpers.store.core", "helpers.store.pg"): _PG,
     ("helpers.store.db", "helpers.store.pg"): _PG,
-    ("audiosocket.clock", "structlog"): _CHANGING + " (audiosocket/clock.py)",
-    ("helpers.speech.vad", "importlib"): _CHANGING + " (helpers/speech/vad.py)",
-    ("helpers.speech.vad", "numpy"): _CHANGING + " (helpers/speech/vad.py)",
-    ("helpers.speech.vad", "soxr"): _CHANGING + " (helpers/speech/vad.py)",
-    ("helpers.speech.vad", "helpers.audio"): _CHANGING + " (helpers/speech/vad.py)",
 }
 
 

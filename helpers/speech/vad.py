@@ -21,12 +21,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 import numpy as np
+import soxr
 import webrtcvad
 
 from helpers.ai import ModelCache
+from helpers.audio import resample_pcm
 
 __all__ = ["FRAME_MS", "Utterance", "VadSegmenter", "voiced_ms"]
 
@@ -83,8 +86,6 @@ def silero_session(models: ModelCache) -> Any:
     threads)."""
 
     def load() -> Any:
-        from importlib.resources import files
-
         import onnxruntime
 
         opts = onnxruntime.SessionOptions()
@@ -110,8 +111,6 @@ class SileroClassifier:
 
     def __init__(self, rate: int, threshold: float = 0.5, *,
                  models: ModelCache | None = None) -> None:
-        import numpy as np
-
         self._np = np
         self.threshold = threshold
         # The server passes the process's model cache; None (a script, a test) loads the
@@ -146,9 +145,6 @@ class _Resampler:
     """Streaming resampler to 16 kHz for rates webrtcvad does not take."""
 
     def __init__(self, rate: int) -> None:
-        import numpy as np  # only for odd rates: the native path stays numpy-free
-        import soxr
-
         self._np = np
         self._stream = soxr.ResampleStream(rate, 16000, 1, dtype="int16", quality="HQ")
         self._buf = b""
@@ -491,8 +487,6 @@ def voiced_ms(pcm: bytes, rate: int, aggressiveness: int = 2) -> float:
     """Milliseconds of ``pcm`` that webrtcvad calls speech (used as STT's VAD gate)."""
     vad = webrtcvad.Vad(aggressiveness)
     if rate not in _NATIVE_RATES:
-        from helpers.audio import resample_pcm
-
         pcm = resample_pcm(pcm, rate, 16000)
         rate = 16000
     fb = rate * FRAME_MS // 1000 * 2
