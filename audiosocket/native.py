@@ -25,6 +25,7 @@ __all__ = [
     "LINE",
     "State",
     "block_shape",
+    "block_shape_numpy",
     "new_tape",
     "pump",
     "take_tape",
@@ -141,6 +142,13 @@ def block_shape(
     extension is there (a dozen numpy calls per call per second otherwise)."""
     if _wire is not None:
         return _wire.block_shape(heard_ticks, sent_ticks, heard)
+    return block_shape_numpy(heard_ticks, sent_ticks, heard)
+
+
+def block_shape_numpy(
+    heard_ticks: np.ndarray, sent_ticks: np.ndarray, heard: bytes
+) -> tuple[int, int, bool, bool]:
+    """:func:`block_shape` without the extension (and the reference its tests compare)."""
     m = len(heard_ticks)
     lo = hi = 0
     if m:

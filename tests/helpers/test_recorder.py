@@ -12,6 +12,7 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from audiosocket.native import block_shape
 from helpers.recorder import CallRecorder, RecorderWriter, repair_all, repair_wav
 
 
@@ -269,17 +270,19 @@ def test_a_steady_run_is_taken_at_once_in_the_common_case(tmp_path: Path) -> Non
     before=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 8)), max_size=20),
     block=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3)), min_size=1, max_size=80),
     after=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), max_size=10),
+    with_lead=st.booleans(),
 )
 @settings(max_examples=80, deadline=None)
 # Found on a fresh clone: a short frame held from the tick before the block (placed only at
 # the block's first round) left a partial that add_block placed around.
-@example(before=[(3, 1)], block=[(1, 1)], after=[])
-@example(before=[(3, 1)], block=[(1, 1)], after=[(2, 3), (3, 3), (3, 2)])
+@example(before=[(3, 1)], block=[(1, 1)], after=[], with_lead=False)
+@example(before=[(3, 1)], block=[(1, 1)], after=[(2, 3), (3, 3), (3, 2)], with_lead=True)
 def test_a_block_writes_the_same_bytes_as_its_rounds(
-    before: list[_Step], block: list[_Step], after: list[_Step]
+    before: list[_Step], block: list[_Step], after: list[_Step], with_lead: bool
 ) -> None:
     """add_block (a jittery stretch at once: 0-2 frames read per tick, resyncs) against the
-    rounds it stands for, after any history: the same file, or it declines."""
+    rounds it stands for, after any history: the same file, or it declines. With the
+    block's shape (``lead``, the O(1) check the C path's blocks use) or without."""
     writer = RecorderWriter()
     with tempfile.TemporaryDirectory() as d:
         a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
@@ -299,8 +302,9 @@ def test_a_block_writes_the_same_bytes_as_its_rounds(
                 heard.append(frame(300 + tick + k))
                 ticks.append(tick)
                 a.add_inbound(heard[-1], tick)
-        taken = b.add_block(np.array(slots, dtype="<i8"), b"".join(sent), b"".join(heard),
-                            np.array(ticks, dtype="<i8"))
+        slot_arr, tick_arr = np.array(slots, dtype="<i8"), np.array(ticks, dtype="<i8")
+        lead = block_shape(tick_arr, slot_arr, b"".join(heard))[:2] if with_lead else None
+        taken = b.add_block(slot_arr, b"".join(sent), b"".join(heard), tick_arr, lead=lead)
         if not taken:
             k = 0
             for i, slot in enumerate(slots):

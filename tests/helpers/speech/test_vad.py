@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from audiosocket.native import block_shape
 from helpers.audio import pcm_to_float, resample_pcm
 from helpers.speech.vad import Utterance, VadSegmenter, voiced_ms
 from tests.helpers.speech_fixtures import silence, synth_speech
@@ -367,7 +368,8 @@ def test_run_block_matches_feeding_tick_by_tick(seed: int) -> None:
     for _trial in range(6):
         a = SpeechLoop(VadSegmenter(8000, max_utterance_s=3.0))
         b = SpeechLoop(VadSegmenter(8000, max_utterance_s=3.0))
-        tick, got_a, got_b = 0, [], []
+        c = SpeechLoop(VadSegmenter(8000, max_utterance_s=3.0))  # with the block's shape
+        tick, got_a, got_b, got_c = 0, [], [], []
         for _block in range(4):
             slots: list[int] = []
             frames: list[tuple[int, bytes]] = []
@@ -379,16 +381,28 @@ def test_run_block_matches_feeding_tick_by_tick(seed: int) -> None:
                     pcm = (_speechy(rng, 1, 8000) if loud else bytes(fb))
                     frames.append((tick, pcm))
             got_a += rounds(a, slots, frames)
-            utts, taken = b.run_block(
-                b"".join(p for _, p in frames), np.array([t for t, _ in frames], dtype="<i8"),
-                np.array(slots, dtype="<i8"), silence_every=every, silence_behind=behind)
+            heard = b"".join(p for _, p in frames)
+            heard_ticks = np.array([t for t, _ in frames], dtype="<i8")
+            sent_ticks = np.array(slots, dtype="<i8")
+            utts, taken = b.run_block(heard, heard_ticks, sent_ticks,
+                                      silence_every=every, silence_behind=behind)
             got_b += utts
             if taken:
                 taken_any = True
             else:
                 got_b += rounds(b, slots, frames)
+            # The O(1) checks from the block's shape decide exactly as the numpy ones.
+            lo, hi, _consecutive, silent = block_shape(heard_ticks, sent_ticks, heard)
+            utts, taken_c = c.run_block(heard, heard_ticks, sent_ticks, silence_every=every,
+                                        silence_behind=behind, lead=(lo, hi), silent=silent)
+            assert taken_c == taken
+            got_c += utts
+            if not taken_c:
+                got_c += rounds(c, slots, frames)
         got_a += a.flush(tick)
         got_b += b.flush(tick)
+        got_c += c.flush(tick)
         assert _utts(got_b) == _utts(got_a)
-        assert a.vad.next_tick == b.vad.next_tick
+        assert _utts(got_c) == _utts(got_a)
+        assert a.vad.next_tick == b.vad.next_tick == c.vad.next_tick
     assert taken_any
