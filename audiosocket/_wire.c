@@ -26,17 +26,18 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 
 enum { LINE_STATE, LINE_OWNER, LINE_PLAYOUT, LINE_FRAMES, LINE_SINK, LINE_RATE, LINE_HEADER,
-       LINE_TAPE, LINE_SIZE };
-/* Exported as LINE_FIELDS, so the Python side takes the positions from here. */
+       LINE_TAPE, LINE_SILENCE, LINE_SIZE };
+/* Exported as LINE_FIELDS, so the Python side takes the positions from here. LINE_SILENCE is
+ * the frame sent when nothing is queued: one shared object for every call of a kind
+ * (protocol.silence_frame), so a tick of a thousand quiet calls reads one hot object. */
 static const char *line_fields[LINE_SIZE] = {"state", "owner", "playout", "frames", "sink", "rate",
-                                             "header", "tape"};
+                                             "header", "tape", "silence"};
 
 /* A line's tape (LINE_TAPE, or None): four bytearrays this code appends to instead of
  * calling the app per frame. TAPE_IN_PCM/TAPE_IN_TICKS: each inbound frame's audio (header
@@ -61,12 +62,13 @@ typedef struct {
     int64_t wake;       /* a tape line: report a frame that is not digital silence */
     int64_t stream;     /* a TTS stream is open: a silent tick past stream_at is an underrun */
     int64_t stream_at;  /* popped at which the open stream's first frame has gone out */
+    int64_t wired;      /* Playout.wired, mirrored by the Python side: 0 sends EV_SLOW */
 } line_state;
 
 /* Exported as STATE_FIELDS (all int64, in this order): playout.py builds its struct from it. */
 static const char *state_fields[] = {"fd", "frame_len", "whole", "max_frames", "ticks",
     "popped", "audio_sent", "frames_in", "gap", "underruns", "now", "mark_at", "clip",
-    "wake", "stream", "stream_at"};
+    "wake", "stream", "stream_at", "wired"};
 #define N_STATE_FIELDS ((Py_ssize_t)(sizeof state_fields / sizeof state_fields[0]))
 
 /* Playout._NO_GAP: no live frame went out last, so the silence after it is not a gap. */
@@ -94,39 +96,7 @@ enum {
 
 #define RBUF 16384
 
-static PyObject *s_wired, *s_silence, *s_native_line, *s_popleft;
-
-/* Playout uses __slots__: wired and _silence are read at their offsets, found once per type
- * from the member descriptors. Any other type takes the generic attribute path. */
-enum { SL_WIRED, SL_SILENCE, SL_N };
-static PyTypeObject *slot_type = NULL;
-static Py_ssize_t slot_off[SL_N];
-static PyObject **slot_names[SL_N] = {&s_wired, &s_silence};
-
-static int slots_for(PyObject *obj) {
-    PyTypeObject *tp = Py_TYPE(obj);
-    if (tp == slot_type) return 1;
-    Py_ssize_t off[SL_N];
-    for (int i = 0; i < SL_N; i++) {
-        PyObject *d = _PyType_Lookup(tp, *slot_names[i]); /* borrowed */
-        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return 0;
-        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-        if (m->type != T_OBJECT_EX) return 0;
-        off[i] = m->offset;
-    }
-    memcpy(slot_off, off, sizeof off);
-    slot_type = tp;
-    return 1;
-}
-
-/* New reference to the attribute, by slot when the type allows. */
-static PyObject *get_field(PyObject *obj, int field) {
-    if (slots_for(obj)) {
-        PyObject *v = *(PyObject **)((char *)obj + slot_off[field]);
-        if (v != NULL) { Py_INCREF(v); return v; }
-    }
-    return PyObject_GetAttr(obj, *slot_names[field]);
-}
+static PyObject *s_native_line, *s_popleft;
 
 static line_state *state_of(PyObject *line) {
     PyObject *ba = PyTuple_GET_ITEM(line, LINE_STATE);
@@ -285,19 +255,19 @@ static int is_relay(PyObject *line, line_state *st) {
 
 /* This tick's frame: the next queued one, or silence; -1 on a Python error. */
 static int write_line(PyObject *line, line_state *st, PyObject *events, long advance) {
-    PyObject *playout = PyTuple_GET_ITEM(line, LINE_PLAYOUT);
-    PyObject *wired = get_field(playout, SL_WIRED);
-    if (wired == NULL) return -1;
-    int is_plain = PyObject_IsTrue(wired);
-    Py_DECREF(wired);
-    if (is_plain < 0) return -1;
+    /* The line's own numbers and its queue only: the Playout object itself is not read
+     * here (it was a cache miss per call per tick; its wired flag is mirrored in st). */
+    int is_plain = st->wired != 0;
     PyObject *frames = PyTuple_GET_ITEM(line, LINE_FRAMES);
     Py_ssize_t queued = PyObject_Size(frames);
     if (queued < 0) return -1;
     if (!is_plain || queued > st->max_frames) return event(events, line, EV_SLOW, NULL);
     PyObject *frame;
     if (queued) frame = PyObject_CallMethodNoArgs(frames, s_popleft);
-    else frame = get_field(playout, SL_SILENCE);
+    else {
+        frame = PyTuple_GET_ITEM(line, LINE_SILENCE);
+        Py_INCREF(frame);
+    }
     if (frame == NULL) return -1;
     if (!PyBytes_Check(frame)) {
         Py_DECREF(frame);
@@ -611,8 +581,6 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__wire(void) {
 #define INTERN(var, s) if ((var = PyUnicode_InternFromString(s)) == NULL) return NULL
-    INTERN(s_wired, "wired");
-    INTERN(s_silence, "_silence");
     INTERN(s_native_line, "_native_line");
     INTERN(s_popleft, "popleft");
 #undef INTERN

@@ -15,7 +15,14 @@ from typing import Protocol
 
 from audiosocket import metrics
 from audiosocket.native import State
-from audiosocket.protocol import FRAME_MS, HEADER_SIZE, KIND_FOR_RATE, frame_bytes, header
+from audiosocket.protocol import (
+    FRAME_MS,
+    HEADER_SIZE,
+    KIND_FOR_RATE,
+    frame_bytes,
+    header,
+    silence_frame,
+)
 
 __all__ = [
     "Playback",
@@ -97,6 +104,7 @@ class Playout:
         "_start_marks",
         "_stream_from",
         "_streams",
+        "_wired",
         "append_frame",
         "audio_frames_sent",
         "frame_size",
@@ -111,7 +119,6 @@ class Playout:
         "ticks",
         "transport",
         "underruns",
-        "wired",
     )
 
     def __init__(
@@ -130,7 +137,7 @@ class Playout:
         self.kind = KIND_FOR_RATE[rate]
         self.frame_size = frame_bytes(rate)
         self._header = header(self.kind, self.frame_size)
-        self._silence = self._header + bytes(self.frame_size)
+        self._silence = silence_frame(self.kind, self.frame_size)  # shared by every call
         self._lead = max(0, min(lead_ms, 120)) // FRAME_MS
         self.max_frames = max(
             1, min(int(max_seconds * 1000 / FRAME_MS), max_bytes // self.frame_size)
@@ -164,10 +171,7 @@ class Playout:
         #: Nothing but frames and silence to send (no listener, stream, lead or pending
         #: playback): the clock then sends this call's frame inline, without ``tick()``.
         self.plain = not self._lead
-        #: What the C path needs to send this call's frames itself: ``plain``, except that a
-        #: playing clip (its completion marks) is allowed: the C path reports the frame a
-        #: mark waits for (EV_MARK) and this side resolves it. Read by _wire.c each tick.
-        self.wired = self.plain
+        self._wired = self.plain
         #: Queue one whole wire frame of this playout's kind and size, as it will be sent:
         #: the deque's own ``append``, so a relay (echo) costs no Python frame per inbound
         #: frame. The ``max_frames`` bound is enforced on the next tick instead.
@@ -190,6 +194,20 @@ class Playout:
         self.live_frames = max(1, ms // FRAME_MS) if ms > 0 else 0
         self._cap = min(self.max_frames, self.live_frames or self.max_frames)
 
+    @property
+    def wired(self) -> bool:
+        """What the C path needs to send this call's frames itself: ``plain``, except that a
+        playing clip (its completion marks) is allowed: the C path reports the frame a mark
+        waits for (EV_MARK) and this side resolves it. Mirrored into the line's state
+        (``wired``), which _wire.c reads each tick instead of this object."""
+        return self._wired
+
+    @wired.setter
+    def wired(self, value: bool) -> None:
+        self._wired = value
+        if self._native_state is not None:
+            self._native_state["wired"] = int(value)
+
     def native_state(self, fd: int, frame_len: int, whole: bool, *, wake: bool = False) -> State:
         """A new native line's state for this playout (``struct line_state``, _wire.c)."""
         self.sync_counters()
@@ -200,7 +218,7 @@ class Playout:
 
     def _replan(self) -> None:
         wired = self._listener is None and not self._lead and not self._short
-        self.wired = wired
+        self._wired = wired
         self.plain = wired and not self._marks and not self._start_marks and not self._streams
         if self._native_state is not None:
             self._native_plan(self._native_state)
@@ -211,6 +229,7 @@ class Playout:
         the queue's bound is ``max_frames``, not the live target, and a frame sent ends no
         live gap), as ``tick()`` does for itself."""
         clip = bool(self._marks or self._start_marks or self._streams)
+        state["wired"] = int(self._wired)
         state["clip"] = int(clip)
         state["max_frames"] = self.max_frames if clip else self._cap
         seqs = [q[0][0] for q in (self._marks, self._start_marks) if q]

@@ -11,6 +11,7 @@ then the payload. Audio is signed 16-bit little-endian mono.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 import uuid as _uuid
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ __all__ = [
     "header",
     "parse_frame",
     "samples_per_frame",
+    "silence_frame",
 ]
 
 HEADER_SIZE = 3
@@ -323,6 +325,17 @@ def header(kind: int, length: int) -> bytes:
 
 
 _pack_header = _HEADER.pack
+
+
+@functools.cache
+def silence_frame(kind: int, length: int) -> bytes:
+    """A whole frame of digital silence: ``header(kind, length)`` and ``length`` zero bytes.
+
+    One object per (kind, length) for every call: the clock sends a call's silence on every
+    tick it has nothing else, and a thousand calls each sending their own copy read a
+    thousand cold objects a tick where one stays in the cache.
+    """
+    return header(kind, length) + bytes(length)
 _HANGUP_BYTES = header(Kind.HANGUP, 0)
 
 

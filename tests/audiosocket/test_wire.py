@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audiosocket.clock import Playout
-from audiosocket.native import State
+from audiosocket.native import State, block_shape_numpy
 from audiosocket.protocol import Dtmf, encode_audio, encode_frame
 
 _wire = pytest.importorskip("audiosocket._wire")
@@ -67,9 +69,10 @@ def make_line(
 ) -> tuple[tuple[object, ...], Playout, Owner]:
     playout = playout or Playout(Transport(), 8000)
     state = State(fd=sock.fileno(), frame_len=323, max_frames=max_frames, whole=int(whole),
-                  mark_at=-1)
+                  mark_at=-1, wired=int(playout.wired))
     owner = Owner()
-    line = (state.buf, owner, playout, playout._frames, sink, 8000, HEADER, tape)
+    line = (state.buf, owner, playout, playout._frames, sink, 8000, HEADER, tape,
+            playout._silence)
     owner._native_line = line
     playout._native_state = state
     return line, playout, owner
@@ -288,7 +291,7 @@ def relay_line(sock: socket.socket, target: int = 4) -> tuple[tuple[object, ...]
     playout = Playout(Transport(), 8000, live_ms=target * 20)
     state = playout.native_state(sock.fileno(), 323, True)
     line = (state.buf, Owner(), playout, playout._frames, playout.append_frame, 8000, HEADER,
-            None)
+            None, playout._silence)
     line[1]._native_line = line  # type: ignore[attr-defined]
     playout._native_state = state
     return line, playout
@@ -362,7 +365,8 @@ def taped_line(sock: socket.socket, *, wake: bool = False) -> tuple[
     state = playout.native_state(sock.fileno(), 323, False, wake=wake)
     tape = new_tape()
     owner = Owner()
-    line = (state.buf, owner, playout, playout._frames, None, 8000, HEADER, tape)
+    line = (state.buf, owner, playout, playout._frames, None, 8000, HEADER, tape,
+            playout._silence)
     owner._native_line = line
     playout._native_state = state
     return line, playout, tape
@@ -460,3 +464,29 @@ def test_a_playback_mark_is_reported_and_the_line_keeps_going(pair: Any) -> None
     import asyncio
 
     asyncio.run(run())
+
+
+@given(
+    steps=st.lists(st.integers(0, 3), max_size=120),
+    sent_steps=st.lists(st.integers(1, 3), max_size=120),
+    start=st.integers(-5, 10**12),
+    noise=st.lists(st.integers(0, 319), max_size=3),
+    frames=st.integers(0, 4),
+)
+@settings(max_examples=200, deadline=None)
+def test_block_shape_is_the_numpy_reference(
+    steps: list[int], sent_steps: list[int], start: int, noise: list[int], frames: int
+) -> None:
+    """``_wire.block_shape`` (one C pass) against the numpy code the Python side would run:
+    the same leads, the same verdicts on consecutive slots and digital silence."""
+    heard_ticks = np.cumsum([start, *steps], dtype="<i8")
+    sent_ticks = np.cumsum([start, *sent_steps], dtype="<i8")
+    heard = bytearray(frames * 320)
+    for at in noise:  # a single non-zero byte anywhere makes it sound, the last one too
+        if heard:
+            heard[at % len(heard)] = 1
+    args = (heard_ticks, sent_ticks, bytes(heard))
+    assert _wire.block_shape(*args) == block_shape_numpy(*args)
+    empty = np.zeros(0, dtype="<i8")
+    assert _wire.block_shape(empty, empty, b"") == block_shape_numpy(empty, empty, b"")
+
