@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from audiosocket.call import Call
     from audiosocket.config import IvrConfig
     from audiosocket.live import LiveCall
+    from helpers.speech.stt import SttEngine
+    from helpers.store.db import CallStore
 
 __all__ = ["DEMO_FLOWS", "MESSAGE_MAX_BYTES", "MESSAGE_STT_WAIT_S", "FlowRunner", "beep"]
 
@@ -70,8 +72,8 @@ class FlowRunner:
         message: MessageTap,
         ivr_cfg: IvrConfig,
         data_dir: Path,
-        store: Any,
-        stt: Any,
+        store: CallStore | None,
+        stt: SttEngine | None,
         live: LiveCall | None,
         log: Any,
     ) -> None:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from audiosocket.call import Call
     from audiosocket.live import LiveCall
     from audiosocket.media import MediaBlock
+    from helpers.postcall.jobs import PostCallJobs
 
 __all__ = ["Recording", "recording_path"]
 
@@ -39,7 +40,7 @@ class Recording(Part):
         *,
         writer: RecorderWriter,
         live: LiveCall | None,
-        jobs: Any,
+        jobs: PostCallJobs | None,
         log: Any,
     ) -> None:
         self.call = call

@@ -14,6 +14,8 @@ from sessions.parts.metrics import BARGE_INS, SAY_FIRST_FRAME
 
 if TYPE_CHECKING:
     from audiosocket.call import Call
+    from helpers.speech.tts import TtsEngine
+    from helpers.store.db import CallStore
 
 __all__ = ["DEFAULT_PROTECT_S", "Speaker"]
 
@@ -30,7 +32,7 @@ class Speaker:
     """
 
     def __init__(
-        self, call: Call, *, tts: Any, store: Any, log: Any,
+        self, call: Call, *, tts: TtsEngine | None, store: CallStore | None, log: Any,
         protect_s: float = DEFAULT_PROTECT_S,
     ) -> None:
         self.call = call
@@ -147,13 +149,12 @@ class Speaker:
         """Keep and store one thing the server said, if any of it reached the wire."""
         if not heard:
             return  # cut before its first frame: the caller heard nothing of it
-        start = heard[0]
-        end = max(start, self.call.time)
-        line = {"start": round(start, 3), "end": round(end, 3), "text": text,
-                "interrupted": not completed}
-        self.lines.append(line)
+        start = round(heard[0], 3)
+        end = round(max(heard[0], self.call.time), 3)
+        self.lines.append({"start": start, "end": end, "text": text,
+                           "interrupted": not completed})
         if self.store is not None:
-            self.store.add_segment(self.call.id, line["start"], line["end"], text, None, None,
+            self.store.add_segment(self.call.id, start, end, text, None, None,
                                    speaker="server", interrupted=not completed)
-        self.log.info("server_said", start=line["start"], end=line["end"], text=text,
+        self.log.info("server_said", start=start, end=end, text=text,
                       interrupted=not completed)

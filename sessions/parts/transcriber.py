@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from audiosocket.live import LiveCall
     from audiosocket.media import MediaBlock
     from audiosocket.root.app import Need
-    from helpers.speech.stt import Segment
+    from helpers.speech.stt import Segment, SttEngine
     from helpers.speech.stt_result import SttOutcome
+    from helpers.store.db import CallStore
 
 __all__ = ["FINAL_WAIT_S", "SILENCE_CHECK_TICKS", "Transcriber", "TranscriptListener"]
 
@@ -68,8 +69,8 @@ class Transcriber(Part):
         call: Call,
         cfg: SttConfig,
         *,
-        stt: Any,
-        store: Any,
+        stt: SttEngine | None,
+        store: CallStore | None,
         live: LiveCall | None,
         listener: TranscriptListener,
         log: Any,
