@@ -51,6 +51,12 @@ class Run:
         """The tick each frame was read at: the one after its slot."""
         return self.slots + 1
 
+    @property
+    def lead(self) -> tuple[int, int]:
+        """``(Shape.lead_lo, Shape.lead_hi)`` of the run: every ``heard_ticks[k] - k`` is
+        ``first_slot + 1``."""
+        return self.first_slot + 1, self.first_slot + 1
+
     def events(self) -> Iterator[Event]:
         """The run frame by frame, in the Python path's order."""
         fb = self.frame_bytes

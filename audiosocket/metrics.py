@@ -118,4 +118,3 @@ def native_event(name: str) -> Counter:
     """``NATIVE_EVENTS`` for one event (see :func:`frames_in`): playback marks come by the
     hundred a second."""
     return NATIVE_EVENTS.labels(event=name)
-

@@ -336,6 +336,8 @@ def silence_frame(kind: int, length: int) -> bytes:
     thousand cold objects a tick where one stays in the cache.
     """
     return header(kind, length) + bytes(length)
+
+
 _HANGUP_BYTES = header(Kind.HANGUP, 0)
 
 

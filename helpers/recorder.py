@@ -25,7 +25,9 @@ import numpy as np
 import structlog
 from prometheus_client import Counter
 
-__all__ = ["CallRecorder", "RecorderWriter", "repair_all", "repair_wav", "wav_seconds"]
+__all__ = [
+    "CallRecorder", "RecorderWriter", "repair_all", "repair_wav", "tick_leads", "wav_seconds",
+]
 
 log = structlog.get_logger("audiosocket.recorder")
 
@@ -58,6 +60,17 @@ INBOUND_AHEAD_DROPPED = Counter(
     "audiosocket_recording_ahead_frames_dropped_total",
     "Inbound frames not recorded: the peer sent them more than 2 s ahead of the clock",
 )
+
+
+def tick_leads(ticks: np.ndarray) -> tuple[int, int]:
+    """The least and greatest ``ticks[k] - k`` of a block's inbound ticks (``(0, 0)`` for
+    none): frame ``k`` placed at ``pos + k`` leads the tick it was read at by
+    ``pos + k - ticks[k]``, which lies between ``pos`` minus the greatest and ``pos`` minus
+    the least. ``MediaBlock.shape`` has them from the C pass; this is for blocks without."""
+    if not len(ticks):
+        return 0, 0
+    offsets = ticks - np.arange(len(ticks))
+    return int(offsets.min()), int(offsets.max())
 
 
 def _header(rate: int, channels: int, data_bytes: int) -> bytes:
@@ -245,7 +258,9 @@ class CallRecorder:
         read on the tick after each slot). :meth:`add_block` for that shape."""
         n = len(sent) // self.frame_bytes
         slots = np.arange(first_slot, first_slot + n, dtype="<i8")
-        return self.add_block(slots, sent, heard, slots + 1)
+        # heard_ticks[k] = first_slot + 1 + k: every frame's lead is first_slot + 1.
+        return self.add_block(slots, sent, heard, slots + 1,
+                              lead=(first_slot + 1, first_slot + 1))
 
     def add_block(
         self,
@@ -285,8 +300,7 @@ class CallRecorder:
             # (lands at or after tick - JITTER_SLOTS) and not ahead of the clock.
             # Frame k lands at pos + k: it leads its tick by pos + k - heard_ticks[k].
             if lead is None:
-                offsets = heard_ticks - np.arange(m)
-                lead = int(offsets.min()), int(offsets.max())
+                lead = tick_leads(heard_ticks)
             if pos < self._base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS:
                 return False
             self._put_run(self._in, pos, heard, m)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from helpers.recorder import tick_leads
 from helpers.speech.lines import Line, make_lines
 from helpers.speech.stt_result import SttResult
 from helpers.speech.vad import JITTER_TICKS, ZERO_SETTLE, Utterance, VadSegmenter
@@ -97,8 +98,7 @@ class SpeechLoop:
             if int(heard_ticks[0]) <= int(slots[0]):
                 return out, False
             if lead is None:
-                offsets = heard_ticks - np.arange(m)
-                lead = int(offsets.min()), int(offsets.max())
+                lead = tick_leads(heard_ticks)
             # Frame k is pushed as tick start + k, read at heard_ticks[k].
             if start - lead[1] < -JITTER_TICKS:
                 return out, False

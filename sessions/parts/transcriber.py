@@ -121,7 +121,8 @@ class Transcriber(Part):
                                   (shape.lead_lo, shape.lead_hi), shape.silent):
             # A gap or a burst somewhere: its steady runs at once, the rest frame by frame.
             self.take_runs(
-                block, lambda run: self._take_at_once(run.heard, run.heard_ticks, run.slots))
+                block,
+                lambda run: self._take_at_once(run.heard, run.heard_ticks, run.slots, run.lead))
 
     def _take_at_once(
         self,
