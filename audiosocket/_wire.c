@@ -308,7 +308,8 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
          * app sends little else, and copying 320 zero bytes per call per tick was half of
          * the tape's cache traffic. take_tape writes the zeros back. */
         int64_t slot = st->now - 1;
-        if (queued) {
+        /* A clip's pause is queued as the line's silence object itself (frame_clip). */
+        if (queued && frame != PyTuple_GET_ITEM(line, LINE_SILENCE)) {
             if (append(PyTuple_GET_ITEM(tape, TAPE_OUT_PCM), PyBytes_AS_STRING(frame) + 3,
                        len - 3) < 0) {
                 Py_DECREF(frame);
@@ -462,6 +463,62 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(frame_clip_doc,
+"frame_clip(header, pcm, frame_size, zeros_after, silence) -> list[bytes]\n\n"
+"A clip as wire frames for a playout queue: pcm followed by zeros_after zero bytes, padded\n"
+"with zeros to whole frames of frame_size, each frame header + payload. A frame that lies\n"
+"wholly in the zeros is the silence object itself (a whole wire frame of zeros, shared),\n"
+"so a prompt's pauses cost no memory. One call instead of a Python loop per frame.");
+
+static PyObject *frame_clip(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyLong_Check(args[2])
+        || !PyLong_Check(args[3]) || !PyBytes_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "frame_clip(header: bytes, pcm, frame_size: int, zeros_after: int, "
+                        "silence: bytes)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]), zeros = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t hl = PyBytes_GET_SIZE(args[0]);
+    if (n <= 0 || zeros < 0 || PyBytes_GET_SIZE(args[4]) != hl + n) {
+        PyErr_SetString(PyExc_ValueError,
+                        "frame_size > 0, zeros_after >= 0, silence one whole frame");
+        return NULL;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[1], &v, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    const char *hdr = PyBytes_AS_STRING(args[0]), *pcm = (const char *)v.buf;
+    Py_ssize_t len = v.len;
+    Py_ssize_t count = (len + zeros + n - 1) / n;
+    PyObject *frames = PyList_New(count);
+    if (frames == NULL) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t at = i * n;
+        PyObject *f;
+        if (at >= len) {
+            f = args[4];
+            Py_INCREF(f);
+        } else {
+            Py_ssize_t take = len - at < n ? len - at : n;
+            f = PyBytes_FromStringAndSize(NULL, hl + n);
+            if (f == NULL) {
+                Py_CLEAR(frames);
+                goto done;
+            }
+            char *d = PyBytes_AS_STRING(f);
+            memcpy(d, hdr, (size_t)hl);
+            memcpy(d + hl, pcm + at, (size_t)take);
+            if (take < n) memset(d + hl + take, 0, (size_t)(n - take));
+        }
+        PyList_SET_ITEM(frames, i, f);
+    }
+done:
+    PyBuffer_Release(&v);
+    return frames;
+}
+
 PyDoc_STRVAR(pump_doc,
 "pump(lines, advance) -> list\n\n"
 "For each line (a tuple built by the server): send its frame for this tick (queued or\n"
@@ -570,6 +627,7 @@ static PyMethodDef methods[] = {
     {"pump", (PyCFunction)(void (*)(void))pump, METH_FASTCALL, pump_doc},
     {"take_tape", (PyCFunction)(void (*)(void))take_tape, METH_FASTCALL, take_tape_doc},
     {"block_shape", (PyCFunction)(void (*)(void))block_shape, METH_FASTCALL, block_shape_doc},
+    {"frame_clip", (PyCFunction)(void (*)(void))frame_clip, METH_FASTCALL, frame_clip_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -26,3 +26,6 @@ def take_tape(
 def block_shape(
     heard_ticks: object, sent_ticks: object, heard: bytes, /
 ) -> tuple[int, int, bool, bool]: ...
+def frame_clip(
+    header: bytes, pcm: bytes, frame_size: int, zeros_after: int, silence: bytes, /
+) -> list[bytes]: ...

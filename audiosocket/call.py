@@ -146,9 +146,10 @@ class Call:
 
     # -- actions -------------------------------------------------------------------------
 
-    def play(self, pcm: bytes) -> Playback:
-        """Queue a clip at the call's rate; await the result for playback-complete."""
-        return self.playout.play(pcm)
+    def play(self, pcm: bytes, *, silence_after: int = 0) -> Playback:
+        """Queue a clip at the call's rate (then ``silence_after`` bytes of silence); await
+        the result for playback-complete."""
+        return self.playout.play(pcm, silence_after=silence_after)
 
     def feed(self, pcm: bytes) -> None:
         """Queue live audio (no padding, no completion event), held at the

@@ -26,6 +26,8 @@ __all__ = [
     "State",
     "block_shape",
     "block_shape_numpy",
+    "frame_clip",
+    "frame_clip_py",
     "new_tape",
     "pump",
     "take_tape",
@@ -157,3 +159,30 @@ def block_shape_numpy(
     consecutive = len(sent_ticks) <= 1 or bool(np.all(np.diff(sent_ticks) == 1))
     silent = not np.frombuffer(heard, dtype=np.uint8).any()
     return lo, hi, consecutive, silent
+
+
+def frame_clip(
+    header: bytes, pcm: bytes, frame_size: int, zeros_after: int, silence: bytes
+) -> list[bytes]:
+    """``pcm`` then ``zeros_after`` zero bytes as wire frames (``header`` + ``frame_size``
+    bytes each, the last padded with zeros); a frame wholly in the zeros is ``silence``
+    itself (one shared object). One C call per clip when the extension is there."""
+    if _wire is not None:
+        return _wire.frame_clip(header, pcm, frame_size, zeros_after, silence)
+    return frame_clip_py(header, pcm, frame_size, zeros_after, silence)
+
+
+def frame_clip_py(
+    header: bytes, pcm: bytes, frame_size: int, zeros_after: int, silence: bytes
+) -> list[bytes]:
+    """:func:`frame_clip` without the extension (and the reference its tests compare)."""
+    n = frame_size
+    if n <= 0 or zeros_after < 0 or len(silence) != len(header) + n:
+        raise ValueError("frame_size > 0, zeros_after >= 0, silence one whole frame")
+    whole, rest = divmod(len(pcm), n)
+    frames = [header + pcm[i * n : (i + 1) * n] for i in range(whole)]
+    if rest:
+        frames.append(header + pcm[whole * n :] + bytes(n - rest))
+    count = -(-(len(pcm) + zeros_after) // n)
+    frames.extend([silence] * (count - len(frames)))
+    return frames

@@ -74,10 +74,10 @@ class Speaker:
         try:
             playout.begin_stream()
             try:
-                async for pcm in tts.stream(text, self.rate):
+                async for pcm, pause in tts.stream_parts(text, self.rate):
                     if self.call.ended or self._clears != cleared_before:
                         return False
-                    pb = self.call.play(pcm)
+                    pb = self.call.play(pcm, silence_after=pause)
                     if last is None:
                         pb.started.add_done_callback(
                             lambda f: None if f.cancelled() else SAY_FIRST_FRAME.labels(

@@ -31,6 +31,10 @@ class FakeTransport:
         return out
 
 
+def header_of(p: Playout) -> bytes:
+    return p._silence[:3]
+
+
 def test_silence_when_empty_and_one_frame_per_tick() -> None:
     async def go() -> None:
         t = FakeTransport()
@@ -56,6 +60,40 @@ async def test_play_completes_when_last_frame_sent() -> None:
     assert await pb is True
     payloads = [f.payload for f in t.frames()]
     assert payloads[2] == b"\x01\x00" * 80 + bytes(160)
+
+
+async def test_play_with_silence_after_queues_the_pause_as_the_shared_silent_frame() -> None:
+    """A sentence and its pause (``silence_after``) are one clip: the pause fills the last
+    audio frame first, whole frames of it are the playout's one silent frame object, and
+    the playback completes after the pause, as a clip with the zeros joined on did."""
+    t = FakeTransport()
+    p = Playout(t, 8000)
+    pb = p.play(b"\x01\x00" * 400, silence_after=800)  # 800 + 800 bytes -> 5 frames
+    assert pb.frames == 5
+    assert p._frames[3] is p._silence and p._frames[4] is p._silence
+    for _ in range(4):
+        p.tick()
+    assert not pb.done()
+    p.tick()
+    assert await pb is True
+    payloads = [f.payload for f in t.frames()]
+    assert payloads[2] == b"\x01\x00" * 80 + bytes(160)
+    assert payloads[3:] == [bytes(320)] * 2
+    joined = Playout(FakeTransport(), 8000)
+    assert joined.play(b"\x01\x00" * 400 + bytes(800)).frames == 5
+    assert list(joined._frames) == [header_of(p) + f.payload for f in t.frames()]
+
+
+def test_play_past_the_bound_drops_the_oldest_frames_and_counts_them() -> None:
+    async def go() -> None:
+        p = Playout(FakeTransport(), 8000, max_seconds=0.1)  # 5 frames
+        p.play(bytes([1, 0]) * 160 * 3)
+        pb = p.play(bytes([2, 0]) * 160 * 4)
+        assert p.queued_frames == 5
+        assert [f[3] for f in p._frames] == [1, 2, 2, 2, 2]
+        assert pb.frames == 4
+
+    asyncio.run(go())
 
 
 async def test_clear_takes_effect_next_tick_and_resolves_false() -> None:

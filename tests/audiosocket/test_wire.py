@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audiosocket.clock import Playout
-from audiosocket.native import State, block_shape_numpy
+from audiosocket.native import State, block_shape_numpy, frame_clip_py
 from audiosocket.protocol import Dtmf, encode_audio, encode_frame
 
 _wire = pytest.importorskip("audiosocket._wire")
@@ -490,3 +490,33 @@ def test_block_shape_is_the_numpy_reference(
     empty = np.zeros(0, dtype="<i8")
     assert _wire.block_shape(empty, empty, b"") == block_shape_numpy(empty, empty, b"")
 
+
+
+@given(
+    pcm_len=st.integers(0, 2000).map(lambda n: n - n % 2),
+    zeros=st.integers(0, 1500),
+    size=st.sampled_from([(320, b"\x10\x01\x40"), (640, b"\x10\x02\x80"), (160, b"\x13\x00\xa0")]),
+)
+@settings(max_examples=200, deadline=None)
+def test_frame_clip_is_the_python_reference(
+    pcm_len: int, zeros: int, size: tuple[int, bytes]
+) -> None:
+    """``_wire.frame_clip`` against the Python framing: the same frames, and frames wholly
+    in the pause are the silence object itself."""
+    n, header = size
+    pcm = bytes(range(1, 256)) * (pcm_len // 255 + 1)
+    pcm = pcm[:pcm_len]
+    silence = header + bytes(n)
+    got = _wire.frame_clip(header, pcm, n, zeros, silence)
+    want = frame_clip_py(header, pcm, n, zeros, silence)
+    assert got == want
+    assert [f is silence for f in got] == [f is silence for f in want]
+    assert b"".join(f[3:] for f in got).rstrip(b"\x00") == pcm.rstrip(b"\x00")
+    assert len(got) == -(-(pcm_len + zeros) // n)
+
+
+def test_frame_clip_refuses_a_silence_of_the_wrong_size() -> None:
+    with pytest.raises(ValueError):
+        _wire.frame_clip(HEADER, bytes(320), 320, 0, bytes(10))
+    with pytest.raises(ValueError):
+        frame_clip_py(HEADER, bytes(320), 320, 0, bytes(10))

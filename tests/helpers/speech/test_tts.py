@@ -115,6 +115,21 @@ def test_empty_text_yields_nothing(engine: TtsEngine) -> None:
     assert engine.synthesize_sentence("", 8000) == b""
 
 
+def test_stream_parts_are_the_stream_with_the_pause_apart(det_engine: TtsEngine) -> None:
+    """``stream_parts`` gives each sentence's PCM and its pause length: joined, what
+    ``stream`` yields; the last sentence has no pause."""
+    text = "Welcome. Your call is important to us. Goodbye."
+
+    async def collect() -> tuple[list[tuple[bytes, int]], list[bytes]]:
+        parts = [p async for p in det_engine.stream_parts(text, 8000)]
+        return parts, [c async for c in det_engine.stream(text, 8000)]
+
+    parts, chunks = asyncio.run(collect())
+    pause = 2 * int(8000 * SENTENCE_PAUSE_MS / 1000)
+    assert [p for _, p in parts] == [pause, pause, 0]
+    assert [pcm + bytes(p) for pcm, p in parts] == chunks
+
+
 def test_synthesize_equals_stream_and_inserts_pauses(det_engine: TtsEngine) -> None:
     text = "Welcome. Your call is important to us."
     whole = det_engine.synthesize(text, 8000)
