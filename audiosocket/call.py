@@ -146,10 +146,11 @@ class Call:
 
     # -- actions -------------------------------------------------------------------------
 
-    def play(self, pcm: bytes, *, silence_after: int = 0) -> Playback:
+    def play(self, pcm: bytes, *, silence_after: int = 0, shared: bool = False) -> Playback:
         """Queue a clip at the call's rate (then ``silence_after`` bytes of silence); await
-        the result for playback-complete."""
-        return self.playout.play(pcm, silence_after=silence_after)
+        the result for playback-complete. ``shared``: other calls play this very object
+        too (a cached prompt), so its frames are made once for all of them."""
+        return self.playout.play(pcm, silence_after=silence_after, shared=shared)
 
     def feed(self, pcm: bytes) -> None:
         """Queue live audio (no padding, no completion event), held at the

@@ -400,7 +400,7 @@ class Connection(asyncio.Protocol):
             self.transport, 8000, lead_ms=server.config.lead_ms,
             max_seconds=server.config.playout_max_s, loop=self.loop,
             max_bytes=server.config.playout_max_bytes,
-            live_ms=server.config.live_latency_ms,
+            live_ms=server.config.live_latency_ms, shared=server.clip_frames,
         )
         call = Call(call_uuid, playout, peer=self.peer, app=server.app_name, end=self.end,
                     call_id=str(_uuid.uuid4()) if reused else None)
@@ -427,7 +427,7 @@ class Connection(asyncio.Protocol):
                 old.transport, rate, lead_ms=self.server.config.lead_ms,
                 max_seconds=self.server.config.playout_max_s, loop=self.loop,
                 max_bytes=self.server.config.playout_max_bytes,
-                live_ms=self.server.config.live_latency_ms,
+                live_ms=self.server.config.live_latency_ms, shared=self.server.clip_frames,
             )
             new.ticks = new.sent_total = old.ticks
             self.server.clock.unregister(old)

@@ -9,8 +9,8 @@ counters live in the line's state and ``sync_counters`` folds them in.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from audiosocket import metrics
@@ -25,6 +25,7 @@ from audiosocket.protocol import (
 )
 
 __all__ = [
+    "ClipFrames",
     "Playback",
     "Playout",
     "TickListener",
@@ -44,6 +45,48 @@ class Transport(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def is_closing(self) -> bool: ...
+
+
+class ClipFrames:
+    """Wire frames of the clips many calls play (cached prompts), made once and shared.
+
+    A prompt is the prompt cache's own PCM object for every call that plays it; framed per
+    call it was a new copy in each call's queue (~200 kB a call at 1000 calls), popped cold
+    by every tick. Shared, the calls that play it send from the same frames. Keyed by the
+    PCM object's identity, which is safe because an entry holds the object (its id cannot
+    be reused while it is here); bounded by ``max_bytes`` of PCM and frames, least
+    recently played first out. The server makes one and gives it to every playout.
+    """
+
+    def __init__(self, max_bytes: int = 32 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, bytes, int], tuple[bytes, tuple[bytes, ...]]] = (
+            OrderedDict()
+        )
+        self._bytes = 0
+
+    def frames(
+        self, header: bytes, pcm: bytes, frame_size: int, zeros_after: int, silence: bytes
+    ) -> tuple[bytes, ...]:
+        """:func:`~audiosocket.native.frame_clip` of these arguments, shared."""
+        key = (id(pcm), header, zeros_after)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is pcm:
+            self._entries.move_to_end(key)
+            return entry[1]
+        framed = tuple(frame_clip(header, pcm, frame_size, zeros_after, silence))
+        cost = 2 * len(pcm) + len(framed) * len(header)
+        if cost > self.max_bytes:
+            return framed
+        self._entries[key] = (pcm, framed)
+        self._bytes += cost
+        while self._bytes > self.max_bytes:
+            _, (old, old_frames) = self._entries.popitem(last=False)
+            self._bytes -= 2 * len(old) + len(old_frames) * len(header)
+        return framed
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class Playback:
@@ -116,6 +159,7 @@ class Playout:
         "plain",
         "rate",
         "sent_total",
+        "shared",
         "ticks",
         "transport",
         "underruns",
@@ -131,8 +175,11 @@ class Playout:
         max_bytes: int = 16 * 2**20,
         live_ms: int = 0,
         loop: asyncio.AbstractEventLoop | None = None,
+        shared: ClipFrames | None = None,
     ) -> None:
         self.transport = transport
+        #: Frames of clips played with ``shared=True`` (prompts), made once per process.
+        self.shared = shared
         self.rate = rate
         self.kind = KIND_FOR_RATE[rate]
         self.frame_size = frame_bytes(rate)
@@ -309,13 +356,14 @@ class Playout:
             self._short += 1
             self._replan()
 
-    def play(self, pcm: bytes, *, silence_after: int = 0) -> Playback:
+    def play(self, pcm: bytes, *, silence_after: int = 0, shared: bool = False) -> Playback:
         """Queue one clip; the result completes when its last frame has been sent.
 
         ``silence_after``: bytes of silence that belong to the clip after ``pcm`` (a
         prompt's pause between sentences), queued without building them. The clip's tail
         is padded with silence to a whole frame (Asterisk handles short frames, but a fixed
-        size keeps the peer's jitter buffer simple).
+        size keeps the peer's jitter buffer simple). ``shared``: ``pcm`` is an object other
+        calls play too (a cached prompt): its frames come from :class:`ClipFrames`.
         """
         if self._short and not self._marks:
             self._restitch()  # the live audio before the clip in as few frames as it fills
@@ -325,7 +373,12 @@ class Playout:
         first_seq = self._queued_seq + 1
         # One C call frames the whole clip (a Python loop per frame cost ~0.2 µs each, a
         # prompt hundreds of frames per call); frames of pure silence are the shared one.
-        clip = frame_clip(self._header, pcm, self.frame_size, silence_after, self._silence)
+        clip: Sequence[bytes]
+        if shared and self.shared is not None:
+            clip = self.shared.frames(self._header, pcm, self.frame_size, silence_after,
+                                      self._silence)
+        else:
+            clip = frame_clip(self._header, pcm, self.frame_size, silence_after, self._silence)
         frames = self._frames
         frames.extend(clip)
         over = len(frames) - self.max_frames

@@ -34,6 +34,7 @@ from audiosocket.clock import NATIVE_AVAILABLE, Clock
 from audiosocket.connection import Connection
 from audiosocket.hooks import AppFactory
 from audiosocket.peerlog import PeerLogLimit
+from audiosocket.playout import ClipFrames
 
 if TYPE_CHECKING:
     from audiosocket.config import Config
@@ -79,6 +80,8 @@ class AudioSocketServer:
         self.app_name = app_name
         self.loop = asyncio.get_event_loop()
         self.clock = clock or Clock(loop=self.loop)
+        #: Frames of the prompts every call plays, made once (see ClipFrames).
+        self.clip_frames = ClipFrames()
         self.calls: dict[str, Connection] = {}
         self.connections: set[Connection] = set()
         self.finishing: set[asyncio.Task[None]] = set()

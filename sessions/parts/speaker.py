@@ -77,7 +77,8 @@ class Speaker:
                 async for pcm, pause in tts.stream_parts(text, self.rate):
                     if self.call.ended or self._clears != cleared_before:
                         return False
-                    pb = self.call.play(pcm, silence_after=pause)
+                    # The prompt cache's own object: its frames are shared by every call.
+                    pb = self.call.play(pcm, silence_after=pause, shared=True)
                     if last is None:
                         pb.started.add_done_callback(
                             lambda f: None if f.cancelled() else SAY_FIRST_FRAME.labels(

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from audiosocket.clock import Clock, Playout
+from audiosocket.native import frame_clip
+from audiosocket.playout import ClipFrames
 from audiosocket.protocol import Audio, Decoder
 
 
@@ -94,6 +96,45 @@ def test_play_past_the_bound_drops_the_oldest_frames_and_counts_them() -> None:
         assert pb.frames == 4
 
     asyncio.run(go())
+
+
+async def test_calls_playing_one_prompt_object_share_its_frames() -> None:
+    """Two calls playing the cache's one PCM object queue the same frame objects (made
+    once); another object with the same bytes is framed apart; the frames are what
+    framing the clip alone gives, and the calls hear the same audio."""
+    shared = ClipFrames()
+    prompt = bytes(range(1, 201)) * 8  # 1600 bytes: 5 frames at 8 kHz
+    a, b = (Playout(FakeTransport(), 8000, shared=shared) for _ in range(2))
+    a.play(prompt, silence_after=640, shared=True)
+    b.play(prompt, silence_after=640, shared=True)
+    assert len(shared) == 1
+    assert all(x is y for x, y in zip(a._frames, b._frames, strict=True))
+    assert list(a._frames) == frame_clip(a._header, prompt, 320, 640, a._silence)
+    a.play(bytes(bytearray(prompt)), silence_after=640, shared=True)  # equal, not the same
+    assert len(shared) == 2
+    unshared = Playout(FakeTransport(), 8000, shared=shared)
+    unshared.play(prompt, silence_after=640)  # not marked shared: framed for this call
+    assert len(shared) == 2 and unshared._frames[0] is not b._frames[0]
+    for p in (a, b):
+        for _ in range(7):
+            p.tick()
+    assert a.transport.frames() == b.transport.frames()  # type: ignore[attr-defined]
+
+
+def test_clip_frames_is_bounded_and_drops_the_least_recently_played() -> None:
+    shared = ClipFrames(max_bytes=3 * 2 * 3200 + 200)  # three 3200-byte prompts and change
+    header, silence = b"\x10\x01\x40", b"\x10\x01\x40" + bytes(320)
+    prompts = [bytes([i + 1]) * 3200 for i in range(4)]
+    first = shared.frames(header, prompts[0], 320, 0, silence)
+    for p in prompts[1:3]:
+        shared.frames(header, p, 320, 0, silence)
+    assert shared.frames(header, prompts[0], 320, 0, silence) is first  # played again
+    shared.frames(header, prompts[3], 320, 0, silence)  # over the bound: prompts[1] goes
+    assert len(shared) == 3
+    assert shared.frames(header, prompts[0], 320, 0, silence) is first
+    huge = bytes(320 * 200)
+    assert len(shared.frames(header, huge, 320, 0, silence)) == len(huge) // 320
+    assert len(shared) == 3  # too big to keep: framed, not cached
 
 
 async def test_clear_takes_effect_next_tick_and_resolves_false() -> None:
