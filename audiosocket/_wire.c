@@ -202,10 +202,17 @@ static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_
         /* No Python per frame: the audio goes on the tape with the tick it arrived at. */
         int sound = 0;
         for (ssize_t off = 0; off < n; off += flen) {
-            if (append(PyTuple_GET_ITEM(tape, TAPE_IN_PCM), buf + off + 3, flen - 3) < 0
-                || append(PyTuple_GET_ITEM(tape, TAPE_IN_TICKS), &st->now, 8) < 0)
+            /* Digital silence is taped as its tick alone (SILENT_SLOT set), as the line's
+             * own silence is on the way out: a silent caller's 320 bytes a tick were the
+             * tape's largest write into memory that is cold by then. take_tape writes the
+             * zeros back. The scan stops at the first sound word, so audio costs ~nothing. */
+            int zero = all_zero(buf + off + 3, flen - 3);
+            int64_t tick = zero ? st->now | SILENT_SLOT : st->now;
+            if ((!zero && append(PyTuple_GET_ITEM(tape, TAPE_IN_PCM), buf + off + 3,
+                                 flen - 3) < 0)
+                || append(PyTuple_GET_ITEM(tape, TAPE_IN_TICKS), &tick, 8) < 0)
                 return -1;
-            if (st->wake && !sound && !all_zero(buf + off + 3, flen - 3)) sound = 1;
+            if (st->wake && !zero) sound = 1;
             st->frames_in++;
         }
         return sound ? event(events, line, EV_WAKE, NULL) : 0;
@@ -355,6 +362,42 @@ static int empty(PyObject *ba, Py_ssize_t n) {
     return 0;
 }
 
+/* One side of a tape as (pcm, ticks) bytes: frame_bytes of audio per tick, zeros where
+ * the tick has SILENT_SLOT set (taped without its audio), the bit cleared. 0, or -1 with an
+ * exception and nothing made. */
+static int expand(PyObject *pcm_ba, PyObject *ticks_ba, Py_ssize_t fb, PyObject **pcm_out,
+                  PyObject **ticks_out) {
+    Py_ssize_t n = PyByteArray_GET_SIZE(ticks_ba) / 8;
+    const int64_t *ticks = (const int64_t *)PyByteArray_AS_STRING(ticks_ba);
+    const char *pcm = PyByteArray_AS_STRING(pcm_ba);
+    Py_ssize_t have = PyByteArray_GET_SIZE(pcm_ba), used = 0;
+    PyObject *p = PyBytes_FromStringAndSize(NULL, n * fb);
+    PyObject *t = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (p == NULL || t == NULL) {
+        Py_XDECREF(p);
+        Py_XDECREF(t);
+        return -1;
+    }
+    char *dst = PyBytes_AS_STRING(p);
+    int64_t *tick_dst = (int64_t *)PyBytes_AS_STRING(t);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int64_t tick = ticks[k];
+        if (tick & SILENT_SLOT) {
+            memset(dst + k * fb, 0, (size_t)fb);
+            tick_dst[k] = tick & ~SILENT_SLOT;
+        } else {
+            Py_ssize_t take = have - used < fb ? have - used : fb;
+            memcpy(dst + k * fb, pcm + used, (size_t)take);
+            if (take < fb) memset(dst + k * fb + take, 0, (size_t)(fb - take));
+            used += take;
+            tick_dst[k] = tick;
+        }
+    }
+    *pcm_out = p;
+    *ticks_out = t;
+    return 0;
+}
+
 static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 2 || !tape_ok(args[0]) || !PyLong_Check(args[1])) {
@@ -374,38 +417,12 @@ static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nar
         sizes[i] = PyByteArray_GET_SIZE(parts[i]);
     }
     if (sizes[TAPE_IN_TICKS] == 0 && sizes[TAPE_OUT_TICKS] == 0) Py_RETURN_NONE;
-    Py_ssize_t n_out = sizes[TAPE_OUT_TICKS] / 8;
-    const int64_t *slots = (const int64_t *)PyByteArray_AS_STRING(parts[TAPE_OUT_TICKS]);
-    const char *pcm = PyByteArray_AS_STRING(parts[TAPE_OUT_PCM]);
-    Py_ssize_t have = sizes[TAPE_OUT_PCM], used = 0;
-    PyObject *out_pcm = PyBytes_FromStringAndSize(NULL, n_out * fb);
-    PyObject *out_ticks = PyBytes_FromStringAndSize(NULL, n_out * 8);
-    PyObject *result = NULL;
-    if (out_pcm == NULL || out_ticks == NULL) goto done;
-    char *dst = PyBytes_AS_STRING(out_pcm);
-    int64_t *tick_dst = (int64_t *)PyBytes_AS_STRING(out_ticks);
-    for (Py_ssize_t k = 0; k < n_out; k++) {
-        int64_t slot = slots[k];
-        if (slot & SILENT_SLOT) {
-            memset(dst + k * fb, 0, (size_t)fb);
-            tick_dst[k] = slot & ~SILENT_SLOT;
-        } else {
-            Py_ssize_t take = have - used < fb ? have - used : fb;
-            memcpy(dst + k * fb, pcm + used, (size_t)take);
-            if (take < fb) memset(dst + k * fb + take, 0, (size_t)(fb - take));
-            used += take;
-            tick_dst[k] = slot;
-        }
-    }
-    PyObject *in_pcm = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(parts[TAPE_IN_PCM]),
-                                                 sizes[TAPE_IN_PCM]);
-    PyObject *in_ticks = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(parts[TAPE_IN_TICKS]),
-                                                   sizes[TAPE_IN_TICKS]);
-    if (in_pcm == NULL || in_ticks == NULL) {
-        Py_XDECREF(in_pcm);
-        Py_XDECREF(in_ticks);
+    PyObject *out_pcm = NULL, *out_ticks = NULL, *result = NULL;
+    if (expand(parts[TAPE_OUT_PCM], parts[TAPE_OUT_TICKS], fb, &out_pcm, &out_ticks) < 0)
         goto done;
-    }
+    PyObject *in_pcm = NULL, *in_ticks = NULL;
+    if (expand(parts[TAPE_IN_PCM], parts[TAPE_IN_TICKS], fb, &in_pcm, &in_ticks) < 0)
+        goto done;
     result = PyTuple_Pack(4, in_pcm, in_ticks, out_pcm, out_ticks);
     Py_DECREF(in_pcm);
     Py_DECREF(in_ticks);

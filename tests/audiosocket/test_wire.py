@@ -437,7 +437,34 @@ def test_a_waking_line_reports_the_first_sound_and_tapes_it(pair: Any) -> None:
     peer.sendall(loud + encode_audio(bytes(320)))
     settle()
     assert _wire.pump([line], 1) == [(line, _wire.EV_WAKE, None)]
-    assert len(tape[0]) == 3 * 320  # all of it on the tape, for the app to take first
+    # All of it on the tape, for the app to take first; the silent frames as their ticks
+    # alone (no bytes copied), given back as zeros.
+    assert len(tape[0]) == 320 and len(tape[1]) == 3 * 8
+    taken = _wire.take_tape(tape, 320)
+    assert taken is not None
+    assert taken[0] == bytes(320) + b"\x01\x00" + bytes(318) + bytes(320)
+    assert np.frombuffer(taken[1], dtype="<i8").tolist() == [1, 2, 2]  # read after ticks 1, 2
+
+
+def test_digital_silence_is_taped_as_its_tick_alone_and_taken_back_as_zeros(
+    pair: Any,
+) -> None:
+    """A silent caller's frames cost the tape 8 bytes each, not 328; what take_tape gives
+    is the same as if every frame had been copied: zeros where the silence was, in order
+    with the sound around it, on the ticks they were read at."""
+    ours, peer = pair
+    line, _, tape = taped_line(ours)
+    pcm = [bytes(320), b"\x00" * 318 + b"\x05\x00", bytes(320), bytes(320)]
+    for p in pcm:
+        peer.sendall(encode_audio(p))
+        settle()
+        assert _wire.pump([line], 1) == []
+    assert len(tape[0]) == 320 and len(tape[1]) == 4 * 8
+    taken = _wire.take_tape(tape, 320)
+    assert taken is not None
+    assert taken[0] == b"".join(pcm)
+    assert np.frombuffer(taken[1], dtype="<i8").tolist() == [1, 2, 3, 4]
+    assert all(len(part) == 0 for part in tape)
 
 
 def test_a_playback_mark_is_reported_and_the_line_keeps_going(pair: Any) -> None:
