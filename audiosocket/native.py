@@ -26,6 +26,8 @@ __all__ = [
     "State",
     "block_shape",
     "block_shape_numpy",
+    "interleave",
+    "interleave_numpy",
     "new_tape",
     "pump",
     "take_tape",
@@ -157,3 +159,25 @@ def block_shape_numpy(
     consecutive = len(sent_ticks) <= 1 or bool(np.all(np.diff(sent_ticks) == 1))
     silent = not np.frombuffer(heard, dtype=np.uint8).any()
     return lo, hi, consecutive, silent
+
+
+def interleave(left: bytes | bytearray, right: bytes | bytearray, nbytes: int) -> bytes:
+    """Stereo 16-bit audio from two mono legs: ``2 * nbytes`` bytes, sample ``k`` of
+    ``left`` then sample ``k`` of ``right``, from the first ``nbytes`` (even) of each, zeros
+    where a leg is shorter. One C pass into the result when the extension is there (the
+    recorder's flush; numpy's zeros, two strided copies and tobytes otherwise)."""
+    if _wire is not None:
+        return _wire.interleave(left, right, nbytes)
+    return interleave_numpy(left, right, nbytes)
+
+
+def interleave_numpy(left: bytes | bytearray, right: bytes | bytearray, nbytes: int) -> bytes:
+    """:func:`interleave` without the extension (and the reference its tests compare)."""
+    if nbytes < 0 or nbytes % 2:
+        raise ValueError("nbytes must be even, >= 0")
+    stereo = np.zeros(nbytes, dtype="<i2")  # nbytes / 2 samples, two channels
+    for channel, leg in enumerate((left, right)):
+        samples = min(nbytes, len(leg)) // 2  # an odd last byte is no sample
+        # The view of leg lives only for the copy: a bytearray with a view cannot resize.
+        stereo[channel : 2 * samples : 2] = np.frombuffer(leg, dtype="<i2", count=samples)
+    return stereo.tobytes()

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audiosocket.clock import Playout
-from audiosocket.native import State, block_shape_numpy
+from audiosocket.native import State, block_shape_numpy, interleave_numpy
 from audiosocket.protocol import Dtmf, encode_audio, encode_frame
 
 _wire = pytest.importorskip("audiosocket._wire")
@@ -490,3 +490,34 @@ def test_block_shape_is_the_numpy_reference(
     empty = np.zeros(0, dtype="<i8")
     assert _wire.block_shape(empty, empty, b"") == block_shape_numpy(empty, empty, b"")
 
+
+
+@given(
+    left=st.binary(max_size=80),
+    right=st.binary(max_size=80),
+    samples=st.integers(0, 48),
+    as_bytearray=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_interleave_is_the_numpy_reference(
+    left: bytes, right: bytes, samples: int, as_bytearray: bool
+) -> None:
+    """``_wire.interleave`` (one C pass, eight samples at a time) against numpy: legs
+    longer, shorter (zeros past them) or odd-sized, from bytes or the recorder's bytearrays."""
+    legs = (bytearray(left), bytearray(right)) if as_bytearray else (left, right)
+    nbytes = 2 * samples
+    got = _wire.interleave(*legs, nbytes)
+    assert type(got) is bytes and len(got) == 2 * nbytes
+    assert got == interleave_numpy(*legs, nbytes)
+    if isinstance(legs[0], bytearray):
+        legs[0].extend(b"\x00\x00")  # no buffer left exported: the leg can still resize
+
+
+def test_interleave_rejects_odd_or_negative_sizes() -> None:
+    for nbytes in (-2, 3):
+        with pytest.raises(ValueError):
+            _wire.interleave(b"", b"", nbytes)
+        with pytest.raises(ValueError):
+            interleave_numpy(b"", b"", nbytes)
+    with pytest.raises(TypeError):
+        _wire.interleave(b"", b"", 2.0)  # type: ignore[arg-type]
