@@ -26,7 +26,8 @@ import structlog
 from prometheus_client import Counter
 
 __all__ = [
-    "CallRecorder", "RecorderWriter", "repair_all", "repair_wav", "tick_leads", "wav_seconds",
+    "CallRecorder", "Interleave", "RecorderWriter", "interleave_legs", "repair_all", "repair_wav",
+    "tick_leads", "wav_seconds",
 ]
 
 log = structlog.get_logger("audiosocket.recorder")
@@ -71,6 +72,23 @@ def tick_leads(ticks: np.ndarray) -> tuple[int, int]:
         return 0, 0
     offsets = ticks - np.arange(len(ticks))
     return int(offsets.min()), int(offsets.max())
+
+
+#: ``(left, right, nbytes) -> stereo``: the two legs' first ``nbytes`` interleaved as 16-bit
+#: samples, zeros past a short leg (:func:`interleave_legs`).
+Interleave = Callable[[bytearray, bytearray, int], bytes]
+
+
+def interleave_legs(left: bytearray, right: bytearray, nbytes: int) -> bytes:
+    """Stereo 16-bit audio from the first ``nbytes`` (even) of two mono legs, zeros past a
+    short one: numpy's zeros and two strided copies. The recording part passes the one-pass
+    C version in (``audiosocket.native.interleave``, which ``helpers`` may not import)."""
+    stereo = np.zeros(nbytes, dtype="<i2")  # nbytes / 2 samples, two channels
+    for channel, leg in enumerate((left, right)):
+        samples = min(nbytes, len(leg)) // 2
+        # The view of leg lives only for the copy: a bytearray with a view cannot resize.
+        stereo[channel : 2 * samples : 2] = np.frombuffer(leg, dtype="<i2", count=samples)
+    return stereo.tobytes()
 
 
 def _header(rate: int, channels: int, data_bytes: int) -> bytes:
@@ -140,6 +158,7 @@ class CallRecorder:
         flush_every: int = 50,
         hold_slots: int = 0,
         writer: RecorderWriter,
+        interleave: Interleave = interleave_legs,
     ) -> None:
         self.path = Path(path)
         self.rate = rate
@@ -148,6 +167,7 @@ class CallRecorder:
         self.flush_every = flush_every
         self.hold_slots = hold_slots
         self._writer = writer
+        self._interleave = interleave
         # Slots not yet written, from _base on: one frame_bytes each, zero (silence) where
         # nothing was put, so a run of frames is one slice assignment.
         self._in = bytearray()
@@ -347,18 +367,12 @@ class CallRecorder:
         if count <= 0:
             return
         n = count * self.frame_bytes
-        # Interleaved straight from the slots (a slot never filled is silence): one
-        # allocation and two strided copies per second of a call.
-        stereo = np.zeros(count * self.frame_samples * 2, dtype="<i2")
-        ins = np.frombuffer(self._in, dtype="<i2", count=min(n, len(self._in)) // 2)
-        outs = np.frombuffer(self._out, dtype="<i2", count=min(n, len(self._out)) // 2)
-        stereo[0 : 2 * len(ins) : 2] = ins
-        stereo[1 : 2 * len(outs) : 2] = outs
-        del ins, outs  # views of the bytearrays: released before they are resized
+        # Interleaved straight from the slots (a slot never filled is silence): once per
+        # call per second, one C pass when the recording part passed native.interleave.
+        data = self._interleave(self._in, self._out, n)
         del self._in[:n]
         del self._out[:n]
         self._base = upto
-        data = stereo.tobytes()
         if self._queued_in - self._queued_out + len(data) > QUEUED_MAX_BYTES:
             RECORDING_BYTES_LOST.inc(len(data))  # the disk is this far behind: do not queue
             return

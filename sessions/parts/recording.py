@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from audiosocket import native
 from helpers.recorder import HOLD_SLOTS, CallRecorder, RecorderWriter
 from sessions.parts import Part
 
@@ -46,7 +47,9 @@ class Recording(Part):
         self.call = call
         self.path = recording_path(data_dir, call.id)
         self.writer = writer
-        self.recorder = CallRecorder(self.path, call.rate, hold_slots=HOLD_SLOTS, writer=writer)
+        # The C interleave (numpy without the extension): helpers may not import the core.
+        self.recorder = CallRecorder(self.path, call.rate, hold_slots=HOLD_SLOTS, writer=writer,
+                                     interleave=native.interleave)
         #: This call in the portal's live view (IVR node, transcript lines, listen-in tap).
         self.live = live
         if live is not None:

@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from audiosocket.native import block_shape
+from audiosocket.native import block_shape, interleave
 from helpers.recorder import CallRecorder, RecorderWriter, repair_all, repair_wav
 
 
@@ -229,7 +229,8 @@ def test_a_steady_run_writes_the_same_bytes_as_its_rounds(
     writer = RecorderWriter()
     with tempfile.TemporaryDirectory() as d:
         a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
-        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer,
+                         interleave=interleave)  # the server's: C when built
         ta = _drive(a, before, 0, 100)
         tb = _drive(b, before, 0, 100)
         assert ta == tb
@@ -286,7 +287,8 @@ def test_a_block_writes_the_same_bytes_as_its_rounds(
     writer = RecorderWriter()
     with tempfile.TemporaryDirectory() as d:
         a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
-        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer,
+                         interleave=interleave)  # the server's: C when built
         tick = _drive(a, before, 0, 100)
         _drive(b, before, 0, 100)
         slots: list[int] = []
