@@ -306,12 +306,17 @@ class CallRecorder:
         n, m = len(slots), len(heard_ticks)
         if n == 0 or len(sent) != n * fb or len(heard) != m * fb:
             return False
-        first_slot = int(slots[0])
-        if first_slot < self._base or (m and int(heard_ticks[0]) <= first_slot):
+        # This runs once per call per second at a thousand calls: .item() rather than
+        # int(a[i]) (no numpy scalar), plain ifs rather than calls where the usual case
+        # needs none.
+        base = self._base
+        first_slot = slots.item(0)
+        if first_slot < base or (m and heard_ticks.item(0) <= first_slot):
             return False  # already written out, or read before the block's first slot
         # What the last tick held goes first, as the rounds' first add_outbound does (so
         # declining after this leaves the rounds the same state); it may leave a partial.
-        self._place_batch()
+        if self._batch:
+            self._place_batch()
         if self._in_partial:
             return False
         pos = self._in_pos
@@ -321,19 +326,20 @@ class CallRecorder:
             # Frame k lands at pos + k: it leads its tick by pos + k - heard_ticks[k].
             if lead is None:
                 lead = tick_leads(heard_ticks)
-            if pos < self._base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS:
+            if pos < base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS:
                 return False
             self._put_run(self._in, pos, heard, m)
             self._in_pos = pos + m
-            self._batch_tick = int(heard_ticks[-1])
-        last = int(slots[-1])
+            self._batch_tick = heard_ticks.item(-1)
+        last = slots.item(-1)
         if last - first_slot == n - 1:
             self._put_run(self._out, first_slot, sent, n)
         else:  # a resync skipped slots: each frame where it went out
             for i, slot in enumerate(slots.tolist()):
                 self._put(self._out, slot, sent[i * fb : (i + 1) * fb])
-        self._out_pos = max(self._out_pos, last + 1)
-        if self._out_pos - self._base >= self.flush_every + self.hold_slots:
+        if last >= self._out_pos:
+            self._out_pos = last + 1
+        if self._out_pos - base >= self.flush_every + self.hold_slots:
             self._flush(self._out_pos - self.hold_slots)
         return True
 
@@ -345,6 +351,9 @@ class CallRecorder:
         """``count`` consecutive slots from ``index`` hold ``pcm`` (at most that many frames)."""
         fb = self.frame_bytes
         rel = index - self._base
+        if rel * fb == len(slots) and len(pcm) == count * fb:
+            slots += pcm  # the usual case: whole frames right after the last ones placed
+            return
         if rel < 0:
             # Already written out; a very late frame is dropped rather than misplaced.
             skip = min(-rel, count)
@@ -353,7 +362,7 @@ class CallRecorder:
                 return
         start, end = rel * fb, (rel + count) * fb
         if start == len(slots) and len(pcm) >= end - start:
-            slots += pcm[: end - start] if len(pcm) > end - start else pcm  # the usual case
+            slots += pcm[: end - start] if len(pcm) > end - start else pcm
             return
         if len(slots) < end:
             slots.extend(bytes(end - len(slots)))
