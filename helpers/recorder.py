@@ -20,6 +20,7 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVarTuple
 
 import numpy as np
 import structlog
@@ -33,6 +34,8 @@ __all__ = [
 log = structlog.get_logger("audiosocket.recorder")
 
 _HEADER_SIZE = 44
+#: The header's RIFF size (at 4) and data size (at 40): all an append changes in it.
+_SIZE = struct.Struct("<I")
 #: An inbound frame arriving more than this many slots behind the clock is a gap, not jitter.
 JITTER_SLOTS = 3
 #: Slots the record app keeps unwritten behind the clock, so a burst that ends a gap (a
@@ -100,6 +103,12 @@ def _header(rate: int, channels: int, data_bytes: int) -> bytes:
     )
 
 
+_Args = TypeVarTuple("_Args")
+#: A job of the writer thread: ``fn(*args)``. Not a closure: a thousand calls submit one
+#: append a second each, and the tuple costs less to make and to run.
+_Job = tuple[Callable[..., object], tuple[object, ...]]
+
+
 class RecorderWriter:
     """One thread that performs every recorder's file I/O, in order, off the event loop.
 
@@ -108,7 +117,7 @@ class RecorderWriter:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.errors = 0
@@ -120,27 +129,29 @@ class RecorderWriter:
                                                 daemon=True)
                 self._thread.start()
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the writer thread."""
+    def submit(self, fn: Callable[[*_Args], object], *args: *_Args) -> None:
+        """Run ``fn(*args)`` on the writer thread."""
         if self._thread is None:
             self._started()
-        self._queue.put(fn)
+        self._queue.put((fn, args))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything submitted so far has been written."""
         if self._thread is None:
             return True  # nothing was ever submitted
         done = threading.Event()
-        self._queue.put(done.set)
+        self._queue.put((done.set, ()))
         return done.wait(timeout)
 
     def _run(self) -> None:
+        get = self._queue.get
         while True:
-            fn = self._queue.get()
-            if fn is None:
+            job = get()
+            if job is None:
                 return
+            fn, args = job
             try:
-                fn()
+                fn(*args)
             except Exception as exc:  # a full disk must not kill the writer for other calls
                 self.errors += 1
                 WRITE_ERRORS.inc()
@@ -198,10 +209,11 @@ class CallRecorder:
         self._fd: int | None = None
         # A failed write may have left bytes past written_bytes: cut them at the next one.
         self._tail_dirty = False
-        header = _header(rate, 2, 0)
-        self._writer.submit(lambda: self._create(header))
+        # The file's header, kept: an append packs the two sizes into it (writer thread only).
+        self._head = bytearray(_header(rate, 2, 0))
+        self._writer.submit(self._create)
 
-    def _create(self, header: bytes) -> None:
+    def _create(self) -> None:
         # On the writer thread, like every other file operation of the recorder. Exclusive
         # create: a file already there is another call's recording, never to be truncated
         # (call ids are unique, so this is the last line of defence, not the rule).
@@ -213,7 +225,7 @@ class CallRecorder:
             self.error = "a recording already exists at this path"
             raise
         self._fd = fd
-        _write_at(fd, header, 0)
+        _write_at(fd, self._head, 0)
 
     # -- the loop side: cheap list appends ---------------------------------------------
 
@@ -387,7 +399,7 @@ class CallRecorder:
             return
         self._queued_in += len(data)
         self.data_bytes += len(data)
-        self._writer.submit(lambda: self._append(data))
+        self._writer.submit(self._append, data)
 
     def _append(self, data: bytes) -> None:
         # On the writer thread. A chunk the disk refused is kept and goes out first next
@@ -399,17 +411,23 @@ class CallRecorder:
             return
         pending = bytes(self._unwritten) + data if self._unwritten else data
         try:
-            if self._fd is None:  # the create failed (or the file was closed): reopen it
-                self._fd = os.open(self.path, os.O_RDWR)
             fd = self._fd
+            if fd is None:  # the create failed (or the file was closed): reopen it
+                fd = self._fd = os.open(self.path, os.O_RDWR)
             end = _HEADER_SIZE + self.written_bytes
             _write_at(fd, pending, end)
             if self._tail_dirty:
                 os.ftruncate(fd, end + len(pending))
                 self._tail_dirty = False
             self.written_bytes += len(pending)
-            _write_at(fd, _header(self.rate, 2, self.written_bytes), 0)
-            self._unwritten.clear()
+            # The header is rewritten after each append (crash safety); of its 44 bytes only
+            # the two sizes change, packed into the kept copy rather than all of it anew.
+            head = self._head
+            _SIZE.pack_into(head, 4, 36 + self.written_bytes)
+            _SIZE.pack_into(head, 40, self.written_bytes)
+            _write_at(fd, head, 0)
+            if self._unwritten:
+                self._unwritten.clear()
             if self.error is not None:
                 log.info("recording_writes_resumed", path=str(self.path))
                 self.error = None
@@ -434,7 +452,7 @@ class CallRecorder:
     def retry(self) -> None:
         """Try again to write what the disk refused (on the writer thread). Non-blocking."""
         if self._unwritten:
-            self._writer.submit(lambda: self._append(b""))
+            self._writer.submit(self._append, b"")
 
     def close(self) -> None:
         """Write out everything up to the later of the two legs. Non-blocking."""
@@ -463,13 +481,13 @@ class CallRecorder:
         return self.data_bytes / (self.rate * 4)
 
 
-def _write_at(fd: int, data: bytes, offset: int) -> None:
+def _write_at(fd: int, data: bytes | bytearray, offset: int) -> None:
     """All of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
+    done = os.pwrite(fd, data, offset)  # nearly always all of it: no memoryview to walk
+    if done < len(data):
+        view = memoryview(data)
+        while done < len(data):
+            done += os.pwrite(fd, view[done:], offset + done)
 
 
 def repair_wav(path: str | Path) -> bool:
