@@ -159,7 +159,10 @@ class RecorderWriter:
 
 
 class CallRecorder:
-    """Records both legs of one call into ``path`` (stereo, 16-bit, the call's rate)."""
+    """Records both legs of one call into ``path`` (stereo, 16-bit, the call's rate).
+
+    ``interleave`` builds each flushed second of stereo: the numpy :func:`interleave_legs`
+    unless given another (the recording part gives ``audiosocket.native.interleave``)."""
 
     def __init__(
         self,

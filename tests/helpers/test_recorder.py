@@ -114,6 +114,24 @@ def test_write_failure_is_contained(tmp_path: Path, monkeypatch: Any) -> None:
     assert (tmp_path / "f.wav").stat().st_size == 44 + 640
 
 
+def test_a_short_pwrite_is_continued(tmp_path: Path, monkeypatch: Any) -> None:
+    """pwrite may write less than asked: the rest follows, at the right offset."""
+    import os
+
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: real_pwrite(
+        fd, memoryview(data)[:100], offset))
+    writer = RecorderWriter()
+    rec = CallRecorder(tmp_path / "s.wav", 8000, flush_every=5, writer=writer)
+    for t in range(5):
+        rec.add_outbound(t, frame(t + 1))
+    rec.close()
+    assert writer.flush()
+    monkeypatch.undo()
+    _, right, _ = read_stereo(tmp_path / "s.wav")  # the header's sizes are right, too
+    assert right.reshape(5, 160)[:, 0].tolist() == [1, 2, 3, 4, 5]
+
+
 def test_full_disk_loses_nothing_already_received(tmp_path: Path, monkeypatch: Any) -> None:
     import errno
 
