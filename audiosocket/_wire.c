@@ -536,6 +536,60 @@ done:
     return frames;
 }
 
+PyDoc_STRVAR(interleave_doc,
+"interleave(left, right, nbytes) -> bytes\n\n"
+"Stereo 16-bit audio from two mono legs: 2 * nbytes bytes, sample k of left then sample k\n"
+"of right, from the first nbytes (even) of each buffer, zeros where a buffer is shorter.\n"
+"The recorder's flush, once per call per second: one pass straight into the new bytes\n"
+"object instead of numpy's zeros, two strided copies and tobytes.");
+
+static PyObject *interleave(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "interleave(left, right, nbytes: int)");
+        return NULL;
+    }
+    Py_ssize_t nbytes = PyLong_AsSsize_t(args[2]);
+    if (nbytes < 0 || nbytes % 2 || nbytes > PY_SSIZE_T_MAX / 2) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "nbytes must be even, >= 0");
+        return NULL;
+    }
+    Py_buffer v[2];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 2; got++)
+        if (PyObject_GetBuffer(args[got], &v[got], PyBUF_SIMPLE) < 0) goto done;
+    result = PyBytes_FromStringAndSize(NULL, 2 * nbytes);
+    if (result == NULL) goto done;
+    /* Samples each leg has (an odd last byte is no sample). Copies go through memcpy: a
+     * buffer need not be 2-aligned, and 16-bit units keep their bytes on any host. */
+    const char *l = v[0].buf, *r = v[1].buf;
+    Py_ssize_t n = nbytes / 2;
+    Py_ssize_t nl = (v[0].len < nbytes ? v[0].len : nbytes) / 2;
+    Py_ssize_t nr = (v[1].len < nbytes ? v[1].len : nbytes) / 2;
+    Py_ssize_t both = nl < nr ? nl : nr, k = 0;
+    char *d = PyBytes_AS_STRING(result);
+    /* Eight samples at a time: gcc -O2 makes the fixed inner loop two vector unpacks
+     * (about 4x the sample-at-a-time loop below). */
+    for (; k + 8 <= both; k += 8) {
+        uint16_t a[8], b[8], o[16];
+        memcpy(a, l + 2 * k, 16);
+        memcpy(b, r + 2 * k, 16);
+        for (int j = 0; j < 8; j++) {
+            o[2 * j] = a[j];
+            o[2 * j + 1] = b[j];
+        }
+        memcpy(d + 4 * k, o, 32);
+    }
+    for (; k < n; k++) { /* the rest, and silence past a short leg */
+        if (k < nl) memcpy(d + 4 * k, l + 2 * k, 2); else memset(d + 4 * k, 0, 2);
+        if (k < nr) memcpy(d + 4 * k + 2, r + 2 * k, 2); else memset(d + 4 * k + 2, 0, 2);
+    }
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 PyDoc_STRVAR(pump_doc,
 "pump(lines, advance) -> list\n\n"
 "For each line (a tuple built by the server): send its frame for this tick (queued or\n"
@@ -645,6 +699,7 @@ static PyMethodDef methods[] = {
     {"take_tape", (PyCFunction)(void (*)(void))take_tape, METH_FASTCALL, take_tape_doc},
     {"block_shape", (PyCFunction)(void (*)(void))block_shape, METH_FASTCALL, block_shape_doc},
     {"frame_clip", (PyCFunction)(void (*)(void))frame_clip, METH_FASTCALL, frame_clip_doc},
+    {"interleave", (PyCFunction)(void (*)(void))interleave, METH_FASTCALL, interleave_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -28,6 +28,7 @@ __all__ = [
     "block_shape_numpy",
     "frame_clip",
     "frame_clip_py",
+    "interleave",
     "new_tape",
     "pump",
     "take_tape",
@@ -186,3 +187,11 @@ def frame_clip_py(
     count = -(-(len(pcm) + zeros_after) // n)
     frames.extend([silence] * (count - len(frames)))
     return frames
+def interleave(left: bytes | bytearray, right: bytes | bytearray, nbytes: int) -> bytes:
+    """Stereo 16-bit audio from two mono legs: ``2 * nbytes`` bytes, sample ``k`` of
+    ``left`` then sample ``k`` of ``right``, from the first ``nbytes`` (even) of each, zeros
+    where a leg is shorter; one C pass into the result (the recorder's flush). Only when
+    :data:`AVAILABLE`: without the extension the recorder keeps its own numpy version
+    (``helpers.recorder.interleave_legs``, also the reference the tests compare)."""
+    assert _wire is not None
+    return _wire.interleave(left, right, nbytes)

@@ -20,18 +20,22 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVarTuple
 
 import numpy as np
 import structlog
 from prometheus_client import Counter
 
 __all__ = [
-    "CallRecorder", "RecorderWriter", "repair_all", "repair_wav", "tick_leads", "wav_seconds",
+    "CallRecorder", "Interleave", "RecorderWriter", "interleave_legs", "repair_all", "repair_wav",
+    "tick_leads", "wav_seconds",
 ]
 
 log = structlog.get_logger("audiosocket.recorder")
 
 _HEADER_SIZE = 44
+#: The header's RIFF size (at 4) and data size (at 40): all an append changes in it.
+_SIZE = struct.Struct("<I")
 #: An inbound frame arriving more than this many slots behind the clock is a gap, not jitter.
 JITTER_SLOTS = 3
 #: Slots the record app keeps unwritten behind the clock, so a burst that ends a gap (a
@@ -73,6 +77,26 @@ def tick_leads(ticks: np.ndarray) -> tuple[int, int]:
     return int(offsets.min()), int(offsets.max())
 
 
+#: ``(left, right, nbytes) -> stereo``: the two legs' first ``nbytes`` interleaved as 16-bit
+#: samples, zeros past a short leg (:func:`interleave_legs`).
+Interleave = Callable[[bytearray, bytearray, int], bytes]
+
+
+def interleave_legs(left: bytes | bytearray, right: bytes | bytearray, nbytes: int) -> bytes:
+    """Stereo 16-bit audio from the first ``nbytes`` (even) of two mono legs, zeros past a
+    short one: numpy's zeros and two strided copies. The recording part passes the one-pass
+    C version in when it is built (``audiosocket.native.interleave``, which ``helpers`` may
+    not import); this is also the reference its tests compare."""
+    if nbytes < 0 or nbytes % 2:
+        raise ValueError("nbytes must be even, >= 0")
+    stereo = np.zeros(nbytes, dtype="<i2")  # nbytes / 2 samples, two channels
+    for channel, leg in enumerate((left, right)):
+        samples = min(nbytes, len(leg)) // 2  # an odd last byte is no sample
+        # The view of leg lives only for the copy: a bytearray with a view cannot resize.
+        stereo[channel : 2 * samples : 2] = np.frombuffer(leg, dtype="<i2", count=samples)
+    return stereo.tobytes()
+
+
 def _header(rate: int, channels: int, data_bytes: int) -> bytes:
     block = channels * 2
     return struct.pack(
@@ -80,6 +104,12 @@ def _header(rate: int, channels: int, data_bytes: int) -> bytes:
         b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, channels, rate, rate * block,
         block, 16, b"data", data_bytes,
     )
+
+
+_Args = TypeVarTuple("_Args")
+#: A job of the writer thread: ``fn(*args)``. Not a closure: a thousand calls submit one
+#: append a second each, and the tuple costs less to make and to run.
+_Job = tuple[Callable[..., object], tuple[object, ...]]
 
 
 class RecorderWriter:
@@ -90,7 +120,7 @@ class RecorderWriter:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.errors = 0
@@ -102,27 +132,29 @@ class RecorderWriter:
                                                 daemon=True)
                 self._thread.start()
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the writer thread."""
+    def submit(self, fn: Callable[[*_Args], object], *args: *_Args) -> None:
+        """Run ``fn(*args)`` on the writer thread."""
         if self._thread is None:
             self._started()
-        self._queue.put(fn)
+        self._queue.put((fn, args))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything submitted so far has been written."""
         if self._thread is None:
             return True  # nothing was ever submitted
         done = threading.Event()
-        self._queue.put(done.set)
+        self._queue.put((done.set, ()))
         return done.wait(timeout)
 
     def _run(self) -> None:
+        get = self._queue.get
         while True:
-            fn = self._queue.get()
-            if fn is None:
+            job = get()
+            if job is None:
                 return
+            fn, args = job
             try:
-                fn()
+                fn(*args)
             except Exception as exc:  # a full disk must not kill the writer for other calls
                 self.errors += 1
                 WRITE_ERRORS.inc()
@@ -130,7 +162,10 @@ class RecorderWriter:
 
 
 class CallRecorder:
-    """Records both legs of one call into ``path`` (stereo, 16-bit, the call's rate)."""
+    """Records both legs of one call into ``path`` (stereo, 16-bit, the call's rate).
+
+    ``interleave`` builds each flushed second of stereo: the numpy :func:`interleave_legs`
+    unless given another (the recording part gives ``audiosocket.native.interleave``)."""
 
     def __init__(
         self,
@@ -140,6 +175,7 @@ class CallRecorder:
         flush_every: int = 50,
         hold_slots: int = 0,
         writer: RecorderWriter,
+        interleave: Interleave = interleave_legs,
     ) -> None:
         self.path = Path(path)
         self.rate = rate
@@ -148,6 +184,7 @@ class CallRecorder:
         self.flush_every = flush_every
         self.hold_slots = hold_slots
         self._writer = writer
+        self._interleave = interleave
         # Slots not yet written, from _base on: one frame_bytes each, zero (silence) where
         # nothing was put, so a run of frames is one slice assignment.
         self._in = bytearray()
@@ -178,10 +215,11 @@ class CallRecorder:
         self._fd: int | None = None
         # A failed write may have left bytes past written_bytes: cut them at the next one.
         self._tail_dirty = False
-        header = _header(rate, 2, 0)
-        self._writer.submit(lambda: self._create(header))
+        # The file's header, kept: an append packs the two sizes into it (writer thread only).
+        self._head = bytearray(_header(rate, 2, 0))
+        self._writer.submit(self._create)
 
-    def _create(self, header: bytes) -> None:
+    def _create(self) -> None:
         # On the writer thread, like every other file operation of the recorder. Exclusive
         # create: a file already there is another call's recording, never to be truncated
         # (call ids are unique, so this is the last line of defence, not the rule).
@@ -193,7 +231,7 @@ class CallRecorder:
             self.error = "a recording already exists at this path"
             raise
         self._fd = fd
-        _write_at(fd, header, 0)
+        _write_at(fd, self._head, 0)
 
     # -- the loop side: cheap list appends ---------------------------------------------
 
@@ -286,12 +324,17 @@ class CallRecorder:
         n, m = len(slots), len(heard_ticks)
         if n == 0 or len(sent) != n * fb or len(heard) != m * fb:
             return False
-        first_slot = int(slots[0])
-        if first_slot < self._base or (m and int(heard_ticks[0]) <= first_slot):
+        # This runs once per call per second at a thousand calls: .item() rather than
+        # int(a[i]) (no numpy scalar), plain ifs rather than calls where the usual case
+        # needs none.
+        base = self._base
+        first_slot = slots.item(0)
+        if first_slot < base or (m and heard_ticks.item(0) <= first_slot):
             return False  # already written out, or read before the block's first slot
         # What the last tick held goes first, as the rounds' first add_outbound does (so
         # declining after this leaves the rounds the same state); it may leave a partial.
-        self._place_batch()
+        if self._batch:
+            self._place_batch()
         if self._in_partial:
             return False
         pos = self._in_pos
@@ -301,19 +344,20 @@ class CallRecorder:
             # Frame k lands at pos + k: it leads its tick by pos + k - heard_ticks[k].
             if lead is None:
                 lead = tick_leads(heard_ticks)
-            if pos < self._base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS:
+            if pos < base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS:
                 return False
             self._put_run(self._in, pos, heard, m)
             self._in_pos = pos + m
-            self._batch_tick = int(heard_ticks[-1])
-        last = int(slots[-1])
+            self._batch_tick = heard_ticks.item(-1)
+        last = slots.item(-1)
         if last - first_slot == n - 1:
             self._put_run(self._out, first_slot, sent, n)
         else:  # a resync skipped slots: each frame where it went out
             for i, slot in enumerate(slots.tolist()):
                 self._put(self._out, slot, sent[i * fb : (i + 1) * fb])
-        self._out_pos = max(self._out_pos, last + 1)
-        if self._out_pos - self._base >= self.flush_every + self.hold_slots:
+        if last >= self._out_pos:
+            self._out_pos = last + 1
+        if self._out_pos - base >= self.flush_every + self.hold_slots:
             self._flush(self._out_pos - self.hold_slots)
         return True
 
@@ -325,6 +369,9 @@ class CallRecorder:
         """``count`` consecutive slots from ``index`` hold ``pcm`` (at most that many frames)."""
         fb = self.frame_bytes
         rel = index - self._base
+        if rel * fb == len(slots) and len(pcm) == count * fb:
+            slots += pcm  # the usual case: whole frames right after the last ones placed
+            return
         if rel < 0:
             # Already written out; a very late frame is dropped rather than misplaced.
             skip = min(-rel, count)
@@ -333,7 +380,7 @@ class CallRecorder:
                 return
         start, end = rel * fb, (rel + count) * fb
         if start == len(slots) and len(pcm) >= end - start:
-            slots += pcm[: end - start] if len(pcm) > end - start else pcm  # the usual case
+            slots += pcm[: end - start] if len(pcm) > end - start else pcm
             return
         if len(slots) < end:
             slots.extend(bytes(end - len(slots)))
@@ -347,24 +394,18 @@ class CallRecorder:
         if count <= 0:
             return
         n = count * self.frame_bytes
-        # Interleaved straight from the slots (a slot never filled is silence): one
-        # allocation and two strided copies per second of a call.
-        stereo = np.zeros(count * self.frame_samples * 2, dtype="<i2")
-        ins = np.frombuffer(self._in, dtype="<i2", count=min(n, len(self._in)) // 2)
-        outs = np.frombuffer(self._out, dtype="<i2", count=min(n, len(self._out)) // 2)
-        stereo[0 : 2 * len(ins) : 2] = ins
-        stereo[1 : 2 * len(outs) : 2] = outs
-        del ins, outs  # views of the bytearrays: released before they are resized
+        # Interleaved straight from the slots (a slot never filled is silence): once per
+        # call per second, one C pass when the recording part passed native.interleave.
+        data = self._interleave(self._in, self._out, n)
         del self._in[:n]
         del self._out[:n]
         self._base = upto
-        data = stereo.tobytes()
         if self._queued_in - self._queued_out + len(data) > QUEUED_MAX_BYTES:
             RECORDING_BYTES_LOST.inc(len(data))  # the disk is this far behind: do not queue
             return
         self._queued_in += len(data)
         self.data_bytes += len(data)
-        self._writer.submit(lambda: self._append(data))
+        self._writer.submit(self._append, data)
 
     def _append(self, data: bytes) -> None:
         # On the writer thread. A chunk the disk refused is kept and goes out first next
@@ -376,17 +417,23 @@ class CallRecorder:
             return
         pending = bytes(self._unwritten) + data if self._unwritten else data
         try:
-            if self._fd is None:  # the create failed (or the file was closed): reopen it
-                self._fd = os.open(self.path, os.O_RDWR)
             fd = self._fd
+            if fd is None:  # the create failed (or the file was closed): reopen it
+                fd = self._fd = os.open(self.path, os.O_RDWR)
             end = _HEADER_SIZE + self.written_bytes
             _write_at(fd, pending, end)
             if self._tail_dirty:
                 os.ftruncate(fd, end + len(pending))
                 self._tail_dirty = False
             self.written_bytes += len(pending)
-            _write_at(fd, _header(self.rate, 2, self.written_bytes), 0)
-            self._unwritten.clear()
+            # The header is rewritten after each append (crash safety); of its 44 bytes only
+            # the two sizes change, packed into the kept copy rather than all of it anew.
+            head = self._head
+            _SIZE.pack_into(head, 4, 36 + self.written_bytes)
+            _SIZE.pack_into(head, 40, self.written_bytes)
+            _write_at(fd, head, 0)
+            if self._unwritten:
+                self._unwritten.clear()
             if self.error is not None:
                 log.info("recording_writes_resumed", path=str(self.path))
                 self.error = None
@@ -411,7 +458,7 @@ class CallRecorder:
     def retry(self) -> None:
         """Try again to write what the disk refused (on the writer thread). Non-blocking."""
         if self._unwritten:
-            self._writer.submit(lambda: self._append(b""))
+            self._writer.submit(self._append, b"")
 
     def close(self) -> None:
         """Write out everything up to the later of the two legs. Non-blocking."""
@@ -440,13 +487,13 @@ class CallRecorder:
         return self.data_bytes / (self.rate * 4)
 
 
-def _write_at(fd: int, data: bytes, offset: int) -> None:
+def _write_at(fd: int, data: bytes | bytearray, offset: int) -> None:
     """All of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
+    done = os.pwrite(fd, data, offset)  # nearly always all of it: no memoryview to walk
+    if done < len(data):
+        view = memoryview(data)
+        while done < len(data):
+            done += os.pwrite(fd, view[done:], offset + done)
 
 
 def repair_wav(path: str | Path) -> bool:

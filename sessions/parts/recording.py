@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from helpers.recorder import HOLD_SLOTS, CallRecorder, RecorderWriter
+from audiosocket import native
+from helpers.recorder import HOLD_SLOTS, CallRecorder, RecorderWriter, interleave_legs
 from sessions.parts import Part
 
 if TYPE_CHECKING:
@@ -46,7 +47,10 @@ class Recording(Part):
         self.call = call
         self.path = recording_path(data_dir, call.id)
         self.writer = writer
-        self.recorder = CallRecorder(self.path, call.rate, hold_slots=HOLD_SLOTS, writer=writer)
+        # The C interleave when built (helpers may not import the core), else its numpy one.
+        self.recorder = CallRecorder(
+            self.path, call.rate, hold_slots=HOLD_SLOTS, writer=writer,
+            interleave=native.interleave if native.AVAILABLE else interleave_legs)
         #: This call in the portal's live view (IVR node, transcript lines, listen-in tap).
         self.live = live
         if live is not None:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from audiosocket.clock import Playout
 from audiosocket.native import State, block_shape_numpy, frame_clip_py
 from audiosocket.protocol import Dtmf, encode_audio, encode_frame
+from helpers.recorder import interleave_legs
 
 _wire = pytest.importorskip("audiosocket._wire")
 
@@ -547,3 +548,34 @@ def test_frame_clip_refuses_a_silence_of_the_wrong_size() -> None:
         _wire.frame_clip(HEADER, bytes(320), 320, 0, bytes(10))
     with pytest.raises(ValueError):
         frame_clip_py(HEADER, bytes(320), 320, 0, bytes(10))
+
+
+@given(
+    left=st.binary(max_size=80),
+    right=st.binary(max_size=80),
+    samples=st.integers(0, 48),
+    as_bytearray=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_interleave_is_the_numpy_reference(
+    left: bytes, right: bytes, samples: int, as_bytearray: bool
+) -> None:
+    """``_wire.interleave`` (one C pass, eight samples at a time) against numpy: legs
+    longer, shorter (zeros past them) or odd-sized, from bytes or the recorder's bytearrays."""
+    legs = (bytearray(left), bytearray(right)) if as_bytearray else (left, right)
+    nbytes = 2 * samples
+    got = _wire.interleave(*legs, nbytes)
+    assert type(got) is bytes and len(got) == 2 * nbytes
+    assert got == interleave_legs(*legs, nbytes)
+    if isinstance(legs[0], bytearray):
+        legs[0].extend(b"\x00\x00")  # no buffer left exported: the leg can still resize
+
+
+def test_interleave_rejects_odd_or_negative_sizes() -> None:
+    for nbytes in (-2, 3):
+        with pytest.raises(ValueError):
+            _wire.interleave(b"", b"", nbytes)
+        with pytest.raises(ValueError):
+            interleave_legs(b"", b"", nbytes)
+    with pytest.raises(TypeError):
+        _wire.interleave(b"", b"", 2.0)  # type: ignore[arg-type]

@@ -12,8 +12,12 @@ import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from audiosocket import native
 from audiosocket.native import block_shape
-from helpers.recorder import CallRecorder, RecorderWriter, repair_all, repair_wav
+from helpers.recorder import CallRecorder, RecorderWriter, interleave_legs, repair_all, repair_wav
+
+#: What the server's recording part gives the recorder: C when built.
+interleave = native.interleave if native.AVAILABLE else interleave_legs
 
 
 def frame(value: int, n: int = 160) -> bytes:
@@ -112,6 +116,24 @@ def test_write_failure_is_contained(tmp_path: Path, monkeypatch: Any) -> None:
     ok.close()
     writer.flush()
     assert (tmp_path / "f.wav").stat().st_size == 44 + 640
+
+
+def test_a_short_pwrite_is_continued(tmp_path: Path, monkeypatch: Any) -> None:
+    """pwrite may write less than asked: the rest follows, at the right offset."""
+    import os
+
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: real_pwrite(
+        fd, memoryview(data)[:100], offset))
+    writer = RecorderWriter()
+    rec = CallRecorder(tmp_path / "s.wav", 8000, flush_every=5, writer=writer)
+    for t in range(5):
+        rec.add_outbound(t, frame(t + 1))
+    rec.close()
+    assert writer.flush()
+    monkeypatch.undo()
+    _, right, _ = read_stereo(tmp_path / "s.wav")  # the header's sizes are right, too
+    assert right.reshape(5, 160)[:, 0].tolist() == [1, 2, 3, 4, 5]
 
 
 def test_full_disk_loses_nothing_already_received(tmp_path: Path, monkeypatch: Any) -> None:
@@ -229,7 +251,8 @@ def test_a_steady_run_writes_the_same_bytes_as_its_rounds(
     writer = RecorderWriter()
     with tempfile.TemporaryDirectory() as d:
         a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
-        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer,
+                         interleave=interleave)  # the server's: C when built
         ta = _drive(a, before, 0, 100)
         tb = _drive(b, before, 0, 100)
         assert ta == tb
@@ -286,7 +309,8 @@ def test_a_block_writes_the_same_bytes_as_its_rounds(
     writer = RecorderWriter()
     with tempfile.TemporaryDirectory() as d:
         a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
-        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer,
+                         interleave=interleave)  # the server's: C when built
         tick = _drive(a, before, 0, 100)
         _drive(b, before, 0, 100)
         slots: list[int] = []
