@@ -45,6 +45,7 @@ import re
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -429,6 +430,32 @@ def fmt_row(r: dict) -> str:
             f"| {steal} | {r['loadavg']} | {'yes' if passed(r) else 'no'} |")
 
 
+#: What ``--app`` may name.
+APPS = ("echo", "record", "transcribe", "ivr")
+
+
+def against_echo(rows: list[dict]) -> list[str]:
+    """Each app's server CPU against echo's at the same point of the same round, in per
+    cent (issue 14: ``record`` and silent ``ivr`` within 15 % of echo at 1000 calls), with
+    the median and how many rounds are within 15 %; nothing when echo did not run."""
+    echo = {(r.get("round"), r["calls"], r["rate"], r["loop"]): r["server_cpu_pct"]
+            for r in rows if r.get("app") == "echo" and r.get("server_impl") == "python"}
+    diffs: dict[tuple[str, int, int], list[float]] = {}
+    for r in rows:
+        key = (r.get("round"), r["calls"], r["rate"], r["loop"])
+        if r.get("app") == "echo" or key not in echo or not echo[key]:
+            continue
+        diffs.setdefault((r["app"], r["calls"], r["rate"]), []).append(
+            100.0 * (r["server_cpu_pct"] / echo[key] - 1.0))
+    lines = []
+    for (app, n, rate), ds in diffs.items():
+        within = sum(d <= 15.0 for d in ds)
+        lines.append(f"{app} at {n}@{rate}: server CPU against echo's, round by round: "
+                     f"{', '.join(f'{d:+.0f} %' for d in ds)}; median "
+                     f"{statistics.median(ds):+.0f} %; within 15 % in {within} of {len(ds)}")
+    return lines
+
+
 def parse_point(spec: str) -> tuple[int, int, str]:
     loop = "uvloop"
     if "/" in spec:
@@ -457,12 +484,19 @@ def main() -> int:
     p.add_argument("--server-cmd-prefix", default="", help=argparse.SUPPRESS)
     p.add_argument("--python-media", action="store_true",
                    help="run the server with --no-native-media (the Python path only)")
-    p.add_argument("--app", default="echo", choices=["echo", "record", "transcribe", "ivr"],
-                   help="the app the Python server runs (default echo)")
+    p.add_argument("--app", default="echo",
+                   help="the app the Python server runs (default echo): echo, record, "
+                        "transcribe or ivr; several, comma-separated, run in turn at every "
+                        "point of every repeat, and each one's CPU is then compared with "
+                        "echo's of the same round (issue 14's targets)")
     p.add_argument("--callers", default="auto", choices=["auto", "numbered", "silent"],
                    help="numbered frames, or digital silence (auto: silent for ivr and "
                         "transcribe)")
     args = p.parse_args()
+    apps = [a for a in args.app.split(",") if a]
+    bad = [a for a in apps if a not in APPS]
+    if bad or not apps:
+        p.error(f"--app: {', '.join(bad) or 'none given'}; choose from {', '.join(APPS)}")
     build_loadgen()
     if args.server_impl == "c":
         build_echo_floor()
@@ -478,22 +512,30 @@ def main() -> int:
     rows = []
     for rep in range(args.repeat):
         for i, (n, rate, loop) in enumerate(points):
-            tag = f"{stamp}-{rep}-{i}-{n}-{rate}-{loop}"
-            print(f"-- {n} calls @ {rate} Hz, {loop} (loadavg {loadavg()})", file=sys.stderr,
-                  flush=True)
-            try:
-                row = run_point(n, rate, loop, args, tag)
-            except Exception as exc:  # keep the curve going
-                print(f"   failed: {exc}", file=sys.stderr, flush=True)
-                continue
-            rows.append(row)
-            with open(out, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(fmt_row(row), file=sys.stderr, flush=True)
+            # Several apps alternate within a round: this VM's speed drifts by ±10 points of
+            # a core over minutes, so only runs taken side by side compare.
+            for app in apps:
+                app_args = argparse.Namespace(**{**vars(args), "app": app})
+                suffix = f"-{app}" if len(apps) > 1 else ""
+                tag = f"{stamp}-{rep}-{i}-{n}-{rate}-{loop}{suffix}"
+                print(f"-- {n} calls @ {rate} Hz, {loop}, {app} (loadavg {loadavg()})",
+                      file=sys.stderr, flush=True)
+                try:
+                    row = run_point(n, rate, loop, app_args, tag)
+                except Exception as exc:  # keep the curve going
+                    print(f"   failed: {exc}", file=sys.stderr, flush=True)
+                    continue
+                row["round"] = rep
+                rows.append(row)
+                with open(out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(fmt_row(row), file=sys.stderr, flush=True)
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
     for row in rows:
         print(fmt_row(row))
+    for line in against_echo(rows):
+        print(line)
     label = "c" if args.server_impl == "c" else "uvloop"
     ok = [r["calls"] for r in rows if r["rate"] == 8000 and r["loop"] == label and passed(r)]
     print(f"\nlargest passing N at 8 kHz/{label}: {max(ok) if ok else 'none'}")
