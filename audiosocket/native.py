@@ -187,6 +187,8 @@ def frame_clip_py(
     count = -(-(len(pcm) + zeros_after) // n)
     frames.extend([silence] * (count - len(frames)))
     return frames
+
+
 def interleave(left: bytes | bytearray, right: bytes | bytearray, nbytes: int) -> bytes:
     """Stereo 16-bit audio from two mono legs: ``2 * nbytes`` bytes, sample ``k`` of
     ``left`` then sample ``k`` of ``right``, from the first ``nbytes`` (even) of each, zeros

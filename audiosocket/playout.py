@@ -60,9 +60,10 @@ class ClipFrames:
 
     def __init__(self, max_bytes: int = 32 * 2**20) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[int, bytes, int], tuple[bytes, tuple[bytes, ...]]] = (
-            OrderedDict()
-        )
+        #: key -> (the PCM object, its frames, what the entry counts against max_bytes)
+        self._entries: OrderedDict[
+            tuple[int, bytes, int], tuple[bytes, tuple[bytes, ...], int]
+        ] = OrderedDict()
         self._bytes = 0
 
     def frames(
@@ -78,11 +79,10 @@ class ClipFrames:
         cost = 2 * len(pcm) + len(framed) * len(header)
         if cost > self.max_bytes:
             return framed
-        self._entries[key] = (pcm, framed)
+        self._entries[key] = (pcm, framed, cost)
         self._bytes += cost
         while self._bytes > self.max_bytes:
-            _, (old, old_frames) = self._entries.popitem(last=False)
-            self._bytes -= 2 * len(old) + len(old_frames) * len(header)
+            self._bytes -= self._entries.popitem(last=False)[1][2]
         return framed
 
     def __len__(self) -> int:
@@ -341,9 +341,7 @@ class Playout:
             frames = self._frames
             frames.append(self._header + pcm)
             if len(frames) > self.max_frames:
-                frames.popleft()
-                self._sent_seq += 1
-                metrics.PLAYOUT_DROPPED.inc()
+                self._drop_oldest()
                 self._resolve_marks()
             return
         n = self.frame_size
@@ -379,14 +377,9 @@ class Playout:
                                       self._silence)
         else:
             clip = frame_clip(self._header, pcm, self.frame_size, silence_after, self._silence)
-        frames = self._frames
-        frames.extend(clip)
-        over = len(frames) - self.max_frames
-        if over > 0:  # a runaway producer: the oldest frames go, as _push drops them
-            for _ in range(over):
-                frames.popleft()
-            self._sent_seq += over
-            metrics.PLAYOUT_DROPPED.inc(over)
+        self._frames.extend(clip)
+        if len(self._frames) > self.max_frames:
+            self._drop_oldest()
             self._resolve_marks()
         fut: asyncio.Future[bool] = loop.create_future()
         if self._queued_seq <= self._sent_seq:
@@ -402,10 +395,18 @@ class Playout:
         # The queue holds wire frames, so the tick writes each with no per-frame work.
         self._frames.append(self._header + pcm)
         if len(self._frames) > self.max_frames:
-            self._frames.popleft()
-            self._sent_seq += 1
-            metrics.PLAYOUT_DROPPED.inc()
+            self._drop_oldest()
             self._resolve_marks()
+
+    def _drop_oldest(self) -> None:
+        """Past ``max_frames`` (a runaway producer): the oldest frames go, and are counted
+        as taken off the queue and as dropped. The caller resolves the marks they pass."""
+        frames = self._frames
+        over = len(frames) - self.max_frames
+        for _ in range(over):
+            frames.popleft()
+        self._sent_seq += over
+        metrics.PLAYOUT_DROPPED.inc(over)
 
     def begin_stream(self) -> None:
         """Mark that more audio of a clip is coming (TTS sentence by sentence), so an empty
@@ -585,10 +586,8 @@ class Playout:
     def _trim(self) -> None:
         """Enforce ``max_frames`` for frames queued with ``append_frame``."""
         frames = self._frames
-        while len(frames) > self.max_frames:
-            frames.popleft()
-            self._sent_seq += 1
-            metrics.PLAYOUT_DROPPED.inc()
+        if len(frames) > self.max_frames:
+            self._drop_oldest()
         if self._short:
             whole = len(self._silence)
             self._short = sum(1 for f in frames if len(f) != whole)
