@@ -28,7 +28,11 @@
 #include <Python.h>
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <sys/socket.h>
 
 enum { LINE_STATE, LINE_OWNER, LINE_PLAYOUT, LINE_FRAMES, LINE_SINK, LINE_RATE, LINE_HEADER,
@@ -39,12 +43,13 @@ enum { LINE_STATE, LINE_OWNER, LINE_PLAYOUT, LINE_FRAMES, LINE_SINK, LINE_RATE, 
 static const char *line_fields[LINE_SIZE] = {"state", "owner", "playout", "frames", "sink", "rate",
                                              "header", "tape", "silence"};
 
-/* A line's tape (LINE_TAPE, or None): four bytearrays this code appends to instead of
- * calling the app per frame. TAPE_IN_PCM/TAPE_IN_TICKS: each inbound frame's audio (header
- * stripped) and the tick it was read at (int64, the call's timeline: Call.tick); TAPE_OUT_PCM/
- * TAPE_OUT_TICKS: each frame sent and its slot (what Playout.tick hands a tick listener).
- * The app takes them in blocks (audiosocket/media.py), about once a second, so recording
- * and silence detection cost one Python call per call per second instead of two per frame. */
+/* A line's tape (LINE_TAPE, or None): a Tape (below) this code appends both directions to
+ * instead of calling the app per frame: each inbound frame's audio (header stripped) with
+ * the tick it was read at (int64, the call's timeline: Call.tick), each frame sent with its
+ * slot (what Playout.tick hands a tick listener). The app takes them in blocks
+ * (audiosocket/media.py), about once a second, so recording and silence detection cost one
+ * Python call per call per second instead of two per frame. take_tape hands them back as
+ * four bytes objects (TAPE_IN_PCM .. TAPE_OUT_TICKS, in that order). */
 enum { TAPE_IN_PCM, TAPE_IN_TICKS, TAPE_OUT_PCM, TAPE_OUT_TICKS, TAPE_SIZE };
 
 typedef struct {
@@ -107,44 +112,207 @@ static line_state *state_of(PyObject *line) {
     return (line_state *)PyByteArray_AS_STRING(ba);
 }
 
-/* The line's tape: NULL when it has none (borrowed; checked by pump). */
-static PyObject *tape_of(PyObject *line) {
-    PyObject *t = PyTuple_GET_ITEM(line, LINE_TAPE);
-    return t == Py_None ? NULL : t;
-}
+/* On a Tape entry: the frame went out (the slot it went out on); without it the frame came
+ * in (the tick it was read at). Ticks and slots are far below it. */
+#define OUT_ENTRY ((int64_t)1 << 61)
 
-static int tape_ok(PyObject *tape) {
-    if (!PyTuple_Check(tape) || PyTuple_GET_SIZE(tape) != TAPE_SIZE) return 0;
-    for (int i = 0; i < TAPE_SIZE; i++)
-        if (!PyByteArray_CheckExact(PyTuple_GET_ITEM(tape, i))) return 0;
-    return 1;
-}
+/* A tape: one entry per frame, both directions in the order taped, and the audio of every
+ * entry without SILENT_SLOT, exactly frame_bytes each, in the same order. It was four
+ * bytearrays (audio and ticks per direction); perf at 1000 record calls put ~5 % of a core
+ * on appending to them, most of it the bytearray objects' headers: four cold objects per
+ * call per tick, read and written once each. Here a frame's two appends touch this
+ * object's one header, the next entry and the next audio bytes, each written in order. */
+typedef struct {
+    PyObject_HEAD
+    int64_t *ev;
+    char *pcm;
+    Py_ssize_t n_ev, cap_ev, n_pcm, cap_pcm, fb;
+} TapeObject;
 
-/* Append len bytes to a bytearray. The tape is emptied about once a second and refilled to
- * the same size, so it keeps its capacity (take_tape sets the size to 0 without freeing):
- * bytearray's own growth (12.5 % steps from a freed buffer) cost some 35 reallocs per tape
- * per second, ~10 % of a core at 1000 calls (perf). Room is made by doubling; then an
- * append is a memcpy and a size store. A buffer a memoryview holds (ob_exports) takes the
- * ordinary path, which refuses to resize it. */
-static int append(PyObject *ba, const void *data, Py_ssize_t len) {
-    PyByteArrayObject *b = (PyByteArrayObject *)ba;
-    Py_ssize_t at = Py_SIZE(b), need = at + len;
-    if (b->ob_exports > 0 || b->ob_start != b->ob_bytes || need + 1 > b->ob_alloc) {
-        Py_ssize_t cap = need > 2 * at ? need : 2 * at;
-        if (cap < 4096) cap = 4096;
-        if (b->ob_exports > 0) cap = need;
-        if (PyByteArray_Resize(ba, cap) < 0) return -1;
-        if (cap != need) {
-            Py_SET_SIZE(b, need);
-            PyByteArray_AS_STRING(ba)[need] = '\0';
-        }
-    } else {
-        Py_SET_SIZE(b, need);
-        b->ob_bytes[need] = '\0';
+static PyTypeObject Tape_Type;
+
+/* Make room for `need` units (of `unit` bytes) in *buf: capacity doubled, so appending is
+ * a store; the tape is emptied about once a second and refilled to the same size, keeping
+ * its capacity (bytearray's own 12.5 % growth from a freed buffer cost ~35 reallocs per
+ * tape per second, ~10 % of a core at 1000 calls). */
+static int grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, Py_ssize_t unit, Py_ssize_t least) {
+    Py_ssize_t c = *cap * 2 > need ? *cap * 2 : need;
+    if (c < least) c = least;
+    void *nb = PyMem_Realloc(*buf, (size_t)(c * unit));
+    if (nb == NULL) {
+        PyErr_NoMemory();
+        return -1;
     }
-    memcpy(PyByteArray_AS_STRING(ba) + at, data, (size_t)len);
+    *buf = nb;
+    *cap = c;
     return 0;
 }
+
+/* The audio buffer's room, 64-byte aligned (a frame of 320 or 640 bytes then starts on a
+ * cache line, which the streaming copy below writes whole). Freed with free(). */
+static int grow_pcm(TapeObject *t, Py_ssize_t need) {
+    Py_ssize_t c = t->cap_pcm * 2 > need ? t->cap_pcm * 2 : need;
+    if (c < 16 * t->fb) c = 16 * t->fb;
+    void *nb = NULL;
+    if (posix_memalign(&nb, 64, (size_t)c) != 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (t->n_pcm) memcpy(nb, t->pcm, (size_t)t->n_pcm);
+    free(t->pcm);
+    t->pcm = nb;
+    t->cap_pcm = c;
+    return 0;
+}
+
+/* Copy a frame's audio onto the tape. Nobody reads it for about a second, by when a
+ * thousand calls' tapes have long left the cache: with plain stores each 64 bytes written
+ * were first read from memory (perf: memcpy at ~240 ns a frame, the tape's largest cost
+ * at 1000 record calls). Streaming stores write the lines without reading them or
+ * evicting what the next line's tick needs. */
+static void tape_copy(char *dst, const char *src, Py_ssize_t n) {
+#if defined(__SSE2__)
+    if (((uintptr_t)dst & 15) == 0 && (n & 15) == 0) {
+        for (Py_ssize_t i = 0; i < n; i += 16)
+            _mm_stream_si128((__m128i *)(dst + i), _mm_loadu_si128((const __m128i *)(src + i)));
+        return;
+    }
+#endif
+    memcpy(dst, src, (size_t)n);
+}
+
+/* One frame on the tape: `tick` with its flags, and (pcm != NULL) its audio, len bytes,
+ * cut or padded with zeros to the tape's frame_bytes so every entry's audio is whole. */
+static int tape_put(TapeObject *t, int64_t tick, const char *pcm, Py_ssize_t len) {
+    if (t->n_ev == t->cap_ev
+        && grow((void **)&t->ev, &t->cap_ev, t->n_ev + 1, 8, 64) < 0)
+        return -1;
+    t->ev[t->n_ev++] = tick;
+    if (pcm != NULL) {
+        Py_ssize_t fb = t->fb;
+        if (t->n_pcm + fb > t->cap_pcm && grow_pcm(t, t->n_pcm + fb) < 0) {
+            t->n_ev--;
+            return -1;
+        }
+        char *dst = t->pcm + t->n_pcm;
+        if (len >= fb) {
+            tape_copy(dst, pcm, fb);
+        } else {
+            memcpy(dst, pcm, (size_t)len);
+            memset(dst + len, 0, (size_t)(fb - len));
+        }
+        t->n_pcm += fb;
+    }
+    return 0;
+}
+
+static PyObject *Tape_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Py_ssize_t fb;
+    static char *kwlist[] = {"frame_bytes", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &fb)) return NULL;
+    if (fb <= 0) {
+        PyErr_SetString(PyExc_ValueError, "frame_bytes must be > 0");
+        return NULL;
+    }
+    TapeObject *t = (TapeObject *)type->tp_alloc(type, 0);
+    if (t == NULL) return NULL;
+    t->fb = fb;
+    return (PyObject *)t;
+}
+
+static void Tape_dealloc(TapeObject *t) {
+    PyMem_Free(t->ev);
+    free(t->pcm);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static Py_ssize_t Tape_len(TapeObject *t) { return t->n_ev; }
+
+static PyObject *Tape_sizes(TapeObject *t, PyObject *unused) {
+    (void)unused;
+    Py_ssize_t n[4] = {0, 0, 0, 0};
+    for (Py_ssize_t k = 0; k < t->n_ev; k++) {
+        int out = (t->ev[k] & OUT_ENTRY) != 0;
+        n[out ? TAPE_OUT_TICKS : TAPE_IN_TICKS] += 8;
+        if (!(t->ev[k] & SILENT_SLOT)) n[out ? TAPE_OUT_PCM : TAPE_IN_PCM] += t->fb;
+    }
+    return Py_BuildValue("(nnnn)", n[0], n[1], n[2], n[3]);
+}
+
+static PyObject *Tape_capacity(TapeObject *t, void *closure) {
+    (void)closure;
+    return PyLong_FromSsize_t(t->cap_ev * 8 + t->cap_pcm);
+}
+
+static PyObject *Tape_frame_bytes(TapeObject *t, void *closure) {
+    (void)closure;
+    return PyLong_FromSsize_t(t->fb);
+}
+
+static int all_zero(const char *p, Py_ssize_t n);
+
+static PyObject *Tape_put(TapeObject *t, PyObject *const *args, Py_ssize_t nargs) {
+    int sent;
+    long long tick;
+    Py_buffer pcm;
+    if (nargs != 3 || (sent = PyObject_IsTrue(args[0])) < 0
+        || ((tick = PyLong_AsLongLong(args[1])) == -1 && PyErr_Occurred())) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "put(sent, tick, pcm)");
+        return NULL;
+    }
+    if (tick < 0 || tick >= OUT_ENTRY) {
+        PyErr_SetString(PyExc_ValueError, "tick out of range");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &pcm, PyBUF_SIMPLE) < 0) return NULL;
+    int zero = all_zero(pcm.buf, pcm.len);
+    int64_t e = (int64_t)tick | (sent ? OUT_ENTRY : 0) | (zero ? SILENT_SLOT : 0);
+    int r = tape_put(t, e, zero ? NULL : pcm.buf, pcm.len);
+    PyBuffer_Release(&pcm);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Tape_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))Tape_put, METH_FASTCALL,
+     "put(sent, tick, pcm): tape one frame as the C path does (for tests and tools):\n"
+     "all-zero audio as its tick alone, other audio cut or padded to frame_bytes."},
+    {"sizes", (PyCFunction)Tape_sizes, METH_NOARGS,
+     "sizes() -> what take_tape would hand back now, in bytes per part: (inbound audio,\n"
+     "inbound ticks, outbound audio, outbound slots), digital silence not counted as audio\n"
+     "(it is taped as its tick alone)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Tape_getset[] = {
+    {"capacity", (getter)Tape_capacity, NULL, "Bytes allocated for entries and audio.", NULL},
+    {"frame_bytes", (getter)Tape_frame_bytes, NULL, "The audio bytes of each frame.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods Tape_as_sequence = {.sq_length = (lenfunc)Tape_len};
+
+static PyTypeObject Tape_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "audiosocket._wire.Tape",
+    .tp_basicsize = sizeof(TapeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Tape(frame_bytes): what the C path records of a line for its app (_wire.c);\n"
+              "len() is the frames on it, take_tape empties it.",
+    .tp_new = Tape_new,
+    .tp_dealloc = (destructor)Tape_dealloc,
+    .tp_methods = Tape_methods,
+    .tp_getset = Tape_getset,
+    .tp_as_sequence = &Tape_as_sequence,
+};
+
+/* The line's tape: NULL when it has none (borrowed; its type is checked by pump). */
+static TapeObject *tape_of(PyObject *line) {
+    PyObject *t = PyTuple_GET_ITEM(line, LINE_TAPE);
+    return t == Py_None ? NULL : (TapeObject *)t;
+}
+
+static int tape_ok(PyObject *tape) { return Py_IS_TYPE(tape, &Tape_Type); }
 
 /* Digital silence? Word by word: a silent caller's every frame is scanned to its end (a
  * byte loop was ~1 % of a core at 1000 silent calls). */
@@ -181,23 +349,33 @@ static int still_attached(PyObject *line) {
     return same;
 }
 
-/* Read what is there and hand whole frames to the sink; -1 on a Python error. */
-static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_python) {
-    static char buf[RBUF];
+static char buf[RBUF];
+
+/* One recv() of what the line's socket holds, into buf: recv's result, *err its errno. */
+static ssize_t recv_line(line_state *st, int *err) {
     ssize_t n = recv((int)st->fd, buf, sizeof buf, MSG_DONTWAIT);
+    *err = n < 0 ? errno : 0;
+    return n;
+}
+
+/* Hand on what recv_line read (n, err): whole frames to the sink or the tape, anything
+ * else as an event; `raw`: all of it as an event (the Python side has taken the line
+ * over). 0, or -1 on a Python error. */
+static int took(PyObject *line, line_state *st, PyObject *events, int *ran_python,
+                ssize_t n, int err, int raw) {
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
-        return event(events, line, EV_RECV_ERR, PyLong_FromLong(errno));
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return 0;
+        return event(events, line, EV_RECV_ERR, PyLong_FromLong(err));
     }
     if (n == 0) return event(events, line, EV_EOF, NULL);
     ssize_t flen = (ssize_t)st->frame_len;
     const char *h = PyBytes_AS_STRING(PyTuple_GET_ITEM(line, LINE_HEADER));
     /* A full buffer may have more behind it: the Python path reads the rest in order. */
-    int clean = n < (ssize_t)sizeof buf && flen > 3 && n % flen == 0;
+    int clean = !raw && n < (ssize_t)sizeof buf && flen > 3 && n % flen == 0;
     for (ssize_t off = 0; clean && off < n; off += flen)
         if (memcmp(buf + off, h, 3) != 0) clean = 0;
     if (!clean) return event(events, line, EV_CHUNK, PyBytes_FromStringAndSize(buf, n));
-    PyObject *tape = tape_of(line);
+    TapeObject *tape = tape_of(line);
     if (tape != NULL) {
         /* No Python per frame: the audio goes on the tape with the tick it arrived at. */
         int sound = 0;
@@ -207,10 +385,8 @@ static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_
              * tape's largest write into memory that is cold by then. take_tape writes the
              * zeros back. The scan stops at the first sound word, so audio costs ~nothing. */
             int zero = all_zero(buf + off + 3, flen - 3);
-            int64_t tick = zero ? st->now | SILENT_SLOT : st->now;
-            if ((!zero && append(PyTuple_GET_ITEM(tape, TAPE_IN_PCM), buf + off + 3,
-                                 flen - 3) < 0)
-                || append(PyTuple_GET_ITEM(tape, TAPE_IN_TICKS), &tick, 8) < 0)
+            if (tape_put(tape, zero ? st->now | SILENT_SLOT : st->now,
+                         zero ? NULL : buf + off + 3, flen - 3) < 0)
                 return -1;
             if (st->wake && !zero) sound = 1;
             st->frames_in++;
@@ -250,6 +426,13 @@ static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_
         Py_DECREF(res);
     }
     return 0;
+}
+
+/* Read what is there and hand whole frames to the sink; -1 on a Python error. */
+static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_python) {
+    int err;
+    ssize_t n = recv_line(st, &err);
+    return took(line, st, events, ran_python, n, err, 0);
 }
 
 /* Does this line's sink append to its own playout queue (echo's fast_frame)? Then it is
@@ -309,23 +492,16 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
         if (st->stream && st->popped >= st->stream_at) st->underruns++;
         st->gap++;
     }
-    PyObject *tape = tape_of(line);
+    TapeObject *tape = tape_of(line);
     if (tape != NULL) {
         /* The line's own silence is taped as its slot alone (SILENT_SLOT set): a recording
          * app sends little else, and copying 320 zero bytes per call per tick was half of
-         * the tape's cache traffic. take_tape writes the zeros back. */
-        int64_t slot = st->now - 1;
-        /* A clip's pause is queued as the line's silence object itself (frame_clip). */
-        if (queued && frame != PyTuple_GET_ITEM(line, LINE_SILENCE)) {
-            if (append(PyTuple_GET_ITEM(tape, TAPE_OUT_PCM), PyBytes_AS_STRING(frame) + 3,
-                       len - 3) < 0) {
-                Py_DECREF(frame);
-                return -1;
-            }
-        } else {
-            slot |= SILENT_SLOT;
-        }
-        if (append(PyTuple_GET_ITEM(tape, TAPE_OUT_TICKS), &slot, 8) < 0) {
+         * the tape's cache traffic. take_tape writes the zeros back. A clip's pause is
+         * queued as the line's silence object itself (frame_clip). */
+        int64_t slot = (st->now - 1) | OUT_ENTRY;
+        int sound = queued && frame != PyTuple_GET_ITEM(line, LINE_SILENCE);
+        if (tape_put(tape, sound ? slot : slot | SILENT_SLOT,
+                     sound ? PyBytes_AS_STRING(frame) + 3 : NULL, len - 3) < 0) {
             Py_DECREF(frame);
             return -1;
         }
@@ -346,96 +522,75 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
 PyDoc_STRVAR(take_tape_doc,
 "take_tape(tape, frame_bytes) -> (in_pcm, in_ticks, out_pcm, out_ticks) | None\n\n"
 "What a tape holds, as four bytes objects, leaving it empty with its capacity kept (the\n"
-"next second fills it again without a realloc); None when it is empty. out_pcm has\n"
-"frame_bytes for every slot in out_ticks: zeros where the line sent its silence (taped as\n"
-"the slot alone). A capacity far above what was taken (after a long detach) is given back.");
+"next second fills it again without a realloc); None when it is empty. Each pcm has\n"
+"frame_bytes for every tick in its ticks (int64): zeros where the frame was digital\n"
+"silence (taped as its tick alone). A capacity far above what was taken (after a long\n"
+"detach) is given back.");
 
-/* Empty a tape part keeping its buffer; 0, or -1 with an exception. */
-static int empty(PyObject *ba, Py_ssize_t n) {
-    PyByteArrayObject *b = (PyByteArrayObject *)ba;
-    if (n == 0) return 0; /* also never allocated: ob_bytes may be NULL */
-    if (b->ob_exports > 0 || b->ob_start != b->ob_bytes
-        || (b->ob_alloc > (1 << 18) && b->ob_alloc > 4 * (n + 1)))
-        return PyByteArray_Resize(ba, 0);
-    Py_SET_SIZE(b, 0);
-    b->ob_bytes[0] = '\0';
-    return 0;
-}
-
-/* One side of a tape as (pcm, ticks) bytes: frame_bytes of audio per tick, zeros where
- * the tick has SILENT_SLOT set (taped without its audio), the bit cleared. 0, or -1 with an
- * exception and nothing made. */
-static int expand(PyObject *pcm_ba, PyObject *ticks_ba, Py_ssize_t fb, PyObject **pcm_out,
-                  PyObject **ticks_out) {
-    Py_ssize_t n = PyByteArray_GET_SIZE(ticks_ba) / 8;
-    const int64_t *ticks = (const int64_t *)PyByteArray_AS_STRING(ticks_ba);
-    const char *pcm = PyByteArray_AS_STRING(pcm_ba);
-    Py_ssize_t have = PyByteArray_GET_SIZE(pcm_ba), used = 0;
-    PyObject *p = PyBytes_FromStringAndSize(NULL, n * fb);
-    PyObject *t = PyBytes_FromStringAndSize(NULL, n * 8);
-    if (p == NULL || t == NULL) {
-        Py_XDECREF(p);
-        Py_XDECREF(t);
-        return -1;
+/* Give back a buffer far larger than what it held (a long detach, then a take). */
+static void shrink(void **buf, Py_ssize_t *cap, Py_ssize_t used, Py_ssize_t unit,
+                   void (*release)(void *)) {
+    if (*cap * unit > (1 << 18) && *cap > 4 * (used + 1)) {
+        release(*buf);
+        *buf = NULL;
+        *cap = 0;
     }
-    char *dst = PyBytes_AS_STRING(p);
-    int64_t *tick_dst = (int64_t *)PyBytes_AS_STRING(t);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        int64_t tick = ticks[k];
-        if (tick & SILENT_SLOT) {
-            memset(dst + k * fb, 0, (size_t)fb);
-            tick_dst[k] = tick & ~SILENT_SLOT;
-        } else {
-            Py_ssize_t take = have - used < fb ? have - used : fb;
-            memcpy(dst + k * fb, pcm + used, (size_t)take);
-            if (take < fb) memset(dst + k * fb + take, 0, (size_t)(fb - take));
-            used += take;
-            tick_dst[k] = tick;
-        }
-    }
-    *pcm_out = p;
-    *ticks_out = t;
-    return 0;
 }
 
 static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 2 || !tape_ok(args[0]) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "take_tape(tape: 4 bytearrays, frame_bytes: int)");
+        PyErr_SetString(PyExc_TypeError, "take_tape(tape: Tape, frame_bytes: int)");
         return NULL;
     }
-    PyObject *tape = args[0];
+    TapeObject *t = (TapeObject *)args[0];
     Py_ssize_t fb = PyLong_AsSsize_t(args[1]);
-    if (fb <= 0) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "frame_bytes must be > 0");
+    if (fb != t->fb) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "frame_bytes %zd, but the tape's frames are %zd",
+                         fb, t->fb);
         return NULL;
     }
+    if (t->n_ev == 0) Py_RETURN_NONE;
+#if defined(__SSE2__)
+    _mm_sfence(); /* the streaming stores are ordered before what reads them */
+#endif
+    Py_ssize_t n_out = 0;
+    for (Py_ssize_t k = 0; k < t->n_ev; k++) n_out += (t->ev[k] & OUT_ENTRY) != 0;
+    Py_ssize_t n_in = t->n_ev - n_out;
     PyObject *parts[TAPE_SIZE];
-    Py_ssize_t sizes[TAPE_SIZE];
-    for (int i = 0; i < TAPE_SIZE; i++) {
-        parts[i] = PyTuple_GET_ITEM(tape, i);
-        sizes[i] = PyByteArray_GET_SIZE(parts[i]);
-    }
-    if (sizes[TAPE_IN_TICKS] == 0 && sizes[TAPE_OUT_TICKS] == 0) Py_RETURN_NONE;
-    PyObject *out_pcm = NULL, *out_ticks = NULL, *result = NULL;
-    if (expand(parts[TAPE_OUT_PCM], parts[TAPE_OUT_TICKS], fb, &out_pcm, &out_ticks) < 0)
-        goto done;
-    PyObject *in_pcm = NULL, *in_ticks = NULL;
-    if (expand(parts[TAPE_IN_PCM], parts[TAPE_IN_TICKS], fb, &in_pcm, &in_ticks) < 0)
-        goto done;
-    result = PyTuple_Pack(4, in_pcm, in_ticks, out_pcm, out_ticks);
-    Py_DECREF(in_pcm);
-    Py_DECREF(in_ticks);
-    if (result == NULL) goto done;
-    for (int i = 0; i < TAPE_SIZE; i++) {
-        if (empty(parts[i], sizes[i]) < 0) {
-            Py_CLEAR(result);
-            goto done;
+    parts[TAPE_IN_PCM] = PyBytes_FromStringAndSize(NULL, n_in * fb);
+    parts[TAPE_IN_TICKS] = PyBytes_FromStringAndSize(NULL, n_in * 8);
+    parts[TAPE_OUT_PCM] = PyBytes_FromStringAndSize(NULL, n_out * fb);
+    parts[TAPE_OUT_TICKS] = PyBytes_FromStringAndSize(NULL, n_out * 8);
+    PyObject *result = NULL;
+    for (int i = 0; i < TAPE_SIZE; i++)
+        if (parts[i] == NULL) goto done;
+    char *pcm_dst[2] = {PyBytes_AS_STRING(parts[TAPE_IN_PCM]),
+                        PyBytes_AS_STRING(parts[TAPE_OUT_PCM])};
+    int64_t *tick_dst[2] = {(int64_t *)PyBytes_AS_STRING(parts[TAPE_IN_TICKS]),
+                            (int64_t *)PyBytes_AS_STRING(parts[TAPE_OUT_TICKS])};
+    const char *src = t->pcm;
+    for (Py_ssize_t k = 0; k < t->n_ev; k++) {
+        int64_t e = t->ev[k];
+        int out = (e & OUT_ENTRY) != 0;
+        if (e & SILENT_SLOT) {
+            memset(pcm_dst[out], 0, (size_t)fb);
+        } else {
+            memcpy(pcm_dst[out], src, (size_t)fb);
+            src += fb;
         }
+        pcm_dst[out] += fb;
+        *tick_dst[out]++ = e & ~(SILENT_SLOT | OUT_ENTRY);
+    }
+    result = PyTuple_Pack(4, parts[0], parts[1], parts[2], parts[3]);
+    if (result != NULL) {
+        shrink((void **)&t->ev, &t->cap_ev, t->n_ev, 8, PyMem_Free);
+        shrink((void **)&t->pcm, &t->cap_pcm, t->n_pcm, 1, free);
+        t->n_ev = t->n_pcm = 0;
     }
 done:
-    Py_XDECREF(out_pcm);
-    Py_XDECREF(out_ticks);
+    for (int i = 0; i < TAPE_SIZE; i++) Py_XDECREF(parts[i]);
     return result;
 }
 
@@ -624,9 +779,9 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             goto fail;
         }
         if (state_of(line) == NULL) goto fail;
-        PyObject *tape = tape_of(line);
-        if (tape != NULL && !tape_ok(tape)) {
-            PyErr_SetString(PyExc_TypeError, "a line's tape must be a tuple of 4 bytearrays");
+        PyObject *tape = PyTuple_GET_ITEM(line, LINE_TAPE);
+        if (tape != Py_None && !tape_ok(tape)) {
+            PyErr_SetString(PyExc_TypeError, "a line's tape must be a Tape");
             goto fail;
         }
     }
@@ -650,6 +805,19 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
                 continue;
             }
         }
+        /* A taped line is read in this pass: its read runs no Python (the audio goes on
+         * the tape), and the socket's kernel state is still in the cache. Read in a second
+         * pass over a thousand sockets, every socket was fetched from memory twice a tick:
+         * perf put ~14 % of a core on it at 1000 record calls against echo (whose relay
+         * reads next to its send too). The recv() comes before the send() and what it read
+         * is handed on after it: the frames are stamped as read after this tick's frame,
+         * as before, but the ACK for them leaves with that frame. Received after the send,
+         * their window update went out as a segment of its own (perf: ~5 % of a core at
+         * 1000 record calls in the kernel's transmit and the peer's ACK processing). */
+        TapeObject *tape = skip[i] ? NULL : tape_of(line);
+        ssize_t got = 0;
+        int err = 0;
+        if (tape != NULL) got = recv_line(st, &err);
         if (write_line(line, st, events, advance) < 0) goto fail;
         /* The Python side takes a line with a write event over, reads included (not for a
          * mark: the line stays attached). */
@@ -660,16 +828,12 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
                 || PyLong_AsLong(PyTuple_GET_ITEM(last, 1)) != EV_MARK)
                 skip[i] = 1;
         }
-        /* A taped line is read right after its send, in this pass: its read runs no Python
-         * (the audio goes on the tape), and the socket's kernel state is still in the
-         * cache. Read in a second pass over a thousand sockets, every socket was fetched
-         * from memory twice a tick: perf put ~14 % of a core on it at 1000 record calls
-         * against echo (whose relay reads next to its send too). The frames are stamped
-         * with the same tick either way (after this tick's send). */
-        if (!skip[i] && tape_of(line) != NULL) {
-            int ran = 0;
+        if (tape != NULL) {
+            /* Taken over by the Python side (a write event): what was read goes with it,
+             * in order after this tick's frame, as bytes it decodes itself. */
+            int ran = 0, raw = skip[i];
             skip[i] = 1;
-            if (read_line(line, st, events, &ran) < 0) goto fail;
+            if (took(line, st, events, &ran, got, err, raw) < 0) goto fail;
         }
     }
     /* Then what each call sent us: read now, it goes out on the next tick (echo) or to
@@ -714,8 +878,13 @@ PyMODINIT_FUNC PyInit__wire(void) {
     INTERN(s_native_line, "_native_line");
     INTERN(s_popleft, "popleft");
 #undef INTERN
+    if (PyType_Ready(&Tape_Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Tape", (PyObject *)&Tape_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "LINE_SIZE", LINE_SIZE) < 0
         || PyModule_AddIntConstant(m, "STATE_SIZE", (long)sizeof(line_state)) < 0
         || PyModule_AddIntConstant(m, "EV_CHUNK", EV_CHUNK) < 0

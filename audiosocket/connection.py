@@ -201,7 +201,7 @@ class Connection(asyncio.Protocol):
         state = playout.native_state(sock.fileno(), self._fast_len, self._fast_whole, wake=wake)
         line = (
             state.buf, self, playout, playout._frames, self._fast_audio, self._fast_rate,
-            self._fast_header, new_tape() if taped else None, playout._silence,
+            self._fast_header, new_tape(playout.frame_size) if taped else None, playout._silence,
         )
         if self.server.clock.attach(line):
             self._native_line = line

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from audiosocket.native import block_shape, take_tape
+from audiosocket.native import Tape, block_shape, take_tape
 
 __all__ = ["MediaBlock", "Run", "Shape", "block_from_tape"]
 
@@ -188,9 +188,7 @@ class MediaBlock:
                 j += 1
 
 
-def block_from_tape(
-    tape: tuple[bytearray, bytearray, bytearray, bytearray], frame_bytes: int
-) -> MediaBlock | None:
+def block_from_tape(tape: Tape, frame_bytes: int) -> MediaBlock | None:
     """Take what a line's tape holds (emptying it) as a block; None when it is empty."""
     taken = take_tape(tape, frame_bytes)
     if taken is None:

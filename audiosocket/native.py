@@ -16,14 +16,17 @@ import numpy as np
 
 try:
     from audiosocket import _wire
+    from audiosocket._wire import Tape
 except ImportError:  # built without a C compiler: the Python path does everything
     _wire = None  # type: ignore[assignment]
+    Tape = object  # type: ignore[assignment,misc]
 
 __all__ = [
     "AVAILABLE",
     "EVENT_NAMES",
     "LINE",
     "State",
+    "Tape",
     "block_shape",
     "block_shape_numpy",
     "frame_clip",
@@ -104,9 +107,12 @@ class State:
         return int(value)
 
 
-def new_tape() -> tuple[bytearray, bytearray, bytearray, bytearray]:
-    """An empty tape: inbound audio, inbound ticks (int64), outbound audio, outbound slots."""
-    return (bytearray(), bytearray(), bytearray(), bytearray())
+def new_tape(frame_bytes: int) -> Tape:
+    """An empty tape for a line whose frames carry ``frame_bytes`` of audio: the C path
+    records both directions on it (only with the extension, like every line)."""
+    if _wire is None:
+        raise RuntimeError("the C media path is not built")
+    return _wire.Tape(frame_bytes)
 
 
 def pump(
@@ -117,23 +123,14 @@ def pump(
     return _wire.pump(lines, advance)
 
 
-
-Tape = tuple[bytearray, bytearray, bytearray, bytearray]
-
-
 def take_tape(tape: Tape, frame_bytes: int) -> tuple[bytes, bytes, bytes, bytes] | None:
     """What ``tape`` holds (inbound audio, inbound ticks, outbound audio, outbound slots),
-    leaving it empty; None when it is empty. The outbound audio has ``frame_bytes`` per slot
-    (the C side tapes a slot of the line's own silence without its zeros). The C side keeps
-    the tape's capacity, so the next second refills it without reallocating."""
-    if _wire is not None:
-        return _wire.take_tape(tape, frame_bytes)
-    if not tape[1] and not tape[3]:
-        return None
-    taken = (bytes(tape[0]), bytes(tape[1]), bytes(tape[2]), bytes(tape[3]))
-    for part in tape:
-        part.clear()
-    return taken
+    leaving it empty; None when it is empty. Each audio part has ``frame_bytes`` per tick,
+    zeros where the frame was digital silence (taped as its tick alone). The tape keeps its
+    capacity, so the next second refills it without reallocating."""
+    if _wire is None:
+        raise RuntimeError("the C media path is not built")
+    return _wire.take_tape(tape, frame_bytes)
 
 
 def block_shape(
