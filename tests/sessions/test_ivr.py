@@ -7,12 +7,14 @@ test flow keeps the timeout, invalid-key and barge-in paths quick.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from audiosocket import metrics
 from audiosocket.caller import place_call
 from sessions.ivr import IvrSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
@@ -64,10 +66,29 @@ def short_flow(tmp_path: Path) -> dict[str, str]:
     return {"ivr.flows_dir": str(d), "ivr.flow": "short"}
 
 
+def _cpu_waiting_us() -> int | None:
+    """Microseconds tasks on this machine have waited for a CPU (PSI), None without it."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().split("total=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 async def test_greeting_round_trip_and_dtmf_path(start_server: Any) -> None:
     server = await start_server(IvrSession)
+    underruns = metrics.UNDERRUNS._value.get()
+    waited, t0 = _cpu_waiting_us(), time.monotonic()
     # Press 2 after the greeting, during the menu prompt (DTMF barge-in).
     result, call = await ivr_call(server, dtmf="2", dtmf_delay=3.5)
+    after = _cpu_waiting_us()
+    # Tasks waiting for a CPU a fifth of the time or more: the machine is oversubscribed
+    # (the suite beside two CPU hogs), and this process, the caller included, runs in
+    # slices; the caller's arrival times then measure the scheduler, not the pacing.
+    starved = waited is not None and after is not None and (
+        (after - waited) / 1e6 > 0.2 * (time.monotonic() - t0))
+    # No hole in any prompt, whatever the machine: counted where the frames are sent.
+    assert metrics.UNDERRUNS._value.get() == underruns
     assert result.hangup_by_server
     assert call["ivr"]["path"] == ["greeting", "menu", "support", "goodbye_support"]
     assert call["ivr"]["result"] == "support"
@@ -85,7 +106,8 @@ async def test_greeting_round_trip_and_dtmf_path(start_server: Any) -> None:
     assert gaps[len(gaps) // 2] == pytest.approx(20, abs=3)
     # Nearly every frame a tick apart; a busy machine may stall the whole process once (a
     # clock resync), which shows here as one long gap and a burst, not as a pattern.
-    assert sum(1 for g in gaps if 15 <= g <= 25) >= 0.9 * len(gaps)
+    in_pace = sum(1 for g in gaps if 15 <= g <= 25)
+    assert in_pace >= 0.9 * len(gaps) or starved, (in_pace, len(gaps))
     assert server.clock.resyncs <= 1
 
 
