@@ -136,37 +136,25 @@ typedef struct {
 
 static PyTypeObject Tape_Type;
 
-/* Make room for `need` units (of `unit` bytes) in *buf: capacity doubled, so appending is
- * a store; the tape is emptied about once a second and refilled to the same size, keeping
- * its capacity (bytearray's own 12.5 % growth from a freed buffer cost ~35 reallocs per
- * tape per second, ~10 % of a core at 1000 calls). */
-static int grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, Py_ssize_t unit, Py_ssize_t least) {
+/* Make room for `need` units (of `unit` bytes) in *buf, which holds `used` units: capacity
+ * doubled, so appending is a store; the tape is emptied about once a second and refilled
+ * to the same size, keeping its capacity (bytearray's own 12.5 % growth from a freed buffer
+ * cost ~35 reallocs per tape per second, ~10 % of a core at 1000 calls). 64-byte aligned
+ * (a frame of 320 or 640 bytes then starts on a cache line, which the streaming copy below
+ * writes whole). Freed with free(). */
+static int grow(void **buf, Py_ssize_t *cap, Py_ssize_t used, Py_ssize_t need, Py_ssize_t unit,
+                Py_ssize_t least) {
     Py_ssize_t c = *cap * 2 > need ? *cap * 2 : need;
     if (c < least) c = least;
-    void *nb = PyMem_Realloc(*buf, (size_t)(c * unit));
-    if (nb == NULL) {
+    void *nb = NULL;
+    if (posix_memalign(&nb, 64, (size_t)(c * unit)) != 0) {
         PyErr_NoMemory();
         return -1;
     }
+    if (used) memcpy(nb, *buf, (size_t)(used * unit));
+    free(*buf);
     *buf = nb;
     *cap = c;
-    return 0;
-}
-
-/* The audio buffer's room, 64-byte aligned (a frame of 320 or 640 bytes then starts on a
- * cache line, which the streaming copy below writes whole). Freed with free(). */
-static int grow_pcm(TapeObject *t, Py_ssize_t need) {
-    Py_ssize_t c = t->cap_pcm * 2 > need ? t->cap_pcm * 2 : need;
-    if (c < 16 * t->fb) c = 16 * t->fb;
-    void *nb = NULL;
-    if (posix_memalign(&nb, 64, (size_t)c) != 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (t->n_pcm) memcpy(nb, t->pcm, (size_t)t->n_pcm);
-    free(t->pcm);
-    t->pcm = nb;
-    t->cap_pcm = c;
     return 0;
 }
 
@@ -190,12 +178,13 @@ static void tape_copy(char *dst, const char *src, Py_ssize_t n) {
  * cut or padded with zeros to the tape's frame_bytes so every entry's audio is whole. */
 static int tape_put(TapeObject *t, int64_t tick, const char *pcm, Py_ssize_t len) {
     if (t->n_ev == t->cap_ev
-        && grow((void **)&t->ev, &t->cap_ev, t->n_ev + 1, 8, 64) < 0)
+        && grow((void **)&t->ev, &t->cap_ev, t->n_ev, t->n_ev + 1, 8, 64) < 0)
         return -1;
     t->ev[t->n_ev++] = tick;
     if (pcm != NULL) {
         Py_ssize_t fb = t->fb;
-        if (t->n_pcm + fb > t->cap_pcm && grow_pcm(t, t->n_pcm + fb) < 0) {
+        if (t->n_pcm + fb > t->cap_pcm
+            && grow((void **)&t->pcm, &t->cap_pcm, t->n_pcm, t->n_pcm + fb, 1, 16 * fb) < 0) {
             t->n_ev--;
             return -1;
         }
@@ -226,7 +215,7 @@ static PyObject *Tape_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 }
 
 static void Tape_dealloc(TapeObject *t) {
-    PyMem_Free(t->ev);
+    free(t->ev);
     free(t->pcm);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
@@ -247,11 +236,6 @@ static PyObject *Tape_sizes(TapeObject *t, PyObject *unused) {
 static PyObject *Tape_capacity(TapeObject *t, void *closure) {
     (void)closure;
     return PyLong_FromSsize_t(t->cap_ev * 8 + t->cap_pcm);
-}
-
-static PyObject *Tape_frame_bytes(TapeObject *t, void *closure) {
-    (void)closure;
-    return PyLong_FromSsize_t(t->fb);
 }
 
 static int all_zero(const char *p, Py_ssize_t n);
@@ -291,7 +275,6 @@ static PyMethodDef Tape_methods[] = {
 
 static PyGetSetDef Tape_getset[] = {
     {"capacity", (getter)Tape_capacity, NULL, "Bytes allocated for entries and audio.", NULL},
-    {"frame_bytes", (getter)Tape_frame_bytes, NULL, "The audio bytes of each frame.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -533,10 +516,9 @@ PyDoc_STRVAR(take_tape_doc,
 "detach) is given back.");
 
 /* Give back a buffer far larger than what it held (a long detach, then a take). */
-static void shrink(void **buf, Py_ssize_t *cap, Py_ssize_t used, Py_ssize_t unit,
-                   void (*release)(void *)) {
+static void shrink(void **buf, Py_ssize_t *cap, Py_ssize_t used, Py_ssize_t unit) {
     if (*cap * unit > (1 << 18) && *cap > 4 * (used + 1)) {
-        release(*buf);
+        free(*buf);
         *buf = NULL;
         *cap = 0;
     }
@@ -590,8 +572,8 @@ static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     result = PyTuple_Pack(4, parts[0], parts[1], parts[2], parts[3]);
     if (result != NULL) {
-        shrink((void **)&t->ev, &t->cap_ev, t->n_ev, 8, PyMem_Free);
-        shrink((void **)&t->pcm, &t->cap_pcm, t->n_pcm, 1, free);
+        shrink((void **)&t->ev, &t->cap_ev, t->n_ev, 8);
+        shrink((void **)&t->pcm, &t->cap_pcm, t->n_pcm, 1);
         t->n_ev = t->n_pcm = 0;
     }
 done:
