@@ -39,8 +39,12 @@ from audiosocket.protocol import FRAME_MS
 #: The C media path was built and can be used.
 NATIVE_AVAILABLE = native.AVAILABLE
 
+#: Ticks of the 20 ms clock in a second: the once-a-second work is spread over them.
+TICKS_PER_SECOND = 1000 // FRAME_MS
+
 __all__ = [
     "NATIVE_AVAILABLE",
+    "TICKS_PER_SECOND",
     "Clock",
     "NativeOwner",
     "Playback",
@@ -71,9 +75,14 @@ class Clock:
         interval: float = FRAME_MS / 1000,
         *,
         resync_after: float = 0.2,
+        block_ticks: int = 2 * TICKS_PER_SECOND,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        if block_ticks < 1:
+            raise ValueError("block_ticks must be >= 1")
         self.interval = interval
+        #: Ticks between two blocks of one taped line (``media_block_s``), spread evenly.
+        self.block_ticks = block_ticks
         self.resync_after = resync_after
         self._loop = loop
         self._playouts: dict[int, Playout] = {}
@@ -83,6 +92,9 @@ class Clock:
         self._in_events = False
         self.native_events = 0
         self._flush_order: list[Playout] = []
+        # Taped lines by the tick (modulo block_ticks) they get their block on; a line
+        # detached meanwhile is dropped from its bucket when the bucket comes round.
+        self._blocks: list[list[tuple[object, ...]]] = [[] for _ in range(block_ticks)]
         self._handle: asyncio.TimerHandle | None = None
         self._t0 = 0.0
         self._k = 0
@@ -143,6 +155,11 @@ class Clock:
             return False
         self._native[key] = line
         self._rebuild()
+        if line[LINE.TAPE] is not None:
+            # The emptiest bucket: a thousand lines attached in one tick (back from a
+            # stall) are spread over the ticks, not drained in one. Any bucket comes round
+            # within block_ticks, so a line's first block is no later than its next ones.
+            min(self._blocks, key=len).append(line)
         return True
 
     def detach(self, line: tuple[object, ...]) -> None:
@@ -311,23 +328,29 @@ class Clock:
 
     def _flush_slice(self) -> None:
         """Frames-out counts for 1/50 of the calls per tick, so each once a second: in one
-        piece, 1000 calls made one tick a second ~2 ms longer, late for every call."""
-        slot = self.ticks % 50
+        piece, 1000 calls made one tick a second ~2 ms longer, late for every call. Each taped
+        line hands its app a block once every ``block_ticks``, its bucket's turn."""
+        slot = self.ticks % TICKS_PER_SECOND
         if slot == 0:
             self._flush_order = list(self._playouts.values())
             metrics.NATIVE_LINES.set(len(self._lines))
         order = self._flush_order
-        step = -(-len(order) // 50)
-        native_lines = self._native
+        step = -(-len(order) // TICKS_PER_SECOND)
         for playout in order[slot * step : (slot + 1) * step]:
             if id(playout) in self._playouts:
                 self._count(playout)
-                # A taped line's audio goes to its app in the same slice: about once a
-                # second per call, one Python call where the Python path makes two a frame.
-                line = native_lines.get(id(playout))
-                if line is not None and line[LINE.TAPE] is not None:
-                    owner: NativeOwner = line[LINE.OWNER]  # type: ignore[assignment]
-                    owner._drain_tape()
+        # A taped line's audio goes to its app as one block every block_ticks (one Python
+        # call where the Python path makes two a frame). Its cost is mostly per block, not
+        # per second of audio: at 1000 silent ivr calls a block every 2 s instead of every
+        # second saved ~4 % of a core (docs/BENCHMARKS.md).
+        bucket = self._blocks[self.ticks % self.block_ticks]
+        if bucket:
+            native_lines = self._native
+            bucket[:] = [line for line in bucket
+                         if native_lines.get(id(line[LINE.PLAYOUT])) is line]  # attached
+            for line in bucket:
+                owner: NativeOwner = line[LINE.OWNER]  # type: ignore[assignment]
+                owner._drain_tape()
 
     def _flush_metrics(self) -> None:
         """Every call's frames-out counts at once (when the clock stops; while it runs,

@@ -30,7 +30,7 @@ import structlog
 
 from audiosocket import metrics
 from audiosocket.call import Call, CallIds
-from audiosocket.clock import NATIVE_AVAILABLE, Clock
+from audiosocket.clock import NATIVE_AVAILABLE, TICKS_PER_SECOND, Clock
 from audiosocket.connection import Connection
 from audiosocket.hooks import AppFactory
 from audiosocket.peerlog import PeerLogLimit
@@ -79,7 +79,9 @@ class AudioSocketServer:
         self.session_factory = session_factory
         self.app_name = app_name
         self.loop = asyncio.get_event_loop()
-        self.clock = clock or Clock(loop=self.loop)
+        self.clock = clock or Clock(
+            loop=self.loop, block_ticks=max(1, round(config.media_block_s * TICKS_PER_SECOND))
+        )
         #: Frames of the prompts every call plays, made once (see ClipFrames).
         self.clip_frames = ClipFrames()
         self.calls: dict[str, Connection] = {}

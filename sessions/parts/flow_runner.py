@@ -278,6 +278,10 @@ class FlowRunner:
             await self.call.play(beep(self.rate))
         while not self._inputs.empty():  # keys pressed before the tone do not stop it
             self._inputs.get_nowait()
+        # What is taped so far goes to the app now, before the message starts (so none of
+        # it is in the message), and the message is heard frame by frame: a silent caller's
+        # last block would otherwise still be on the tape when the message stops.
+        self.call.wake_media()
         self.message.start(min(int(r.max_seconds * self.rate) * 2, MESSAGE_MAX_BYTES))
         start = self.call.time
         self.message.last_voice = start

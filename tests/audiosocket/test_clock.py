@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 
 import pytest
 
-from audiosocket.clock import Clock, Playout
-from audiosocket.native import frame_clip
+from audiosocket.clock import NATIVE_AVAILABLE, TICKS_PER_SECOND, Clock, Playout
+from audiosocket.native import LINE, frame_clip
 from audiosocket.playout import ClipFrames
 from audiosocket.protocol import Audio, Decoder
 
@@ -468,3 +469,72 @@ def test_plain_flag_follows_listener_streams_and_playbacks() -> None:
         assert not Playout(FakeTransport(), 8000, lead_ms=40).plain
 
     asyncio.run(go())
+
+
+class BlockOwner:
+    """A taped line's owner that only counts the blocks the clock asks it for."""
+
+    _native_line: tuple[object, ...] | None = None
+
+    def __init__(self) -> None:
+        self.blocks: list[int] = []
+        self.clock: Clock | None = None
+
+    def _drain_tape(self) -> None:
+        assert self.clock is not None
+        self.blocks.append(self.clock.ticks)
+
+    def _detach_native(self) -> None:
+        pass
+
+    def _native_read_event(self, event: str, payload: object) -> None:
+        pass
+
+
+@pytest.mark.skipif(not NATIVE_AVAILABLE, reason="audiosocket._wire not built")
+def test_taped_lines_get_one_block_every_block_ticks_spread_over_the_ticks() -> None:
+    every, n = 4, 10
+    clock = Clock(block_ticks=every)
+    owners = []
+    for i in range(n + 1):
+        playout = Playout(FakeTransport(), 8000)
+        clock.register(playout)
+        owner = BlockOwner()
+        owner.clock = clock
+        line: list[object] = [None] * LINE.size
+        line[LINE.PLAYOUT], line[LINE.OWNER] = playout, owner
+        # The last line has no tape (a relay such as echo): it never gets a block.
+        line[LINE.TAPE] = object() if i < n else None
+        assert clock.attach(tuple(line))
+        owners.append(owner)
+    per_tick = []
+    for _ in range(3 * every):
+        before = sum(len(o.blocks) for o in owners)
+        clock._flush_slice()
+        per_tick.append(sum(len(o.blocks) for o in owners) - before)
+        clock.ticks += 1
+    assert all(len(o.blocks) == 3 for o in owners[:n])
+    assert all(b - a == every for o in owners[:n] for a, b in pairwise(o.blocks))
+    assert not owners[n].blocks
+    assert max(per_tick) == -(-n // every)  # spread: at most a 1/every share in one tick
+    # A line detached meanwhile gets no block from the clock (detaching drained it).
+    gone = owners[0]
+    clock.detach(clock._native[id(clock._lines[0][LINE.PLAYOUT])])
+    taken = len(gone.blocks)
+    for _ in range(every):
+        clock._flush_slice()
+        clock.ticks += 1
+    assert len(gone.blocks) == taken
+    assert all(len(o.blocks) == 4 for o in owners[1:n])
+
+
+def test_media_block_s_sets_the_servers_block_ticks() -> None:
+    from audiosocket.config import Config, ConfigError
+
+    Config(media_block_s=0.5).validate()
+    assert round(0.5 * TICKS_PER_SECOND) == 25
+    for bad in (0.0, 0.01, 11.0):
+        with pytest.raises(ConfigError, match="media_block_s"):
+            Config(media_block_s=bad).validate()
+    with pytest.raises(ValueError, match="block_ticks"):
+        Clock(block_ticks=0)

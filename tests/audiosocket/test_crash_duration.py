@@ -30,7 +30,7 @@ def test_kill_9_mid_call_then_restart_stores_the_recorded_length(tmp_path: Path)
     )
     assert caller.stdout is not None
     call_uuid = caller.stdout.readline().strip()
-    time.sleep(3.0)
+    time.sleep(4.5)  # more than a block (media_block_s) has reached the file
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     caller.wait(timeout=10)

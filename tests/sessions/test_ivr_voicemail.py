@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from audiosocket.caller import place_call
+from audiosocket.clock import NATIVE_AVAILABLE
 from sessions.ivr import IvrSession
 from tests.helpers.speech_fixtures import silence, synth_speech, wer
 from tests.helpers.store.api_view import aapi_call
@@ -117,3 +118,41 @@ async def test_voicemail_and_both_sides_end_to_end(start_server: Any) -> None:
                 assert r.status == 404
     finally:
         await served.close()
+
+
+async def test_a_silent_message_on_the_c_path_keeps_its_last_seconds(start_server: Any) -> None:
+    """A caller who leaves nothing but digital silence rides the C path in blocks until the
+    message starts; the message is then heard frame by frame (the flow wakes the call), so
+    it holds every second up to the silence that ends it, not only what a block had
+    delivered by then (blocks come every ``media_block_s``)."""
+    server = await start_server(IvrSession, media_block_s=5.0)
+    most = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal most
+        while not done.is_set():
+            most = max(most, server.clock.native_lines)
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    result = await place_call("127.0.0.1", server.port, pcm=silence(30), send_silence=True,
+                              dtmf="3", dtmf_delay=3.5, max_seconds=60, linger=30)
+    done.set()
+    await watcher
+    assert result.hangup_by_server
+    if NATIVE_AVAILABLE:
+        assert most >= 1  # the call did ride the C path
+    store = server.ctx.services.store
+    call: dict[str, Any] | None = None
+    for _ in range(200):
+        await store.aflush()
+        call = await aapi_call(store, result.uuid)
+        if call and call["messages"]:
+            break
+        await asyncio.sleep(0.1)
+    assert call and call["messages"], call
+    (msg,) = call["messages"]
+    assert msg["stopped_by"] == "silence"
+    # Stopped after 3 s of quiet (the demo's silence_seconds): all of it is in the message.
+    assert 2.9 <= msg["seconds"] <= 3.6, msg
