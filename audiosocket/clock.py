@@ -342,7 +342,7 @@ class Clock:
         # A taped line's audio goes to its app as one block every block_ticks (one Python
         # call where the Python path makes two a frame). Its cost is mostly per block, not
         # per second of audio: at 1000 silent ivr calls a block every 2 s instead of every
-        # second saved ~4 % of a core (docs/BENCHMARKS.md).
+        # second saved ~4-5 % of a core (docs/BENCHMARKS.md).
         bucket = self._blocks[self.ticks % self.block_ticks]
         if bucket:
             native_lines = self._native

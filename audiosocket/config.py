@@ -180,7 +180,7 @@ class Config:
     # (seconds). Speech onset and a listen-in do not wait for it (the C path wakes the call
     # at the first sound); it bounds how far the recording file trails the call. Each block
     # costs the app a fixed share of Python: at 1000 silent ivr calls, 2 s instead of 1 s
-    # saved ~4 % of a core, 5 s another ~2 %; each second held is ~32 kB per call at 8 kHz.
+    # saved ~4-5 % of a core, 5 s another ~2-3 %; each second held is ~32 kB per call at 8 kHz.
     media_block_s: float = 2.0
     stt: SttConfig = field(default_factory=SttConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
