@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid as _uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,6 +151,10 @@ class Call:
         the result for playback-complete. ``shared``: other calls play this very object
         too (a cached prompt), so its frames are made once for all of them."""
         return self.playout.play(pcm, silence_after=silence_after, shared=shared)
+
+    def play_parts(self, parts: Sequence[tuple[bytes, int]], *, shared: bool = False) -> Playback:
+        """:meth:`play` of ``(pcm, silence_after)`` parts as one clip (one completion)."""
+        return self.playout.play_parts(parts, shared=shared)
 
     def feed(self, pcm: bytes) -> None:
         """Queue live audio (no padding, no completion event), held at the

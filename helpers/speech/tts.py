@@ -343,6 +343,29 @@ class TtsEngine:
             CACHE_HITS.inc()
         return pcm
 
+    def hot_parts(self, text: str, rate: int) -> list[tuple[bytes, int]] | None:
+        """``(pcm, pause)`` of every sentence, as :meth:`stream_parts` yields them, when all
+        are in the cache's RAM layer (a fixed prompt, pre-warmed); else None. Never blocks:
+        such a prompt can be queued whole at once."""
+        cache = self.cache
+        if cache is None:
+            return None
+        sentences = self._sentences(text)
+        if not sentences:
+            return None
+        pcms = []
+        for sentence in sentences:
+            pcm = cache.get_hot(self._key(sentence, rate))
+            if pcm is None:
+                return None
+            pcms.append(pcm)
+        CACHE_HITS.inc(len(pcms))
+        if len(pcms) > 1:
+            ADMISSIONS.labels(how="whole").inc()  # as stream_parts counts a ready prompt
+        pause = len(self.pause(rate))
+        last = len(pcms) - 1
+        return [(pcm, 0 if i == last else pause) for i, pcm in enumerate(pcms)]
+
     def pause(self, rate: int) -> bytes:
         """The inter-sentence silence at ``rate``."""
         return bytes(2 * round(rate * SENTENCE_PAUSE_MS / 1000))

@@ -71,23 +71,36 @@ class Speaker:
         last: Playback | None = None
         heard: list[float] = []
         completed = False
+
+        def first(pb: Playback) -> None:  # the prompt's first clip: its start is timed
+            pb.started.add_done_callback(
+                lambda f: None if f.cancelled() else SAY_FIRST_FRAME.labels(
+                    cached=str(cached).lower()).observe(f.result() - asked)
+            )
+            self._note_first_frame(pb, heard)
+
         try:
-            playout.begin_stream()
-            try:
-                async for pcm, pause in tts.stream_parts(text, self.rate):
-                    if self.call.ended or self._clears != cleared_before:
-                        return False
-                    # The prompt cache's own object: its frames are shared by every call.
-                    pb = self.call.play(pcm, silence_after=pause, shared=True)
-                    if last is None:
-                        pb.started.add_done_callback(
-                            lambda f: None if f.cancelled() else SAY_FIRST_FRAME.labels(
-                                cached=str(cached).lower()).observe(f.result() - asked)
-                        )
-                        self._note_first_frame(pb, heard)
-                    last = pb
-            finally:
-                playout.end_stream()
+            hot = tts.hot_parts(text, self.rate)
+            if hot is not None:
+                if self.call.ended:
+                    return False
+                # Every sentence ready (a fixed prompt): one clip, so one start and one
+                # completion for the prompt instead of a clip and two marks per sentence.
+                last = self.call.play_parts(hot, shared=True)
+                first(last)
+            else:
+                playout.begin_stream()
+                try:
+                    async for pcm, pause in tts.stream_parts(text, self.rate):
+                        if self.call.ended or self._clears != cleared_before:
+                            return False
+                        # The prompt cache's own object: its frames are shared by every call.
+                        pb = self.call.play(pcm, silence_after=pause, shared=True)
+                        if last is None:
+                            first(pb)
+                        last = pb
+                finally:
+                    playout.end_stream()
             if last is None:
                 completed = True
                 return True

@@ -87,6 +87,29 @@ async def test_play_with_silence_after_queues_the_pause_as_the_shared_silent_fra
     assert list(joined._frames) == [header_of(p) + f.payload for f in t.frames()]
 
 
+async def test_play_parts_is_one_clip_of_the_parts_played_in_turn() -> None:
+    """Several (pcm, pause) parts as one clip: the same frames as playing them one after
+    another (shared ones included), one start and one completion for all of them."""
+    shared = ClipFrames()
+    parts = [(bytes([1, 0]) * 400, 640), (bytes([2, 0]) * 160, 640), (bytes([3, 0]) * 200, 0)]
+    one = Playout(FakeTransport(), 8000, shared=shared)
+    pb = one.play_parts(parts, shared=True)
+    apart = Playout(FakeTransport(), 8000, shared=shared)
+    pbs = [apart.play(pcm, silence_after=pause, shared=True) for pcm, pause in parts]
+    assert list(one._frames) == list(apart._frames)
+    assert pb.frames == sum(x.frames for x in pbs) == 10  # 5 + 3 + 2
+    assert len(one._marks) == len(one._start_marks) == 1  # against 3 and 3 played apart
+    assert len(apart._marks) == 3
+    for _ in range(9):
+        one.tick()
+    assert pb.started.done() and not pb.done()
+    one.tick()
+    assert await pb is True
+    for _ in range(10):
+        apart.tick()
+    assert one.transport.frames() == apart.transport.frames()  # type: ignore[attr-defined]
+
+
 def test_play_past_the_bound_drops_the_oldest_frames_and_counts_them() -> None:
     async def go() -> None:
         p = Playout(FakeTransport(), 8000, max_seconds=0.1)  # 5 frames

@@ -263,6 +263,16 @@ async def test_prewarm_then_stream_without_thread_hop(tmp_path: Path) -> None:
     chunks = [c async for c in cached_only.stream(texts[0], 16000)]
     assert b"".join(chunks) == expected
     assert _counter("audiosocket_tts_cache_hits_total") == hits0 + 2
+    # Every sentence hot: the parts at once, the same objects stream_parts yields.
+    hits0 = _counter("audiosocket_tts_cache_hits_total")
+    hot = cached_only.hot_parts(texts[0], 16000)
+    streamed = [p async for p in cached_only.stream_parts(texts[0], 16000)]
+    assert hot is not None and len(hot) == 2
+    assert all(a[0] is b[0] and a[1] == b[1] for a, b in zip(hot, streamed, strict=True))
+    assert _counter("audiosocket_tts_cache_hits_total") == hits0 + 4
+    assert cached_only.hot_parts(texts[0], 8000) is not None
+    assert cached_only.hot_parts("Welcome to the demo line. Not cached.", 16000) is None
+    assert cached_only.hot_parts("", 16000) is None
     cached_only.close()
 
 
