@@ -4,6 +4,10 @@ Split from ``clock.py`` (the clock drives these; the server and apps fill them).
 holds wire frames, so a tick writes each with no per-frame work, and counts the call's
 timeline (``ticks``) and what went out; while the C media path carries the call, those
 counters live in the line's state and ``sync_counters`` folds them in.
+
+A little over 600 lines, on purpose: the queue, its playback marks, the tick and the C
+path's mirror of them (``_native_plan``, ``sync_counters``) read and write the same fields,
+and split apart each would reach into the other's privates (as ``Clock`` once did).
 """
 
 from __future__ import annotations
