@@ -355,10 +355,25 @@ class CallRecorder:
         else:  # a resync skipped slots: each frame where it went out
             for i, slot in enumerate(slots.tolist()):
                 self._put(self._out, slot, sent[i * fb : (i + 1) * fb])
+        # Flush where the rounds would have: they check after every slot, so the file's
+        # base (and with it which late partial frame still has a slot) is the same.
+        every, hold = self.flush_every, self.hold_slots
+        out_pos = self._out_pos
+        if last - first_slot == n - 1 and out_pos <= first_slot:
+            # Consecutive slots: out_pos steps by one, crossing base + every + hold each
+            # time, and each flush moves the base by ``every``.
+            crossings = (last + 1 - base - every - hold) // every + 1
+            if crossings > 0:
+                self._out_pos = last + 1
+                self._flush(base + every * crossings)
+        else:
+            for slot in slots.tolist():
+                if slot >= out_pos:
+                    out_pos = slot + 1
+                if out_pos - self._base >= every + hold:
+                    self._flush(out_pos - hold)
         if last >= self._out_pos:
             self._out_pos = last + 1
-        if self._out_pos - base >= self.flush_every + self.hold_slots:
-            self._flush(self._out_pos - self.hold_slots)
         return True
 
     def _put(self, slots: bytearray, index: int, pcm: bytes | None) -> None:
