@@ -70,7 +70,8 @@ class SegmentQueries(StoreCore):
             ).fetchone()
             return int(row[0])
 
-        return self._submit(op, "add_segment")
+        # Lazy: a line is read by search and the call page, never the instant it is said.
+        return self._submit(op, "add_segment", lazy=True)
 
     def replace_final_transcript(
         self, call_uuid: str, segments: Sequence[dict[str, Any]]

@@ -455,6 +455,62 @@ def test_concurrent_claims_never_hand_out_a_job_twice(store: CallStore) -> None:
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 50
 
 
+# ---- lazy writes: transcript lines share a commit ------------------------------------
+
+
+def count_commits(store: CallStore) -> list[int]:
+    """Count the writer's COMMITs from now on (the list's one item)."""
+    n = [0]
+    commit = store._dialect.commit
+
+    def counted(conn: Any) -> None:
+        n[0] += 1
+        commit(conn)
+
+    store._dialect.commit = counted  # type: ignore[method-assign]
+    return n
+
+
+def test_lines_said_within_the_window_share_one_commit(store_target: str | Path) -> None:
+    # Spaced as prompts end on many calls: without the window each line committed alone.
+    with CallStore(store_target, commit_window_s=2.0) as store:
+        cid = make_call(store)
+        store.flush()
+        commits = count_commits(store)
+        lines = []
+        for i in range(10):
+            lines.append(store.add_segment(cid, i, i + 1, f"line {i}", None, None,
+                                           speaker="server"))
+            time.sleep(0.02)
+        assert all(f.result(10) > 0 for f in lines)
+        assert commits[0] == 1
+        assert len(api_call(store, cid)["transcript"]) == 10  # type: ignore[arg-type]
+
+
+def test_a_lazy_line_alone_commits_when_its_window_ends(store_target: str | Path) -> None:
+    with CallStore(store_target, commit_window_s=0.3) as store:
+        cid = make_call(store)
+        store.flush()
+        started = time.monotonic()
+        assert store.add_segment(cid, 0, 1, "alone", None, None).result(10) > 0
+        assert time.monotonic() - started >= 0.25
+
+
+def test_any_other_write_or_a_flush_ends_the_wait(store_target: str | Path) -> None:
+    # A window far longer than the timeouts: only the ending rule lets these pass.
+    with CallStore(store_target, commit_window_s=60.0) as store:
+        cid = make_call(store)
+        store.flush()
+        commits = count_commits(store)
+        line = store.add_segment(cid, 0, 1, "first", None, None)
+        store.call_ended(cid, T0 + 5, "hangup", 0, 0)
+        assert line.result(5) > 0
+        assert commits[0] == 1  # the line and the write behind it, in order, together
+        line = store.add_segment(cid, 1, 2, "second", None, None)
+        store.flush(timeout=5)
+        assert line.done() and line.result() > 0
+
+
 # ---- the writer under failure ---------------------------------------------------------
 
 
