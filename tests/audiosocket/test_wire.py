@@ -400,6 +400,41 @@ def test_a_taped_line_records_both_directions_with_their_ticks(pair: Any) -> Non
     assert recv_exactly(peer, 3 * 323) == frame(9) + playout._silence * 2
 
 
+def test_a_queued_frame_is_taped_by_reference_and_let_go_when_taken(pair: Any) -> None:
+    """A prompt's frame goes on the tape as a reference (its payload is copied only by
+    take_tape, in order with what was copied); a short one is copied and padded."""
+    import sys
+
+    ours, peer = pair
+    line, playout, tape = taped_line(ours)
+    prompt = [frame(20 + k) for k in range(3)]
+    short = encode_audio(b"\x07\x00" * 80)  # 160 bytes: the tape pads it to 320
+    held = [sys.getrefcount(f) for f in prompt]
+    for f in [*prompt, short]:
+        playout.append_frame(f)
+    for k in range(5):
+        peer.sendall(frame(k + 1))
+        settle()
+        assert _wire.pump([line], 1) == []
+    # Queued frames popped and sent: each prompt frame is now held by the tape alone.
+    assert [sys.getrefcount(f) for f in prompt] == [n + 1 for n in held]
+    assert tape.sizes() == (5 * 320, 5 * 8, 4 * 320, 5 * 8)
+    taken = _wire.take_tape(tape, 320)
+    assert taken is not None
+    assert taken[2] == b"".join(f[3:] for f in prompt) + b"\x07\x00" * 80 + bytes(160 + 320)
+    assert taken[0] == b"".join(frame(k + 1)[3:] for k in range(5))
+    assert [sys.getrefcount(f) for f in prompt] == held
+    # A tape dropped while it holds frames lets them go.
+    playout.append_frame(prompt[0])
+    peer.sendall(frame(9))
+    settle()
+    assert _wire.pump([line], 1) == []
+    assert sys.getrefcount(prompt[0]) == held[0] + 1
+    line[1]._native_line = None  # type: ignore[attr-defined]  # the owner let go of the line
+    del line, tape
+    assert sys.getrefcount(prompt[0]) == held[0]
+
+
 def test_taking_a_tape_empties_it_and_keeps_its_capacity(pair: Any) -> None:
     """A second of frames, taken, then another: the same bytes in order, and the second
     second appends into the buffers the first one grew (no realloc churn per second)."""
