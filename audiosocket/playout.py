@@ -381,16 +381,18 @@ class Playout:
         first_seq = self._queued_seq + 1
         # One C call frames each part (a Python loop per frame cost ~0.2 µs each, a
         # prompt hundreds of frames per call); frames of pure silence are the shared one.
-        clip: Sequence[bytes] = ()
+        framed: list[Sequence[bytes]] = []
         for pcm, silence_after in parts:
             if shared and self.shared is not None:
-                framed: Sequence[bytes] = self.shared.frames(
-                    self._header, pcm, self.frame_size, silence_after, self._silence)
+                framed.append(self.shared.frames(
+                    self._header, pcm, self.frame_size, silence_after, self._silence))
             else:
-                framed = frame_clip(self._header, pcm, self.frame_size, silence_after,
-                                    self._silence)
-            clip = framed if not clip else [*clip, *framed]
-        self._frames.extend(clip)
+                framed.append(frame_clip(self._header, pcm, self.frame_size, silence_after,
+                                         self._silence))
+        n_frames = 0
+        for frames in framed:  # queued once all are framed: a failure queues none
+            self._frames.extend(frames)
+            n_frames += len(frames)
         if len(self._frames) > self.max_frames:
             self._drop_oldest()
             self._resolve_marks()
@@ -402,7 +404,7 @@ class Playout:
             self._marks.append((self._queued_seq, fut))
             self._start_marks.append((first_seq, started))
             self._replan()
-        return Playback(fut, len(clip), started)
+        return Playback(fut, n_frames, started)
 
     def _push(self, pcm: bytes) -> None:
         # The queue holds wire frames, so the tick writes each with no per-frame work.

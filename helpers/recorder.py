@@ -285,8 +285,13 @@ class CallRecorder:
         self._place_batch()  # the caller's frames of the last tick, before anything flushes
         self._put(self._out, slot, pcm)
         self._out_pos = max(self._out_pos, slot + 1)
-        # The last hold_slots stay in memory so a burst after a gap can still be placed
-        # where it belongs (add_inbound); the cost is that much more lost in a crash.
+        self._flush_due()
+
+    def _flush_due(self) -> None:
+        """The rounds' flush, checked after each slot: once ``flush_every`` slots are past
+        the held ones, all but the last ``hold_slots`` go to the writer. They stay in
+        memory so a burst after a gap can still be placed where it belongs (add_inbound);
+        the cost is that much more lost in a crash."""
         if self._out_pos - self._base >= self.flush_every + self.hold_slots:
             self._flush(self._out_pos - self.hold_slots)
 
@@ -368,10 +373,9 @@ class CallRecorder:
                 self._flush(base + every * crossings)
         else:
             for slot in slots.tolist():
-                if slot >= out_pos:
-                    out_pos = slot + 1
-                if out_pos - self._base >= every + hold:
-                    self._flush(out_pos - hold)
+                if slot >= self._out_pos:
+                    self._out_pos = slot + 1
+                self._flush_due()
         if last >= self._out_pos:
             self._out_pos = last + 1
         return True

@@ -329,10 +329,11 @@ def test_sigterm_refuses_new_calls_at_once_and_stays_healthy_until_its_calls_end
                 except ConnectionRefusedError:
                     refused_at = time.monotonic() - sent
                     break
-                except TimeoutError:
+                except (TimeoutError, ConnectionResetError):
                     # A SYN that met the listener as it closed can be dropped (the kernel
                     # answers nothing; a client would resend it in 1 s and then be
-                    # refused): not accepted, and not yet the refusal. Seen once in CI.
+                    # refused), or reset when its handshake was under way as the socket
+                    # closed: not accepted, and not yet the refusal. Each seen once.
                     pass
                 await asyncio.sleep(0.01)
             assert refused_at is not None, "the AudioSocket port still accepts after SIGTERM"
