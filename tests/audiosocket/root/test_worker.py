@@ -34,9 +34,10 @@ SAYINGS = [
 ]
 
 
-def seed(data: Path, sayings: list[str]) -> list[str]:
+def seed(data: Path, sayings: list[str], repeat: int = 1) -> list[str]:
     """Ended calls with their stereo recordings and queued jobs: what a server that leaves
-    the work to workers (``postcall.workers_in_server = false``) leaves in the store."""
+    the work to workers (``postcall.workers_in_server = false``) leaves in the store. Each
+    call says its saying ``repeat`` times."""
     rec = data / "recordings"
     rec.mkdir(parents=True)
     store = CallStore(data).open()
@@ -44,7 +45,8 @@ def seed(data: Path, sayings: list[str]) -> list[str]:
     ids = []
     for text in sayings:
         cid = uuid.uuid4().hex
-        mono = np.frombuffer(silence(0.3) + synth_speech(text) + silence(0.3), "<i2")
+        mono = np.frombuffer(silence(0.3) + synth_speech(" ".join([text] * repeat))
+                             + silence(0.3), "<i2")
         stereo = np.zeros(len(mono) * 2, "<i2")
         stereo[0::2] = mono
         wav = rec / f"{cid}.wav"
@@ -145,7 +147,9 @@ def test_steps_then_sigkill_mid_transcript_costs_only_time(
     tmp_path: Path, workers: list[subprocess.Popen[bytes]]
 ) -> None:
     data = tmp_path / "data"
-    ids = seed(data, SAYINGS[:2])
+    # Long calls: a transcript of one saying took ~0.3 s, and beside two CPU hogs the
+    # test's polls missed its running state altogether (the suite once timed out waiting).
+    ids = seed(data, SAYINGS[:2], repeat=8)
     ffmpeg_steps = {"archive_aac", "archive_mp3", "peaks"}
     # --steps ffmpeg takes only those steps.
     first = start_worker(data, workers, "--steps", "ffmpeg", log=tmp_path / "ffmpeg.log")
