@@ -259,7 +259,8 @@ static PyObject *Tape_sizes(TapeObject *t, PyObject *unused) {
     Py_ssize_t n[4] = {0, 0, 0, 0};
     for (Py_ssize_t k = 0; k < t->n_ev; k++) {
         int out = (t->ev[k] & OUT_ENTRY) != 0;
-        n[out ? TAPE_OUT_TICKS : TAPE_IN_TICKS] += 8;  /* a REF_ENTRY's audio counts too */
+        n[out ? TAPE_OUT_TICKS : TAPE_IN_TICKS] += 8;
+        /* A REF_ENTRY's audio counts too: take_tape hands it back like copied audio. */
         if (!(t->ev[k] & SILENT_SLOT)) n[out ? TAPE_OUT_PCM : TAPE_IN_PCM] += t->fb;
     }
     return Py_BuildValue("(nnnn)", n[0], n[1], n[2], n[3]);

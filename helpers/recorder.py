@@ -362,12 +362,11 @@ class CallRecorder:
                 self._put(self._out, slot, sent[i * fb : (i + 1) * fb])
         # Flush where the rounds would have: they check after every slot, so the file's
         # base (and with it which late partial frame still has a slot) is the same.
-        every, hold = self.flush_every, self.hold_slots
-        out_pos = self._out_pos
-        if last - first_slot == n - 1 and out_pos <= first_slot:
+        if last - first_slot == n - 1 and self._out_pos <= first_slot:
             # Consecutive slots: out_pos steps by one, crossing base + every + hold each
             # time, and each flush moves the base by ``every``.
-            crossings = (last + 1 - base - every - hold) // every + 1
+            every = self.flush_every
+            crossings = (last + 1 - base - every - self.hold_slots) // every + 1
             if crossings > 0:
                 self._out_pos = last + 1
                 self._flush(base + every * crossings)
