@@ -115,6 +115,11 @@ RACE = textwrap.dedent("""
         t.start()
     uvloop.run(main())
     stop.set()
+    # Joined, not left as daemons: a daemon thread still inside an OpenBLAS call when the
+    # interpreter finalizes can hang the exit (seen once in a fresh clone's make test: the
+    # spawns had all finished, the process never exited).
+    for t in threads:
+        t.join()
 """)
 
 
