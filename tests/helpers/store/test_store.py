@@ -80,6 +80,8 @@ def test_open_sets_wal_version_and_pragmas(sqlite_store: CallStore, tmp_path: Pa
     assert writer_value(store, "PRAGMA user_version") == len(MIGRATIONS)
     assert writer_value(store, "PRAGMA foreign_keys") == 1
     assert writer_value(store, "PRAGMA synchronous") == 1  # NORMAL
+    # Each write's SAVEPOINT journal in memory, not a pwrite per page to a temp file.
+    assert writer_value(store, "PRAGMA temp_store") == 2  # MEMORY
 
 
 def test_opening_a_v0_database_migrates_it(tmp_path: Path) -> None:
