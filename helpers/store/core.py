@@ -243,8 +243,7 @@ class StoreCore:
             return
         self._open = False
         stop = _Control("stop")
-        self._queue.put(stop)  # blocking put: the stop must not be dropped
-        self._urgent.set()
+        self._enqueue(stop, block=True)  # the stop must not be dropped
         if self._writer is not None:
             # Wait for the writer, not for the barrier alone: should the thread ever die
             # before reaching the stop, close() must still return (and say so).
@@ -294,15 +293,21 @@ class StoreCore:
             log.warning("store_write_after_close", op=name)
             return fut
         try:
-            self._queue.put_nowait(_Write(op, fut, name, skip_if_cancelled=skip_if_cancelled,
-                                          lazy=lazy))
-            if not lazy:
-                self._urgent.set()
+            self._enqueue(_Write(op, fut, name, skip_if_cancelled=skip_if_cancelled, lazy=lazy))
         except queue.Full:
             STORE_ERRORS.labels(kind="queue_full").inc()
             log.error("store_queue_full", op=name, depth=self._queue.qsize())
             fut.set_exception(RuntimeError("store write queue full"))
         return fut
+
+    def _enqueue(
+        self, item: _Write | _Control, *, block: bool = False, timeout: float | None = None
+    ) -> None:
+        """Queue ``item`` for the writer (``queue.Full`` when it does not fit); anything
+        but a lazy write also ends a commit window's wait (``_gather_lazy``)."""
+        self._queue.put(item, block, timeout)
+        if not (isinstance(item, _Write) and item.lazy):
+            self._urgent.set()
 
     def _writer_main(self, ready: concurrent.futures.Future[None]) -> None:
         try:
@@ -498,8 +503,7 @@ class StoreCore:
         if not self._open:
             return
         barrier = _Control("flush")
-        self._queue.put(barrier, timeout=timeout)
-        self._urgent.set()
+        self._enqueue(barrier, block=True, timeout=timeout)
         barrier.future.result(timeout)
 
     async def aflush(self) -> None:
@@ -507,8 +511,7 @@ class StoreCore:
         if not self._open:
             return
         barrier = _Control("flush")
-        self._queue.put_nowait(barrier)
-        self._urgent.set()
+        self._enqueue(barrier)
         await asyncio.wrap_future(barrier.future)
 
     def pending_writes(self) -> int:
