@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -204,6 +205,7 @@ class VadSegmenter:
         self._silero = (SileroClassifier(rate, silero_threshold, models=models)
                         if engine == "silero" else None)
         self._silence = bytes(self.frame_bytes)
+        self._quiet = (self._silence, False)  # a ring entry of digital silence
         self.on_speech_start = on_speech_start
         self.start_frames = start_frames
         self._start_window = 2 * start_frames
@@ -313,8 +315,8 @@ class VadSegmenter:
     def _skip_zeros(self, k: int) -> None:
         """What k rounds of _classify (all False, past the fixed point) and _frame (idle:
         the ring keeps the last frames) leave behind, at once."""
-        for _ in range(min(k, self._pre_frames)):
-            self._ring.append((self._silence, False))
+        # One C call: this runs once per silent call per block, a thousand calls a second.
+        self._ring.extend(repeat(self._quiet, min(k, self._pre_frames)))
         self.frames_seen += k
         self.zero_run += k
         self._next_tick += k
@@ -330,9 +332,8 @@ class VadSegmenter:
             if not self._in_speech:
                 # Idle: the gap wipes the start window; keep the ring's audio aligned by
                 # adding silent frames, at most a ring's worth.
-                gap = min(tick - self._next_tick, self._pre_frames)
-                for _ in range(gap):
-                    self._ring.append((self._silence, False))
+                self._ring.extend(repeat(self._quiet, min(tick - self._next_tick,
+                                                          self._pre_frames)))
                 self._next_tick = tick
                 break
             self._frame(self._silence, self._next_tick, False, out)
