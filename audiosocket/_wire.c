@@ -129,11 +129,6 @@ static line_state *state_of(PyObject *line) {
  * object's one header, the next entry and the next audio bytes, each written in order. */
 typedef struct {
     PyObject_HEAD
-    /* Digital silence on consecutive ticks, one frame each, not yet written as entries:
-     * per direction, the first tick and how many (see tape_put). Next to the header, which
-     * the pump reads anyway. */
-    int64_t run_first[2];
-    Py_ssize_t run_n[2];
     int64_t *ev;
     char *pcm;
     PyObject **refs; /* the frames of REF_ENTRY entries, in order (strong references) */
@@ -188,46 +183,9 @@ static void tape_copy(char *dst, const char *src, Py_ssize_t n) {
     memcpy(dst, src, (size_t)n);
 }
 
-/* Write out a direction's pending run of digital silence (out: 1 for the outbound) as the
- * entries it stands for. */
-static int tape_settle(TapeObject *t, int out) {
-    Py_ssize_t n = t->run_n[out];
-    if (n == 0) return 0;
-    if (t->n_ev + n > t->cap_ev
-        && grow((void **)&t->ev, &t->cap_ev, t->n_ev, t->n_ev + n, 8, 64) < 0)
-        return -1;
-    int64_t first = t->run_first[out], flags = SILENT_SLOT | (out ? OUT_ENTRY : 0);
-    int64_t *ev = t->ev + t->n_ev;
-    for (Py_ssize_t k = 0; k < n; k++) ev[k] = (first + k) | flags;
-    t->n_ev += n;
-    t->run_n[out] = 0;
-    return 0;
-}
-
 /* One frame on the tape: `tick` with its flags, and (pcm != NULL) its audio, len bytes,
- * cut or padded with zeros to the tape's frame_bytes so every entry's audio is whole.
- *
- * Digital silence (no pcm) on the tick after the last one of its direction only counts:
- * a quiet call (the line's own silence out, a silent caller in) then costs the tick two
- * compares and an increment in this object, not an entry each in a buffer nobody reads
- * for a second, which a thousand calls' ticks had long pushed out of the cache. The run is
- * written out as its entries before the next entry of its direction and when the tape is
- * taken: take_tape keeps only each direction's own order, so deferring one direction's
- * entries past the other's changes nothing it gives back. */
+ * cut or padded with zeros to the tape's frame_bytes so every entry's audio is whole. */
 static int tape_put(TapeObject *t, int64_t tick, const char *pcm, Py_ssize_t len) {
-    int out = (tick & OUT_ENTRY) != 0;
-    if (pcm == NULL && (tick & SILENT_SLOT)) {
-        int64_t at = tick & ~(SILENT_SLOT | OUT_ENTRY);
-        if (t->run_n[out] && at == t->run_first[out] + t->run_n[out]) {
-            t->run_n[out]++;
-            return 0;
-        }
-        if (tape_settle(t, out) < 0) return -1;
-        t->run_first[out] = at;
-        t->run_n[out] = 1;
-        return 0;
-    }
-    if (tape_settle(t, out) < 0) return -1;
     if (t->n_ev == t->cap_ev
         && grow((void **)&t->ev, &t->cap_ev, t->n_ev, t->n_ev + 1, 8, 64) < 0)
         return -1;
@@ -254,7 +212,6 @@ static int tape_put(TapeObject *t, int64_t tick, const char *pcm, Py_ssize_t len
 /* One outbound frame on the tape by reference: `frame` is a wire frame (bytes: 3-byte
  * header, then exactly frame_bytes of audio), taken with a new reference. */
 static int tape_put_ref(TapeObject *t, int64_t tick, PyObject *frame) {
-    if (tape_settle(t, 1) < 0) return -1;
     if (t->n_ev == t->cap_ev
         && grow((void **)&t->ev, &t->cap_ev, t->n_ev, t->n_ev + 1, 8, 64) < 0)
         return -1;
@@ -295,11 +252,11 @@ static void Tape_dealloc(TapeObject *t) {
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
-static Py_ssize_t Tape_len(TapeObject *t) { return t->n_ev + t->run_n[0] + t->run_n[1]; }
+static Py_ssize_t Tape_len(TapeObject *t) { return t->n_ev; }
 
 static PyObject *Tape_sizes(TapeObject *t, PyObject *unused) {
     (void)unused;
-    Py_ssize_t n[4] = {0, t->run_n[0] * 8, 0, t->run_n[1] * 8}; /* runs: ticks alone */
+    Py_ssize_t n[4] = {0, 0, 0, 0};
     for (Py_ssize_t k = 0; k < t->n_ev; k++) {
         int out = (t->ev[k] & OUT_ENTRY) != 0;
         n[out ? TAPE_OUT_TICKS : TAPE_IN_TICKS] += 8;
@@ -617,7 +574,6 @@ static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nar
                          fb, t->fb);
         return NULL;
     }
-    if (tape_settle(t, 0) < 0 || tape_settle(t, 1) < 0) return NULL;
     if (t->n_ev == 0) Py_RETURN_NONE;
 #if defined(__SSE2__)
     _mm_sfence(); /* the streaming stores are ordered before what reads them */

@@ -1,0 +1,153 @@
+"""What one tick of the C media path costs for N taped lines, and what taking their tapes
+costs: the pump in isolation, over real loopback TCP, without the event loop.
+
+Prints figures; not a test. The load benchmark (``load_bench.py``) measures whole servers,
+and on a shared VM its CPU figures move by several points between runs of the same build,
+more than most single changes to the pump are worth. Here two builds of ``_wire`` run in one
+process, alternating every 100 ticks over the same sockets, so both see the same machine:
+
+    .venv/bin/python bench/pump_bench.py                          # this build alone
+    .venv/bin/python bench/pump_bench.py --against-rev f581673    # against another commit
+
+``--against-rev`` builds that commit's ``audiosocket/_wire.c`` (renamed ``_wire_base``) into
+``bench/results/``. ``--callers silent`` (the default) sends digital silence, so a line is
+quiet both ways (a silent caller, the line's own silence out); ``numbered`` sends sound.
+Per tick the generator writes one frame to every socket (not timed) and reads what the
+server side sent every 10 ticks; the pump and, every 100 ticks, ``take_tape`` of every line
+are timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))
+
+from audiosocket import _wire  # noqa: E402
+from audiosocket.playout import Playout  # noqa: E402
+from audiosocket.protocol import encode_audio  # noqa: E402
+
+TICKS = 100  # per variant per round: one block's worth at the 2 s default is 100 ticks
+
+
+def build_base(rev: str) -> ModuleType:
+    """``rev``'s ``_wire.c``, built as module ``_wire_base`` and loaded."""
+    src = subprocess.run(["git", "show", f"{rev}:audiosocket/_wire.c"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    src = src.replace("PyInit__wire(", "PyInit__wire_base(").replace(
+        '"audiosocket._wire"', '"audiosocket._wire_base"')
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    c_file = RESULTS / "_wire_base.c"
+    c_file.write_text(src)
+    so = RESULTS / "_wire_base.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}",
+                    str(c_file), "-o", str(so)], check=True)
+    spec = importlib.util.spec_from_file_location("_wire_base", so)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Transport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def connect(n: int) -> list[tuple[socket.socket, socket.socket]]:
+    """``n`` loopback TCP pairs (ours, the caller's), non-blocking, no Nagle."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=n)
+    pairs = []
+    for _ in range(n):
+        caller = socket.create_connection(server.getsockname())
+        ours, _ = server.accept()
+        for s in (ours, caller):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+        pairs.append((ours, caller))
+    server.close()
+    return pairs
+
+
+def lines_for(module: ModuleType, pairs: list[tuple[socket.socket, socket.socket]],
+              header: bytes) -> list[tuple[object, ...]]:
+    """A taped line per socket, as ``Connection._attach_native`` builds them."""
+    lines = []
+    for ours, _ in pairs:
+        playout = Playout(_Transport(), 8000)
+        state = playout.native_state(ours.fileno(), 3 + 320, False, wake=False)
+        lines.append((state.buf, object(), playout, playout._frames, None, 8000, header,
+                      module.Tape(320), playout._silence))
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--callers", choices=["silent", "numbered"], default="silent")
+    p.add_argument("--against-rev", metavar="REV", help="also time this commit's _wire.c")
+    args = p.parse_args()
+    variants: dict[str, ModuleType] = {"this build": _wire}
+    if args.against_rev:
+        variants[args.against_rev] = build_base(args.against_rev)
+    pairs = connect(args.calls)
+    frame = encode_audio(bytes(320) if args.callers == "silent"
+                         else bytes(range(256)) + bytes(range(64)))
+    lines = {name: lines_for(m, pairs, frame[:3]) for name, m in variants.items()}
+    pump_s = dict.fromkeys(variants, 0.0)
+    take_s = dict.fromkeys(variants, 0.0)
+    names = list(variants)
+    for rnd in range(args.rounds + 1):  # round 0 warms up, uncounted
+        for name in names if rnd % 2 else names[::-1]:
+            module, ls = variants[name], lines[name]
+            for t in range(TICKS):
+                for _, caller in pairs:
+                    caller.send(frame)
+                if t % 10 == 9:
+                    for _, caller in pairs:
+                        try:
+                            caller.recv(65536)
+                        except BlockingIOError:
+                            pass
+                a = time.perf_counter()
+                events = module.pump(ls, 1)
+                b = time.perf_counter()
+                if events:
+                    raise SystemExit(f"{name}: the pump reported {events[:2]}")
+                if rnd:
+                    pump_s[name] += b - a
+            a = time.perf_counter()
+            for line in ls:
+                module.take_tape(line[7], 320)
+            b = time.perf_counter()
+            if rnd:
+                take_s[name] += b - a
+    print(f"{args.calls} taped lines, {args.callers} callers, {args.rounds} rounds of "
+          f"{TICKS} ticks per build, alternating")
+    for name in names:
+        per_tick = pump_s[name] / (args.rounds * TICKS)
+        per_take = take_s[name] / (args.rounds * args.calls)
+        print(f"  {name:>12}: pump {per_tick * 1e3:.3f} ms/tick ({per_tick * 50 * 100:.1f} % "
+              f"of a core at 50 ticks/s), take_tape {per_take * 1e6:.2f} us/line")
+    if len(names) == 2:
+        base, this = names[1], names[0]
+        d = pump_s[this] / pump_s[base] - 1
+        print(f"  pump, this build against {base}: {100 * d:+.1f} %")
+
+
+if __name__ == "__main__":
+    main()
