@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import structlog
 from prometheus_client import Counter
@@ -137,6 +137,8 @@ class _Control:
 
     kind: str  # 'flush' | 'stop'
     future: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    #: A barrier never waits for company: it ends a commit window (``_Write.lazy``).
+    lazy: ClassVar[bool] = False
 
 
 # --------------------------------------------------------------------------------------
@@ -306,7 +308,7 @@ class StoreCore:
         """Queue ``item`` for the writer (``queue.Full`` when it does not fit); anything
         but a lazy write also ends a commit window's wait (``_gather_lazy``)."""
         self._queue.put(item, block, timeout)
-        if not (isinstance(item, _Write) and item.lazy):
+        if not item.lazy:
             self._urgent.set()
 
     def _writer_main(self, ready: concurrent.futures.Future[None]) -> None:
@@ -359,7 +361,7 @@ class StoreCore:
         only queues. Waking the writer for each (~200 prompt lines a second at 1000 IVR
         calls) cost a thread switch and a GIL hand-over apiece."""
         head = pending[-1]
-        if not (isinstance(head, _Write) and head.lazy) or self._commit_window_s <= 0:
+        if not head.lazy or self._commit_window_s <= 0:
             return
         deadline = time.monotonic() + self._commit_window_s
         urgent = self._urgent
@@ -373,7 +375,7 @@ class StoreCore:
                 except queue.Empty:
                     break
                 pending.append(item)
-                if not (isinstance(item, _Write) and item.lazy):
+                if not item.lazy:
                     return
             left = deadline - time.monotonic()
             if left <= 0 or len(pending) >= self._batch_max:
