@@ -29,6 +29,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ FALLOC_FL_KEEP_SIZE = 1
 PREALLOC = 1 << 20
 
 
-def _fallocate() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.fallocate
@@ -52,7 +53,7 @@ def run(mode: str, directory: Path, files: int, chunk: int, rate: float, seconds
     if mode == "direct":
         flags |= os.O_DIRECT
         chunk = -(-chunk // 4096) * 4096
-    fds = [os.open(directory / f"c{i}.wav", flags, 0o644) for i in range(files)]
+    fds: list[int] = []
     data = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs
     data.write(os.urandom(chunk))
     head = mmap.mmap(-1, 4096) if mode == "direct" else bytearray(44)
@@ -62,6 +63,10 @@ def run(mode: str, directory: Path, files: int, chunk: int, rate: float, seconds
     falloc = _fallocate() if mode == "fallocate" else None
     n = 0
     try:
+        # Opened inside the try: a filesystem refusing O_DIRECT fails here, and the files
+        # already open are closed below.
+        for i in range(files):
+            fds.append(os.open(directory / f"c{i}.wav", flags, 0o644))
         start = time.perf_counter()
         r0 = resource.getrusage(resource.RUSAGE_THREAD)
         while (now := time.perf_counter()) - start < seconds:
