@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from audiosocket import metrics
-from audiosocket.native import State, frame_clip
+from audiosocket.native import State, field, frame_clip
 from audiosocket.protocol import (
     FRAME_MS,
     HEADER_SIZE,
@@ -41,6 +41,10 @@ __all__ = [
 #: GAP_TICKS in _wire.c.
 GAP_TICKS = 5
 _NO_GAP = 1 << 40  # no live frame went out last: the silence that follows is not a gap
+_TICKS, _POPPED, _AUDIO_SENT, _MARK_AT, _STREAM_AT, _GAP, _UNDERRUNS = (
+    field(name)
+    for name in ("ticks", "popped", "audio_sent", "mark_at", "stream_at", "gap", "underruns")
+)
 
 
 class Transport(Protocol):
@@ -295,20 +299,25 @@ class Playout:
         state = self._native_state
         if state is None:
             return
-        ticks = state.take("ticks")
-        popped = state.take("popped")
+        # The fields by index in the int64 view, not by name: this runs for every call a
+        # few times a second (the clock's flush, marks, blocks, call.time).
+        q = state.q
+        ticks = q[_TICKS]
+        popped = q[_POPPED]
         if ticks or popped:
+            q[_TICKS] = q[_POPPED] = 0
             self.ticks += ticks
             self.sent_total += ticks
             self._sent_seq += popped
-            self.audio_frames_sent += state.take("audio_sent")
-            mark_at = state["mark_at"]
-            if mark_at >= 0:
-                state["mark_at"] = mark_at - popped  # it counts from the folded _sent_seq
-            state["stream_at"] = state["stream_at"] - popped
-        self._gap = state["gap"]
-        under = state.take("underruns")
+            self.audio_frames_sent += q[_AUDIO_SENT]
+            q[_AUDIO_SENT] = 0
+            if q[_MARK_AT] >= 0:
+                q[_MARK_AT] -= popped  # it counts from the folded _sent_seq
+            q[_STREAM_AT] -= popped
+        self._gap = q[_GAP]
+        under = q[_UNDERRUNS]
         if under:
+            q[_UNDERRUNS] = 0
             self.underruns += under
             metrics.UNDERRUNS.inc(under)
 
