@@ -8,7 +8,9 @@ and the two channels stay aligned.
 
 Disk writes happen on one shared writer thread, never on the event loop. Data is appended
 about once a second and the RIFF sizes in the header are rewritten after each append, so a
-killed process loses at most the last second; :func:`repair_wav` fixes a header left stale
+killed process loses at most what is not yet appended: the last ``flush_every`` +
+``HOLD_SLOTS`` (1.5 s), and on the C media path also the block not yet handed over
+(``media_block_s``); :func:`repair_wav` fixes a header left stale
 (``audiosocket serve`` runs it over the data directory at start-up).
 """
 
