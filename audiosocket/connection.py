@@ -67,7 +67,7 @@ from audiosocket.protocol import (
     Kind,
     ProtocolError,
     encode_hangup,
-    header,
+    shared_header,
 )
 
 if TYPE_CHECKING:
@@ -459,7 +459,7 @@ class Connection(asyncio.Protocol):
             self._fast_audio = whole or getattr(session, "fast_audio", None) or session.on_audio
             self._fast_rate = rate
             self._fast_len = HEADER_SIZE + size
-            self._fast_header = header(kind, size)
+            self._fast_header = shared_header(kind, size)
             self._native_ok = NATIVE_AVAILABLE and self.server.config.native_media
             # An app that hears ticks rides the C path only if it takes its audio in
             # blocks (``on_media``), when it says it is ready to (``media_ready``).

@@ -41,6 +41,7 @@ __all__ = [
     "header",
     "parse_frame",
     "samples_per_frame",
+    "shared_header",
     "silence_frame",
 ]
 
@@ -336,6 +337,14 @@ def silence_frame(kind: int, length: int) -> bytes:
     thousand cold objects a tick where one stays in the cache.
     """
     return header(kind, length) + bytes(length)
+
+
+@functools.cache
+def shared_header(kind: int, length: int) -> bytes:
+    """``header(kind, length)``, one object per (kind, length) for every call: the C media
+    path compares each line's header against every frame it reads, and a thousand calls'
+    own copies were a thousand cold objects a tick (see :func:`silence_frame`)."""
+    return header(kind, length)
 
 
 _HANGUP_BYTES = header(Kind.HANGUP, 0)

@@ -12,6 +12,9 @@ process, alternating every 100 ticks over the same sockets, so both see the same
 ``--against-rev`` builds that commit's ``audiosocket/_wire.c`` (renamed ``_wire_base``) into
 ``bench/results/``. ``--callers silent`` (the default) sends digital silence, so a line is
 quiet both ways (a silent caller, the line's own silence out); ``numbered`` sends sound.
+``--playing F``: that fraction of the lines (every line at 1.0) plays a prompt, as an IVR
+does: its queue holds the frames of one shared 5 s clip, each line at its own place in it
+(refilled between rounds, untimed), so its frames go on the tape by reference.
 Per tick the generator writes one frame to every socket (not timed) and reads what the
 server side sent every 10 ticks; the pump and, every 100 ticks, ``take_tape`` of every line
 are timed.
@@ -99,6 +102,8 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--callers", choices=["silent", "numbered"], default="silent")
+    p.add_argument("--playing", type=float, default=0.0, metavar="F",
+                   help="fraction of the lines playing a prompt (0 to 1)")
     p.add_argument("--against-rev", metavar="REV", help="also time this commit's _wire.c")
     args = p.parse_args()
     variants: dict[str, ModuleType] = {"this build": _wire}
@@ -108,12 +113,20 @@ def main() -> None:
     frame = encode_audio(bytes(320) if args.callers == "silent"
                          else bytes(range(256)) + bytes(range(64)))
     lines = {name: lines_for(m, pairs, frame[:3]) for name, m in variants.items()}
+    # One prompt's frames, shared by every line that plays it (as the prompt cache does).
+    clip = [encode_audio(bytes([k % 251 + 1]) * 320) for k in range(250)]
+    playing = int(args.calls * args.playing)
     pump_s = dict.fromkeys(variants, 0.0)
     take_s = dict.fromkeys(variants, 0.0)
     names = list(variants)
     for rnd in range(args.rounds + 1):  # round 0 warms up, uncounted
         for name in names if rnd % 2 else names[::-1]:
             module, ls = variants[name], lines[name]
+            for k, line in enumerate(ls[:playing]):
+                queue = line[3]
+                queue.clear()  # type: ignore[attr-defined]
+                at = (k * 37 + rnd * TICKS) % len(clip)
+                queue.extend((clip[at:] + clip[:at])[:TICKS])  # type: ignore[attr-defined]
             for t in range(TICKS):
                 for _, caller in pairs:
                     caller.send(frame)
@@ -136,7 +149,8 @@ def main() -> None:
             b = time.perf_counter()
             if rnd:
                 take_s[name] += b - a
-    print(f"{args.calls} taped lines, {args.callers} callers, {args.rounds} rounds of "
+    print(f"{args.calls} taped lines ({playing} playing a prompt), {args.callers} callers, "
+          f"{args.rounds} rounds of "
           f"{TICKS} ticks per build, alternating")
     for name in names:
         per_tick = pump_s[name] / (args.rounds * TICKS)

@@ -671,3 +671,83 @@ def test_a_taped_line_taken_over_by_its_write_hands_back_what_it_read(pair: Any)
     assert _wire.pump([line], 1) == [(line, _wire.EV_SLOW, None), (line, _wire.EV_CHUNK, data)]
     assert len(tape) == 0
     assert counters(line) == (0, 0, 0, 0)  # nothing sent nor handed to the app by C
+
+
+def test_a_queue_that_is_not_exactly_a_deque_is_asked_the_generic_way(pair: Any) -> None:
+    """The pump reads a deque's length and pops it through deque's own C function; a
+    subclass may override popleft, so it gets the ordinary method call."""
+    import collections
+
+    class CountingDeque(collections.deque[bytes]):
+        pops = 0
+
+        def popleft(self) -> bytes:
+            CountingDeque.pops += 1
+            return super().popleft()
+
+    ours, peer = pair
+    playout = Playout(Transport(), 8000)
+    state = playout.native_state(ours.fileno(), 323, True, wake=False)
+    queue = CountingDeque([frame(1), frame(2)])
+    owner = Owner()
+    line = (state.buf, owner, playout, queue, list().append, 8000, HEADER, None,
+            playout._silence)
+    owner._native_line = line
+    for _ in range(3):
+        assert _wire.pump([line], 1) == []
+    assert CountingDeque.pops == 2
+    assert recv_exactly(peer, 3 * 323) == frame(1) + frame(2) + playout._silence
+    assert counters(line) == (3, 2, 2, 0)
+
+
+def test_many_lines_of_every_kind_in_one_pump(pair: Any) -> None:
+    """Eleven lines in one call, taped or not, playing or silent, in an order that puts
+    every kind before and after every other: the pump looks a few lines ahead of the one
+    it serves, and each line still gets exactly its own frame and its own reads."""
+    pairs = [pair] + [make_pair() for _ in range(10)]
+    lines, playouts, tapes, peers = [], [], [], []
+    for k, (ours, peer) in enumerate(pairs):
+        if k % 3 == 0:
+            line, playout, tape = taped_line(ours)
+        else:
+            line, playout, _ = make_line(ours, list().append)
+            tape = None
+        if k % 2 == 0:
+            playout.append_frame(frame(100 + k))
+        lines.append(line)
+        playouts.append(playout)
+        tapes.append(tape)
+        peers.append(peer)
+    try:
+        for k, peer in enumerate(peers):
+            peer.sendall(frame(k + 1))
+        settle()
+        assert _wire.pump(lines, 1) == []
+        for k, peer in enumerate(peers):
+            want = frame(100 + k) if k % 2 == 0 else playouts[k]._silence
+            assert recv_exactly(peer, 323) == want
+            tape = tapes[k]
+            if tape is not None:
+                taken = _wire.take_tape(tape, 320)
+                assert taken is not None
+                assert taken[0] == frame(k + 1)[3:]
+                assert taken[2] == want[3:]
+            else:
+                assert counters(lines[k])[3] == 1  # its one frame went to its sink
+    finally:
+        for ours, peer in pairs[1:]:
+            ours.close()
+            peer.close()
+
+
+def make_pair() -> tuple[socket.socket, socket.socket]:
+    """Another (ours, peer) loopback pair, as the ``pair`` fixture makes; closed by the
+    test that asks for it."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(srv.getsockname())
+    ours, _ = srv.accept()
+    srv.close()
+    ours.setblocking(False)
+    for s in (ours, peer):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return ours, peer
