@@ -88,7 +88,7 @@ def connect(n: int) -> list[tuple[socket.socket, socket.socket]]:
 def lines_for(module: ModuleType, pairs: list[tuple[socket.socket, socket.socket]],
               header: bytes) -> list[tuple[object, ...]]:
     """A taped line per socket, as ``Connection._attach_native`` builds them."""
-    lines = []
+    lines: list[tuple[object, ...]] = []
     for ours, _ in pairs:
         playout = Playout(_Transport(), 8000)
         state = playout.native_state(ours.fileno(), 3 + 320, False, wake=False)
