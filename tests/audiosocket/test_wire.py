@@ -47,13 +47,7 @@ class Owner:
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """(ours, peer): a connected loopback TCP pair; ours is non-blocking."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    peer = socket.create_connection(srv.getsockname())
-    ours, _ = srv.accept()
-    srv.close()
-    ours.setblocking(False)
-    for s in (ours, peer):
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ours, peer = make_pair()
     yield ours, peer
     ours.close()
     peer.close()
@@ -741,8 +735,8 @@ def test_many_lines_of_every_kind_in_one_pump(pair: Any) -> None:
 
 
 def make_pair() -> tuple[socket.socket, socket.socket]:
-    """Another (ours, peer) loopback pair, as the ``pair`` fixture makes; closed by the
-    test that asks for it."""
+    """(ours, peer): a connected loopback TCP pair, ours non-blocking; the caller closes
+    both (the ``pair`` fixture does for its own)."""
     srv = socket.create_server(("127.0.0.1", 0))
     peer = socket.create_connection(srv.getsockname())
     ours, _ = srv.accept()
