@@ -127,16 +127,21 @@ static int init_deque(void) {
         PyErr_SetString(PyExc_TypeError, "collections.deque is not a type");
         return -1;
     }
-    deque_type = (PyTypeObject *)type; /* kept for the module's life */
     PyObject *descr = PyObject_GetAttr(type, s_popleft);
-    if (descr == NULL) return -1;
-    /* A method of a C type is a method descriptor holding its PyMethodDef; use it only
-     * when it is the plain no-argument kind this code calls. */
+    if (descr == NULL) {
+        Py_DECREF(type);
+        return -1;
+    }
+    /* A method of a C type is a method descriptor holding its PyMethodDef; the shortcut
+     * is taken only when it is the plain no-argument kind this code calls (else deque_type
+     * stays NULL and every queue gets the generic calls). */
     if (Py_IS_TYPE(descr, &PyMethodDescr_Type)) {
         PyMethodDef *def = ((PyMethodDescrObject *)descr)->d_method;
         if ((def->ml_flags & ~METH_COEXIST) == METH_NOARGS) deque_popleft = def->ml_meth;
     }
     Py_DECREF(descr);
+    if (deque_popleft != NULL) deque_type = (PyTypeObject *)type; /* kept for good */
+    else Py_DECREF(type);
     return 0;
 }
 
@@ -511,7 +516,7 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
      * here (it was a cache miss per call per tick; its wired flag is mirrored in st). */
     int is_plain = st->wired != 0;
     PyObject *frames = PyTuple_GET_ITEM(line, LINE_FRAMES);
-    int is_deque = Py_IS_TYPE(frames, deque_type) && deque_popleft != NULL;
+    int is_deque = Py_IS_TYPE(frames, deque_type); /* NULL: no shortcut */
     Py_ssize_t queued = is_deque ? Py_SIZE(frames) : PyObject_Size(frames);
     if (queued < 0) return -1;
     if (!is_plain || queued > st->max_frames) return event(events, line, EV_SLOW, NULL);
