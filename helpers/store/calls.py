@@ -180,7 +180,9 @@ class CallQueries(StoreCore):
                 (call_uuid, path_json, vars_json, result),
             )
 
-        return self._submit(op, "set_ivr")
+        # Rewritten at every node of every call: it waits for company (the commit window)
+        # as transcript lines do. The live view has the path from the call itself.
+        return self._submit(op, "set_ivr", lazy=True)
 
     def set_summary(
         self,

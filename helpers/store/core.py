@@ -11,12 +11,13 @@ page cache misses, the network). So:
   owns the only write connection; it drains whatever is queued and commits it in one
   transaction (one fsync per batch, not per row), each item inside its own SAVEPOINT so a
   bad statement only loses itself.
-* **Lazy writes** (live transcript lines, which only the portal's search and the call page
-  read, and never at once: the live view gets them from the call itself) wait up to
-  ``commit_window_s`` for company before they commit. At 1000 IVR calls the writer
-  otherwise committed nearly every prompt's line alone, an FTS5 segment flush each: about
-  2 % of a core, halved by a 0.1 s window. Any other write or a flush ends the wait. A
-  lazy write only queues: the writer wakes once per window, not once per line.
+* **Lazy writes** (live transcript lines, and the IVR path rewritten at every node: only
+  the portal's search and the call page read them, and never at once; the live view gets
+  them from the call itself) wait up to ``commit_window_s`` for company before they
+  commit. At 1000 IVR calls the writer otherwise committed nearly every prompt's line
+  alone, an FTS5 segment flush each: about 2 % of a core, halved by a 0.1 s window. Any
+  other write or a flush ends the wait. A lazy write only queues: the writer wakes once
+  per window, not once per line.
 * **Reads** use separate connections (WAL lets readers run beside the writer; on
   PostgreSQL a ``psycopg_pool.ConnectionPool``). From asyncio,
   ``await store.aread(store.get_call, uuid)`` runs the read in a small thread pool; the same
