@@ -16,7 +16,9 @@
  * the call's kind, EOF, a socket error, a sink that raises, a playout that is not plain or
  * is over its bound, a short or failed write: each is reported back as an event and the
  * Python side detaches the line and handles it on the ordinary (tested) path, with the
- * bytes already read. Nothing here decides protocol or call semantics.
+ * bytes already read. Nothing here decides protocol or call semantics. A backlog of whole
+ * frames (a stall) is still the clean case, up to MAX_READS buffers, and a live queue over
+ * its target is trimmed here as Playout.tick trims it (see docs/discussion/media-path.md).
  *
  * A line is a tuple (LINE_* below) built by Connection._attach_native. Its first item is
  * a bytearray holding the line's numbers (struct line_state): the fixed ones, and counters
@@ -59,7 +61,7 @@ enum { TAPE_IN_PCM, TAPE_IN_TICKS, TAPE_OUT_PCM, TAPE_OUT_TICKS, TAPE_SIZE };
 
 typedef struct {
     int64_t fd, frame_len, whole; /* fixed */
-    int64_t max_frames; /* over this many queued: the Python tick (bound, live target) */
+    int64_t max_frames; /* over this many queued: trimmed (live), else the Python tick */
     int64_t ticks;      /* ticks this line's timeline moved (Playout.ticks, sent_total) */
     int64_t popped;     /* frames taken off the queue (Playout._sent_seq) */
     int64_t audio_sent; /* of which sent (Playout.audio_frames_sent) */
@@ -73,12 +75,14 @@ typedef struct {
     int64_t stream;     /* a TTS stream is open: a silent tick past stream_at is an underrun */
     int64_t stream_at;  /* popped at which the open stream's first frame has gone out */
     int64_t wired;      /* Playout.wired, mirrored by the Python side: 0 sends EV_SLOW */
+    int64_t live;       /* Playout.live_frames is set: a live queue over max_frames is trimmed */
+    int64_t live_dropped; /* frames trimmed off a live queue (Playout.live_dropped) */
 } line_state;
 
 /* Exported as STATE_FIELDS (all int64, in this order): playout.py builds its struct from it. */
 static const char *state_fields[] = {"fd", "frame_len", "whole", "max_frames", "ticks",
     "popped", "audio_sent", "frames_in", "gap", "underruns", "now", "mark_at", "clip",
-    "wake", "stream", "stream_at", "wired"};
+    "wake", "stream", "stream_at", "wired", "live", "live_dropped"};
 #define N_STATE_FIELDS ((Py_ssize_t)(sizeof state_fields / sizeof state_fields[0]))
 
 /* Playout._NO_GAP: no live frame went out last, so the silence after it is not a gap. */
@@ -105,6 +109,14 @@ enum {
 };
 
 #define RBUF 16384
+/* A line whose socket holds more than one buffer (a backlog: the server or the network
+ * stalled) is read again in the same tick, up to this many buffers of whole frames; a
+ * relay's queue is then trimmed to its live target as Playout.tick does. Past it, what is
+ * left is handed to the Python side as before (EV_CHUNK): a peer sending far faster than
+ * real time meets the tested limits there, and one line cannot hold the tick. Before, any
+ * read of a full buffer went to the Python side: after a 2 s stall at 1000 echo calls
+ * every line did, and the Python path, at ~95 % of a core, took ~10 s to hand them back. */
+#define MAX_READS 4
 
 static PyObject *s_native_line, *s_popleft;
 
@@ -418,18 +430,29 @@ static int still_attached(PyObject *line) {
 
 static char buf[RBUF];
 
+/* What one read asks for: as many whole frames as buf holds, so a full read of a
+ * backlog ends on a frame boundary and the next read starts on one. */
+static ssize_t read_size(const line_state *st) {
+    ssize_t flen = (ssize_t)st->frame_len;
+    return flen > 3 && flen <= RBUF ? (RBUF / flen) * flen : RBUF;
+}
+
 /* One recv() of what the line's socket holds, into buf: recv's result, *err its errno. */
 static ssize_t recv_line(line_state *st, int *err) {
-    ssize_t n = recv((int)st->fd, buf, sizeof buf, MSG_DONTWAIT);
+    ssize_t n = recv((int)st->fd, buf, (size_t)read_size(st), MSG_DONTWAIT);
     *err = n < 0 ? errno : 0;
     return n;
 }
 
 /* Hand on what recv_line read (n, err): whole frames to the sink or the tape, anything
  * else as an event; `raw`: all of it as an event (the Python side has taken the line
- * over). 0, or -1 on a Python error. */
+ * over). `last`: no further read of this line this tick, so a full read (there may be
+ * more behind it) goes to the Python side, which reads the rest in order. *again is set
+ * when the read was full, taken here, and may be followed by another (a tape or a C
+ * sink: no Python ran that could have ended the call). 0, or -1 on a Python error. */
 static int took(PyObject *line, line_state *st, PyObject *events, int *ran_python,
-                ssize_t n, int err, int raw) {
+                ssize_t n, int err, int raw, int last, int *again) {
+    *again = 0;
     if (n < 0) {
         if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return 0;
         return event(events, line, EV_RECV_ERR, PyLong_FromLong(err));
@@ -437,8 +460,8 @@ static int took(PyObject *line, line_state *st, PyObject *events, int *ran_pytho
     if (n == 0) return event(events, line, EV_EOF, NULL);
     ssize_t flen = (ssize_t)st->frame_len;
     const char *h = PyBytes_AS_STRING(PyTuple_GET_ITEM(line, LINE_HEADER));
-    /* A full buffer may have more behind it: the Python path reads the rest in order. */
-    int clean = !raw && n < (ssize_t)sizeof buf && flen > 3 && n % flen == 0;
+    int full = n == read_size(st);
+    int clean = !raw && (!full || !last) && flen > 3 && n % flen == 0;
     for (ssize_t off = 0; clean && off < n; off += flen)
         if (memcmp(buf + off, h, 3) != 0) clean = 0;
     if (!clean) return event(events, line, EV_CHUNK, PyBytes_FromStringAndSize(buf, n));
@@ -458,7 +481,9 @@ static int took(PyObject *line, line_state *st, PyObject *events, int *ran_pytho
             if (st->wake && !zero) sound = 1;
             st->frames_in++;
         }
-        return sound ? event(events, line, EV_WAKE, NULL) : 0;
+        if (sound) return event(events, line, EV_WAKE, NULL);
+        *again = full;
+        return 0;
     }
     PyObject *sink = PyTuple_GET_ITEM(line, LINE_SINK);
     PyObject *rate = PyTuple_GET_ITEM(line, LINE_RATE);
@@ -492,14 +517,29 @@ static int took(PyObject *line, line_state *st, PyObject *events, int *ran_pytho
         }
         Py_DECREF(res);
     }
+    *again = full && !py_sink;
     return 0;
 }
 
-/* Read what is there and hand whole frames to the sink; -1 on a Python error. */
+/* Read what is there and hand whole frames to the sink or the tape, a backlog in up to
+ * MAX_READS reads (`done` of them taken already); -1 on a Python error. */
+static int read_more(PyObject *line, line_state *st, PyObject *events, int *ran_python,
+                     int done) {
+    /* A Python sink reads once, as before: it may end the call between two reads. */
+    int reads = tape_of(line) != NULL || PyCFunction_Check(PyTuple_GET_ITEM(line, LINE_SINK))
+                ? MAX_READS : 1;
+    for (int r = done; r < reads; r++) {
+        int err, again;
+        ssize_t n = recv_line(st, &err);
+        if (took(line, st, events, ran_python, n, err, 0, r == reads - 1, &again) < 0)
+            return -1;
+        if (!again) break;
+    }
+    return 0;
+}
+
 static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_python) {
-    int err;
-    ssize_t n = recv_line(st, &err);
-    return took(line, st, events, ran_python, n, err, 0);
+    return read_more(line, st, events, ran_python, 0);
 }
 
 /* Does this line's sink append to its own playout queue (echo's fast_frame)? Then it is
@@ -519,7 +559,22 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
     int is_deque = Py_IS_TYPE(frames, deque_type); /* NULL: no shortcut */
     Py_ssize_t queued = is_deque ? Py_SIZE(frames) : PyObject_Size(frames);
     if (queued < 0) return -1;
-    if (!is_plain || queued > st->max_frames) return event(events, line, EV_SLOW, NULL);
+    if (!is_plain) return event(events, line, EV_SLOW, NULL);
+    if (queued > st->max_frames) {
+        /* Live audio over its target (a relay after a backlog): the oldest goes, counted,
+         * as Playout.tick's _trim_live does. A clip's queue, or one without a live
+         * target, is over its bound: that is the Python tick's. */
+        if (!st->live || st->clip) return event(events, line, EV_SLOW, NULL);
+        for (Py_ssize_t k = st->max_frames; k < queued; k++) {
+            PyObject *old = is_deque ? deque_popleft(frames, NULL)
+                                     : PyObject_CallMethodNoArgs(frames, s_popleft);
+            if (old == NULL) return -1;
+            Py_DECREF(old);
+        }
+        st->popped += queued - st->max_frames;
+        st->live_dropped += queued - st->max_frames;
+        queued = st->max_frames;
+    }
     PyObject *frame;
     if (queued) frame = is_deque ? deque_popleft(frames, NULL)
                              : PyObject_CallMethodNoArgs(frames, s_popleft);
@@ -947,9 +1002,11 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if (tape != NULL) {
             /* Taken over by the Python side (a write event): what was read goes with it,
              * in order after this tick's frame, as bytes it decodes itself. */
-            int ran = 0, raw = skip[i];
+            int ran = 0, raw = skip[i], again;
             skip[i] = 1;
-            if (took(line, st, events, &ran, got, err, raw) < 0) goto fail;
+            if (took(line, st, events, &ran, got, err, raw, MAX_READS == 1, &again) < 0)
+                goto fail;
+            if (again && read_more(line, st, events, &ran, 1) < 0) goto fail;
         }
     }
     /* Then what each call sent us: read now, it goes out on the next tick (echo) or to

@@ -41,9 +41,10 @@ __all__ = [
 #: GAP_TICKS in _wire.c.
 GAP_TICKS = 5
 _NO_GAP = 1 << 40  # no live frame went out last: the silence that follows is not a gap
-_TICKS, _POPPED, _AUDIO_SENT, _MARK_AT, _STREAM_AT, _GAP, _UNDERRUNS = (
+_TICKS, _POPPED, _AUDIO_SENT, _MARK_AT, _STREAM_AT, _GAP, _UNDERRUNS, _LIVE_DROPPED = (
     field(name)
-    for name in ("ticks", "popped", "audio_sent", "mark_at", "stream_at", "gap", "underruns")
+    for name in ("ticks", "popped", "audio_sent", "mark_at", "stream_at", "gap", "underruns",
+                 "live_dropped")
 )
 
 
@@ -206,6 +207,8 @@ class Playout:
         self.live_dropped = 0
         self.live_frames = 0
         self._cap = self.max_frames
+        #: While the C media path carries this call: its line's counters (see sync_counters).
+        self._native_state: State | None = None
         self.set_live_target(live_ms)
         self._marks: deque[tuple[int, asyncio.Future[bool]]] = deque()
         self._start_marks: deque[tuple[int, asyncio.Future[float]]] = deque()
@@ -220,8 +223,6 @@ class Playout:
         self.audio_frames_sent = 0
         self.metric_sent = 0  # sent_total already added to the frames-out metric
         self.underruns = 0
-        #: While the C media path carries this call: its line's counters (see sync_counters).
-        self._native_state: State | None = None
         self._listener: TickListener | None = None
         #: Nothing but frames and silence to send (no listener, stream, lead or pending
         #: playback): the clock then sends this call's frame inline, without ``tick()``.
@@ -248,6 +249,8 @@ class Playout:
         """The live stream's target latency (0: none, only ``max_frames`` bounds it)."""
         self.live_frames = max(1, ms // FRAME_MS) if ms > 0 else 0
         self._cap = min(self.max_frames, self.live_frames or self.max_frames)
+        if self._native_state is not None:
+            self._native_plan(self._native_state)
 
     @property
     def wired(self) -> bool:
@@ -287,6 +290,9 @@ class Playout:
         state["wired"] = int(self._wired)
         state["clip"] = int(clip)
         state["max_frames"] = self.max_frames if clip else self._cap
+        # The C path trims a live queue itself only where tick() would trim it to the same
+        # length (the live target, not the bound).
+        state["live"] = int(0 < self.live_frames <= self.max_frames)
         seqs = [q[0][0] for q in (self._marks, self._start_marks) if q]
         state["mark_at"] = min(seqs) - self._sent_seq if seqs else -1
         state["stream"] = int(bool(self._streams))
@@ -320,6 +326,11 @@ class Playout:
             q[_UNDERRUNS] = 0
             self.underruns += under
             metrics.UNDERRUNS.inc(under)
+        dropped = q[_LIVE_DROPPED]
+        if dropped:  # trimmed off the live queue (in popped too, as _trim_live counts them)
+            q[_LIVE_DROPPED] = 0
+            self.live_dropped += dropped
+            metrics.LIVE_DROPPED.inc(dropped)
 
     # -- producers -----------------------------------------------------------------------
 

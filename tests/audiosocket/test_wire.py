@@ -322,19 +322,65 @@ def test_a_gap_in_a_relayed_stream_is_an_underrun_and_a_pause_is_not(pair: Any) 
     assert playout.audio_frames_sent == sum(script)
 
 
-def test_a_relay_over_its_live_target_goes_to_the_python_tick_read_included(pair: Any) -> None:
+def test_a_relay_over_its_live_target_is_trimmed_as_the_python_tick_trims_it(
+    pair: Any,
+) -> None:
+    """A burst after a stall: the C path drops the oldest frames above the live target and
+    sends the next, counting them as Playout.tick does; the line stays on the C path."""
     ours, peer = pair
     line, playout = relay_line(ours, target=3)
-    peer.sendall(b"".join(frame(i) for i in range(8)))  # a burst after a stall
+    burst = [frame(i) for i in range(8)]
+    peer.sendall(b"".join(burst))
     settle()
-    assert _wire.pump([line], 1) == [(line, _wire.EV_SLOW, None)]
-    assert len(playout._frames) == 8  # read and queued: the Python tick trims and sends
-    line[1]._native_line = None  # type: ignore[attr-defined]
+    assert _wire.pump([line], 1) == []
+    assert recv_exactly(peer, 323) == frame(5)
     playout.sync_counters()
-    playout._native_state = None
-    playout.tick()
-    assert playout.live_dropped == 5 and len(playout._frames) == 2
-    assert playout.transport.written == [frame(5)]  # type: ignore[attr-defined]
+    # The Python tick on the same burst, for reference.
+    ref = Playout(Transport(), 8000, live_ms=3 * 20)
+    for f in burst:
+        ref.append_frame(f)
+    ref.tick()
+    assert ref.transport.written == [frame(5)]  # type: ignore[attr-defined]
+    assert (playout.live_dropped, list(playout._frames)) == (5, burst[6:])
+    assert (ref.live_dropped, list(ref._frames)) == (5, burst[6:])
+    assert (playout._sent_seq, playout.audio_frames_sent) == (ref._sent_seq, 1)
+    assert ref.audio_frames_sent == 1
+
+
+def test_a_backlog_of_several_buffers_is_read_in_one_tick(pair: Any) -> None:
+    """A 2.4 s stall's worth of frames (more than one read's buffer): read whole in the
+    tick, trimmed to the live target, and the line stays on the C path."""
+    ours, peer = pair
+    line, playout = relay_line(ours, target=3)
+    peer.sendall(b"".join(frame(i) for i in range(120)))
+    settle(0.05)
+    assert _wire.pump([line], 1) == []
+    assert recv_exactly(peer, 323) == frame(117)
+    assert _wire.pump([line], 1) == []
+    assert recv_exactly(peer, 323) == frame(118)
+    playout.sync_counters()
+    assert playout.live_dropped == 117 and list(playout._frames) == [frame(119)]
+    assert counters(line)[3] == 120  # every frame read went to the sink
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(1)  # one frame a tick, no burst out
+
+
+def test_a_backlog_past_the_reads_a_tick_allows_goes_to_the_python_side(pair: Any) -> None:
+    """Four buffers a tick at most: a peer far ahead of real time is the Python path's
+    (its limits are tested there); what the C path took is queued, in order, first."""
+    ours, peer = pair
+    line, playout = relay_line(ours, target=1000)
+    per_read = 16384 // 323
+    total = 4 * per_read + 10
+    peer.sendall(b"".join(frame(i) for i in range(total)))
+    settle(0.05)
+    events = _wire.pump([line], 1)
+    assert events == [(line, _wire.EV_CHUNK,
+                       b"".join(frame(i) for i in range(3 * per_read, 4 * per_read))),
+                      (line, _wire.EV_SLOW, None)]
+    assert list(playout._frames) == [frame(i) for i in range(3 * per_read)]
+    assert len(ours.recv(1 << 16)) == 10 * 323  # the rest is still in the socket
 
 
 def test_a_relay_read_that_is_not_clean_hands_back_the_read_then_the_write(pair: Any) -> None:
@@ -392,6 +438,22 @@ def test_a_taped_line_records_both_directions_with_their_ticks(pair: Any) -> Non
     assert bytes(in_pcm) == frame(1)[3:] + frame(3)[3:] + frame(4)[3:]
     assert counters(line) == (3, 1, 1, 3)  # ticks, popped, sent, frames in
     assert recv_exactly(peer, 3 * 323) == frame(9) + playout._silence * 2
+
+
+def test_a_taped_line_reads_a_backlog_whole_onto_its_tape(pair: Any) -> None:
+    from audiosocket.native import take_tape
+
+    ours, peer = pair
+    line, _, tape = taped_line(ours)
+    data = [bytes([i % 250 + 1]) * 320 for i in range(120)]
+    peer.sendall(b"".join(encode_audio(d) for d in data))
+    settle(0.05)
+    assert _wire.pump([line], 1) == []
+    taken = take_tape(tape, 320)
+    assert taken is not None
+    in_pcm, in_ticks = taken[0], np.frombuffer(taken[1], "<i8")
+    assert in_pcm == b"".join(data)
+    assert (in_ticks == 1).all()  # all read at this tick, after its frame went out
 
 
 def test_a_queued_frame_is_taped_by_reference_and_let_go_when_taken(pair: Any) -> None:

@@ -8,6 +8,10 @@ that what the app made of it is what the Python path makes.
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
+import uuid
 import wave
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import pytest
 from audiosocket import metrics
 from audiosocket.caller import place_call
 from audiosocket.clock import NATIVE_AVAILABLE
+from audiosocket.protocol import CallId, encode_audio, encode_frame, encode_hangup
 from sessions.record import RecordSession, recording_path
 from sessions.transcribe import TranscribeSession
 from tests.audiosocket.test_server import wait_for
@@ -72,6 +77,59 @@ async def test_record_rides_the_c_path_and_keeps_every_frame(
     # The caller's first frame sits where it was read: not after it (no lag from blocks).
     first = next(i for i, f in enumerate(left.reshape(-1, 160)) if f.any())
     assert first <= 5
+
+
+async def test_a_stall_s_backlog_stays_on_the_c_path_and_is_recorded_whole(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """The server stalls for 1.5 s (its loop blocked) while the caller goes on sending in
+    real time: the frames pile up in the socket, more than one read's buffer (50 frames).
+    The C path reads the backlog in one tick onto the tape, the call is never handed back,
+    and the WAV has every frame once, in order (the recorder places a stall's burst where
+    it belongs, as on the Python path)."""
+    server = await start_server(RecordSession, native_media=True)
+    chunks = metrics.NATIVE_EVENTS.labels(event="chunk")
+    speaking, may_hang_up = threading.Event(), threading.Event()
+    audio = numbered_frames(150)
+
+    def caller() -> None:  # paced in real time on its own thread: the loop will stall
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(encode_frame(CallId(uuid.uuid4())))
+            frames = [bytes(320)] * 25 + [audio[k * 320 : (k + 1) * 320] for k in range(150)]
+            start = time.monotonic()
+            for k, pcm in enumerate(frames + [bytes(320)] * 25):
+                if k == 25:
+                    speaking.set()
+                time.sleep(max(0.0, start + k * 0.02 - time.monotonic()))
+                sock.sendall(encode_audio(pcm))
+            may_hang_up.wait(10)
+            sock.sendall(encode_hangup())
+            sock.recv(1 << 16)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    try:
+        await wait_for(lambda: server.clock.native_lines == 1)
+        await asyncio.to_thread(speaking.wait, 10)
+        before = chunks._value.get()
+        await asyncio.sleep(0.5)
+        time.sleep(1.5)  # noqa: ASYNC251  # the stall: nothing on the loop runs
+        for _ in range(60):
+            await asyncio.sleep(0.02)
+            assert server.clock.native_lines == 1  # never handed back
+        assert chunks._value.get() == before  # nothing of it went to the Python decoder
+    finally:
+        may_hang_up.set()
+        await asyncio.to_thread(thread.join, 15)
+    await wait_for(lambda: not server.calls)
+    wavs = list((tmp_path / "data" / "recordings").glob("*.wav"))
+    assert len(wavs) == 1
+    with wave.open(str(wavs[0]), "rb") as wf:
+        data = np.frombuffer(wf.readframes(wf.getnframes()), "<i2")
+    frames = [f for f in data[0::2].reshape(-1, 160) if f.any()]
+    sent = np.frombuffer(audio, "<i2").reshape(-1, 160)
+    assert len(frames) == len(sent)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, sent, strict=True))
 
 
 class LiveRecord(RecordSession):
