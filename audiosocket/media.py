@@ -13,8 +13,7 @@ both paths produce the same result.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -81,7 +80,7 @@ class Shape(NamedTuple):
     silent: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MediaBlock:
     """Both directions of one call's audio over a stretch of its timeline.
 
@@ -96,6 +95,13 @@ class MediaBlock:
     heard_ticks: np.ndarray
     sent: bytes
     sent_ticks: np.ndarray
+    #: The block's :class:`Shape`, computed once when it is made (every consumer reads it;
+    #: a ``functools.cached_property`` took a lock per block, a thousand blocks a second).
+    shape: Shape = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "shape", Shape(*block_shape(self.heard_ticks, self.sent_ticks, self.heard)))
 
     @property
     def heard_frames(self) -> int:
@@ -104,11 +110,6 @@ class MediaBlock:
     @property
     def sent_frames(self) -> int:
         return len(self.sent_ticks)
-
-    @cached_property
-    def shape(self) -> Shape:
-        """The block's :class:`Shape` (computed once)."""
-        return Shape(*block_shape(self.heard_ticks, self.sent_ticks, self.heard))
 
     def steady(self) -> bool:
         """The common case: one frame sent per slot on consecutive slots, and one frame
