@@ -448,8 +448,8 @@ static ssize_t recv_line(line_state *st, int *err) {
  * else as an event; `raw`: all of it as an event (the Python side has taken the line
  * over). `last`: no further read of this line this tick, so a full read (there may be
  * more behind it) goes to the Python side, which reads the rest in order. *again is set
- * when the read was full, taken here, and may be followed by another (a tape or a C
- * sink: no Python ran that could have ended the call). 0, or -1 on a Python error. */
+ * when the read was full and taken here (read_more decides whether another follows).
+ * 0, or -1 on a Python error. */
 static int took(PyObject *line, line_state *st, PyObject *events, int *ran_python,
                 ssize_t n, int err, int raw, int last, int *again) {
     *again = 0;
@@ -517,7 +517,7 @@ static int took(PyObject *line, line_state *st, PyObject *events, int *ran_pytho
         }
         Py_DECREF(res);
     }
-    *again = full && !py_sink;
+    *again = full;
     return 0;
 }
 
@@ -565,15 +565,16 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
          * as Playout.tick's _trim_live does. A clip's queue, or one without a live
          * target, is over its bound: that is the Python tick's. */
         if (!st->live || st->clip) return event(events, line, EV_SLOW, NULL);
-        for (Py_ssize_t k = st->max_frames; k < queued; k++) {
+        Py_ssize_t over = queued - (Py_ssize_t)st->max_frames;
+        for (Py_ssize_t k = 0; k < over; k++) {
             PyObject *old = is_deque ? deque_popleft(frames, NULL)
                                      : PyObject_CallMethodNoArgs(frames, s_popleft);
             if (old == NULL) return -1;
             Py_DECREF(old);
         }
-        st->popped += queued - st->max_frames;
-        st->live_dropped += queued - st->max_frames;
-        queued = st->max_frames;
+        st->popped += over;
+        st->live_dropped += over;
+        queued -= over;
     }
     PyObject *frame;
     if (queued) frame = is_deque ? deque_popleft(frames, NULL)

@@ -230,6 +230,18 @@ def check_recordings(data_dir: Path, rate: int) -> dict[str, int]:
     return {"rec_frames": frames, "rec_files": files, "rec_dup": dup}
 
 
+#: The server's environment: post-call work off, so only the live path is measured.
+SERVER_ENV = {**os.environ, "AUDIOSOCKET_POSTCALL__ENABLED": "false"}
+
+
+def serve_cmd(app: str, port: int, http_port: int, data_dir: str, priority: str) -> list[str]:
+    """``audiosocket serve`` pinned to the server's CPU, as every benchmark here runs it."""
+    return [*prio_prefix(priority), "taskset", "-c", SERVER_CPU,
+            str(ROOT / ".venv" / "bin" / "audiosocket"), "serve", "--app", app,
+            "--port", str(port), "--http-port", str(http_port), "--data-dir", data_dir,
+            "--log-format", "json", "--max-calls", "5000"]
+
+
 def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) -> dict:
     port = free_port()
     silent = args.callers == "silent" or (
@@ -245,20 +257,16 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
     else:
         http_port = free_port()
         data_dir = tempfile.mkdtemp(prefix="loadbench-")
-        cmd = [*prio_prefix(args.priority), "taskset", "-c", SERVER_CPU,
-               str(ROOT / ".venv" / "bin" / "audiosocket"), "serve", "--app", args.app,
-               "--port", str(port), "--http-port", str(http_port), "--data-dir", data_dir,
-               "--log-format", "json", "--max-calls", "5000"]
+        cmd = serve_cmd(args.app, port, http_port, data_dir, args.priority)
         if loop == "asyncio":
             cmd.append("--no-uvloop")
         if args.python_media:
             cmd.append("--no-native-media")
     if args.server_cmd_prefix:
         cmd = [*args.server_cmd_prefix.split(), *cmd]
-    env = {**os.environ, "AUDIOSOCKET_POSTCALL__ENABLED": "false"}
     with open(log_path, "wb") as log_file:
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, cwd=ROOT,
-                                  env=env)
+                                  env=SERVER_ENV)
     row: dict = {"calls": n, "rate": rate, "loop": loop, "priority": args.priority,
                  "app": args.app if args.server_impl == "python" else "echo",
                  "callers": "silent" if silent else "numbered",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,13 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_bench import (  # a script beside this one
     GEN_CPU,
     ROOT,
-    SERVER_CPU,
+    SERVER_ENV,
     build_loadgen,
     cpu_seconds,
     free_port,
     prio_prefix,
     raise_nofile,
     scrape,
+    serve_cmd,
     wait_port,
 )
 
@@ -55,13 +55,9 @@ def main() -> int:
     port, http_port = free_port(), free_port()
     data_dir = tempfile.mkdtemp(prefix="stallbench-")
     silent = args.app != "echo"
-    cmd = [*prio_prefix("rt"), "taskset", "-c", SERVER_CPU,
-           str(ROOT / ".venv" / "bin" / "audiosocket"), "serve", "--app", args.app,
-           "--port", str(port), "--http-port", str(http_port), "--data-dir", data_dir,
-           "--log-format", "json", "--max-calls", "5000"]
-    env = {**os.environ, "AUDIOSOCKET_POSTCALL__ENABLED": "false"}
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              cwd=ROOT, env=env)
+    server = subprocess.Popen(serve_cmd(args.app, port, http_port, data_dir, "rt"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              cwd=ROOT, env=SERVER_ENV)
     gen = None
     try:
         wait_port(port, server, timeout=180.0)

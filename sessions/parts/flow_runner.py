@@ -128,7 +128,6 @@ class FlowRunner:
             self._prompting = False
             self.speaker.interrupt("input")
 
-
     async def _next_input(self, timeout: float) -> tuple[str, str] | None:
         """The next key or utterance; waits past ``timeout`` while the caller is speaking."""
         loop = asyncio.get_running_loop()
