@@ -30,6 +30,8 @@ from collections.abc import Callable
 import structlog
 from prometheus_client import Counter, Gauge
 
+from audiosocket.logs import flush_logs
+
 __all__ = [
     "EXIT_FORCED",
     "EXIT_STUCK",
@@ -104,6 +106,7 @@ def format_stacks() -> str:
 
 
 def _flush_and_exit(code: int) -> None:
+    flush_logs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

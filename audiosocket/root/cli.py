@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from audiosocket.config import Config, ConfigError, load_config
-from audiosocket.logs import configure_logging
+from audiosocket.logs import configure_logging, flush_logs
 
 __all__ = ["main"]
 
@@ -122,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"audiosocket: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_format, config.log_level)
+    configure_logging(config.log_format, config.log_level, buffered=True)
     loop_name = _install_uvloop(config.uvloop)
     from audiosocket.root.runner import run_server
 
@@ -142,6 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # teardown: it would join worker threads that may be inside a long native call (a
     # post-call transcript), and the job they run resumes at the next start anyway.
     log.info("exit", code=code)
+    flush_logs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

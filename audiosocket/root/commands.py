@@ -116,7 +116,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"audiosocket worker: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_format, config.log_level)
+    configure_logging(config.log_format, config.log_level, buffered=True)
     return asyncio.run(run_worker(config, steps=steps, stt=args.stt))
 
 

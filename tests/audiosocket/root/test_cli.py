@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -85,7 +86,8 @@ def test_serve_echo_call_metrics_and_sigterm(tmp_path: Path) -> None:
         code = proc.wait(timeout=30)
     assert code == 0
     log = proc.stdout.read().decode() if proc.stdout else ""
-    assert '"event": "stopped"' in log
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert "stopped" in events
 
 
 def test_kill_9_while_recording_then_restart_repairs(tmp_path: Path) -> None:
