@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client import REGISTRY
 
 from audiosocket.root.stt_worker import SttWorker
-from helpers.speech.remote_stt import DEFAULT_POOL, HEARTBEAT_SUBJECT, connect
+from helpers.speech.remote_stt import DEFAULT_POOL, HEARTBEAT_SUBJECT, connect, ensure_stream
 from helpers.speech.stt import Segment, SttDropped, SttEngine, SttOutcome
 from helpers.speech.vad import Utterance
 
@@ -76,6 +76,9 @@ class WorkerThread:
         nc = await connect(self.url, 5.0, name=self.name, on_reconnect=reconnected)
         self.worker = SttWorker(nc, self.engine, slots=self.slots, pool=self.pool,
                                 max_age_s=self.max_age_s, name=self.name)
+        # The stream exists before start() returns: a test that publishes at once got "no
+        # responders" while run() had not made it yet (a busy machine, the suite on -n 2).
+        await ensure_stream(nc.jetstream(), self.pool, self.max_age_s)
         self._ready.set()
         try:
             await self.worker.run(self._stop)
