@@ -117,6 +117,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds by kind: the main thread's (the event loop and the C pump) and the other
+    threads' (the recorder's writer, the store's, STT...), user and kernel apart. The kernel
+    share (the sockets' send and recv) moves with the VM's speed for every app alike; the
+    user share is mostly what the app itself adds."""
+    out = {"main_user": 0.0, "main_sys": 0.0, "other_user": 0.0, "other_sys": 0.0}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended between the listing and the read
+        who = "main" if task == str(pid) else "other"
+        out[f"{who}_user"] += int(fields[11]) / CLK_TCK
+        out[f"{who}_sys"] += int(fields[12]) / CLK_TCK
+    return out
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -299,12 +317,14 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
             if ev["event"] == "measure_start":
                 marks["t0"] = time.monotonic()
                 marks["cpu0"] = cpu_seconds(pid)
+                marks["split0"] = cpu_split(pid)
                 marks["steal0"] = steal_jiffies()
                 marks["m0"] = scrape(http_port) if http_port is not None else None
                 row["connected_at_start"] = ev["connected"]
             elif ev["event"] == "measure_end":
                 marks["t1"] = time.monotonic()
                 marks["cpu1"] = cpu_seconds(pid)
+                marks["split1"] = cpu_split(pid)
                 marks["steal1"] = steal_jiffies()
                 row["rss_at_n_kb"] = rss_kb(pid)
                 marks["m1"] = scrape(http_port) if http_port is not None else None
@@ -316,6 +336,8 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
         row["gen"] = result
         wall = marks["t1"] - marks["t0"]
         row["server_cpu_pct"] = 100.0 * (marks["cpu1"] - marks["cpu0"]) / wall
+        row["server_cpu_split_pct"] = {k: 100.0 * (marks["split1"][k] - v) / wall
+                                       for k, v in marks["split0"].items()}
         # On a virtual machine the host may stop a core now and then; a stall nobody here
         # caused shows up as steal, so each row says how much there was.
         row["steal_pct"] = [100.0 * (b - a) / CLK_TCK / wall
@@ -462,12 +484,29 @@ def against_echo(rows: list[dict]) -> list[str]:
             continue
         diffs.setdefault((r["app"], r["calls"], r["rate"]), []).append(
             100.0 * (r["server_cpu_pct"] / echo[key] - 1.0))
+    # Where the distance is: each kind of CPU (cpu_split) against echo's in the same round,
+    # in points of a core (rows from before the split was recorded have none).
+    split_echo = {(r.get("round"), r["calls"], r["rate"], r["loop"]): r["server_cpu_split_pct"]
+                  for r in rows if r.get("app") == "echo" and "server_cpu_split_pct" in r}
+    parts: dict[tuple[str, int, int], list[dict[str, float]]] = {}
+    for r in rows:
+        key = (r.get("round"), r["calls"], r["rate"], r["loop"])
+        if r.get("app") == "echo" or key not in split_echo or "server_cpu_split_pct" not in r:
+            continue
+        parts.setdefault((r["app"], r["calls"], r["rate"]), []).append(
+            {k: v - split_echo[key][k] for k, v in r["server_cpu_split_pct"].items()})
     lines = []
     for (app, n, rate), ds in diffs.items():
         within = sum(d <= 15.0 for d in ds)
         lines.append(f"{app} at {n}@{rate}: server CPU against echo's, round by round: "
                      f"{', '.join(f'{d:+.0f} %' for d in ds)}; median "
                      f"{statistics.median(ds):+.0f} %; within 15 % in {within} of {len(ds)}")
+        if parts.get((app, n, rate)):
+            split = parts[(app, n, rate)]
+            lines.append(
+                "  of which, median points of a core over echo: " + ", ".join(
+                    f"{k.replace('_', ' ')} {statistics.median(d[k] for d in split):+.1f}"
+                    for k in ("main_user", "main_sys", "other_user", "other_sys")))
     return lines
 
 
