@@ -651,8 +651,9 @@ PyDoc_STRVAR(take_tape_doc,
 "What a tape holds, as four bytes objects, leaving it empty with its capacity kept (the\n"
 "next second fills it again without a realloc); None when it is empty. Each pcm has\n"
 "frame_bytes for every tick in its ticks (int64): zeros where the frame was digital\n"
-"silence (taped as its tick alone). A capacity far above what was taken (after a long\n"
-"detach) is given back.");
+"silence (taped as its tick alone); a pcm that is all such frames is a zero-filled bytes\n"
+"object shared by every tape. A capacity far above what was taken (after a long detach)\n"
+"is given back.");
 
 /* Give back a buffer far larger than what it held (a long detach, then a take). */
 static void shrink(void **buf, Py_ssize_t *cap, Py_ssize_t used, Py_ssize_t unit) {
@@ -661,6 +662,37 @@ static void shrink(void **buf, Py_ssize_t *cap, Py_ssize_t used, Py_ssize_t unit
         *buf = NULL;
         *cap = 0;
     }
+}
+
+/* Zero-filled bytes objects of the sizes blocks take, shared by every line: a silent caller's
+ * heard audio (and a line that sent only silence) is one of them instead of a new object
+ * zeroed into memory nobody has touched for a second and read again by each consumer
+ * (the recorder's append, the silence check). Bytes are immutable, so sharing is safe; a
+ * few sizes because a block's frame count moves by one or two with jitter. */
+#define ZERO_SLOTS 4
+static PyObject *zero_cache[ZERO_SLOTS];
+static int zero_next;
+
+static int is_shared_zeros(PyObject *obj) {
+    for (int i = 0; i < ZERO_SLOTS; i++)
+        if (zero_cache[i] == obj) return 1;
+    return 0;
+}
+
+/* A new reference to a shared zero-filled bytes object of `size` bytes. */
+static PyObject *shared_zeros(Py_ssize_t size) {
+    for (int i = 0; i < ZERO_SLOTS; i++)
+        if (zero_cache[i] != NULL && PyBytes_GET_SIZE(zero_cache[i]) == size) {
+            Py_INCREF(zero_cache[i]);
+            return zero_cache[i];
+        }
+    PyObject *z = PyBytes_FromStringAndSize(NULL, size);
+    if (z == NULL) return NULL;
+    memset(PyBytes_AS_STRING(z), 0, (size_t)size);
+    Py_XSETREF(zero_cache[zero_next], z);
+    zero_next = (zero_next + 1) % ZERO_SLOTS;
+    Py_INCREF(z);
+    return z;
 }
 
 static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -681,13 +713,21 @@ static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nar
 #if defined(__SSE2__)
     _mm_sfence(); /* the streaming stores are ordered before what reads them */
 #endif
-    Py_ssize_t n_out = 0;
-    for (Py_ssize_t k = 0; k < t->n_ev; k++) n_out += (t->ev[k] & OUT_ENTRY) != 0;
+    Py_ssize_t n_out = 0, quiet[2] = {0, 0};
+    for (Py_ssize_t k = 0; k < t->n_ev; k++) {
+        int out = (t->ev[k] & OUT_ENTRY) != 0;
+        n_out += out;
+        quiet[out] += (t->ev[k] & SILENT_SLOT) != 0;
+    }
     Py_ssize_t n_in = t->n_ev - n_out;
+    /* A direction that was all digital silence is the shared zeros (nothing to write). */
+    int zeros[2] = {n_in > 0 && quiet[0] == n_in, n_out > 0 && quiet[1] == n_out};
     PyObject *parts[TAPE_SIZE];
-    parts[TAPE_IN_PCM] = PyBytes_FromStringAndSize(NULL, n_in * fb);
+    parts[TAPE_IN_PCM] = zeros[0] ? shared_zeros(n_in * fb)
+                                  : PyBytes_FromStringAndSize(NULL, n_in * fb);
     parts[TAPE_IN_TICKS] = PyBytes_FromStringAndSize(NULL, n_in * 8);
-    parts[TAPE_OUT_PCM] = PyBytes_FromStringAndSize(NULL, n_out * fb);
+    parts[TAPE_OUT_PCM] = zeros[1] ? shared_zeros(n_out * fb)
+                                   : PyBytes_FromStringAndSize(NULL, n_out * fb);
     parts[TAPE_OUT_TICKS] = PyBytes_FromStringAndSize(NULL, n_out * 8);
     PyObject *result = NULL;
     for (int i = 0; i < TAPE_SIZE; i++)
@@ -702,7 +742,7 @@ static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nar
         int64_t e = t->ev[k];
         int out = (e & OUT_ENTRY) != 0;
         if (e & SILENT_SLOT) {
-            memset(pcm_dst[out], 0, (size_t)fb);
+            if (!zeros[out]) memset(pcm_dst[out], 0, (size_t)fb);
         } else if (e & REF_ENTRY) {
             memcpy(pcm_dst[out], PyBytes_AS_STRING(*ref++) + 3, (size_t)fb);
         } else {
@@ -759,7 +799,7 @@ static PyObject *block_shape(PyObject *self, PyObject *const *args, Py_ssize_t n
     int consecutive = 1;
     for (Py_ssize_t k = 1; k < n && consecutive; k++)
         if (s[k] != s[k - 1] + 1) consecutive = 0;
-    int silent = all_zero((const char *)v[2].buf, v[2].len);
+    int silent = is_shared_zeros(args[2]) || all_zero((const char *)v[2].buf, v[2].len);
     result = Py_BuildValue("(LLOO)", (long long)lo, (long long)hi,
                            consecutive ? Py_True : Py_False, silent ? Py_True : Py_False);
 done:
@@ -823,6 +863,110 @@ done:
     return frames;
 }
 
+/* One mono leg of a recording as up to two buffers, read as if one followed the other
+ * (what the recorder still holds of the leg, then the block it is adding). */
+typedef struct {
+    const char *p[2];
+    Py_ssize_t n[2]; /* whole 16-bit samples in each part */
+} leg;
+
+/* Where sample k of the leg is, and how many samples follow it in the same part (0: the
+ * leg has no sample k). */
+static Py_ssize_t leg_at(const leg *g, Py_ssize_t k, const char **at) {
+    for (int i = 0; i < 2; i++) {
+        if (k < g->n[i]) {
+            *at = g->p[i] + 2 * k;
+            return g->n[i] - k;
+        }
+        k -= g->n[i];
+    }
+    *at = NULL;
+    return 0;
+}
+
+/* n stereo samples into d: sample k of left then of right, zeros past a leg's end. Runs
+ * where both legs are contiguous go eight samples at a time (gcc -O2 makes the fixed inner
+ * loop two vector unpacks, about 4x a sample at a time). Copies go through memcpy: a
+ * buffer need not be 2-aligned, and 16-bit units keep their bytes on any host. */
+static void interleave_legs_into(char *d, const leg *left, const leg *right, Py_ssize_t n) {
+    Py_ssize_t k = 0;
+    while (k < n) {
+        const char *l, *r;
+        Py_ssize_t cl = leg_at(left, k, &l), cr = leg_at(right, k, &r);
+        Py_ssize_t run = n - k;
+        if (cl && cl < run) run = cl;
+        if (cr && cr < run) run = cr;
+        if (l != NULL && r != NULL) {
+            Py_ssize_t j = 0;
+            for (; j + 8 <= run; j += 8) {
+                uint16_t a[8], b[8], o[16];
+                memcpy(a, l + 2 * j, 16);
+                memcpy(b, r + 2 * j, 16);
+                for (int q = 0; q < 8; q++) {
+                    o[2 * q] = a[q];
+                    o[2 * q + 1] = b[q];
+                }
+                memcpy(d + 4 * (k + j), o, 32);
+            }
+            for (; j < run; j++) {
+                memcpy(d + 4 * (k + j), l + 2 * j, 2);
+                memcpy(d + 4 * (k + j) + 2, r + 2 * j, 2);
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < run; j++) { /* silence past a short leg */
+                if (l != NULL) memcpy(d + 4 * (k + j), l + 2 * j, 2);
+                else memset(d + 4 * (k + j), 0, 2);
+                if (r != NULL) memcpy(d + 4 * (k + j) + 2, r + 2 * j, 2);
+                else memset(d + 4 * (k + j) + 2, 0, 2);
+            }
+        }
+        k += run;
+    }
+}
+
+/* interleave(...) and interleave_parts(...): legs given as `parts` buffers each (1 or 2),
+ * args[0 .. 2*parts - 1], then nbytes. */
+static PyObject *interleave_n(PyObject *const *args, Py_ssize_t nargs, int parts,
+                              const char *usage) {
+    if (nargs != 2 * parts + 1 || !PyLong_Check(args[2 * parts])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    Py_ssize_t nbytes = PyLong_AsSsize_t(args[2 * parts]);
+    if (nbytes < 0 || nbytes % 2 || nbytes > PY_SSIZE_T_MAX / 2) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "nbytes must be even, >= 0");
+        return NULL;
+    }
+    Py_buffer v[4];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 2 * parts; got++)
+        if (PyObject_GetBuffer(args[got], &v[got], PyBUF_SIMPLE) < 0) goto done;
+    result = PyBytes_FromStringAndSize(NULL, 2 * nbytes);
+    if (result == NULL) goto done;
+    leg legs[2] = {{{NULL, NULL}, {0, 0}}, {{NULL, NULL}, {0, 0}}};
+    for (int side = 0; side < 2; side++) {
+        /* Only the leg's first nbytes count (an odd last byte is no sample). */
+        Py_ssize_t room = nbytes;
+        for (int i = 0; i < parts; i++) {
+            const Py_buffer *b = &v[side * parts + i];
+            if (i < parts - 1 && b->len % 2) {
+                PyErr_SetString(PyExc_ValueError, "a leg's first part must be whole samples");
+                Py_CLEAR(result);
+                goto done;
+            }
+            Py_ssize_t use = b->len < room ? b->len : room;
+            legs[side].p[i] = b->buf;
+            legs[side].n[i] = use / 2;
+            room -= legs[side].n[i] * 2;
+        }
+    }
+    interleave_legs_into(PyBytes_AS_STRING(result), &legs[0], &legs[1], nbytes / 2);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 PyDoc_STRVAR(interleave_doc,
 "interleave(left, right, nbytes) -> bytes\n\n"
 "Stereo 16-bit audio from two mono legs: 2 * nbytes bytes, sample k of left then sample k\n"
@@ -832,49 +976,19 @@ PyDoc_STRVAR(interleave_doc,
 
 static PyObject *interleave(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 3 || !PyLong_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "interleave(left, right, nbytes: int)");
-        return NULL;
-    }
-    Py_ssize_t nbytes = PyLong_AsSsize_t(args[2]);
-    if (nbytes < 0 || nbytes % 2 || nbytes > PY_SSIZE_T_MAX / 2) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "nbytes must be even, >= 0");
-        return NULL;
-    }
-    Py_buffer v[2];
-    int got = 0;
-    PyObject *result = NULL;
-    for (; got < 2; got++)
-        if (PyObject_GetBuffer(args[got], &v[got], PyBUF_SIMPLE) < 0) goto done;
-    result = PyBytes_FromStringAndSize(NULL, 2 * nbytes);
-    if (result == NULL) goto done;
-    /* Samples each leg has (an odd last byte is no sample). Copies go through memcpy: a
-     * buffer need not be 2-aligned, and 16-bit units keep their bytes on any host. */
-    const char *l = v[0].buf, *r = v[1].buf;
-    Py_ssize_t n = nbytes / 2;
-    Py_ssize_t nl = (v[0].len < nbytes ? v[0].len : nbytes) / 2;
-    Py_ssize_t nr = (v[1].len < nbytes ? v[1].len : nbytes) / 2;
-    Py_ssize_t both = nl < nr ? nl : nr, k = 0;
-    char *d = PyBytes_AS_STRING(result);
-    /* Eight samples at a time: gcc -O2 makes the fixed inner loop two vector unpacks
-     * (about 4x the sample-at-a-time loop below). */
-    for (; k + 8 <= both; k += 8) {
-        uint16_t a[8], b[8], o[16];
-        memcpy(a, l + 2 * k, 16);
-        memcpy(b, r + 2 * k, 16);
-        for (int j = 0; j < 8; j++) {
-            o[2 * j] = a[j];
-            o[2 * j + 1] = b[j];
-        }
-        memcpy(d + 4 * k, o, 32);
-    }
-    for (; k < n; k++) { /* the rest, and silence past a short leg */
-        if (k < nl) memcpy(d + 4 * k, l + 2 * k, 2); else memset(d + 4 * k, 0, 2);
-        if (k < nr) memcpy(d + 4 * k + 2, r + 2 * k, 2); else memset(d + 4 * k + 2, 0, 2);
-    }
-done:
-    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
-    return result;
+    return interleave_n(args, nargs, 1, "interleave(left, right, nbytes: int)");
+}
+
+PyDoc_STRVAR(interleave_parts_doc,
+"interleave_parts(left_a, left_b, right_a, right_b, nbytes) -> bytes\n\n"
+"interleave() of left_a + left_b and right_a + right_b, without joining them: the\n"
+"recorder's held frames and the block it adds are read where they are (two copies of\n"
+"every block's audio into the held buffers were a third of the recording's cost).");
+
+static PyObject *interleave_parts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    return interleave_n(args, nargs, 2,
+                        "interleave_parts(left_a, left_b, right_a, right_b, nbytes: int)");
 }
 
 /* What the lines a few places on will touch, asked for now: each line's tuple, numbers,
@@ -1038,6 +1152,8 @@ static PyMethodDef methods[] = {
     {"block_shape", (PyCFunction)(void (*)(void))block_shape, METH_FASTCALL, block_shape_doc},
     {"frame_clip", (PyCFunction)(void (*)(void))frame_clip, METH_FASTCALL, frame_clip_doc},
     {"interleave", (PyCFunction)(void (*)(void))interleave, METH_FASTCALL, interleave_doc},
+    {"interleave_parts", (PyCFunction)(void (*)(void))interleave_parts, METH_FASTCALL,
+     interleave_parts_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,6 +32,7 @@ __all__ = [
     "frame_clip",
     "frame_clip_py",
     "interleave",
+    "interleave_parts",
     "new_tape",
     "pump",
     "take_tape",
@@ -138,8 +139,9 @@ def pump(
 def take_tape(tape: Tape, frame_bytes: int) -> tuple[bytes, bytes, bytes, bytes] | None:
     """What ``tape`` holds (inbound audio, inbound ticks, outbound audio, outbound slots),
     leaving it empty; None when it is empty. Each audio part has ``frame_bytes`` per tick,
-    zeros where the frame was digital silence (taped as its tick alone). The tape keeps its
-    capacity, so the next second refills it without reallocating."""
+    zeros where the frame was digital silence (taped as its tick alone); a part that is all
+    such frames is a zero-filled object every tape shares (never written to: bytes). The
+    tape keeps its capacity, so the next second refills it without reallocating."""
     if _wire is None:
         raise RuntimeError("the C media path is not built")
     return _wire.take_tape(tape, frame_bytes)
@@ -206,3 +208,14 @@ def interleave(left: bytes | bytearray, right: bytes | bytearray, nbytes: int) -
     (``helpers.recorder.interleave_legs``, also the reference the tests compare)."""
     assert _wire is not None
     return _wire.interleave(left, right, nbytes)
+
+
+def interleave_parts(
+    left_a: bytes | bytearray, left_b: bytes | bytearray,
+    right_a: bytes | bytearray, right_b: bytes | bytearray, nbytes: int,
+) -> bytes:
+    """:func:`interleave` of ``left_a + left_b`` and ``right_a + right_b`` without joining
+    them (the recorder's held frames and the block it adds). ``left_a`` and ``right_a`` must
+    be whole samples. Only when :data:`AVAILABLE`."""
+    assert _wire is not None
+    return _wire.interleave_parts(left_a, left_b, right_a, right_b, nbytes)

@@ -491,6 +491,43 @@ def test_a_queued_frame_is_taped_by_reference_and_let_go_when_taken(pair: Any) -
     assert sys.getrefcount(prompt[0]) == held[0]
 
 
+def test_a_direction_of_only_silence_is_one_shared_zero_object() -> None:
+    """A silent caller's heard audio (or a line that sent only silence) comes back as a
+    zero-filled bytes object every tape shares: nothing zeroed per block, and block_shape
+    knows it is silent without reading it. One sound frame makes it a copy of its own."""
+    from audiosocket.native import block_shape, new_tape, take_tape
+
+    quiet, z = bytes(320), bytes(320)
+    tapes = [new_tape(320) for _ in range(3)]
+    for k in range(100):
+        for tape in tapes[:2]:
+            tape.put(True, k, z)
+            tape.put(False, k + 1, quiet)
+        tapes[2].put(True, k, z)
+        tapes[2].put(False, k + 1, frame(5)[3:] if k == 50 else quiet)
+    a, b, c = (take_tape(t, 320) for t in tapes)
+    assert a is not None and b is not None and c is not None
+    assert a[0] is b[0] and a[2] is b[2]  # one object, heard and sent alike (same size)
+    assert a[0] == bytes(100 * 320) and a[2] == bytes(100 * 320)
+    assert c[2] is a[2]  # its own silence out: shared too
+    assert c[0] is not a[0] and c[0] == bytes(50 * 320) + frame(5)[3:] + bytes(49 * 320)
+    ticks = np.frombuffer(a[1], "<i8")
+    assert ticks.tolist() == list(range(1, 101))
+    assert block_shape(ticks, np.frombuffer(a[3], "<i8"), a[0])[3] is True
+    assert block_shape(np.frombuffer(c[1], "<i8"), np.frombuffer(c[3], "<i8"), c[0])[3] is False
+    # Another size (a block one frame longer) gets its own shared object; the first stays.
+    d = new_tape(320)
+    for k in range(101):
+        d.put(False, k + 1, quiet)
+    taken = take_tape(d, 320)
+    assert taken is not None and taken[0] == bytes(101 * 320) and taken[2] == b""
+    e = new_tape(320)
+    for k in range(100):
+        e.put(False, k + 1, quiet)
+    again = take_tape(e, 320)
+    assert again is not None and again[0] is a[0]
+
+
 def test_taking_a_tape_empties_it_and_keeps_its_capacity(pair: Any) -> None:
     """A second of frames, taken, then another: the same bytes in order, and the second
     second appends into the buffers the first one grew (no realloc churn per second)."""
@@ -659,6 +696,29 @@ def test_interleave_is_the_numpy_reference(
     assert got == interleave_legs(*legs, nbytes)
     if isinstance(legs[0], bytearray):
         legs[0].extend(b"\x00\x00")  # no buffer left exported: the leg can still resize
+
+
+@given(
+    left_a=st.integers(0, 40), left_b=st.binary(max_size=80),
+    right_a=st.integers(0, 40), right_b=st.binary(max_size=80),
+    samples=st.integers(0, 96),
+)
+@settings(max_examples=300, deadline=None)
+def test_interleave_parts_is_interleave_of_the_joined_legs(
+    left_a: int, left_b: bytes, right_a: int, right_b: bytes, samples: int
+) -> None:
+    """Each leg as the recorder's held frames (a bytearray of whole samples) and the block
+    after them: the same bytes as joining them first, whichever part the run ends in, with
+    zeros past a short leg."""
+    la = bytearray(range(2 * left_a))
+    ra = bytearray(255 - i for i in range(2 * right_a))
+    nbytes = 2 * samples
+    got = _wire.interleave_parts(la, left_b, ra, right_b, nbytes)
+    assert got == _wire.interleave(bytes(la) + left_b, bytes(ra) + right_b, nbytes)
+    assert got == interleave_legs(bytes(la) + left_b, bytes(ra) + right_b, nbytes)
+    la.extend(b"\x00\x00")  # no buffer left exported: the held leg can still resize
+    with pytest.raises(ValueError):  # a first part that ends mid-sample
+        _wire.interleave_parts(b"\x01", b"", b"", b"", 2)
 
 
 def test_interleave_rejects_odd_or_negative_sizes() -> None:
