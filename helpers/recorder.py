@@ -29,8 +29,8 @@ import structlog
 from prometheus_client import Counter
 
 __all__ = [
-    "CallRecorder", "Interleave", "RecorderWriter", "interleave_legs", "repair_all", "repair_wav",
-    "tick_leads", "wav_seconds",
+    "CallRecorder", "Interleave", "InterleaveParts", "RecorderWriter", "interleave_legs",
+    "repair_all", "repair_wav", "tick_leads", "wav_seconds",
 ]
 
 log = structlog.get_logger("audiosocket.recorder")
@@ -82,6 +82,20 @@ def tick_leads(ticks: np.ndarray) -> tuple[int, int]:
 #: ``(left, right, nbytes) -> stereo``: the two legs' first ``nbytes`` interleaved as 16-bit
 #: samples, zeros past a short leg (:func:`interleave_legs`).
 Interleave = Callable[[bytearray, bytearray, int], bytes]
+#: ``(left_a, left_b, right_a, right_b, nbytes) -> stereo``: :data:`Interleave` of
+#: ``left_a + left_b`` and ``right_a + right_b`` without joining them
+#: (``audiosocket.native.interleave_parts``).
+InterleaveParts = Callable[[bytearray, bytes, bytearray, bytes, int], bytes]
+
+
+def _rest(held: bytearray, more: bytes, n: int) -> bytearray:
+    """What stays of ``held + more`` after its first ``n`` bytes, as the new held buffer
+    (one copy of the tail, not of ``more`` whole)."""
+    if n <= len(held):
+        del held[:n]
+        held += more
+        return held
+    return bytearray(memoryview(more)[n - len(held):])
 
 
 def interleave_legs(left: bytes | bytearray, right: bytes | bytearray, nbytes: int) -> bytes:
@@ -178,6 +192,7 @@ class CallRecorder:
         hold_slots: int = 0,
         writer: RecorderWriter,
         interleave: Interleave = interleave_legs,
+        interleave_parts: InterleaveParts | None = None,
     ) -> None:
         self.path = Path(path)
         self.rate = rate
@@ -187,6 +202,9 @@ class CallRecorder:
         self.hold_slots = hold_slots
         self._writer = writer
         self._interleave = interleave
+        # With it, a block that fills a flush is interleaved from where its audio is (see
+        # add_block), not first appended to the held buffers.
+        self._interleave_parts = interleave_parts
         # Slots not yet written, from _base on: one frame_bytes each, zero (silence) where
         # nothing was put, so a run of frames is one slice assignment.
         self._in = bytearray()
@@ -353,22 +371,37 @@ class CallRecorder:
                 lead = tick_leads(heard_ticks)
             if pos < base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS:
                 return False
+        last = slots.item(-1)
+        consecutive = last - first_slot == n - 1
+        # Flush where the rounds would have: they check after every slot, so the file's
+        # base (and with it which late partial frame still has a slot) is the same.
+        # Consecutive slots: out_pos steps by one, crossing base + every + hold each time,
+        # and each flush moves the base by ``every``.
+        every = self.flush_every
+        crossings = 0
+        if consecutive and self._out_pos <= first_slot:
+            crossings = (last + 1 - base - every - self.hold_slots) // every + 1
+        if (crossings > 0 and m and self._interleave_parts is not None
+                and (pos - base) * fb == len(self._in) and len(heard) == m * fb
+                and (first_slot - base) * fb == len(self._out)):
+            # The usual block: both legs would be appended right after what is held, and
+            # a flush follows. The flush reads the block where it is instead (the same
+            # bytes; the appends were a third of the recording's cost).
+            self._in_pos = pos + m
+            self._batch_tick = heard_ticks.item(-1)
+            self._out_pos = last + 1
+            self._flush(base + every * crossings, heard, sent)
+            return True
+        if m:
             self._put_run(self._in, pos, heard, m)
             self._in_pos = pos + m
             self._batch_tick = heard_ticks.item(-1)
-        last = slots.item(-1)
-        if last - first_slot == n - 1:
+        if consecutive:
             self._put_run(self._out, first_slot, sent, n)
         else:  # a resync skipped slots: each frame where it went out
             for i, slot in enumerate(slots.tolist()):
                 self._put(self._out, slot, sent[i * fb : (i + 1) * fb])
-        # Flush where the rounds would have: they check after every slot, so the file's
-        # base (and with it which late partial frame still has a slot) is the same.
-        if last - first_slot == n - 1 and self._out_pos <= first_slot:
-            # Consecutive slots: out_pos steps by one, crossing base + every + hold each
-            # time, and each flush moves the base by ``every``.
-            every = self.flush_every
-            crossings = (last + 1 - base - every - self.hold_slots) // every + 1
+        if consecutive and self._out_pos <= first_slot:
             if crossings > 0:
                 self._out_pos = last + 1
                 self._flush(base + every * crossings)
@@ -409,16 +442,27 @@ class CallRecorder:
         if len(pcm) < end - start:
             slots[start + len(pcm) : end] = bytes(end - start - len(pcm))
 
-    def _flush(self, upto: int) -> None:
+    def _flush(self, upto: int, in_more: bytes | None = None,
+               out_more: bytes | None = None) -> None:
+        """Write the slots before ``upto``. ``in_more``/``out_more`` (both or neither):
+        whole frames that follow what each leg holds, not yet appended to it (add_block)."""
         count = upto - self._base
         if count <= 0:
+            if in_more is not None and out_more is not None:  # nothing to write: hold them
+                self._in += in_more
+                self._out += out_more
             return
         n = count * self.frame_bytes
         # Interleaved straight from the slots (a slot never filled is silence): once per
         # call per second, one C pass when the recording part passed native.interleave.
-        data = self._interleave(self._in, self._out, n)
-        del self._in[:n]
-        del self._out[:n]
+        if in_more is None or out_more is None or self._interleave_parts is None:
+            data = self._interleave(self._in, self._out, n)
+            del self._in[:n]
+            del self._out[:n]
+        else:
+            data = self._interleave_parts(self._in, in_more, self._out, out_more, n)
+            self._in = _rest(self._in, in_more, n)
+            self._out = _rest(self._out, out_more, n)
         self._base = upto
         if self._queued_in - self._queued_out + len(data) > QUEUED_MAX_BYTES:
             RECORDING_BYTES_LOST.inc(len(data))  # the disk is this far behind: do not queue

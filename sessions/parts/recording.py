@@ -50,7 +50,8 @@ class Recording(Part):
         # The C interleave when built (helpers may not import the core), else its numpy one.
         self.recorder = CallRecorder(
             self.path, call.rate, hold_slots=HOLD_SLOTS, writer=writer,
-            interleave=native.interleave if native.AVAILABLE else interleave_legs)
+            interleave=native.interleave if native.AVAILABLE else interleave_legs,
+            interleave_parts=native.interleave_parts if native.AVAILABLE else None)
         #: This call in the portal's live view (IVR node, transcript lines, listen-in tap).
         self.live = live
         if live is not None:

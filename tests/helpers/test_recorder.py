@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,8 @@ from helpers.recorder import CallRecorder, RecorderWriter, interleave_legs, repa
 
 #: What the server's recording part gives the recorder: C when built.
 interleave = native.interleave if native.AVAILABLE else interleave_legs
+#: The server's recorder interleaves a block from where it is (C only).
+interleave_parts = native.interleave_parts if native.AVAILABLE else None
 
 
 def frame(value: int, n: int = 160) -> bytes:
@@ -240,13 +243,15 @@ def _drive(rec: CallRecorder, steps: list[_Step], start: int, value: int) -> int
     before=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 8)), max_size=30),
     run=st.integers(1, 120),
     after=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), max_size=10),
+    parts=st.booleans(),
 )
 # A short frame read just behind a flush boundary: the block once flushed to a base the
 # rounds never had, so it kept a partial frame the rounds had dropped as late.
-@example(before=[], run=20, after=[(0, 1), (0, 1), (3, 1), (0, 1), (0, 2)])
-@settings(max_examples=60, deadline=None)
+@example(before=[], run=20, after=[(0, 1), (0, 1), (3, 1), (0, 1), (0, 2)], parts=False)
+@example(before=[], run=20, after=[(0, 1), (0, 1), (3, 1), (0, 1), (0, 2)], parts=True)
+@settings(max_examples=80, deadline=None)
 def test_a_steady_run_writes_the_same_bytes_as_its_rounds(
-    before: list[_Step], run: int, after: list[_Step]
+    before: list[_Step], run: int, after: list[_Step], parts: bool
 ) -> None:
     """add_run (one slice assignment each way) against the frame-by-frame rounds it stands
     for, after any history of gaps, bursts, short frames and resyncs: the same file, or it
@@ -255,7 +260,8 @@ def test_a_steady_run_writes_the_same_bytes_as_its_rounds(
     with tempfile.TemporaryDirectory() as d:
         a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
         b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer,
-                         interleave=interleave)  # the server's: C when built
+                         interleave=interleave,  # the server's: C when built
+                         interleave_parts=interleave_parts if parts else None)
         ta = _drive(a, before, 0, 100)
         tb = _drive(b, before, 0, 100)
         assert ta == tb
@@ -275,6 +281,47 @@ def test_a_steady_run_writes_the_same_bytes_as_its_rounds(
         b.close()
         assert writer.flush()
         assert (Path(d) / "a.wav").read_bytes() == (Path(d) / "b.wav").read_bytes()
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="the C extension is not built")
+def test_a_steady_call_s_blocks_are_interleaved_where_they_are(tmp_path: Path) -> None:
+    """The server's recorder (hold 25, a flush a second) fed 2 s blocks as the C path tapes
+    them, one with a jittery tick (no frame, then two): each block is interleaved from the
+    held frames and the block itself, never appended first, and the file is the rounds'."""
+    writer = RecorderWriter()
+    used: list[int] = []
+
+    def parts(la: bytearray, lb: bytes, ra: bytearray, rb: bytes, n: int) -> bytes:
+        used.append(n)
+        return native.interleave_parts(la, lb, ra, rb, n)
+
+    a = CallRecorder(tmp_path / "a.wav", 8000, flush_every=50, hold_slots=25, writer=writer)
+    b = CallRecorder(tmp_path / "b.wav", 8000, flush_every=50, hold_slots=25, writer=writer,
+                     interleave=native.interleave, interleave_parts=parts)
+    for blk in range(8):
+        slots = np.arange(blk * 100, (blk + 1) * 100, dtype="<i8")
+        ticks = slots + 1
+        if blk == 4:  # frame 10 read a tick late, with frame 11
+            ticks[10] += 1
+        sent = b"".join(frame(-1000 - int(s)) for s in slots)
+        heard = b"".join(frame(1000 + int(s)) for s in slots)
+        for k, slot in enumerate(slots.tolist()):
+            a.add_outbound(slot, sent[k * 320 : (k + 1) * 320])
+            for j in range(len(ticks)):
+                if ticks[j] == slot + 1:
+                    a.add_inbound(heard[j * 320 : (j + 1) * 320], slot + 1)
+        lead = (int((ticks - np.arange(100)).min()), int((ticks - np.arange(100)).max()))
+        assert b.add_block(slots, sent, heard, ticks, lead=lead)
+    a.close()
+    b.close()
+    assert writer.flush()
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    # Every block, the jittery one too: the first flush a second (the held frames before
+    # it), then two seconds each.
+    assert used == [50 * 320] + [100 * 320] * 7
+    left, right, _ = read_stereo(tmp_path / "b.wav")
+    assert left.reshape(-1, 160)[:, 0].tolist()[:800] == [1000 + s for s in range(800)]
+    assert right.reshape(-1, 160)[:, 0].tolist()[:800] == [-1000 - s for s in range(800)]
 
 
 def test_a_steady_run_is_taken_at_once_in_the_common_case(tmp_path: Path) -> None:
@@ -297,23 +344,28 @@ def test_a_steady_run_is_taken_at_once_in_the_common_case(tmp_path: Path) -> Non
     block=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3)), min_size=1, max_size=80),
     after=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), max_size=10),
     with_lead=st.booleans(),
+    parts=st.booleans(),
 )
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=100, deadline=None)
 # Found on a fresh clone: a short frame held from the tick before the block (placed only at
 # the block's first round) left a partial that add_block placed around.
-@example(before=[(3, 1)], block=[(1, 1)], after=[], with_lead=False)
-@example(before=[(3, 1)], block=[(1, 1)], after=[(2, 3), (3, 3), (3, 2)], with_lead=True)
+@example(before=[(3, 1)], block=[(1, 1)], after=[], with_lead=False, parts=False)
+@example(before=[(3, 1)], block=[(1, 1)], after=[(2, 3), (3, 3), (3, 2)], with_lead=True,
+         parts=True)
 def test_a_block_writes_the_same_bytes_as_its_rounds(
-    before: list[_Step], block: list[_Step], after: list[_Step], with_lead: bool
+    before: list[_Step], block: list[_Step], after: list[_Step], with_lead: bool,
+    parts: bool,
 ) -> None:
     """add_block (a jittery stretch at once: 0-2 frames read per tick, resyncs) against the
     rounds it stands for, after any history: the same file, or it declines. With the
-    block's shape (``lead``, the O(1) check the C path's blocks use) or without."""
+    block's shape (``lead``, the O(1) check the C path's blocks use) or without; with the
+    block interleaved from where it is (``parts``, the server's) or appended first."""
     writer = RecorderWriter()
     with tempfile.TemporaryDirectory() as d:
         a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
         b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer,
-                         interleave=interleave)  # the server's: C when built
+                         interleave=interleave,  # the server's: C when built
+                         interleave_parts=interleave_parts if parts else None)
         tick = _drive(a, before, 0, 100)
         _drive(b, before, 0, 100)
         slots: list[int] = []
