@@ -32,6 +32,12 @@ against the generator's count, after every call ended) and, for ``record`` with 
 frames, be in a recording exactly once (the WAVs are scanned after the server stopped).
 ``--callers silent`` sends digital silence (the default for ``ivr`` and ``transcribe``: a
 caller who says nothing; the IVR then runs its demo menu with its re-prompts).
+``--step-times`` runs the server through ``bench/step_timer.py``: the main thread's steps
+(the tick and its pump, each block and each part's share of it, playback marks, a prompt's
+queueing and its line, log lines, the sweep) are timed in place and each thread's CPU is
+read by name; each row then lists them and each app's median distance from echo is printed
+by step and by thread. A step's figure is wall time: on a machine where something else
+shares the server's CPU it includes being preempted, so compare runs with ``--priority rt``.
 Pass criterion: no frame lost and p99 gap between the server's outbound frames <= 25 ms.
 Raw results go to ``bench/results/load-<time>.jsonl``; server logs to ``bench/results/``.
 """
@@ -57,6 +63,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LOADGEN_SRC = ROOT / "bench" / "loadgen.c"
+STEP_TIMER = ROOT / "bench" / "step_timer.py"
 LOADGEN = RESULTS / "loadgen"
 ECHO_FLOOR_SRC = ROOT / "bench" / "echo_floor.c"
 ECHO_FLOOR = RESULTS / "echo_floor"
@@ -280,6 +287,9 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
             cmd.append("--no-uvloop")
         if args.python_media:
             cmd.append("--no-native-media")
+    if args.step_times and args.server_impl == "python":
+        exe = cmd.index(str(ROOT / ".venv" / "bin" / "audiosocket"))
+        cmd[exe : exe + 1] = [sys.executable, str(STEP_TIMER)]
     if args.server_cmd_prefix:
         cmd = [*args.server_cmd_prefix.split(), *cmd]
     with open(log_path, "wb") as log_file:
@@ -355,6 +365,8 @@ def run_point(n: int, rate: int, loop: str, args: argparse.Namespace, tag: str) 
             row["resyncs"] = counter_delta(m0, m1, "audiosocket_clock_resyncs_total")
             row["underruns"] = counter_delta(m0, m1, "audiosocket_playout_underruns_total")
             row["write_stalls"] = counter_delta(m0, m1, "audiosocket_write_stalls_total")
+            if args.step_times:
+                row["steps"] = step_figures(m0, m1, wall)
         else:  # no /metrics (the C floor server): the server-side columns are unknown
             for key in ("server_ticks", "tick_late_p50_ms", "tick_late_p99_ms",
                         "tick_late_over_20ms", "tick_dur_p50_ms", "tick_dur_p99_ms",
@@ -471,6 +483,82 @@ def fmt_row(r: dict) -> str:
 APPS = ("echo", "record", "transcribe", "ivr")
 
 
+def _labelled(samples: dict[str, float], name: str, *labels: str
+              ) -> dict[tuple[str, ...], float]:
+    """The samples of one metric family by the values of ``labels``, in that order."""
+    out = {}
+    for key, val in samples.items():
+        if key.startswith(name + "{"):
+            found = dict(_LABEL.findall(key[len(name):]))
+            out[tuple(found.get(label, "") for label in labels)] = val
+    return out
+
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def step_figures(m0: dict[str, float], m1: dict[str, float], wall: float) -> dict:
+    """bench/step_timer.py's sums over the window: per step its calls a second, µs a call
+    and share of a core (%); per thread its user and kernel share of a core (%)."""
+    secs0 = _labelled(m0, "audiosocket_bench_step_seconds_total", "step")
+    secs1 = _labelled(m1, "audiosocket_bench_step_seconds_total", "step")
+    calls0 = _labelled(m0, "audiosocket_bench_step_calls_total", "step")
+    calls1 = _labelled(m1, "audiosocket_bench_step_calls_total", "step")
+    steps = {}
+    for (step,), total in secs1.items():
+        n = calls1.get((step,), 0.0) - calls0.get((step,), 0.0)
+        t = total - secs0.get((step,), 0.0)
+        steps[step] = {"per_s": n / wall, "us": 1e6 * t / n if n else 0.0,
+                       "core_pct": 100.0 * t / wall}
+    cpu0 = _labelled(m0, "audiosocket_bench_thread_cpu_seconds_total", "thread", "mode")
+    cpu1 = _labelled(m1, "audiosocket_bench_thread_cpu_seconds_total", "thread", "mode")
+    threads: dict[str, dict[str, float]] = {}
+    for (thread, mode), total in cpu1.items():
+        spent = total - cpu0.get((thread, mode), 0.0)
+        threads.setdefault(thread, {})[mode] = 100.0 * spent / wall
+    return {"steps": steps, "threads": threads}
+
+
+def step_lines(rows: list[dict]) -> list[str]:
+    """Each row's timed steps, and each app's median distance from echo's by step and by
+    thread, in points of a core (only rows run with --step-times)."""
+    lines = []
+    for r in rows:
+        fig = r.get("steps")
+        if not fig:
+            continue
+        lines.append(f"{r['app']} {r['calls']}@{r['rate']} round {r.get('round')}: " + "; ".join(
+            f"{k} {v['us']:.1f} µs × {v['per_s']:.0f}/s = {v['core_pct']:.1f} %"
+            for k, v in sorted(fig["steps"].items()) if v["per_s"]))
+        lines.append("  threads (user/sys % of a core): " + "; ".join(
+            f"{k} {v.get('user', 0.0):.1f}/{v.get('sys', 0.0):.1f}"
+            for k, v in sorted(fig["threads"].items()) if sum(v.values()) >= 0.05))
+    echo = {(r.get("round"), r["calls"], r["rate"], r["loop"]): r["steps"]
+            for r in rows if r.get("app") == "echo" and r.get("steps")}
+    dist: dict[tuple[str, int, int], dict[str, list[float]]] = {}
+    for r in rows:
+        key = (r.get("round"), r["calls"], r["rate"], r["loop"])
+        if r.get("app") == "echo" or not r.get("steps") or key not in echo:
+            continue
+        d = dist.setdefault((r["app"], r["calls"], r["rate"]), {})
+        for kind in ("steps", "threads"):
+            mine, theirs = r["steps"][kind], echo[key][kind]
+            for name in set(mine) | set(theirs):
+                if kind == "steps":
+                    a = mine.get(name, {}).get("core_pct", 0.0)
+                    b = theirs.get(name, {}).get("core_pct", 0.0)
+                else:
+                    a = sum(mine.get(name, {}).values())
+                    b = sum(theirs.get(name, {}).values())
+                d.setdefault(f"{kind[:-1]} {name}", []).append(a - b)
+    for (app, n, rate), d in dist.items():
+        meds = {k: statistics.median(v) for k, v in d.items()}
+        lines.append(f"{app} at {n}@{rate}, median points of a core over echo: " + ", ".join(
+            f"{k} {v:+.1f}" for k, v in sorted(meds.items(), key=lambda kv: -abs(kv[1]))
+            if abs(v) >= 0.05))
+    return lines
+
+
 def against_echo(rows: list[dict]) -> list[str]:
     """Each app's server CPU against echo's at the same point of the same round, in per
     cent (issue 14: ``record`` and silent ``ivr`` within 15 % of echo at 1000 calls), with
@@ -536,6 +624,10 @@ def main() -> int:
                    help="python: audiosocket serve --app echo; c: bench/echo_floor.c, the "
                         "floor (no /metrics)")
     p.add_argument("--server-cmd-prefix", default="", help=argparse.SUPPRESS)
+    p.add_argument("--step-times", action="store_true",
+                   help="run the server through bench/step_timer.py: the main thread's steps "
+                        "(the pump, each part's block, marks, log lines...) timed in place "
+                        "and each thread's CPU by name, per row and against echo")
     p.add_argument("--python-media", action="store_true",
                    help="run the server with --no-native-media (the Python path only)")
     p.add_argument("--app", default="echo",
@@ -588,6 +680,8 @@ def main() -> int:
     print("|" + "---|" * (HEADER.count("|") - 1))
     for row in rows:
         print(fmt_row(row))
+    for line in step_lines(rows):
+        print(line)
     for line in against_echo(rows):
         print(line)
     label = "c" if args.server_impl == "c" else "uvloop"
