@@ -48,7 +48,9 @@ STEPS: dict[str, tuple[str, str]] = {
     "marks": ("audiosocket.playout", "Playout._resolve_marks"),
     "prompt.line": ("sessions.parts.speaker", "Speaker._line"),
     "prompt.queue": ("audiosocket.playout", "Playout.play_parts"),
-    "log.line": ("audiosocket.logs", "_LineWriter.msg"),
+    "prompt.line.store": ("helpers.store.segments", "SegmentQueries.add_segment"),
+    "log.render": ("structlog._base", "BoundLoggerBase._process_event"),
+    "log.line": ("audiosocket.logs", "_LineWriter.info"),
     "sweep": ("audiosocket.server", "AudioSocketServer.sweep"),
     "flush_metrics": ("audiosocket.connection", "Connection.flush_metrics"),
 }
