@@ -58,7 +58,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -124,21 +126,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def cpu_split(pid: int) -> dict[str, float]:
-    """CPU seconds by kind: the main thread's (the event loop and the C pump) and the other
-    threads' (the recorder's writer, the store's, STT...), user and kernel apart. The kernel
-    share (the sockets' send and recv) moves with the VM's speed for every app alike; the
-    user share is mostly what the app itself adds."""
-    out = {"main_user": 0.0, "main_sys": 0.0, "other_user": 0.0, "other_sys": 0.0}
+def thread_cpu(pid: int | str) -> dict[int, tuple[float, float]]:
+    """Each live thread's (user, kernel) CPU seconds by thread id (``pid`` may be
+    ``"self"``: bench/step_timer.py reads its own server's threads with this too)."""
+    out = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{task}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # a thread that ended between the listing and the read
-        who = "main" if task == str(pid) else "other"
-        out[f"{who}_user"] += int(fields[11]) / CLK_TCK
-        out[f"{who}_sys"] += int(fields[12]) / CLK_TCK
+        out[int(task)] = (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK)
+    return out
+
+
+def cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds by kind: the main thread's (the event loop and the C pump) and the other
+    threads' (the recorder's writer, the store's, STT...), user and kernel apart. The kernel
+    share (the sockets' send and recv) moves with the VM's speed for every app alike; the
+    user share is mostly what the app itself adds."""
+    out = {"main_user": 0.0, "main_sys": 0.0, "other_user": 0.0, "other_sys": 0.0}
+    for tid, (user, sys_) in thread_cpu(pid).items():
+        who = "main" if tid == pid else "other"
+        out[f"{who}_user"] += user
+        out[f"{who}_sys"] += sys_
     return out
 
 
@@ -519,6 +530,23 @@ def step_figures(m0: dict[str, float], m1: dict[str, float], wall: float) -> dic
     return {"steps": steps, "threads": threads}
 
 
+def _round_key(r: dict) -> tuple:
+    """A row's point in its round: what its echo row has in common with it."""
+    return (r.get("round"), r["calls"], r["rate"], r["loop"])
+
+
+def _with_echo(rows: list[dict], field: str) -> Iterator[tuple[dict, Any, Any]]:
+    """(row, its ``field``, echo's ``field`` at the same point of the same round) for every
+    non-echo row where both have it."""
+    echo = {_round_key(r): r[field] for r in rows
+            if r.get("app") == "echo" and r.get(field) is not None
+            and r.get("server_impl", "python") == "python"}
+    for r in rows:
+        key = _round_key(r)
+        if r.get("app") != "echo" and r.get(field) is not None and key in echo:
+            yield r, r[field], echo[key]
+
+
 def step_lines(rows: list[dict]) -> list[str]:
     """Each row's timed steps, and each app's median distance from echo's by step and by
     thread, in points of a core (only rows run with --step-times)."""
@@ -533,24 +561,16 @@ def step_lines(rows: list[dict]) -> list[str]:
         lines.append("  threads (user/sys % of a core): " + "; ".join(
             f"{k} {v.get('user', 0.0):.1f}/{v.get('sys', 0.0):.1f}"
             for k, v in sorted(fig["threads"].items()) if sum(v.values()) >= 0.05))
-    echo = {(r.get("round"), r["calls"], r["rate"], r["loop"]): r["steps"]
-            for r in rows if r.get("app") == "echo" and r.get("steps")}
+    # A step's share of a core, a thread's user + kernel: each against echo's.
+    share = {"steps": lambda v: v.get("core_pct", 0.0), "threads": lambda v: sum(v.values())}
     dist: dict[tuple[str, int, int], dict[str, list[float]]] = {}
-    for r in rows:
-        key = (r.get("round"), r["calls"], r["rate"], r["loop"])
-        if r.get("app") == "echo" or not r.get("steps") or key not in echo:
-            continue
+    for r, mine_all, echo_all in _with_echo(rows, "steps"):
         d = dist.setdefault((r["app"], r["calls"], r["rate"]), {})
-        for kind in ("steps", "threads"):
-            mine, theirs = r["steps"][kind], echo[key][kind]
+        for kind, of in share.items():
+            mine, theirs = mine_all[kind], echo_all[kind]
             for name in set(mine) | set(theirs):
-                if kind == "steps":
-                    a = mine.get(name, {}).get("core_pct", 0.0)
-                    b = theirs.get(name, {}).get("core_pct", 0.0)
-                else:
-                    a = sum(mine.get(name, {}).values())
-                    b = sum(theirs.get(name, {}).values())
-                d.setdefault(f"{kind[:-1]} {name}", []).append(a - b)
+                d.setdefault(f"{kind[:-1]} {name}", []).append(
+                    of(mine.get(name, {})) - of(theirs.get(name, {})))
     for (app, n, rate), d in dist.items():
         meds = {k: statistics.median(v) for k, v in d.items()}
         lines.append(f"{app} at {n}@{rate}, median points of a core over echo: " + ", ".join(
@@ -563,26 +583,17 @@ def against_echo(rows: list[dict]) -> list[str]:
     """Each app's server CPU against echo's at the same point of the same round, in per
     cent (issue 14: ``record`` and silent ``ivr`` within 15 % of echo at 1000 calls), with
     the median and how many rounds are within 15 %; nothing when echo did not run."""
-    echo = {(r.get("round"), r["calls"], r["rate"], r["loop"]): r["server_cpu_pct"]
-            for r in rows if r.get("app") == "echo" and r.get("server_impl") == "python"}
     diffs: dict[tuple[str, int, int], list[float]] = {}
-    for r in rows:
-        key = (r.get("round"), r["calls"], r["rate"], r["loop"])
-        if r.get("app") == "echo" or key not in echo or not echo[key]:
-            continue
-        diffs.setdefault((r["app"], r["calls"], r["rate"]), []).append(
-            100.0 * (r["server_cpu_pct"] / echo[key] - 1.0))
+    for r, mine, echo in _with_echo(rows, "server_cpu_pct"):
+        if echo:
+            diffs.setdefault((r["app"], r["calls"], r["rate"]), []).append(
+                100.0 * (mine / echo - 1.0))
     # Where the distance is: each kind of CPU (cpu_split) against echo's in the same round,
     # in points of a core (rows from before the split was recorded have none).
-    split_echo = {(r.get("round"), r["calls"], r["rate"], r["loop"]): r["server_cpu_split_pct"]
-                  for r in rows if r.get("app") == "echo" and "server_cpu_split_pct" in r}
     parts: dict[tuple[str, int, int], list[dict[str, float]]] = {}
-    for r in rows:
-        key = (r.get("round"), r["calls"], r["rate"], r["loop"])
-        if r.get("app") == "echo" or key not in split_echo or "server_cpu_split_pct" not in r:
-            continue
+    for r, mine, echo in _with_echo(rows, "server_cpu_split_pct"):
         parts.setdefault((r["app"], r["calls"], r["rate"]), []).append(
-            {k: v - split_echo[key][k] for k, v in r["server_cpu_split_pct"].items()})
+            {k: v - echo[k] for k, v in mine.items()})
     lines = []
     for (app, n, rate), ds in diffs.items():
         within = sum(d <= 15.0 for d in ds)

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from load_bench import thread_cpu  # this script's directory is on sys.path when it runs
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +60,6 @@ STEPS: dict[str, tuple[str, str]] = {
 
 #: step -> [calls, nanoseconds]; written by the wrapped code, read at scrape time.
 _ACC: dict[str, list[int]] = {}
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -101,15 +103,10 @@ def _thread_cpu() -> Iterator[tuple[str, str, float]]:
     ``threading`` does not know (native libraries' own) are summed as ``native``."""
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
     sums: dict[tuple[str, str], float] = {}
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        name = names.get(int(task), "native")
-        for mode, idx in (("user", 11), ("sys", 12)):
-            sums[(name, mode)] = sums.get((name, mode), 0.0) + int(fields[idx]) / _CLK_TCK
+    for tid, (user, sys_) in thread_cpu("self").items():
+        name = names.get(tid, "native")
+        for mode, secs in (("user", user), ("sys", sys_)):
+            sums[(name, mode)] = sums.get((name, mode), 0.0) + secs
     for (name, mode), secs in sums.items():
         yield name, mode, secs
 
@@ -118,8 +115,6 @@ class _Collector:
     """Serves the step sums and the threads' CPU on ``/metrics``."""
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily
-
         seconds = CounterMetricFamily("audiosocket_bench_step_seconds",
                                       "Wall time inside a timed step (bench/step_timer.py)",
                                       labels=["step"])
@@ -141,8 +136,6 @@ class _Collector:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from prometheus_client import REGISTRY
-
     missing = install()
     if missing:
         print(f"step_timer: not in this tree, not timed: {', '.join(missing)}", file=sys.stderr)
