@@ -182,7 +182,7 @@ class CallQueries(StoreCore):
 
         # Rewritten at every node of every call: it waits for company (the commit window)
         # as transcript lines do. The live view has the path from the call itself.
-        return self._submit(op, "set_ivr", lazy=True)
+        return self._submit(op, "set_ivr", lazy=True, single=True)
 
     def set_summary(
         self,

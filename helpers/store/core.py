@@ -10,7 +10,8 @@ page cache misses, the network). So:
   post-call workers) call ``.result()`` or ``await asyncio.wrap_future(f)``. ONE writer thread
   owns the only write connection; it drains whatever is queued and commits it in one
   transaction (one fsync per batch, not per row), each item inside its own SAVEPOINT so a
-  bad statement only loses itself.
+  bad statement only loses itself (on SQLite a write of one statement needs none: a failed
+  statement is undone alone there).
 * **Lazy writes** (live transcript lines, and the IVR path rewritten at every node: only
   the portal's search and the call page read them, and never at once; the live view gets
   them from the call itself) wait up to ``commit_window_s`` for company before they
@@ -116,6 +117,9 @@ class _Write:
     skip_if_cancelled: bool = False
     # May wait up to the store's commit window for other writes to share its commit.
     lazy: bool = False
+    # ``op`` runs one statement: where the database undoes a failed statement alone
+    # (``Dialect.statement_atomic``) it needs no savepoint, two statements fewer a write.
+    single: bool = False
 
 
 def _settle(
@@ -286,17 +290,19 @@ class StoreCore:
 
     def _submit(
         self, op: Callable[[Conn], T], name: str = "write",
-        *, skip_if_cancelled: bool = False, lazy: bool = False,
+        *, skip_if_cancelled: bool = False, lazy: bool = False, single: bool = False,
     ) -> concurrent.futures.Future[T]:
         """Queue ``op`` for the writer; never blocks. The future resolves after COMMIT
-        (``lazy``: up to the commit window later, see the module's docstring)."""
+        (``lazy``: up to the commit window later, see the module's docstring). ``single``:
+        ``op`` runs exactly one statement (see ``_Write.single``)."""
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         if not self._open:
             fut.set_exception(StoreClosedError(f"store is closed; {name} not written"))
             log.warning("store_write_after_close", op=name)
             return fut
         try:
-            self._enqueue(_Write(op, fut, name, skip_if_cancelled=skip_if_cancelled, lazy=lazy))
+            self._enqueue(_Write(op, fut, name, skip_if_cancelled=skip_if_cancelled, lazy=lazy,
+                                single=single))
         except queue.Full:
             STORE_ERRORS.labels(kind="queue_full").inc()
             log.error("store_queue_full", op=name, depth=self._queue.qsize())
@@ -422,6 +428,7 @@ class StoreCore:
                 return self._finish_control(head)
             return False
         n = 0
+        atomic = self._dialect.statement_atomic
         for item in pending:
             if isinstance(item, _Control):
                 control = item
@@ -431,16 +438,19 @@ class StoreCore:
                 n += 1
                 continue
             try:
-                self._dialect.savepoint(conn)
-                try:
+                if item.single and atomic:
                     result = item.op(conn)
-                except BaseException:
-                    # SQLITE_FULL/IOERR may already have rolled back the whole
-                    # transaction, taking the savepoint with it; checked before COMMIT.
-                    with suppress(*self._dialect.errors):
-                        self._dialect.rollback_to_savepoint(conn)
-                    raise
-                self._dialect.release(conn)
+                else:
+                    self._dialect.savepoint(conn)
+                    try:
+                        result = item.op(conn)
+                    except BaseException:
+                        # SQLITE_FULL/IOERR may already have rolled back the whole
+                        # transaction, taking the savepoint with it; checked before COMMIT.
+                        with suppress(*self._dialect.errors):
+                            self._dialect.rollback_to_savepoint(conn)
+                        raise
+                    self._dialect.release(conn)
             except Exception as exc:
                 if self._dialect.is_transient(exc):
                     retry_from = item

@@ -166,6 +166,10 @@ class Dialect:
     #: Row lock of a job claim's inner SELECT (one writer here: none needed).
     skip_locked = ""
     fts: TextSearch = TextSearch()
+    #: A statement that fails inside a transaction is undone alone and the transaction goes
+    #: on (SQLite's statement journal): a write of one statement needs no savepoint of its
+    #: own. PostgreSQL aborts the whole transaction instead.
+    statement_atomic = True
 
     def __init__(self, path: Path, migrations: Sequence[Migration], readers: int) -> None:
         self.path = path

@@ -212,6 +212,7 @@ class PgDialect(Dialect):
     errors: tuple[type[BaseException], ...] = (psycopg.Error,)
     skip_locked = " FOR UPDATE SKIP LOCKED"
     fts: TextSearch = PgTextSearch()
+    statement_atomic = False
 
     def __init__(
         self, url: str, *, readers: int, connect_timeout: float,

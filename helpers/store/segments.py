@@ -71,7 +71,7 @@ class SegmentQueries(StoreCore):
             return int(row[0])
 
         # Lazy: a line is read by search and the call page, never the instant it is said.
-        return self._submit(op, "add_segment", lazy=True)
+        return self._submit(op, "add_segment", lazy=True, single=True)
 
     def replace_final_transcript(
         self, call_uuid: str, segments: Sequence[dict[str, Any]]

@@ -559,6 +559,38 @@ def test_writer_survives_a_bad_write(store: CallStore) -> None:
     assert api_call(store, cid)["transcript"][0]["text"] == "fine"  # type: ignore[index]
 
 
+def test_a_one_statement_write_that_fails_is_undone_alone_in_its_batch(store: CallStore) -> None:
+    # add_segment and set_ivr run without a savepoint of their own on SQLite (one statement
+    # is undone alone there); on PostgreSQL they keep it. Either way a failed one loses
+    # nothing else of its batch, and nothing of itself: here a two-row INSERT whose second
+    # row breaks the foreign key, with its FTS trigger, between two good lines.
+    cid = make_call(store)
+    store.flush()
+    gate = threading.Event()
+    held = store._submit(lambda conn: gate.wait(5))  # the three below then share a batch
+    before = store.add_segment(cid, 0, 1, "kept before", None, None)
+    bad = store._submit(
+        lambda conn: conn.execute(
+            'INSERT INTO segments (call_uuid, start, "end", text, kind, created_at) '
+            "VALUES (?, 0, 1, 'halfway pineapple', 'live', 0), "
+            "(?, 0, 1, 'halfway pineapple', 'live', 0)", (cid, new_id())),
+        "two_rows", single=True)
+    after = store.add_segment(cid, 1, 2, "kept after", None, None)
+    gate.set()
+    assert held.result(5) is True
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
+        bad.result(5)
+    assert before.result(5) > 0 and after.result(5) > 0
+    lines = api_call(store, cid)["transcript"]  # type: ignore[index]
+    assert [line["text"] for line in lines] == ["kept before", "kept after"]
+    assert api_search(store, "pineapple")["total"] == 0
+    assert api_search(store, "kept")["total"] == 2
+    if not on_pg(store):
+        store._submit(
+            lambda c: c.execute("INSERT INTO segments_fts(segments_fts) VALUES('integrity-check')")
+        ).result(5)
+
+
 def hold_writer(store: CallStore) -> threading.Event:
     """Park the writer thread inside a write until the returned event is set."""
     release = threading.Event()
