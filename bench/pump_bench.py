@@ -12,6 +12,8 @@ process, alternating every 100 ticks over the same sockets, so both see the same
 ``--against-rev`` builds that commit's ``audiosocket/_wire.c`` (renamed ``_wire_base``) into
 ``bench/results/``. ``--callers silent`` (the default) sends digital silence, so a line is
 quiet both ways (a silent caller, the line's own silence out); ``numbered`` sends sound.
+``--relay`` also times echo's lines over the same sockets (no tape: each frame read goes to
+the line's own queue and out again), so what the tape adds to a tick shows beside it.
 ``--playing F``: that fraction of the lines (every line at 1.0) plays a prompt, as an IVR
 does: its queue holds the frames of one shared 5 s clip, each line at its own place in it
 (refilled between rounds, untimed), so its frames go on the tape by reference.
@@ -97,6 +99,18 @@ def lines_for(module: ModuleType, pairs: list[tuple[socket.socket, socket.socket
     return lines
 
 
+def relay_lines_for(pairs: list[tuple[socket.socket, socket.socket]],
+                    header: bytes) -> list[tuple[object, ...]]:
+    """Echo's line per socket: no tape, the sink is the line's own queue (a relay)."""
+    lines: list[tuple[object, ...]] = []
+    for ours, _ in pairs:
+        playout = Playout(_Transport(), 8000)
+        state = playout.native_state(ours.fileno(), 3 + 320, True, wake=False)
+        lines.append((state.buf, object(), playout, playout._frames, playout._frames.append,
+                      8000, header, None, playout._silence))
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=1000)
@@ -105,6 +119,8 @@ def main() -> None:
     p.add_argument("--playing", type=float, default=0.0, metavar="F",
                    help="fraction of the lines playing a prompt (0 to 1)")
     p.add_argument("--against-rev", metavar="REV", help="also time this commit's _wire.c")
+    p.add_argument("--relay", action="store_true",
+                   help="also time echo's relay lines (no tape) over the same sockets")
     args = p.parse_args()
     variants: dict[str, ModuleType] = {"this build": _wire}
     if args.against_rev:
@@ -113,6 +129,9 @@ def main() -> None:
     frame = encode_audio(bytes(320) if args.callers == "silent"
                          else bytes(range(256)) + bytes(range(64)))
     lines = {name: lines_for(m, pairs, frame[:3]) for name, m in variants.items()}
+    if args.relay:
+        variants["echo relay"] = _wire
+        lines["echo relay"] = relay_lines_for(pairs, frame[:3])
     # One prompt's frames, shared by every line that plays it (as the prompt cache does).
     clip = [encode_audio(bytes([k % 251 + 1]) * 320) for k in range(250)]
     playing = int(args.calls * args.playing)
@@ -122,7 +141,8 @@ def main() -> None:
     for rnd in range(args.rounds + 1):  # round 0 warms up, uncounted
         for name in names if rnd % 2 else names[::-1]:
             module, ls = variants[name], lines[name]
-            for k, line in enumerate(ls[:playing]):
+            # Echo plays no prompt: its queue holds only what it read.
+            for k, line in enumerate(ls[:playing] if line_taped(ls) else ()):
                 queue = line[3]
                 queue.clear()  # type: ignore[attr-defined]
                 at = (k * 37 + rnd * TICKS) % len(clip)
@@ -145,7 +165,8 @@ def main() -> None:
                     pump_s[name] += b - a
             a = time.perf_counter()
             for line in ls:
-                module.take_tape(line[7], 320)
+                if line[7] is not None:
+                    module.take_tape(line[7], 320)
             b = time.perf_counter()
             if rnd:
                 take_s[name] += b - a
@@ -155,12 +176,19 @@ def main() -> None:
     for name in names:
         per_tick = pump_s[name] / (args.rounds * TICKS)
         per_take = take_s[name] / (args.rounds * args.calls)
+        take = (f"take_tape {per_take * 1e6:.2f} us/line" if line_taped(lines[name])
+                else "no tape")
         print(f"  {name:>12}: pump {per_tick * 1e3:.3f} ms/tick ({per_tick * 50 * 100:.1f} % "
-              f"of a core at 50 ticks/s), take_tape {per_take * 1e6:.2f} us/line")
-    if len(names) == 2:
-        base, this = names[1], names[0]
-        d = pump_s[this] / pump_s[base] - 1
-        print(f"  pump, this build against {base}: {100 * d:+.1f} %")
+              f"of a core at 50 ticks/s), {take}")
+    for base in (args.against_rev, "echo relay"):
+        if base in pump_s:
+            d = pump_s["this build"] / pump_s[base] - 1
+            print(f"  pump, this build's taped lines against {base}: {100 * d:+.1f} %")
+
+
+def line_taped(lines: list[tuple[object, ...]]) -> bool:
+    """The lines carry a tape (``lines_for``), not echo's relay (``relay_lines_for``)."""
+    return bool(lines) and lines[0][7] is not None
 
 
 if __name__ == "__main__":
