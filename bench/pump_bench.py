@@ -88,26 +88,17 @@ def connect(n: int) -> list[tuple[socket.socket, socket.socket]]:
 
 
 def lines_for(module: ModuleType, pairs: list[tuple[socket.socket, socket.socket]],
-              header: bytes) -> list[tuple[object, ...]]:
-    """A taped line per socket, as ``Connection._attach_native`` builds them."""
+              header: bytes, *, relay: bool = False) -> list[tuple[object, ...]]:
+    """A line per socket, as ``Connection._attach_native`` builds them: taped (a recording
+    app's), or with ``relay`` echo's (no tape: the sink is the line's own queue)."""
     lines: list[tuple[object, ...]] = []
     for ours, _ in pairs:
         playout = Playout(_Transport(), 8000)
-        state = playout.native_state(ours.fileno(), 3 + 320, False, wake=False)
-        lines.append((state.buf, object(), playout, playout._frames, None, 8000, header,
-                      module.Tape(320), playout._silence))
-    return lines
-
-
-def relay_lines_for(pairs: list[tuple[socket.socket, socket.socket]],
-                    header: bytes) -> list[tuple[object, ...]]:
-    """Echo's line per socket: no tape, the sink is the line's own queue (a relay)."""
-    lines: list[tuple[object, ...]] = []
-    for ours, _ in pairs:
-        playout = Playout(_Transport(), 8000)
-        state = playout.native_state(ours.fileno(), 3 + 320, True, wake=False)
-        lines.append((state.buf, object(), playout, playout._frames, playout._frames.append,
-                      8000, header, None, playout._silence))
+        state = playout.native_state(ours.fileno(), 3 + 320, relay, wake=False)
+        sink = playout._frames.append if relay else None
+        tape = None if relay else module.Tape(320)
+        lines.append((state.buf, object(), playout, playout._frames, sink, 8000, header,
+                      tape, playout._silence))
     return lines
 
 
@@ -131,7 +122,7 @@ def main() -> None:
     lines = {name: lines_for(m, pairs, frame[:3]) for name, m in variants.items()}
     if args.relay:
         variants["echo relay"] = _wire
-        lines["echo relay"] = relay_lines_for(pairs, frame[:3])
+        lines["echo relay"] = lines_for(_wire, pairs, frame[:3], relay=True)
     # One prompt's frames, shared by every line that plays it (as the prompt cache does).
     clip = [encode_audio(bytes([k % 251 + 1]) * 320) for k in range(250)]
     playing = int(args.calls * args.playing)
@@ -187,7 +178,7 @@ def main() -> None:
 
 
 def line_taped(lines: list[tuple[object, ...]]) -> bool:
-    """The lines carry a tape (``lines_for``), not echo's relay (``relay_lines_for``)."""
+    """The lines carry a tape, not echo's relay (``lines_for``)."""
     return bool(lines) and lines[0][7] is not None
 
 
