@@ -17,6 +17,11 @@ the line's own queue and out again), so what the tape adds to a tick shows besid
 ``--playing F``: that fraction of the lines (every line at 1.0) plays a prompt, as an IVR
 does: its queue holds the frames of one shared 5 s clip, each line at its own place in it
 (refilled between rounds, untimed), so its frames go on the tape by reference.
+``--idle-ms MS`` sleeps that long before every timed pump, as the server's core idles
+between ticks. ``--writer`` also times the taped lines with a recorder's writes beside them:
+before each of that variant's pumps, ten fresh 64 KB chunks (a thousand calls' WAV appends
+in 20 ms) go to a thread that appends them to a growing file in ``$TMPDIR``; pin the process
+to one core (``--cpu 0``) and give the thread room (``--idle-ms 4``), as in the server.
 Per tick the generator writes one frame to every socket (not timed) and reads what the
 server side sent every 10 ticks; the pump and, every 100 ticks, ``take_tape`` of every line
 are timed.
@@ -26,10 +31,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import queue
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +52,8 @@ from audiosocket.playout import Playout  # noqa: E402
 from audiosocket.protocol import encode_audio  # noqa: E402
 
 TICKS = 100  # per variant per round: one block's worth at the 2 s default is 100 ticks
+WRITER = "this build + writer"
+CHUNK = 64 * 1024  # one call's 2 s block of 8 kHz stereo, as the recorder appends it
 
 
 def build_base(rev: str) -> ModuleType:
@@ -102,6 +113,33 @@ def lines_for(module: ModuleType, pairs: list[tuple[socket.socket, socket.socket
     return lines
 
 
+class ChunkWriter:
+    """A thread appending each queued chunk to a growing file, as the recorder's writer
+    does (fresh page-cache pages every time; the file is cut back at 1 GB)."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="pump-bench-")
+        self.fd = fd
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        offset = 0
+        while (chunk := self.queue.get()) is not None:
+            os.pwrite(self.fd, chunk, offset)
+            offset += len(chunk)
+            if offset >= 1 << 30:
+                os.ftruncate(self.fd, 0)
+                offset = 0
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        os.close(self.fd)
+        os.unlink(self.path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=1000)
@@ -112,7 +150,14 @@ def main() -> None:
     p.add_argument("--against-rev", metavar="REV", help="also time this commit's _wire.c")
     p.add_argument("--relay", action="store_true",
                    help="also time echo's relay lines (no tape) over the same sockets")
+    p.add_argument("--idle-ms", type=float, default=0.0, metavar="MS",
+                   help="sleep before every timed pump (the server's core idles between ticks)")
+    p.add_argument("--writer", action="store_true",
+                   help="also time the taped lines with a recorder's appends beside them")
+    p.add_argument("--cpu", type=int, default=None, help="pin the process to this core")
     args = p.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})  # before any thread: they inherit it
     variants: dict[str, ModuleType] = {"this build": _wire}
     if args.against_rev:
         variants[args.against_rev] = build_base(args.against_rev)
@@ -123,6 +168,12 @@ def main() -> None:
     if args.relay:
         variants["echo relay"] = _wire
         lines["echo relay"] = lines_for(_wire, pairs, frame[:3], relay=True)
+    writer = ChunkWriter() if args.writer else None
+    if writer is not None:  # the same lines, taken in turn: only the writes differ
+        variants[WRITER] = _wire
+        lines[WRITER] = lines["this build"]
+    source = bytes(range(256)) * (CHUNK // 256)
+    idle_s = args.idle_ms / 1000
     # One prompt's frames, shared by every line that plays it (as the prompt cache does).
     clip = [encode_audio(bytes([k % 251 + 1]) * 320) for k in range(250)]
     playing = int(args.calls * args.playing)
@@ -147,6 +198,11 @@ def main() -> None:
                             caller.recv(65536)
                         except BlockingIOError:
                             pass
+                if writer is not None and name == WRITER:
+                    for _ in range(10):  # fresh objects, as each block's interleave makes
+                        writer.queue.put(bytes(bytearray(source)))
+                if idle_s:
+                    time.sleep(idle_s)
                 a = time.perf_counter()
                 events = module.pump(ls, 1)
                 b = time.perf_counter()
@@ -161,6 +217,8 @@ def main() -> None:
             b = time.perf_counter()
             if rnd:
                 take_s[name] += b - a
+    if writer is not None:
+        writer.close()
     print(f"{args.calls} taped lines ({playing} playing a prompt), {args.callers} callers, "
           f"{args.rounds} rounds of "
           f"{TICKS} ticks per build, alternating")
@@ -169,12 +227,15 @@ def main() -> None:
         per_take = take_s[name] / (args.rounds * args.calls)
         take = (f"take_tape {per_take * 1e6:.2f} us/line" if line_taped(lines[name])
                 else "no tape")
-        print(f"  {name:>12}: pump {per_tick * 1e3:.3f} ms/tick ({per_tick * 50 * 100:.1f} % "
+        print(f"  {name:>19}: pump {per_tick * 1e3:.3f} ms/tick ({per_tick * 50 * 100:.1f} % "
               f"of a core at 50 ticks/s), {take}")
     for base in (args.against_rev, "echo relay"):
         if base in pump_s:
             d = pump_s["this build"] / pump_s[base] - 1
             print(f"  pump, this build's taped lines against {base}: {100 * d:+.1f} %")
+    if WRITER in pump_s:
+        d = pump_s[WRITER] / pump_s["this build"] - 1
+        print(f"  pump, with the writer's appends against without: {100 * d:+.1f} %")
 
 
 def line_taped(lines: list[tuple[object, ...]]) -> bool:
