@@ -185,10 +185,10 @@ def main() -> None:
             module, ls = variants[name], lines[name]
             # Echo plays no prompt: its queue holds only what it read.
             for k, line in enumerate(ls[:playing] if line_taped(ls) else ()):
-                queue = line[3]
-                queue.clear()  # type: ignore[attr-defined]
+                frames = line[3]
+                frames.clear()  # type: ignore[attr-defined]
                 at = (k * 37 + rnd * TICKS) % len(clip)
-                queue.extend((clip[at:] + clip[:at])[:TICKS])  # type: ignore[attr-defined]
+                frames.extend((clip[at:] + clip[:at])[:TICKS])  # type: ignore[attr-defined]
             for t in range(TICKS):
                 for _, caller in pairs:
                     caller.send(frame)

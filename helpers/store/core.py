@@ -405,6 +405,20 @@ class StoreCore:
         log.info("store_reconnected", location=self.location)
         return fresh
 
+    def _in_savepoint(self, conn: Conn, op: Callable[[Conn], T]) -> T:
+        """``op(conn)`` inside a savepoint of its own: a failure undoes only it."""
+        self._dialect.savepoint(conn)
+        try:
+            result = op(conn)
+        except BaseException:
+            # SQLITE_FULL/IOERR may already have rolled back the whole transaction, taking
+            # the savepoint with it; checked before COMMIT.
+            with suppress(*self._dialect.errors):
+                self._dialect.rollback_to_savepoint(conn)
+            raise
+        self._dialect.release(conn)
+        return result
+
     def _run_batch(self, conn: Conn, pending: deque[_Write | _Control]) -> bool:
         """Commit the writes at the head of ``pending``; True when told to stop.
 
@@ -441,16 +455,7 @@ class StoreCore:
                 if item.single and atomic:
                     result = item.op(conn)
                 else:
-                    self._dialect.savepoint(conn)
-                    try:
-                        result = item.op(conn)
-                    except BaseException:
-                        # SQLITE_FULL/IOERR may already have rolled back the whole
-                        # transaction, taking the savepoint with it; checked before COMMIT.
-                        with suppress(*self._dialect.errors):
-                            self._dialect.rollback_to_savepoint(conn)
-                        raise
-                    self._dialect.release(conn)
+                    result = self._in_savepoint(conn, item.op)
             except Exception as exc:
                 if self._dialect.is_transient(exc):
                     retry_from = item
