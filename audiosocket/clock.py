@@ -76,13 +76,19 @@ class Clock:
         *,
         resync_after: float = 0.2,
         block_ticks: int = 2 * TICKS_PER_SECOND,
+        quiet_block_ticks: int | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        if block_ticks < 1:
-            raise ValueError("block_ticks must be >= 1")
+        if quiet_block_ticks is None:
+            quiet_block_ticks = block_ticks
+        if block_ticks < 1 or quiet_block_ticks < 1:
+            raise ValueError("block_ticks and quiet_block_ticks must be >= 1")
         self.interval = interval
         #: Ticks between two blocks of one taped line (``media_block_s``), spread evenly.
         self.block_ticks = block_ticks
+        #: The same for a quiet line (``media_block_quiet_s``): one the C path wakes at the
+        #: caller's first sound, so its tape holds only the caller's digital silence.
+        self.quiet_block_ticks = quiet_block_ticks
         self.resync_after = resync_after
         self._loop = loop
         self._playouts: dict[int, Playout] = {}
@@ -95,6 +101,8 @@ class Clock:
         # Taped lines by the tick (modulo block_ticks) they get their block on; a line
         # detached meanwhile is dropped from its bucket when the bucket comes round.
         self._blocks: list[list[tuple[object, ...]]] = [[] for _ in range(block_ticks)]
+        self._quiet_blocks: list[list[tuple[object, ...]]] = [
+            [] for _ in range(quiet_block_ticks)]
         self._handle: asyncio.TimerHandle | None = None
         self._t0 = 0.0
         self._k = 0
@@ -144,8 +152,10 @@ class Clock:
         """Calls the C path currently reads and writes."""
         return len(self._lines)
 
-    def attach(self, line: tuple[object, ...]) -> bool:
-        """Hand a registered call in the steady state to the C path (``_wire.pump``)."""
+    def attach(self, line: tuple[object, ...], *, quiet: bool = False) -> bool:
+        """Hand a registered call in the steady state to the C path (``_wire.pump``).
+        ``quiet``: the line wakes at the caller's first sound (its tape then holds only
+        digital silence from the caller), so its blocks come every ``quiet_block_ticks``."""
         playout: Playout = line[LINE.PLAYOUT]  # type: ignore[assignment]
         key = id(playout)
         if (
@@ -159,7 +169,7 @@ class Clock:
             # The emptiest bucket: a thousand lines attached in one tick (back from a
             # stall) are spread over the ticks, not drained in one. Any bucket comes round
             # within block_ticks, so a line's first block is no later than its next ones.
-            min(self._blocks, key=len).append(line)
+            min(self._quiet_blocks if quiet else self._blocks, key=len).append(line)
         return True
 
     def detach(self, line: tuple[object, ...]) -> None:
@@ -343,7 +353,13 @@ class Clock:
         # call where the Python path makes two a frame). Its cost is mostly per block, not
         # per second of audio: at 1000 silent ivr calls a block every 2 s instead of every
         # second saved ~4-5 % of a core (docs/BENCHMARKS.md).
-        bucket = self._blocks[self.ticks % self.block_ticks]
+        # A quiet line's block is only the caller's silence and what we sent: a longer
+        # one risks no word of the caller's in a crash (media_block_quiet_s).
+        self._drain_bucket(self._blocks[self.ticks % self.block_ticks])
+        self._drain_bucket(self._quiet_blocks[self.ticks % self.quiet_block_ticks])
+
+    def _drain_bucket(self, bucket: list[tuple[object, ...]]) -> None:
+        """Hand each line of ``bucket`` still attached its block (and forget the others)."""
         if bucket:
             native_lines = self._native
             bucket[:] = [line for line in bucket

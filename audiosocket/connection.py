@@ -203,7 +203,7 @@ class Connection(asyncio.Protocol):
             state.buf, self, playout, playout._frames, self._fast_audio, self._fast_rate,
             self._fast_header, new_tape(playout.frame_size) if taped else None, playout._silence,
         )
-        if self.server.clock.attach(line):
+        if self.server.clock.attach(line, quiet=wake):
             self._native_line = line
             self._native_state = state
             playout._native_state = state

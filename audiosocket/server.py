@@ -80,7 +80,8 @@ class AudioSocketServer:
         self.app_name = app_name
         self.loop = asyncio.get_event_loop()
         self.clock = clock or Clock(
-            loop=self.loop, block_ticks=max(1, round(config.media_block_s * TICKS_PER_SECOND))
+            loop=self.loop, block_ticks=max(1, round(config.media_block_s * TICKS_PER_SECOND)),
+            quiet_block_ticks=max(1, round(config.media_block_quiet_s * TICKS_PER_SECOND)),
         )
         #: Frames of the prompts every call plays, made once (see ClipFrames).
         self.clip_frames = ClipFrames()

@@ -551,6 +551,33 @@ def test_taped_lines_get_one_block_every_block_ticks_spread_over_the_ticks() -> 
     assert all(len(o.blocks) == 4 for o in owners[1:n])
 
 
+@pytest.mark.skipif(not NATIVE_AVAILABLE, reason="audiosocket._wire not built")
+def test_quiet_lines_get_their_blocks_every_quiet_block_ticks() -> None:
+    """A line that wakes at the caller's first sound (``quiet``) is drained on its own,
+    longer period; the other taped lines of the same clock keep theirs."""
+    every, quiet_every = 3, 7
+    clock = Clock(block_ticks=every, quiet_block_ticks=quiet_every)
+    owners: dict[bool, list[BlockOwner]] = {False: [], True: []}
+    for quiet in (False, True, False, True):
+        playout = Playout(FakeTransport(), 8000)
+        clock.register(playout)
+        owner = BlockOwner()
+        owner.clock = clock
+        line: list[object] = [None] * LINE.size
+        line[LINE.PLAYOUT], line[LINE.OWNER], line[LINE.TAPE] = playout, owner, object()
+        assert clock.attach(tuple(line), quiet=quiet)
+        owners[quiet].append(owner)
+    for _ in range(4 * every * quiet_every):
+        clock._flush_slice()
+        clock.ticks += 1
+    for quiet, period in ((False, every), (True, quiet_every)):
+        for owner in owners[quiet]:
+            assert len(owner.blocks) == 4 * (quiet_every if not quiet else every)
+            assert all(b - a == period for a, b in pairwise(owner.blocks))
+    # By default a quiet line has the same period as any other.
+    assert Clock(block_ticks=every).quiet_block_ticks == every
+
+
 def test_media_block_s_sets_the_servers_block_ticks() -> None:
     from audiosocket.config import Config, ConfigError
 
@@ -559,5 +586,10 @@ def test_media_block_s_sets_the_servers_block_ticks() -> None:
     for bad in (0.0, 0.01, 11.0):
         with pytest.raises(ConfigError, match="media_block_s"):
             Config(media_block_s=bad).validate()
+    for bad in (0.0, 0.01, 11.0):
+        with pytest.raises(ConfigError, match="media_block_quiet_s"):
+            Config(media_block_quiet_s=bad).validate()
     with pytest.raises(ValueError, match="block_ticks"):
         Clock(block_ticks=0)
+    with pytest.raises(ValueError, match="quiet_block_ticks"):
+        Clock(quiet_block_ticks=0)

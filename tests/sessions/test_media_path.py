@@ -155,6 +155,48 @@ async def test_a_listen_in_brings_a_taped_call_back_frame_by_frame(start_server:
     await call
 
 
+async def test_a_listening_app_s_line_takes_quiet_blocks_and_its_recording_is_whole(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """A transcribing call wakes at the caller's first sound, so while it rides the C path
+    its tape holds only the caller's digital silence: it is drained every
+    ``media_block_quiet_s``, a recording call every ``media_block_s``. Either way what was
+    taped reaches the WAV when the call ends."""
+    server = await start_server(TranscribeSession, native_media=True,
+                                media_block_s=0.5, media_block_quiet_s=10.0)
+    clock = server.clock
+    assert (clock.block_ticks, clock.quiet_block_ticks) == (25, 500)
+    call = asyncio.create_task(
+        place_call("127.0.0.1", server.port, pcm=silence(3.0), linger=0.2))
+    await wait_for(lambda: clock.native_lines == 1, timeout=5)
+    line = clock._lines[0]
+    assert any(line in bucket for bucket in clock._quiet_blocks)
+    assert not any(line in bucket for bucket in clock._blocks)
+    result = await call
+    await wait_for(lambda: not server.calls)
+    # Shorter than a quiet block, so no block reached it while the call was up: the
+    # drain at hang-up wrote it all (3 s of silence, the linger and the hang-up's slack).
+    with wave.open(str(recording_path(tmp_path / "data", result.uuid)), "rb") as wf:
+        assert 3.0 <= wf.getnframes() / wf.getframerate() <= 4.5
+
+
+async def test_a_recording_app_s_line_takes_ordinary_blocks(
+    start_server: Any, tmp_path: Path
+) -> None:
+    """The record app does not wake at sound (every frame of speech rides the tape), so
+    its line keeps ``media_block_s`` however long ``media_block_quiet_s`` is."""
+    server = await start_server(RecordSession, native_media=True,
+                                media_block_s=0.5, media_block_quiet_s=10.0)
+    clock = server.clock
+    call = asyncio.create_task(
+        place_call("127.0.0.1", server.port, pcm=numbered_frames(100), linger=0.2))
+    await wait_for(lambda: clock.native_lines == 1, timeout=5)
+    line = clock._lines[0]
+    assert any(line in bucket for bucket in clock._blocks)
+    assert not any(line in bucket for bucket in clock._quiet_blocks)
+    await call
+
+
 FIRST = "I would like to check the status of my order."
 SECOND = "My phone number has changed since last year."
 
