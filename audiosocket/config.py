@@ -238,10 +238,9 @@ class Config:
             raise ConfigError("shutdown_grace_s: must not be negative")
         if self.max_calls < 1:
             raise ConfigError("max_calls: must be at least 1")
-        if not 0.02 <= self.media_block_s <= 10:
-            raise ConfigError("media_block_s: must be between 0.02 (every tick) and 10")
-        if not 0.02 <= self.media_block_quiet_s <= 10:
-            raise ConfigError("media_block_quiet_s: must be between 0.02 (every tick) and 10")
+        for name in ("media_block_s", "media_block_quiet_s"):
+            if not 0.02 <= getattr(self, name) <= 10:
+                raise ConfigError(f"{name}: must be between 0.02 (every tick) and 10")
         if self.gc_young_threshold < 0:
             raise ConfigError("gc_young_threshold: must be 0 (Python's default) or more")
         if self.playout_max_bytes < 65536:

@@ -79,9 +79,12 @@ class AudioSocketServer:
         self.session_factory = session_factory
         self.app_name = app_name
         self.loop = asyncio.get_event_loop()
+        def ticks(seconds: float) -> int:
+            return max(1, round(seconds * TICKS_PER_SECOND))
+
         self.clock = clock or Clock(
-            loop=self.loop, block_ticks=max(1, round(config.media_block_s * TICKS_PER_SECOND)),
-            quiet_block_ticks=max(1, round(config.media_block_quiet_s * TICKS_PER_SECOND)),
+            loop=self.loop, block_ticks=ticks(config.media_block_s),
+            quiet_block_ticks=ticks(config.media_block_quiet_s),
         )
         #: Frames of the prompts every call plays, made once (see ClipFrames).
         self.clip_frames = ClipFrames()

@@ -572,7 +572,7 @@ def test_quiet_lines_get_their_blocks_every_quiet_block_ticks() -> None:
         clock.ticks += 1
     for quiet, period in ((False, every), (True, quiet_every)):
         for owner in owners[quiet]:
-            assert len(owner.blocks) == 4 * (quiet_every if not quiet else every)
+            assert len(owner.blocks) == 4 * every * quiet_every // period
             assert all(b - a == period for a, b in pairwise(owner.blocks))
     # By default a quiet line has the same period as any other.
     assert Clock(block_ticks=every).quiet_block_ticks == every
