@@ -26,10 +26,11 @@
  * flush_metrics), so the per-tick cost is a memory increment, not Python attribute traffic.
  * The GIL is held throughout: every syscall here is non-blocking.
  *
- * One file of ~900 lines, on purpose: the per-tick functions (the line's read and write, the
- * tape's append) are static so the compiler inlines them into the pump's loop, which runs
- * 100,000 times a second at 1000 calls; the rest (take_tape, block_shape, frame_clip,
- * interleave) is small and reads the same layout.
+ * One file of ~1,500 lines, on purpose: the per-tick functions (the line's read and write,
+ * the tape's append) are static so the compiler inlines them into the pump's loop, which
+ * runs 100,000 times a second at 1000 calls; the rest (take and the Taken a block reads in
+ * place, block_shape, frame_clip, interleave) reads the tape's private layout, which no
+ * header exports.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -337,7 +338,9 @@ static PyObject *Tape_put(TapeObject *t, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     if (PyObject_GetBuffer(args[2], &pcm, PyBUF_SIMPLE) < 0) return NULL;
-    int zero = all_zero(pcm.buf, pcm.len);
+    /* What the tape keeps is the first frame_bytes: only they decide (so audio taped as
+     * audio is never all zero, which Taken's span relies on). */
+    int zero = all_zero(pcm.buf, pcm.len < t->fb ? pcm.len : t->fb);
     int64_t e = (int64_t)tick | (sent ? OUT_ENTRY : 0) | (zero ? SILENT_SLOT : 0);
     int r = tape_put(t, e, zero ? NULL : pcm.buf, pcm.len);
     PyBuffer_Release(&pcm);
@@ -646,24 +649,6 @@ static int write_line(PyObject *line, line_state *st, PyObject *events, long adv
     return r;
 }
 
-PyDoc_STRVAR(take_tape_doc,
-"take_tape(tape, frame_bytes) -> (in_pcm, in_ticks, out_pcm, out_ticks) | None\n\n"
-"What a tape holds, as four bytes objects, leaving it empty with its capacity kept (the\n"
-"next second fills it again without a realloc); None when it is empty. Each pcm has\n"
-"frame_bytes for every tick in its ticks (int64): zeros where the frame was digital\n"
-"silence (taped as its tick alone); a pcm that is all such frames is a zero-filled bytes\n"
-"object shared by every tape. A capacity far above what was taken (after a long detach)\n"
-"is given back.");
-
-/* Give back a buffer far larger than what it held (a long detach, then a take). */
-static void shrink(void **buf, Py_ssize_t *cap, Py_ssize_t used, Py_ssize_t unit) {
-    if (*cap * unit > (1 << 18) && *cap > 4 * (used + 1)) {
-        free(*buf);
-        *buf = NULL;
-        *cap = 0;
-    }
-}
-
 /* Zero-filled bytes objects of the sizes blocks take, shared by every line: a silent caller's
  * heard audio (and a line that sent only silence) is one of them instead of a new object
  * zeroed into memory nobody has touched for a second and read again by each consumer
@@ -693,77 +678,6 @@ static PyObject *shared_zeros(Py_ssize_t size) {
     zero_next = (zero_next + 1) % ZERO_SLOTS;
     Py_INCREF(z);
     return z;
-}
-
-static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 2 || !tape_ok(args[0]) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "take_tape(tape: Tape, frame_bytes: int)");
-        return NULL;
-    }
-    TapeObject *t = (TapeObject *)args[0];
-    Py_ssize_t fb = PyLong_AsSsize_t(args[1]);
-    if (fb != t->fb) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "frame_bytes %zd, but the tape's frames are %zd",
-                         fb, t->fb);
-        return NULL;
-    }
-    if (t->n_ev == 0) Py_RETURN_NONE;
-#if defined(__SSE2__)
-    _mm_sfence(); /* the streaming stores are ordered before what reads them */
-#endif
-    Py_ssize_t n_out = 0, quiet[2] = {0, 0};
-    for (Py_ssize_t k = 0; k < t->n_ev; k++) {
-        int out = (t->ev[k] & OUT_ENTRY) != 0;
-        n_out += out;
-        quiet[out] += (t->ev[k] & SILENT_SLOT) != 0;
-    }
-    Py_ssize_t n_in = t->n_ev - n_out;
-    /* A direction that was all digital silence is the shared zeros (nothing to write). */
-    int zeros[2] = {n_in > 0 && quiet[0] == n_in, n_out > 0 && quiet[1] == n_out};
-    PyObject *parts[TAPE_SIZE];
-    parts[TAPE_IN_PCM] = zeros[0] ? shared_zeros(n_in * fb)
-                                  : PyBytes_FromStringAndSize(NULL, n_in * fb);
-    parts[TAPE_IN_TICKS] = PyBytes_FromStringAndSize(NULL, n_in * 8);
-    parts[TAPE_OUT_PCM] = zeros[1] ? shared_zeros(n_out * fb)
-                                   : PyBytes_FromStringAndSize(NULL, n_out * fb);
-    parts[TAPE_OUT_TICKS] = PyBytes_FromStringAndSize(NULL, n_out * 8);
-    PyObject *result = NULL;
-    for (int i = 0; i < TAPE_SIZE; i++)
-        if (parts[i] == NULL) goto done;
-    char *pcm_dst[2] = {PyBytes_AS_STRING(parts[TAPE_IN_PCM]),
-                        PyBytes_AS_STRING(parts[TAPE_OUT_PCM])};
-    int64_t *tick_dst[2] = {(int64_t *)PyBytes_AS_STRING(parts[TAPE_IN_TICKS]),
-                            (int64_t *)PyBytes_AS_STRING(parts[TAPE_OUT_TICKS])};
-    const char *src = t->pcm;
-    PyObject **ref = t->refs;
-    for (Py_ssize_t k = 0; k < t->n_ev; k++) {
-        int64_t e = t->ev[k];
-        int out = (e & OUT_ENTRY) != 0;
-        if (e & SILENT_SLOT) {
-            if (!zeros[out]) memset(pcm_dst[out], 0, (size_t)fb);
-        } else if (e & REF_ENTRY) {
-            memcpy(pcm_dst[out], PyBytes_AS_STRING(*ref++) + 3, (size_t)fb);
-        } else {
-            memcpy(pcm_dst[out], src, (size_t)fb);
-            src += fb;
-        }
-        pcm_dst[out] += fb;
-        *tick_dst[out]++ = e & ~(SILENT_SLOT | OUT_ENTRY | REF_ENTRY);
-    }
-    result = PyTuple_Pack(4, parts[0], parts[1], parts[2], parts[3]);
-    if (result != NULL) {
-        shrink((void **)&t->ev, &t->cap_ev, t->n_ev, 8);
-        shrink((void **)&t->pcm, &t->cap_pcm, t->n_pcm, 1);
-        Py_ssize_t n_refs = t->n_refs;
-        tape_drop_refs(t);
-        shrink((void **)&t->refs, &t->cap_refs, n_refs, (Py_ssize_t)sizeof(PyObject *));
-        t->n_ev = t->n_pcm = 0;
-    }
-done:
-    for (int i = 0; i < TAPE_SIZE; i++) Py_XDECREF(parts[i]);
-    return result;
 }
 
 PyDoc_STRVAR(block_shape_doc,
@@ -863,25 +777,46 @@ done:
     return frames;
 }
 
-/* One mono leg of a recording as up to two buffers, read as if one followed the other
- * (what the recorder still holds of the leg, then the block it is adding). */
+/* One mono leg of a recording: what the recorder still holds of it (`held`), then the
+ * frames it is adding, read as if they followed one another. The frames are either one
+ * buffer (interleave_parts: a single frame of any length) or a taken tape's frames of its
+ * direction, `fs` samples each, where NULL is a frame of digital silence. */
 typedef struct {
-    const char *p[2];
-    Py_ssize_t n[2]; /* whole 16-bit samples in each part */
+    const char *held;
+    Py_ssize_t held_n;         /* whole 16-bit samples held */
+    const char *const *frames; /* nframes pointers; NULL: fs zero samples */
+    Py_ssize_t fs, nframes;
 } leg;
 
-/* Where sample k of the leg is, and how many samples follow it in the same part (0: the
- * leg has no sample k). */
+/* Where sample k of the leg is (NULL: a zero sample), and how many samples follow it
+ * alike (0: the leg has no sample k). */
 static Py_ssize_t leg_at(const leg *g, Py_ssize_t k, const char **at) {
-    for (int i = 0; i < 2; i++) {
-        if (k < g->n[i]) {
-            *at = g->p[i] + 2 * k;
-            return g->n[i] - k;
-        }
-        k -= g->n[i];
+    if (k < g->held_n) {
+        *at = g->held + 2 * k;
+        return g->held_n - k;
+    }
+    k -= g->held_n;
+    if (g->fs > 0 && k < g->fs * g->nframes) {
+        Py_ssize_t f = k / g->fs, off = k - f * g->fs;
+        *at = g->frames[f] != NULL ? g->frames[f] + 2 * off : NULL;
+        return g->fs - off;
     }
     *at = NULL;
     return 0;
+}
+
+/* Samples from..from+count of the leg into d (zeros where the leg has silence or ends). */
+static void leg_copy(const leg *g, Py_ssize_t from, Py_ssize_t count, char *d) {
+    while (count > 0) {
+        const char *at;
+        Py_ssize_t run = leg_at(g, from, &at);
+        if (run == 0 || run > count) run = count;
+        if (at != NULL) memcpy(d, at, (size_t)(2 * run));
+        else memset(d, 0, (size_t)(2 * run));
+        d += 2 * run;
+        from += run;
+        count -= run;
+    }
 }
 
 /* n stereo samples into d: sample k of left then of right, zeros past a leg's end. Runs
@@ -889,6 +824,9 @@ static Py_ssize_t leg_at(const leg *g, Py_ssize_t k, const char **at) {
  * loop two vector unpacks, about 4x a sample at a time). Copies go through memcpy: a
  * buffer need not be 2-aligned, and 16-bit units keep their bytes on any host. */
 static void interleave_legs_into(char *d, const leg *left, const leg *right, Py_ssize_t n) {
+    /* A leg's silence (a frame taped as digital silence, or past its end) is read from
+     * here with a stride of 0, so it takes the same eight-at-a-time loop as audio. */
+    static const char zeros[16];
     Py_ssize_t k = 0;
     while (k < n) {
         const char *l, *r;
@@ -896,29 +834,23 @@ static void interleave_legs_into(char *d, const leg *left, const leg *right, Py_
         Py_ssize_t run = n - k;
         if (cl && cl < run) run = cl;
         if (cr && cr < run) run = cr;
-        if (l != NULL && r != NULL) {
-            Py_ssize_t j = 0;
-            for (; j + 8 <= run; j += 8) {
-                uint16_t a[8], b[8], o[16];
-                memcpy(a, l + 2 * j, 16);
-                memcpy(b, r + 2 * j, 16);
-                for (int q = 0; q < 8; q++) {
-                    o[2 * q] = a[q];
-                    o[2 * q + 1] = b[q];
-                }
-                memcpy(d + 4 * (k + j), o, 32);
+        Py_ssize_t sl = l != NULL ? 2 : 0, sr = r != NULL ? 2 : 0;
+        if (l == NULL) l = zeros;
+        if (r == NULL) r = zeros;
+        Py_ssize_t j = 0;
+        for (; j + 8 <= run; j += 8) {
+            uint16_t a[8], b[8], o[16];
+            memcpy(a, l + sl * j, 16);
+            memcpy(b, r + sr * j, 16);
+            for (int q = 0; q < 8; q++) {
+                o[2 * q] = a[q];
+                o[2 * q + 1] = b[q];
             }
-            for (; j < run; j++) {
-                memcpy(d + 4 * (k + j), l + 2 * j, 2);
-                memcpy(d + 4 * (k + j) + 2, r + 2 * j, 2);
-            }
-        } else {
-            for (Py_ssize_t j = 0; j < run; j++) { /* silence past a short leg */
-                if (l != NULL) memcpy(d + 4 * (k + j), l + 2 * j, 2);
-                else memset(d + 4 * (k + j), 0, 2);
-                if (r != NULL) memcpy(d + 4 * (k + j) + 2, r + 2 * j, 2);
-                else memset(d + 4 * (k + j) + 2, 0, 2);
-            }
+            memcpy(d + 4 * (k + j), o, 32);
+        }
+        for (; j < run; j++) {
+            memcpy(d + 4 * (k + j), l + sl * j, 2);
+            memcpy(d + 4 * (k + j) + 2, r + sr * j, 2);
         }
         k += run;
     }
@@ -944,10 +876,12 @@ static PyObject *interleave_n(PyObject *const *args, Py_ssize_t nargs, int parts
         if (PyObject_GetBuffer(args[got], &v[got], PyBUF_SIMPLE) < 0) goto done;
     result = PyBytes_FromStringAndSize(NULL, 2 * nbytes);
     if (result == NULL) goto done;
-    leg legs[2] = {{{NULL, NULL}, {0, 0}}, {{NULL, NULL}, {0, 0}}};
+    leg legs[2];
+    const char *tail[2];
     for (int side = 0; side < 2; side++) {
         /* Only the leg's first nbytes count (an odd last byte is no sample). */
-        Py_ssize_t room = nbytes;
+        Py_ssize_t room = nbytes, n[2] = {0, 0};
+        const char *p[2] = {NULL, NULL};
         for (int i = 0; i < parts; i++) {
             const Py_buffer *b = &v[side * parts + i];
             if (i < parts - 1 && b->len % 2) {
@@ -956,10 +890,12 @@ static PyObject *interleave_n(PyObject *const *args, Py_ssize_t nargs, int parts
                 goto done;
             }
             Py_ssize_t use = b->len < room ? b->len : room;
-            legs[side].p[i] = b->buf;
-            legs[side].n[i] = use / 2;
-            room -= legs[side].n[i] * 2;
+            p[i] = b->buf;
+            n[i] = use / 2;
+            room -= n[i] * 2;
         }
+        tail[side] = p[1];
+        legs[side] = (leg){p[0], n[0], &tail[side], n[1], n[1] > 0};
     }
     interleave_legs_into(PyBytes_AS_STRING(result), &legs[0], &legs[1], nbytes / 2);
 done:
@@ -989,6 +925,424 @@ static PyObject *interleave_parts(PyObject *self, PyObject *const *args, Py_ssiz
     (void)self;
     return interleave_n(args, nargs, 2,
                         "interleave_parts(left_a, left_b, right_a, right_b, nbytes: int)");
+}
+
+/* ---- Taking a tape: its buffers move to a Taken object, nothing is copied ------------
+ *
+ * A block used to leave the tape as four new bytes objects (take_tape), which every
+ * consumer then read again: the recorder interleaved the heard and sent audio into the
+ * stereo it appends, so each block's audio was written twice and read twice before the
+ * file's own copy (at 1000 record calls: ~14 us a block for the take, ~21 for the
+ * recorder). Now take() hands the tape's buffers to a Taken object and gives the tape a
+ * set of the same capacity from a small pool (Taken objects give theirs back when they
+ * go), and a consumer reads what it needs from the Taken: the recorder its stereo straight
+ * from the taped frames, the VAD the heard audio (the shared zeros when it was silence). */
+
+typedef struct {
+    PyObject_HEAD
+    int64_t *ev;
+    char *pcm;
+    PyObject **refs; /* strong references, as on the tape */
+    Py_ssize_t n_ev, cap_ev, n_pcm, cap_pcm, n_refs, cap_refs, fb;
+    /* The span, from one pass over the entries at take(): see Taken_span. */
+    Py_ssize_t n_in, n_out;
+    int64_t first_slot, last_slot, first_heard, last_heard, lead_lo, lead_hi;
+    int consecutive, silent;
+} TakenObject;
+
+/* Buffer sets Taken objects gave back, for the next tape taken with the same capacities:
+ * at a thousand calls ten tapes are taken per tick and each Taken goes within it, so one
+ * or two sets circulate instead of three allocations and frees per block. */
+#define POOL_SETS 32
+#define POOL_SET_BYTES (8 << 20) /* larger sets (a long detach at 192 kHz) are freed */
+typedef struct {
+    int64_t *ev;
+    char *pcm;
+    PyObject **refs;
+    Py_ssize_t cap_ev, cap_pcm, cap_refs;
+} bufset;
+static bufset pool[POOL_SETS];
+static int pool_n;
+
+static Py_ssize_t set_bytes(Py_ssize_t cap_ev, Py_ssize_t cap_pcm, Py_ssize_t cap_refs) {
+    return cap_ev * 8 + cap_pcm + cap_refs * (Py_ssize_t)sizeof(PyObject *);
+}
+
+static void pool_give(bufset b) {
+    if (pool_n < POOL_SETS && set_bytes(b.cap_ev, b.cap_pcm, b.cap_refs) <= POOL_SET_BYTES) {
+        pool[pool_n++] = b;
+        return;
+    }
+    free(b.ev);
+    free(b.pcm);
+    free(b.refs);
+}
+
+/* One buffer of `cap` units for a fresh set: NULL for none (0), -1 when out of memory. */
+static int set_alloc(void **buf, Py_ssize_t cap, Py_ssize_t unit) {
+    *buf = NULL;
+    if (cap == 0) return 0;
+    if (posix_memalign(buf, 64, (size_t)(cap * unit)) != 0) {
+        *buf = NULL;
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* A set with exactly these capacities: a pooled one, else a new one. -1: out of memory. */
+static int pool_take(bufset *out, Py_ssize_t cap_ev, Py_ssize_t cap_pcm, Py_ssize_t cap_refs) {
+    for (int i = pool_n - 1; i >= 0; i--) {
+        if (pool[i].cap_ev == cap_ev && pool[i].cap_pcm == cap_pcm
+            && pool[i].cap_refs == cap_refs) {
+            *out = pool[i];
+            pool[i] = pool[--pool_n];
+            return 0;
+        }
+    }
+    bufset b = {NULL, NULL, NULL, cap_ev, cap_pcm, cap_refs};
+    if (set_alloc((void **)&b.ev, cap_ev, 8) < 0
+        || set_alloc((void **)&b.pcm, cap_pcm, 1) < 0
+        || set_alloc((void **)&b.refs, cap_refs, (Py_ssize_t)sizeof(PyObject *)) < 0) {
+        free(b.ev);
+        free(b.pcm);
+        free(b.refs);
+        return -1;
+    }
+    *out = b;
+    return 0;
+}
+
+/* The capacity a tape keeps after a take: the same, unless it is far above what it held
+ * (a long detach), which is given back (the tape grows again as it needs). */
+static Py_ssize_t kept_cap(Py_ssize_t cap, Py_ssize_t used, Py_ssize_t unit) {
+    return cap * unit > (1 << 18) && cap > 4 * (used + 1) ? 0 : cap;
+}
+
+static PyTypeObject Taken_Type;
+
+static void Taken_dealloc(TakenObject *t) {
+    for (Py_ssize_t k = 0; k < t->n_refs; k++) Py_DECREF(t->refs[k]);
+    pool_give((bufset){t->ev, t->pcm, t->refs, t->cap_ev, t->cap_pcm, t->cap_refs});
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+/* Where each frame of one direction's audio is, in order (NULL: digital silence), into
+ * `at` (n_in or n_out pointers). */
+static void frames_of(const TakenObject *t, int out, const char **at) {
+    const char *src = t->pcm;
+    PyObject *const *ref = t->refs;
+    Py_ssize_t j = 0;
+    for (Py_ssize_t k = 0; k < t->n_ev; k++) {
+        int64_t e = t->ev[k];
+        const char *p = NULL;
+        if (e & SILENT_SLOT) {
+            p = NULL;
+        } else if (e & REF_ENTRY) {
+            p = PyBytes_AS_STRING(*ref++) + 3;
+        } else {
+            p = src;
+            src += t->fb;
+        }
+        if (((e & OUT_ENTRY) != 0) == out) at[j++] = p;
+    }
+}
+
+/* The span: counts, first and last tick of each direction, the heard frames' lead, whether
+ * the slots step by one and whether the heard audio is all digital silence. */
+static void taken_span(TakenObject *t) {
+    Py_ssize_t n_in = 0, n_out = 0;
+    int64_t lo = 0, hi = 0, prev = 0;
+    int consecutive = 1, silent = 1;
+    t->first_slot = t->last_slot = t->first_heard = t->last_heard = 0;
+    for (Py_ssize_t k = 0; k < t->n_ev; k++) {
+        int64_t e = t->ev[k];
+        int64_t tick = e & ~(SILENT_SLOT | OUT_ENTRY | REF_ENTRY);
+        if (e & OUT_ENTRY) {
+            if (n_out == 0) t->first_slot = tick;
+            else if (tick != prev + 1) consecutive = 0;
+            prev = t->last_slot = tick;
+            n_out++;
+        } else {
+            int64_t d = tick - (int64_t)n_in;
+            if (n_in == 0) {
+                lo = hi = d;
+                t->first_heard = tick;
+            }
+            if (d < lo) lo = d;
+            if (d > hi) hi = d;
+            t->last_heard = tick;
+            /* Heard audio taped as audio is never all zero: the pump and Tape.put tape
+             * that as SILENT_SLOT (reading the frames here was a cache miss each). */
+            if (!(e & SILENT_SLOT)) silent = 0;
+            n_in++;
+        }
+    }
+    t->n_in = n_in;
+    t->n_out = n_out;
+    t->lead_lo = lo;
+    t->lead_hi = hi;
+    t->consecutive = consecutive;
+    t->silent = silent;
+}
+
+/* What `tape` holds as a Taken object (NULL with no exception: the tape is empty). */
+static TakenObject *take_taken(TapeObject *tape) {
+    if (tape->n_ev == 0) return NULL;
+    bufset fresh;
+    if (pool_take(&fresh, kept_cap(tape->cap_ev, tape->n_ev, 8),
+                  kept_cap(tape->cap_pcm, tape->n_pcm, 1),
+                  kept_cap(tape->cap_refs, tape->n_refs, (Py_ssize_t)sizeof(PyObject *))) < 0)
+        return NULL;
+    TakenObject *t = PyObject_New(TakenObject, &Taken_Type);
+    if (t == NULL) {
+        pool_give(fresh);
+        return NULL;
+    }
+#if defined(__SSE2__)
+    _mm_sfence(); /* the streaming stores are ordered before what reads them */
+#endif
+    t->ev = tape->ev;
+    t->pcm = tape->pcm;
+    t->refs = tape->refs;
+    t->n_ev = tape->n_ev;
+    t->cap_ev = tape->cap_ev;
+    t->n_pcm = tape->n_pcm;
+    t->cap_pcm = tape->cap_pcm;
+    t->n_refs = tape->n_refs;
+    t->cap_refs = tape->cap_refs;
+    t->fb = tape->fb;
+    tape->ev = fresh.ev;
+    tape->pcm = fresh.pcm;
+    tape->refs = fresh.refs;
+    tape->cap_ev = fresh.cap_ev;
+    tape->cap_pcm = fresh.cap_pcm;
+    tape->cap_refs = fresh.cap_refs;
+    tape->n_ev = tape->n_pcm = tape->n_refs = 0;
+    taken_span(t);
+    return t;
+}
+
+/* One direction's audio (pcm) or ticks as a new bytes object; a direction of digital
+ * silence only is one of the shared zero objects. */
+static PyObject *taken_part(TakenObject *t, int out, int pcm) {
+    Py_ssize_t n = out ? t->n_out : t->n_in, fb = t->fb;
+    if (!pcm) {
+        PyObject *r = PyBytes_FromStringAndSize(NULL, n * 8);
+        if (r == NULL) return NULL;
+        int64_t *d = (int64_t *)PyBytes_AS_STRING(r);
+        for (Py_ssize_t k = 0; k < t->n_ev; k++)
+            if (((t->ev[k] & OUT_ENTRY) != 0) == out)
+                *d++ = t->ev[k] & ~(SILENT_SLOT | OUT_ENTRY | REF_ENTRY);
+        return r;
+    }
+    Py_ssize_t quiet = 0;
+    for (Py_ssize_t k = 0; k < t->n_ev; k++)
+        if (((t->ev[k] & OUT_ENTRY) != 0) == out && (t->ev[k] & SILENT_SLOT)) quiet++;
+    if (n > 0 && quiet == n) return shared_zeros(n * fb);
+    const char **at = PyMem_Malloc((size_t)(n > 0 ? n : 1) * sizeof(char *));
+    if (at == NULL) return PyErr_NoMemory();
+    frames_of(t, out, at);
+    PyObject *r = PyBytes_FromStringAndSize(NULL, n * fb);
+    if (r != NULL) {
+        char *d = PyBytes_AS_STRING(r);
+        for (Py_ssize_t j = 0; j < n; j++, d += fb) {
+            if (at[j] != NULL) memcpy(d, at[j], (size_t)fb);
+            else memset(d, 0, (size_t)fb);
+        }
+    }
+    PyMem_Free(at);
+    return r;
+}
+
+static PyObject *Taken_heard(TakenObject *t, PyObject *unused) {
+    (void)unused;
+    return taken_part(t, 0, 1);
+}
+
+static PyObject *Taken_heard_ticks(TakenObject *t, PyObject *unused) {
+    (void)unused;
+    return taken_part(t, 0, 0);
+}
+
+static PyObject *Taken_sent(TakenObject *t, PyObject *unused) {
+    (void)unused;
+    return taken_part(t, 1, 1);
+}
+
+static PyObject *Taken_sent_ticks(TakenObject *t, PyObject *unused) {
+    (void)unused;
+    return taken_part(t, 1, 0);
+}
+
+/* `held`'s first samples, then the rest of one direction after the first `skip` of
+ * held + frames, as a new bytearray. */
+static PyObject *leg_rest(const leg *g, Py_ssize_t skip) {
+    Py_ssize_t total = g->held_n + g->fs * g->nframes;
+    Py_ssize_t count = total > skip ? total - skip : 0;
+    PyObject *r = PyByteArray_FromStringAndSize(NULL, 2 * count);
+    if (r != NULL) leg_copy(g, skip, count, PyByteArray_AS_STRING(r));
+    return r;
+}
+
+PyDoc_STRVAR(Taken_interleave_doc,
+"interleave(held_in, held_out, nbytes) -> (stereo, rest_in, rest_out)\n\n"
+"interleave_parts(held_in, heard, held_out, sent, nbytes) read straight from the taped\n"
+"frames (no heard or sent bytes made), and what is left of held_in + heard and of\n"
+"held_out + sent after their first nbytes, as new bytearrays: the recorder's flush of a\n"
+"block in one pass. held_in and held_out must be whole samples.");
+
+static PyObject *Taken_interleave(TakenObject *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "interleave(held_in, held_out, nbytes: int)");
+        return NULL;
+    }
+    Py_ssize_t nbytes = PyLong_AsSsize_t(args[2]);
+    if (nbytes < 0 || nbytes % 2 || nbytes > PY_SSIZE_T_MAX / 2) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "nbytes must be even, >= 0");
+        return NULL;
+    }
+    if (t->fb % 2) {
+        PyErr_SetString(PyExc_ValueError, "frames of an odd number of bytes");
+        return NULL;
+    }
+    Py_buffer v[2];
+    int got = 0;
+    PyObject *result = NULL, *stereo = NULL, *rest[2] = {NULL, NULL};
+    const char **at = NULL;
+    for (; got < 2; got++)
+        if (PyObject_GetBuffer(args[got], &v[got], PyBUF_SIMPLE) < 0) goto done;
+    if (v[0].len % 2 || v[1].len % 2) {
+        PyErr_SetString(PyExc_ValueError, "the held audio must be whole samples");
+        goto done;
+    }
+    at = PyMem_Malloc((size_t)(t->n_in + t->n_out + 1) * sizeof(char *));
+    if (at == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    frames_of(t, 0, at);
+    frames_of(t, 1, at + t->n_in);
+    Py_ssize_t fs = t->fb / 2;
+    leg legs[2] = {{v[0].buf, v[0].len / 2, at, fs, t->n_in},
+                   {v[1].buf, v[1].len / 2, at + t->n_in, fs, t->n_out}};
+    stereo = PyBytes_FromStringAndSize(NULL, 2 * nbytes);
+    if (stereo == NULL) goto done;
+    interleave_legs_into(PyBytes_AS_STRING(stereo), &legs[0], &legs[1], nbytes / 2);
+    for (int side = 0; side < 2; side++)
+        if ((rest[side] = leg_rest(&legs[side], nbytes / 2)) == NULL) goto done;
+    result = PyTuple_Pack(3, stereo, rest[0], rest[1]);
+done:
+    PyMem_Free(at);
+    Py_XDECREF(stereo);
+    Py_XDECREF(rest[0]);
+    Py_XDECREF(rest[1]);
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
+static PyObject *Taken_span(TakenObject *t, void *closure) {
+    (void)closure;
+    return Py_BuildValue("(nLLnLLLLOO)", t->n_out, (long long)t->first_slot,
+                         (long long)t->last_slot, t->n_in, (long long)t->first_heard,
+                         (long long)t->last_heard, (long long)t->lead_lo,
+                         (long long)t->lead_hi, t->consecutive ? Py_True : Py_False,
+                         t->silent ? Py_True : Py_False);
+}
+
+static PyObject *Taken_frame_bytes(TakenObject *t, void *closure) {
+    (void)closure;
+    return PyLong_FromSsize_t(t->fb);
+}
+
+static PyMethodDef Taken_methods[] = {
+    {"heard", (PyCFunction)Taken_heard, METH_NOARGS,
+     "heard() -> bytes: the inbound frames' audio, zeros where digital silence was taped\n"
+     "(the shared zeros when all of it was)."},
+    {"heard_ticks", (PyCFunction)Taken_heard_ticks, METH_NOARGS,
+     "heard_ticks() -> bytes: the tick each inbound frame was read at (int64)."},
+    {"sent", (PyCFunction)Taken_sent, METH_NOARGS,
+     "sent() -> bytes: the outbound frames' audio, as heard()."},
+    {"sent_ticks", (PyCFunction)Taken_sent_ticks, METH_NOARGS,
+     "sent_ticks() -> bytes: the slot each outbound frame went out on (int64)."},
+    {"interleave", (PyCFunction)(void (*)(void))Taken_interleave, METH_FASTCALL,
+     Taken_interleave_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Taken_getset[] = {
+    {"span", (getter)Taken_span, NULL,
+     "(sent_frames, first_slot, last_slot, heard_frames, first_heard, last_heard, lead_lo,\n"
+     "lead_hi, consecutive, silent): see audiosocket.media.Span and Shape.", NULL},
+    {"frame_bytes", (getter)Taken_frame_bytes, NULL, "Audio bytes per frame.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Taken_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "audiosocket._wire.Taken",
+    .tp_basicsize = sizeof(TakenObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What take(tape) took: the tape's frames, read in place (see _wire.c).",
+    .tp_dealloc = (destructor)Taken_dealloc,
+    .tp_methods = Taken_methods,
+    .tp_getset = Taken_getset,
+};
+
+static int frame_bytes_arg(TapeObject *t, PyObject *arg) {
+    Py_ssize_t fb = PyLong_AsSsize_t(arg);
+    if (fb != t->fb) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "frame_bytes %zd, but the tape's frames are %zd",
+                         fb, t->fb);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(take_doc,
+"take(tape, frame_bytes) -> Taken | None\n\n"
+"What a tape holds, moved to a Taken object without copying, leaving the tape empty with\n"
+"buffers of the same capacity (a capacity far above what was taken, after a long detach,\n"
+"is given back); None when it is empty.");
+
+static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !tape_ok(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "take(tape: Tape, frame_bytes: int)");
+        return NULL;
+    }
+    TapeObject *tape = (TapeObject *)args[0];
+    if (frame_bytes_arg(tape, args[1]) < 0) return NULL;
+    TakenObject *t = take_taken(tape);
+    if (t == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    return (PyObject *)t;
+}
+
+PyDoc_STRVAR(take_tape_doc,
+"take_tape(tape, frame_bytes) -> (in_pcm, in_ticks, out_pcm, out_ticks) | None\n\n"
+"What a tape holds, as four bytes objects, leaving it empty with its capacity kept (the\n"
+"next second fills it again without a realloc); None when it is empty. Each pcm has\n"
+"frame_bytes for every tick in its ticks (int64): zeros where the frame was digital\n"
+"silence (taped as its tick alone); a pcm that is all such frames is a zero-filled bytes\n"
+"object shared by every tape. A capacity far above what was taken (after a long detach)\n"
+"is given back. take() and the Taken's parts, at once.");
+
+static PyObject *take_tape(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *taken = take(self, args, nargs);
+    if (taken == NULL || taken == Py_None) return taken;
+    TakenObject *t = (TakenObject *)taken;
+    PyObject *parts[TAPE_SIZE] = {taken_part(t, 0, 1), taken_part(t, 0, 0),
+                                  taken_part(t, 1, 1), taken_part(t, 1, 0)};
+    PyObject *result = NULL;
+    if (parts[0] && parts[1] && parts[2] && parts[3])
+        result = PyTuple_Pack(4, parts[0], parts[1], parts[2], parts[3]);
+    for (int i = 0; i < TAPE_SIZE; i++) Py_XDECREF(parts[i]);
+    Py_DECREF(taken);
+    return result;
 }
 
 /* What the lines a few places on will touch, asked for now: each line's tuple, numbers,
@@ -1148,6 +1502,7 @@ fail:
 
 static PyMethodDef methods[] = {
     {"pump", (PyCFunction)(void (*)(void))pump, METH_FASTCALL, pump_doc},
+    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL, take_doc},
     {"take_tape", (PyCFunction)(void (*)(void))take_tape, METH_FASTCALL, take_tape_doc},
     {"block_shape", (PyCFunction)(void (*)(void))block_shape, METH_FASTCALL, block_shape_doc},
     {"frame_clip", (PyCFunction)(void (*)(void))frame_clip, METH_FASTCALL, frame_clip_doc},
@@ -1169,10 +1524,11 @@ PyMODINIT_FUNC PyInit__wire(void) {
     INTERN(s_popleft, "popleft");
 #undef INTERN
     if (init_deque() < 0) return NULL;
-    if (PyType_Ready(&Tape_Type) < 0) return NULL;
+    if (PyType_Ready(&Tape_Type) < 0 || PyType_Ready(&Taken_Type) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Tape", (PyObject *)&Tape_Type) < 0) {
+    if (PyModule_AddObjectRef(m, "Tape", (PyObject *)&Tape_Type) < 0
+        || PyModule_AddObjectRef(m, "Taken", (PyObject *)&Taken_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

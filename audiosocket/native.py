@@ -15,16 +15,18 @@ import numpy as np
 
 try:
     from audiosocket import _wire
-    from audiosocket._wire import Tape
+    from audiosocket._wire import Taken, Tape
 except ImportError:  # built without a C compiler: the Python path does everything
     _wire = None  # type: ignore[assignment]
     Tape = object  # type: ignore[assignment,misc]
+    Taken = object  # type: ignore[assignment,misc]
 
 __all__ = [
     "AVAILABLE",
     "EVENT_NAMES",
     "LINE",
     "State",
+    "Taken",
     "Tape",
     "block_shape",
     "block_shape_numpy",
@@ -35,6 +37,7 @@ __all__ = [
     "interleave_parts",
     "new_tape",
     "pump",
+    "take",
     "take_tape",
 ]
 
@@ -134,6 +137,18 @@ def pump(
     """One tick of the C path over ``lines`` (see ``_wire.c``); the events it hands back."""
     assert _wire is not None
     return _wire.pump(lines, advance)
+
+
+def take(tape: Tape, frame_bytes: int) -> Taken | None:
+    """What ``tape`` holds, moved to a :class:`Taken` without a copy (its buffers change
+    hands; the tape gets a set of the same capacity), leaving the tape empty; None when it
+    is empty. The Taken's parts are read where they were taped: ``heard()``,
+    ``heard_ticks()``, ``sent()``, ``sent_ticks()`` as :func:`take_tape` gives them, ``span``
+    (counts, ends, lead, silence) from one pass, and ``interleave(held_in, held_out,
+    nbytes)``, the recorder's stereo and what it keeps, straight from the taped frames."""
+    if _wire is None:
+        raise RuntimeError("the C media path is not built")
+    return _wire.take(tape, frame_bytes)
 
 
 def take_tape(tape: Tape, frame_bytes: int) -> tuple[bytes, bytes, bytes, bytes] | None:

@@ -867,3 +867,118 @@ def make_pair() -> tuple[socket.socket, socket.socket]:
     for s in (ours, peer):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return ours, peer
+
+
+# -- take(): a tape's frames handed over in place --------------------------------------------
+
+# One taped frame: (sent, tick advance, audio kind: 0 digital silence, else a fill byte).
+_Entry = tuple[bool, int, int]
+
+
+def _tape_of(entries: list[_Entry], fb: int = 320) -> tuple[_wire.Tape, list[bytes]]:
+    from audiosocket.native import new_tape
+
+    tape = new_tape(fb)
+    tick = 0
+    audio: list[bytes] = []
+    for sent, advance, fill in entries:
+        tick += advance
+        pcm = bytes(fb) if fill == 0 else bytes([fill]) * fb
+        tape.put(sent, tick, pcm)
+        audio.append(pcm)
+    return tape, audio
+
+
+@given(entries=st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.sampled_from([0, 0, 7, 9])),
+                        min_size=1, max_size=60))
+@settings(max_examples=80, deadline=None)
+def test_take_hands_over_what_take_tape_copies(entries: list[_Entry]) -> None:
+    """A Taken's parts are take_tape's four bytes objects, and its span is what numpy makes
+    of them: counts, first and last ticks, the heard frames' lead, consecutive, silent."""
+    from audiosocket.native import take, take_tape
+
+    a, _ = _tape_of(entries)
+    b, _ = _tape_of(entries)
+    taken = take(a, 320)
+    parts = take_tape(b, 320)
+    assert taken is not None and parts is not None
+    assert len(a) == 0 and len(b) == 0
+    assert (taken.heard(), taken.heard_ticks(), taken.sent(), taken.sent_ticks()) == parts
+    heard_ticks = np.frombuffer(parts[1], "<i8")
+    sent_ticks = np.frombuffer(parts[3], "<i8")
+    ends = [(len(t), int(t[0]), int(t[-1])) if len(t) else (0, 0, 0)
+            for t in (sent_ticks, heard_ticks)]
+    lo, hi, consecutive, silent = block_shape_numpy(heard_ticks, sent_ticks, parts[0])
+    assert taken.span == (*ends[0], *ends[1], lo, hi, consecutive, silent)
+    assert taken.frame_bytes == 320
+    assert take(a, 320) is None
+
+
+@given(
+    entries=st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.sampled_from([0, 3, 200])),
+                     max_size=40),
+    held=st.tuples(st.integers(0, 700), st.integers(0, 700)),
+    nbytes=st.integers(0, 9000),
+)
+@settings(max_examples=120, deadline=None)
+def test_a_taken_tape_interleaves_as_its_parts_would(
+    entries: list[_Entry], held: tuple[int, int], nbytes: int
+) -> None:
+    """Taken.interleave(held_in, held_out, n) is interleave_legs of held_in + heard and
+    held_out + sent (zeros past a short leg), and gives back what is left of each leg after
+    its first n bytes: the recorder's flush, without making heard or sent."""
+    from audiosocket.native import take, take_tape
+
+    entries = [(True, 1, 5), *entries]  # never empty
+    a, _ = _tape_of(entries, 160)
+    b, _ = _tape_of(entries, 160)
+    taken = take(a, 160)
+    parts = take_tape(b, 160)
+    assert taken is not None and parts is not None
+    nbytes -= nbytes % 2
+    held_in = bytearray(np.arange(held[0], dtype="<i2").tobytes())
+    held_out = bytearray((-np.arange(held[1], dtype="<i2")).tobytes())
+    stereo, rest_in, rest_out = taken.interleave(held_in, held_out, nbytes)
+    left, right = bytes(held_in) + parts[0], bytes(held_out) + parts[2]
+    assert stereo == interleave_legs(left, right, nbytes)
+    assert (rest_in, rest_out) == (bytearray(left[nbytes:]), bytearray(right[nbytes:]))
+    assert isinstance(rest_in, bytearray) and isinstance(rest_out, bytearray)
+    with pytest.raises(ValueError):
+        taken.interleave(bytearray(3), held_out, 4)  # held audio of an odd byte count
+    with pytest.raises(ValueError):
+        taken.interleave(held_in, held_out, 5)
+
+
+def test_a_taken_tape_holds_the_prompt_frames_it_took_until_it_goes(pair: Any) -> None:
+    """A prompt's frames taped by reference move to the Taken with the tape's buffers: the
+    tape is empty at once, the frames are read there (interleave, sent) and let go when the
+    Taken goes; the tape refills into buffers of the capacity it had."""
+    import sys
+
+    from audiosocket.native import take
+
+    ours, peer = pair
+    line, playout, tape = taped_line(ours)
+    prompt = [frame(20 + k) for k in range(3)]
+    held = [sys.getrefcount(f) for f in prompt]
+    for f in [*prompt, frame(30)]:  # the playout keeps the last frame it queued
+        playout.append_frame(f)
+    for k in range(4):
+        peer.sendall(frame(k + 1))
+        settle()
+        assert _wire.pump([line], 1) == []
+    capacity = tape.capacity
+    taken = take(tape, 320)
+    assert taken is not None
+    assert len(tape) == 0 and tape.capacity == capacity
+    assert [sys.getrefcount(f) for f in prompt] == [n + 1 for n in held]
+    assert taken.sent() == b"".join(f[3:] for f in [*prompt, frame(30)])
+    stereo, _, _ = taken.interleave(bytearray(), bytearray(), 4 * 320)
+    assert stereo == interleave_legs(b"".join(frame(k + 1)[3:] for k in range(4)),
+                                     taken.sent(), 4 * 320)
+    del taken
+    assert [sys.getrefcount(f) for f in prompt] == held
+    peer.sendall(frame(9))
+    settle()
+    assert _wire.pump([line], 1) == []
+    assert tape.capacity == capacity  # refilled without growing
