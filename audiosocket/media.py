@@ -13,14 +13,14 @@ both paths produce the same result.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from audiosocket.native import Tape, block_shape, take_tape
+from audiosocket.native import Taken, Tape, block_shape, take
 
-__all__ = ["MediaBlock", "Run", "Shape", "block_from_tape"]
+__all__ = ["MediaBlock", "Run", "Shape", "Span", "block_from_tape"]
 
 #: One delivery of the Python path: ``(sent, tick, pcm)`` (see :meth:`MediaBlock.events`).
 Event = tuple[bool, int, bytes]
@@ -80,7 +80,24 @@ class Shape(NamedTuple):
     silent: bool
 
 
-@dataclass(frozen=True, slots=True)
+class Span(NamedTuple):
+    """How much a block holds and where it lies: ``sent_frames`` frames went out on slots
+    ``first_slot`` .. ``last_slot``; ``heard_frames`` came in, read at ticks ``first_heard``
+    .. ``last_heard`` (all 0 for a direction with no frame)."""
+
+    sent_frames: int
+    first_slot: int
+    last_slot: int
+    heard_frames: int
+    first_heard: int
+    last_heard: int
+
+
+def _ends(ticks: np.ndarray) -> tuple[int, int, int]:
+    n = len(ticks)
+    return (n, ticks.item(0), ticks.item(-1)) if n else (0, 0, 0)
+
+
 class MediaBlock:
     """Both directions of one call's audio over a stretch of its timeline.
 
@@ -88,38 +105,106 @@ class MediaBlock:
     ``heard_ticks[i]``: the call's tick (``Call.tick``) when frame ``i`` was read.
     ``sent``: the PCM of each frame that went out (silence included), in order;
     ``sent_ticks[i]``: the slot it went out on (what a tick listener is given).
+
+    Made from bytes (``MediaBlock(frame_bytes=..., heard=..., ...)``), or from a tape by
+    :func:`block_from_tape`: then the audio stays where the C path taped it and each part
+    is made the first time a consumer reads it (the VAD reads ``heard``, the recorder none:
+    it takes its stereo straight from the tape, :meth:`interleave`). Read-only.
     """
 
-    frame_bytes: int
-    heard: bytes
-    heard_ticks: np.ndarray
-    sent: bytes
-    sent_ticks: np.ndarray
-    #: The block's :class:`Shape`, computed once when it is made (every consumer reads it;
-    #: a ``functools.cached_property`` took a lock per block, a thousand blocks a second).
-    shape: Shape = field(init=False)
+    __slots__ = ("_heard", "_heard_ticks", "_sent", "_sent_ticks", "_taken", "frame_bytes",
+                 "shape", "span")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "shape", Shape(*block_shape(self.heard_ticks, self.sent_ticks, self.heard)))
+    frame_bytes: int
+    #: The block's :class:`Shape` and :class:`Span`, computed once when it is made (every
+    #: consumer reads them).
+    shape: Shape
+    span: Span
+
+    def __init__(self, *, frame_bytes: int, heard: bytes, heard_ticks: np.ndarray,
+                 sent: bytes, sent_ticks: np.ndarray) -> None:
+        self.frame_bytes = frame_bytes
+        self._taken: Taken | None = None
+        self._heard: bytes | None = heard
+        self._heard_ticks: np.ndarray | None = heard_ticks
+        self._sent: bytes | None = sent
+        self._sent_ticks: np.ndarray | None = sent_ticks
+        self.shape = Shape(*block_shape(heard_ticks, sent_ticks, heard))
+        self.span = Span(*_ends(sent_ticks), *_ends(heard_ticks))
+
+    @classmethod
+    def taken(cls, taken: Taken) -> MediaBlock:
+        """A block of what :func:`audiosocket.native.take` took off a tape, read in place."""
+        block = cls.__new__(cls)
+        block.frame_bytes = taken.frame_bytes
+        block._taken = taken
+        block._heard = block._sent = None
+        block._heard_ticks = block._sent_ticks = None
+        span = taken.span
+        block.span = Span(*span[:6])
+        block.shape = Shape(*span[6:])
+        return block
+
+    @property
+    def heard(self) -> bytes:
+        if self._heard is None:
+            assert self._taken is not None
+            self._heard = self._taken.heard()
+        return self._heard
+
+    @property
+    def heard_ticks(self) -> np.ndarray:
+        if self._heard_ticks is None:
+            assert self._taken is not None
+            self._heard_ticks = np.frombuffer(self._taken.heard_ticks(), dtype="<i8")
+        return self._heard_ticks
+
+    @property
+    def sent(self) -> bytes:
+        if self._sent is None:
+            assert self._taken is not None
+            self._sent = self._taken.sent()
+        return self._sent
+
+    @property
+    def sent_ticks(self) -> np.ndarray:
+        if self._sent_ticks is None:
+            assert self._taken is not None
+            self._sent_ticks = np.frombuffer(self._taken.sent_ticks(), dtype="<i8")
+        return self._sent_ticks
+
+    @property
+    def in_place(self) -> bool:
+        """The audio is still where the C path taped it: :meth:`interleave` reads it there."""
+        return self._taken is not None
+
+    def interleave(self, held_in: bytearray, held_out: bytearray,
+                   nbytes: int) -> tuple[bytes, bytearray, bytearray]:
+        """The recorder's flush of this block in one pass, for a block :attr:`in_place`:
+        the stereo of the first ``nbytes`` of ``held_in + heard`` (left) and ``held_out +
+        sent`` (right), zeros past a short one, and what is left of each after them."""
+        if self._taken is None:
+            raise ValueError("the block's audio is not on a tape any more")
+        return self._taken.interleave(held_in, held_out, nbytes)
 
     @property
     def heard_frames(self) -> int:
-        return len(self.heard_ticks)
+        return self.span.heard_frames
 
     @property
     def sent_frames(self) -> int:
-        return len(self.sent_ticks)
+        return self.span.sent_frames
 
     def steady(self) -> bool:
         """The common case: one frame sent per slot on consecutive slots, and one frame
         heard after each, on the tick that followed it (no gap, burst or resync)."""
-        n = len(self.sent_ticks)
-        if n == 0 or len(self.heard_ticks) != n:
+        span = self.span
+        n = span.sent_frames
+        if n == 0 or span.heard_frames != n:
             return False
         # heard_ticks[k] == sent_ticks[0] + 1 + k for every k, and the slots consecutive.
         shape = self.shape
-        s1 = int(self.sent_ticks[0]) + 1
+        s1 = span.first_slot + 1
         return shape.consecutive and shape.lead_lo == s1 and shape.lead_hi == s1
 
     def segments(self) -> Iterator[Run | Event]:
@@ -191,14 +276,5 @@ class MediaBlock:
 
 def block_from_tape(tape: Tape, frame_bytes: int) -> MediaBlock | None:
     """Take what a line's tape holds (emptying it) as a block; None when it is empty."""
-    taken = take_tape(tape, frame_bytes)
-    if taken is None:
-        return None
-    in_pcm, in_ticks, out_pcm, out_ticks = taken
-    return MediaBlock(
-        frame_bytes=frame_bytes,
-        heard=in_pcm,
-        heard_ticks=np.frombuffer(in_ticks, dtype="<i8"),
-        sent=out_pcm,
-        sent_ticks=np.frombuffer(out_ticks, dtype="<i8"),
-    )
+    taken = take(tape, frame_bytes)
+    return None if taken is None else MediaBlock.taken(taken)

@@ -22,14 +22,15 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVarTuple
+from typing import Protocol, TypeVarTuple
 
 import numpy as np
 import structlog
 from prometheus_client import Counter
 
 __all__ = [
-    "CallRecorder", "Interleave", "InterleaveParts", "RecorderWriter", "interleave_legs",
+    "CallRecorder", "Interleave", "InterleaveParts", "RecorderWriter", "TapedBlock",
+    "interleave_legs",
     "repair_all", "repair_wav", "tick_leads", "wav_seconds",
 ]
 
@@ -86,6 +87,40 @@ Interleave = Callable[[bytearray, bytearray, int], bytes]
 #: ``left_a + left_b`` and ``right_a + right_b`` without joining them
 #: (``audiosocket.native.interleave_parts``).
 InterleaveParts = Callable[[bytearray, bytes, bytearray, bytes, int], bytes]
+
+
+class TapedBlock(Protocol):
+    """What :meth:`CallRecorder.add_media` reads of a block (``audiosocket.media``'s
+    ``MediaBlock``; ``helpers`` may not import the core)."""
+
+    frame_bytes: int
+
+    @property
+    def span(self) -> tuple[int, int, int, int, int, int]:
+        """``(sent_frames, first_slot, last_slot, heard_frames, first_heard,
+        last_heard)``."""
+
+    @property
+    def shape(self) -> tuple[int, int, bool, bool]:
+        """``(lead_lo, lead_hi, consecutive, silent)``."""
+
+    @property
+    def in_place(self) -> bool:
+        """The audio is still on the tape, so :meth:`interleave` can read it there."""
+
+    @property
+    def heard(self) -> bytes: ...
+    @property
+    def heard_ticks(self) -> np.ndarray: ...
+    @property
+    def sent(self) -> bytes: ...
+    @property
+    def sent_ticks(self) -> np.ndarray: ...
+
+    def interleave(self, held_in: bytearray, held_out: bytearray,
+                   nbytes: int) -> tuple[bytes, bytearray, bytearray]:
+        """The stereo of the first ``nbytes`` of ``held_in + heard`` and ``held_out +
+        sent``, and what is left of each after them."""
 
 
 def _rest(held: bytearray, more: bytes, n: int) -> bytearray:
@@ -414,6 +449,40 @@ class CallRecorder:
             self._out_pos = last + 1
         return True
 
+    def add_media(self, block: TapedBlock) -> bool:
+        """:meth:`add_block` of a block from the C path's tape. The usual block (both legs
+        follow what is held, and a flush is due) is interleaved straight from where the
+        tape holds it when the block is still there (``block.in_place``): no bytes of
+        either leg are made, and this costs a few comparisons in Python. Anything else goes
+        to :meth:`add_block` (with the same result for the usual block too)."""
+        n, first_slot, last, m, first_heard, last_heard = block.span
+        lead = (block.shape[0], block.shape[1])
+        fb = self.frame_bytes
+        base = self._base
+        if (block.in_place and not self.closed and n and m and block.frame_bytes == fb
+                and first_slot >= base and first_heard > first_slot
+                and last - first_slot == n - 1 and self._out_pos <= first_slot):
+            if self._batch:
+                self._place_batch()
+            pos = self._in_pos
+            every = self.flush_every
+            crossings = (last + 1 - base - every - self.hold_slots) // every + 1
+            # add_block's conditions for its usual block, in the same order.
+            if (not self._in_partial and pos >= base and pos - lead[1] >= -JITTER_SLOTS
+                    and pos - lead[0] < AHEAD_SLOTS and crossings > 0
+                    and (pos - base) * fb == len(self._in)
+                    and (first_slot - base) * fb == len(self._out)):
+                self._in_pos = pos + m
+                self._batch_tick = last_heard
+                self._out_pos = last + 1
+                upto = base + every * crossings
+                data, self._in, self._out = block.interleave(self._in, self._out,
+                                                             (upto - base) * fb)
+                self._queue(upto, data)
+                return True
+        return self.add_block(block.sent_ticks, block.sent, block.heard, block.heard_ticks,
+                              lead=lead)
+
     def _put(self, slots: bytearray, index: int, pcm: bytes | None) -> None:
         """Slot ``index`` holds ``pcm`` (None: silence; a short frame: its start)."""
         self._put_run(slots, index, pcm if pcm is not None else self._zero, 1)
@@ -463,6 +532,10 @@ class CallRecorder:
             data = self._interleave_parts(self._in, in_more, self._out, out_more, n)
             self._in = _rest(self._in, in_more, n)
             self._out = _rest(self._out, out_more, n)
+        self._queue(upto, data)
+
+    def _queue(self, upto: int, data: bytes) -> None:
+        """The slots before ``upto`` are ``data`` (stereo): to the writer thread."""
         self._base = upto
         if self._queued_in - self._queued_out + len(data) > QUEUED_MAX_BYTES:
             RECORDING_BYTES_LOST.inc(len(data))  # the disk is this far behind: do not queue

@@ -54,4 +54,4 @@ class MessageTap(Part):
         if self._pcm is not None:  # taped before the message began: it gets its share
             super().take(block)
         elif block.heard_frames and self._in_speech():
-            self.last_voice = int(block.heard_ticks[-1]) * FRAME_MS / 1000
+            self.last_voice = block.span.last_heard * FRAME_MS / 1000

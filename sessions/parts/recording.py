@@ -77,9 +77,7 @@ class Recording(Part):
 
     def take(self, block: MediaBlock) -> None:
         rec = self.recorder
-        shape = block.shape
-        if rec.add_block(block.sent_ticks, block.sent, block.heard, block.heard_ticks,
-                         lead=(shape.lead_lo, shape.lead_hi)):
+        if rec.add_media(block):
             return  # the common case, jitter included: at once
         # A gap or a burst somewhere: its steady runs at once, the rest frame by frame.
         self.take_runs(block, lambda run: rec.add_run(run.first_slot, run.heard, run.sent))

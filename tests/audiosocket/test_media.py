@@ -116,3 +116,39 @@ def test_one_late_frame_leaves_the_rest_of_a_block_in_runs() -> None:
     b = block(sent, heard)
     runs = [seg for seg in b.segments() if isinstance(seg, Run)]
     assert sum(r.frames for r in runs) == 48 and len(runs) == 2
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="the C media path is not built")
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(0, 3), st.booleans()), min_size=1,
+                max_size=60))
+def test_a_block_read_in_place_is_the_block_made_of_bytes(
+    script: list[tuple[int, int, bool]]
+) -> None:
+    """A block from a tape keeps its audio where it was taped and makes each part only
+    when read; every part, its shape and span, and its replay are the same as a block made
+    of the same bytes."""
+    tape = native.new_tape(FB)
+    sent: list[int] = []
+    heard: list[int] = []
+    slot = 1
+    for advance, reads, quiet in script:
+        slot += advance - 1
+        sent.append(slot)
+        tape.put(True, slot, bytes(FB) if quiet else bytes([slot % 255 + 1]) * FB)
+        slot += 1
+        for _ in range(reads):
+            heard.append(slot)
+            tape.put(False, slot, bytes(FB) if quiet else bytes([slot % 255 + 1]) * FB)
+    lazy = block_from_tape(tape, FB)
+    assert lazy is not None and lazy.in_place
+    assert lazy._heard is None and lazy._sent is None  # nothing made yet
+    eager = MediaBlock(frame_bytes=FB, heard=lazy.heard, heard_ticks=lazy.heard_ticks,
+                       sent=lazy.sent, sent_ticks=lazy.sent_ticks)
+    assert not eager.in_place
+    assert lazy.heard_ticks.tolist() == heard and lazy.sent_ticks.tolist() == sent
+    assert (lazy.shape, lazy.span) == (eager.shape, eager.span)
+    assert (lazy.heard_frames, lazy.sent_frames) == (len(heard), len(sent))
+    assert lazy.steady() == eager.steady()
+    assert list(lazy.events()) == list(eager.events())
+    with pytest.raises(ValueError):
+        eager.interleave(bytearray(), bytearray(), 0)  # its audio is no longer on a tape

@@ -397,3 +397,93 @@ def test_a_block_writes_the_same_bytes_as_its_rounds(
         b.close()
         assert writer.flush()
         assert (Path(d) / "a.wav").read_bytes() == (Path(d) / "b.wav").read_bytes()
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="the C extension is not built")
+@given(
+    before=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 8)), max_size=20),
+    blocks=st.lists(
+        st.lists(st.tuples(st.integers(0, 2), st.integers(1, 3), st.booleans()), min_size=1,
+                 max_size=40),
+        min_size=1, max_size=4),
+    after=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), max_size=10),
+)
+@settings(max_examples=100, deadline=None)
+def test_a_block_read_in_place_writes_the_same_bytes_as_its_rounds(
+    before: list[_Step], blocks: list[list[tuple[int, int, bool]]], after: list[_Step],
+) -> None:
+    """add_media of blocks taken off a tape (the server's: read in place, some frames
+    digital silence) against the rounds they stand for, after any history: the same file,
+    whether a block is interleaved straight from the tape, goes through add_block, or is
+    declined and replayed."""
+    from audiosocket.media import block_from_tape
+
+    writer = RecorderWriter()
+    with tempfile.TemporaryDirectory() as d:
+        a = CallRecorder(Path(d) / "a.wav", 8000, flush_every=7, hold_slots=5, writer=writer)
+        b = CallRecorder(Path(d) / "b.wav", 8000, flush_every=7, hold_slots=5, writer=writer,
+                         interleave=interleave, interleave_parts=interleave_parts)
+        tick = _drive(a, before, 0, 100)
+        _drive(b, before, 0, 100)
+        for steps in blocks:
+            tape = native.new_tape(320)
+            rounds: list[tuple[int, bytes, list[bytes]]] = []
+            for reads, advance, quiet in steps:
+                tick += advance
+                out = bytes(320) if quiet else frame(-300 - tick)
+                a.add_outbound(tick - 1, out)
+                tape.put(True, tick - 1, out)
+                ins = [bytes(320) if quiet and k == 0 else frame(300 + tick + k)
+                       for k in range(reads)]
+                for pcm in ins:
+                    a.add_inbound(pcm, tick)
+                    tape.put(False, tick, pcm)
+                rounds.append((tick - 1, out, ins))
+            block = block_from_tape(tape, 320)
+            assert block is not None
+            if not b.add_media(block):
+                for slot, out, ins in rounds:
+                    b.add_outbound(slot, out)
+                    for pcm in ins:
+                        b.add_inbound(pcm, slot + 1)
+        _drive(a, after, tick, 900)
+        _drive(b, after, tick, 900)
+        a.close()
+        b.close()
+        assert writer.flush()
+        assert (Path(d) / "a.wav").read_bytes() == (Path(d) / "b.wav").read_bytes()
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="the C extension is not built")
+def test_a_steady_call_s_blocks_are_interleaved_straight_from_the_tape(tmp_path: Path) -> None:
+    """The server's recorder (hold 25, a flush a second) fed 2 s blocks off a tape, as the
+    C path tapes a call that sends silence: no block's heard or sent bytes are ever made
+    (each goes from the tape to the stereo in one pass), and the file is the rounds'."""
+    from audiosocket.media import block_from_tape
+
+    writer = RecorderWriter()
+    a = CallRecorder(tmp_path / "a.wav", 8000, flush_every=50, hold_slots=25, writer=writer)
+    b = CallRecorder(tmp_path / "b.wav", 8000, flush_every=50, hold_slots=25, writer=writer,
+                     interleave=native.interleave, interleave_parts=native.interleave_parts)
+    for blk in range(8):
+        tape = native.new_tape(320)
+        for slot in range(blk * 100, (blk + 1) * 100):
+            tick = slot + 1 if not (blk == 4 and slot == 410) else slot + 2  # one late frame
+            a.add_outbound(slot, None)
+            tape.put(True, slot, bytes(320))
+            if tick == slot + 1 or slot == 411:
+                late = [410] if slot == 411 else []
+                for s in [*late, slot] if slot != 410 else []:
+                    a.add_inbound(frame(1000 + s), slot + 1)
+                    tape.put(False, slot + 1, frame(1000 + s))
+        block = block_from_tape(tape, 320)
+        assert block is not None
+        assert b.add_media(block)
+        assert block._heard is None and block._sent is None  # read in place
+    a.close()
+    b.close()
+    assert writer.flush()
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    left, right, _ = read_stereo(tmp_path / "b.wav")
+    assert left.reshape(-1, 160)[:, 0].tolist()[:800] == [1000 + s for s in range(800)]
+    assert not right.any()
