@@ -13,7 +13,12 @@ this one thread) per append and as a share of a core, for each variant:
 - ``fallocate``: the same after reserving each file's space ahead in 1 MiB steps
   (``FALLOC_FL_KEEP_SIZE``, so the file's size stays the audio's);
 - ``direct``: ``O_DIRECT`` appends of whole 4 KiB blocks (no page cache copy), header
-  included; needs a filesystem that supports it.
+  included; needs a filesystem that supports it;
+- ``alignedK`` (``aligned32``, ``aligned64``): buffered, but each append ends on a K KiB
+  boundary in the file, what lies past it waiting for the next append (the kernel may
+  then hold each aligned stretch in a large folio; the tail's copy in user space is not
+  simulated). Tried in the server in the twenty-third session and not kept
+  (``docs/BENCHMARKS.md``).
 
     .venv/bin/python bench/disk_write_bench.py                       # 64 kB appends, 1000 calls
     .venv/bin/python bench/disk_write_bench.py --block-s 4 --rounds 3
@@ -54,8 +59,10 @@ def run(mode: str, directory: Path, files: int, chunk: int, rate: float, seconds
         flags |= os.O_DIRECT
         chunk = -(-chunk // 4096) * 4096
     fds: list[int] = []
-    data = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs
-    data.write(os.urandom(chunk))
+    align = int(mode[len("aligned"):]) * 1024 if mode.startswith("aligned") else 0
+    data = mmap.mmap(-1, chunk + align)  # page-aligned, as O_DIRECT needs
+    data.write(os.urandom(chunk + align))
+    kept = [0] * files
     head = mmap.mmap(-1, 4096) if mode == "direct" else bytearray(44)
     first = 4096 if mode == "direct" else 44
     offset = [first] * files
@@ -78,10 +85,19 @@ def run(mode: str, directory: Path, files: int, chunk: int, rate: float, seconds
             if falloc is not None and offset[i] + chunk > reserved[i]:
                 falloc(fd, FALLOC_FL_KEEP_SIZE, reserved[i], PREALLOC)
                 reserved[i] += PREALLOC
-            os.pwrite(fd, data, offset[i])
-            offset[i] += chunk
-            os.pwrite(fd, head, 0)
             n += 1
+            if align:
+                pending = kept[i] + chunk
+                cut = (offset[i] + pending) // align * align - offset[i]
+                kept[i] = pending - cut
+                if cut <= 0:
+                    continue
+                os.pwrite(fd, memoryview(data)[:cut], offset[i])
+                offset[i] += cut
+            else:
+                os.pwrite(fd, memoryview(data)[:chunk], offset[i])
+                offset[i] += chunk
+            os.pwrite(fd, head, 0)
         r1 = resource.getrusage(resource.RUSAGE_THREAD)
         wall = time.perf_counter() - start
     finally:
