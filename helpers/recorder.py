@@ -385,48 +385,23 @@ class CallRecorder:
         if n == 0 or len(sent) != n * fb or len(heard) != m * fb:
             return False
         # This runs once per call per second at a thousand calls: .item() rather than
-        # int(a[i]) (no numpy scalar), plain ifs rather than calls where the usual case
-        # needs none.
-        base = self._base
-        first_slot = slots.item(0)
-        if first_slot < base or (m and heard_ticks.item(0) <= first_slot):
-            return False  # already written out, or read before the block's first slot
-        # What the last tick held goes first, as the rounds' first add_outbound does (so
-        # declining after this leaves the rounds the same state); it may leave a partial.
-        if self._batch:
-            self._place_batch()
-        if self._in_partial:
+        # int(a[i]) (no numpy scalar).
+        first_slot, last = slots.item(0), slots.item(-1)
+        if m and lead is None:
+            lead = tick_leads(heard_ticks)
+        plan = self._plan(n, first_slot, last, m, heard_ticks.item(0) if m else 0,
+                          lead or (0, 0))
+        if plan is None:
             return False
-        pos = self._in_pos
-        if m:
-            # Where each inbound frame lands against the tick it was read at: no gap jump
-            # (lands at or after tick - JITTER_SLOTS) and not ahead of the clock.
-            # Frame k lands at pos + k: it leads its tick by pos + k - heard_ticks[k].
-            if lead is None:
-                lead = tick_leads(heard_ticks)
-            if pos < base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS:
-                return False
-        last = slots.item(-1)
-        consecutive = last - first_slot == n - 1
-        # Flush where the rounds would have: they check after every slot, so the file's
-        # base (and with it which late partial frame still has a slot) is the same.
-        # Consecutive slots: out_pos steps by one, crossing base + every + hold each time,
-        # and each flush moves the base by ``every``.
-        every = self.flush_every
-        crossings = 0
-        if consecutive and self._out_pos <= first_slot:
-            crossings = (last + 1 - base - every - self.hold_slots) // every + 1
-        if (crossings > 0 and m and self._interleave_parts is not None
-                and (pos - base) * fb == len(self._in) and len(heard) == m * fb
-                and (first_slot - base) * fb == len(self._out)):
-            # The usual block: both legs would be appended right after what is held, and
-            # a flush follows. The flush reads the block where it is instead (the same
+        crossings, usual = plan
+        base, pos = self._base, self._in_pos
+        if usual and self._interleave_parts is not None:
+            # The flush reads the block where it is instead of appending it first (the same
             # bytes; the appends were a third of the recording's cost).
-            self._in_pos = pos + m
-            self._batch_tick = heard_ticks.item(-1)
-            self._out_pos = last + 1
-            self._flush(base + every * crossings, heard, sent)
+            self._flush(self._take_usual(m, last, heard_ticks.item(-1), crossings), heard, sent)
             return True
+        consecutive = last - first_slot == n - 1
+        every = self.flush_every
         if m:
             self._put_run(self._in, pos, heard, m)
             self._in_pos = pos + m
@@ -449,39 +424,64 @@ class CallRecorder:
             self._out_pos = last + 1
         return True
 
-    def add_media(self, block: TapedBlock) -> bool:
-        """:meth:`add_block` of a block from the C path's tape. The usual block (both legs
-        follow what is held, and a flush is due) is interleaved straight from where the
-        tape holds it when the block is still there (``block.in_place``): no bytes of
-        either leg are made, and this costs a few comparisons in Python. Anything else goes
-        to :meth:`add_block` (with the same result for the usual block too)."""
-        n, first_slot, last, m, first_heard, last_heard = block.span
-        lead = (block.shape[0], block.shape[1])
-        fb = self.frame_bytes
+    def _plan(self, n: int, first_slot: int, last: int, m: int, first_heard: int,
+              lead: tuple[int, int]) -> tuple[int, bool] | None:
+        """:meth:`add_block`'s checks, from a block's ends (``n`` frames sent on slots
+        ``first_slot`` .. ``last``, ``m`` heard from tick ``first_heard``, ``lead`` as
+        there): None to decline it, else the flushes its slots cross and whether it is the
+        usual block (both legs follow what is held, and a flush is due)."""
         base = self._base
-        if (block.in_place and not self.closed and n and m and block.frame_bytes == fb
-                and first_slot >= base and first_heard > first_slot
-                and last - first_slot == n - 1 and self._out_pos <= first_slot):
-            if self._batch:
-                self._place_batch()
-            pos = self._in_pos
+        if first_slot < base or (m and first_heard <= first_slot):
+            return None  # already written out, or read before the block's first slot
+        # What the last tick held goes first, as the rounds' first add_outbound does (so
+        # declining after this leaves the rounds the same state); it may leave a partial.
+        if self._batch:
+            self._place_batch()
+        if self._in_partial:
+            return None
+        pos = self._in_pos
+        # Where each inbound frame lands against the tick it was read at: no gap jump
+        # (lands at or after tick - JITTER_SLOTS) and not ahead of the clock. Frame k lands
+        # at pos + k: it leads its tick by pos + k - heard_ticks[k].
+        if m and (pos < base or pos - lead[1] < -JITTER_SLOTS or pos - lead[0] >= AHEAD_SLOTS):
+            return None
+        # Flush where the rounds would have: they check after every slot, so the file's
+        # base (and with it which late partial frame still has a slot) is the same.
+        # Consecutive slots: out_pos steps by one, crossing base + every + hold each time,
+        # and each flush moves the base by ``every``.
+        crossings = 0
+        if last - first_slot == n - 1 and self._out_pos <= first_slot:
             every = self.flush_every
             crossings = (last + 1 - base - every - self.hold_slots) // every + 1
-            # add_block's conditions for its usual block, in the same order.
-            if (not self._in_partial and pos >= base and pos - lead[1] >= -JITTER_SLOTS
-                    and pos - lead[0] < AHEAD_SLOTS and crossings > 0
-                    and (pos - base) * fb == len(self._in)
-                    and (first_slot - base) * fb == len(self._out)):
-                self._in_pos = pos + m
-                self._batch_tick = last_heard
-                self._out_pos = last + 1
-                upto = base + every * crossings
-                data, self._in, self._out = block.interleave(self._in, self._out,
-                                                             (upto - base) * fb)
+        fb = self.frame_bytes
+        usual = (crossings > 0 and m > 0 and (pos - base) * fb == len(self._in)
+                 and (first_slot - base) * fb == len(self._out))
+        return crossings, usual
+
+    def _take_usual(self, m: int, last: int, last_heard: int, crossings: int) -> int:
+        """The positions after a usual block; the slot its flush goes up to."""
+        self._in_pos += m
+        self._batch_tick = last_heard
+        self._out_pos = last + 1
+        return self._base + self.flush_every * crossings
+
+    def add_media(self, block: TapedBlock) -> bool:
+        """:meth:`add_block` of a block from the C path's tape. The usual block is
+        interleaved straight from where the tape holds it when the block is still there
+        (``block.in_place``): no bytes of either leg are made, and the checks read only
+        the block's span. Anything else goes to :meth:`add_block`."""
+        if block.in_place and not self.closed and block.frame_bytes == self.frame_bytes:
+            n, first_slot, last, m, first_heard, last_heard = block.span
+            plan = self._plan(n, first_slot, last, m, first_heard, block.shape[:2]) if n else None
+            if plan is not None and plan[1]:
+                base = self._base
+                upto = self._take_usual(m, last, last_heard, plan[0])
+                data, self._in, self._out = block.interleave(
+                    self._in, self._out, (upto - base) * self.frame_bytes)
                 self._queue(upto, data)
                 return True
         return self.add_block(block.sent_ticks, block.sent, block.heard, block.heard_ticks,
-                              lead=lead)
+                              lead=block.shape[:2])
 
     def _put(self, slots: bytearray, index: int, pcm: bytes | None) -> None:
         """Slot ``index`` holds ``pcm`` (None: silence; a short frame: its start)."""
