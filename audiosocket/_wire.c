@@ -78,12 +78,13 @@ typedef struct {
     int64_t wired;      /* Playout.wired, mirrored by the Python side: 0 sends EV_SLOW */
     int64_t live;       /* Playout.live_frames is set: a live queue over max_frames is trimmed */
     int64_t live_dropped; /* frames trimmed off a live queue (Playout.live_dropped) */
+    int64_t read_ticks; /* a tape line reads its socket every this many ticks (<= 1: each) */
 } line_state;
 
 /* Exported as STATE_FIELDS (all int64, in this order): playout.py builds its struct from it. */
 static const char *state_fields[] = {"fd", "frame_len", "whole", "max_frames", "ticks",
     "popped", "audio_sent", "frames_in", "gap", "underruns", "now", "mark_at", "clip",
-    "wake", "stream", "stream_at", "wired", "live", "live_dropped"};
+    "wake", "stream", "stream_at", "wired", "live", "live_dropped", "read_ticks"};
 #define N_STATE_FIELDS ((Py_ssize_t)(sizeof state_fields / sizeof state_fields[0]))
 
 /* Playout._NO_GAP: no live frame went out last, so the silence after it is not a gap. */
@@ -543,6 +544,18 @@ static int read_more(PyObject *line, line_state *st, PyObject *events, int *ran_
 
 static int read_line(PyObject *line, line_state *st, PyObject *events, int *ran_python) {
     return read_more(line, st, events, ran_python, 0);
+}
+
+/* Is this a tick a tape line reads its socket? Its audio goes to a tape the app takes in
+ * blocks, so nothing waits for a frame the tick it arrives, and each recv() read one frame
+ * (a syscall, a socket lock, a window check) for what two read together cost little more:
+ * every second tick took ~3 points of a core off the pump at 1000 record or silent ivr calls
+ * (docs/BENCHMARKS.md). The phase comes from the fd, so half the lines read on each tick.
+ * What a read finds is stamped with the tick it was read at, as a backlog is: the recorder
+ * places heard frames one after another and allows JITTER_SLOTS of lag, which a read every
+ * two ticks (one slot) leaves room in for the network's own jitter. */
+static int read_due(const line_state *st) {
+    return st->read_ticks <= 1 || (st->now + st->fd) % st->read_ticks == 0;
 }
 
 /* Does this line's sink append to its own playout queue (echo's fast_frame)? Then it is
@@ -1453,11 +1466,13 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
          * is handed on after it: the frames are stamped as read after this tick's frame,
          * as before, but the ACK for them leaves with that frame. Received after the send,
          * their window update went out as a segment of its own (perf: ~5 % of a core at
-         * 1000 record calls in the kernel's transmit and the peer's ACK processing). */
+         * 1000 record calls in the kernel's transmit and the peer's ACK processing). It is
+         * read on every read_ticks-th tick only (read_due). */
         TapeObject *tape = skip[i] ? NULL : tape_of(line);
         ssize_t got = 0;
         int err = 0;
-        if (tape != NULL) got = recv_line(st, &err);
+        int due = tape == NULL || read_due(st);
+        if (tape != NULL && due) got = recv_line(st, &err);
         if (write_line(line, st, events, advance) < 0) goto fail;
         /* The Python side takes a line with a write event over, reads included (not for a
          * mark: the line stays attached). */
@@ -1473,6 +1488,7 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
              * in order after this tick's frame, as bytes it decodes itself. */
             int ran = 0, raw = skip[i], again;
             skip[i] = 1;
+            if (!due) continue; /* its frames wait in the socket for its next read */
             if (took(line, st, events, &ran, got, err, raw, MAX_READS == 1, &again) < 0)
                 goto fail;
             if (again && read_more(line, st, events, &ran, 1) < 0) goto fail;

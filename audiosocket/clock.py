@@ -77,18 +77,24 @@ class Clock:
         resync_after: float = 0.2,
         block_ticks: int = 2 * TICKS_PER_SECOND,
         quiet_block_ticks: int | None = None,
+        tape_read_ticks: int = 2,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if quiet_block_ticks is None:
             quiet_block_ticks = block_ticks
         if block_ticks < 1 or quiet_block_ticks < 1:
             raise ValueError("block_ticks and quiet_block_ticks must be >= 1")
+        if tape_read_ticks not in (1, 2):
+            raise ValueError("tape_read_ticks must be 1 or 2")
         self.interval = interval
         #: Ticks between two blocks of one taped line (``media_block_s``), spread evenly.
         self.block_ticks = block_ticks
         #: The same for a quiet line (``media_block_quiet_s``): one the C path wakes at the
         #: caller's first sound, so its tape holds only the caller's digital silence.
         self.quiet_block_ticks = quiet_block_ticks
+        #: A taped line's socket is read on every this many ticks (``media_read_ms``): its
+        #: audio goes to a tape taken in blocks, so two frames a read halve the recv() calls.
+        self.tape_read_ticks = tape_read_ticks
         self.resync_after = resync_after
         self._loop = loop
         self._playouts: dict[int, Playout] = {}

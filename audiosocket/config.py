@@ -187,6 +187,13 @@ class Config:
     # block risks no word of the caller's in a crash. At 1000 silent ivr calls 6 s instead
     # of 2 s took ~1 point of a core off the blocks and ~0.7 off the recorder's writes.
     media_block_quiet_s: float = 6.0
+    # How often the C media path reads the socket of a call whose audio goes to a tape (any
+    # app but echo), in ms: 20 (every tick) or 40. Nothing waits for such a frame the tick
+    # it arrives (the app takes blocks; sound, DTMF and hang-up reach it one tick later at
+    # most), and two frames per recv() took ~3 points of a core off the pump at 1000 record
+    # or silent ivr calls. Not more: the recorder allows JITTER_SLOTS of lag, and the
+    # network's jitter needs the rest.
+    media_read_ms: int = 40
     stt: SttConfig = field(default_factory=SttConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     ivr: IvrConfig = field(default_factory=IvrConfig)
@@ -241,6 +248,8 @@ class Config:
         for name in ("media_block_s", "media_block_quiet_s"):
             if not 0.02 <= getattr(self, name) <= 10:
                 raise ConfigError(f"{name}: must be between 0.02 (every tick) and 10")
+        if self.media_read_ms not in (20, 40):
+            raise ConfigError("media_read_ms: must be 20 (every tick) or 40")
         if self.gc_young_threshold < 0:
             raise ConfigError("gc_young_threshold: must be 0 (Python's default) or more")
         if self.playout_max_bytes < 65536:

@@ -198,7 +198,10 @@ class Connection(asyncio.Protocol):
                 playout.on_tick = self._tick_listener
             return
         wake = taped and bool(getattr(self.session, "wake_on_sound", False))
-        state = playout.native_state(sock.fileno(), self._fast_len, self._fast_whole, wake=wake)
+        state = playout.native_state(
+            sock.fileno(), self._fast_len, self._fast_whole, wake=wake,
+            read_ticks=self.server.clock.tape_read_ticks if taped else 1,
+        )
         line = (
             state.buf, self, playout, playout._frames, self._fast_audio, self._fast_rate,
             self._fast_header, new_tape(playout.frame_size) if taped else None, playout._silence,

@@ -266,11 +266,13 @@ class Playout:
         if self._native_state is not None:
             self._native_state["wired"] = int(value)
 
-    def native_state(self, fd: int, frame_len: int, whole: bool, *, wake: bool = False) -> State:
-        """A new native line's state for this playout (``struct line_state``, _wire.c)."""
+    def native_state(self, fd: int, frame_len: int, whole: bool, *, wake: bool = False,
+                     read_ticks: int = 1) -> State:
+        """A new native line's state for this playout (``struct line_state``, _wire.c).
+        ``read_ticks``: a taped line's socket is read on every this many ticks."""
         self.sync_counters()
         state = State(fd=fd, frame_len=frame_len, whole=int(whole), gap=self._gap,
-                      now=self.ticks, mark_at=-1, wake=int(wake))
+                      now=self.ticks, mark_at=-1, wake=int(wake), read_ticks=read_ticks)
         self._native_plan(state)
         return state
 

@@ -85,6 +85,7 @@ class AudioSocketServer:
         self.clock = clock or Clock(
             loop=self.loop, block_ticks=ticks(config.media_block_s),
             quiet_block_ticks=ticks(config.media_block_quiet_s),
+            tape_read_ticks=ticks(config.media_read_ms / 1000),
         )
         #: Frames of the prompts every call plays, made once (see ClipFrames).
         self.clip_frames = ClipFrames()

@@ -593,3 +593,17 @@ def test_media_block_s_sets_the_servers_block_ticks() -> None:
         Clock(block_ticks=0)
     with pytest.raises(ValueError, match="quiet_block_ticks"):
         Clock(quiet_block_ticks=0)
+
+
+def test_media_read_ms_is_every_tick_or_every_second_one() -> None:
+    from audiosocket.config import Config, ConfigError
+
+    assert Config().media_read_ms == 40
+    assert Clock().tape_read_ticks == 2
+    Config(media_read_ms=20).validate()
+    for bad in (0, 10, 60, 100):
+        with pytest.raises(ConfigError, match="media_read_ms"):
+            Config(media_read_ms=bad).validate()
+    for ticks in (0, 3):
+        with pytest.raises(ValueError, match="tape_read_ticks"):
+            Clock(tape_read_ticks=ticks)

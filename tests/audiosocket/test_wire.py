@@ -397,13 +397,13 @@ def test_a_relay_read_that_is_not_clean_hands_back_the_read_then_the_write(pair:
 
 # -- the tape (apps that take blocks), playback marks, waking ------------------------------
 
-def taped_line(sock: socket.socket, *, wake: bool = False) -> tuple[
+def taped_line(sock: socket.socket, *, wake: bool = False, read_ticks: int = 1) -> tuple[
     tuple[object, ...], Playout, _wire.Tape
 ]:
     from audiosocket.native import new_tape
 
     playout = Playout(Transport(), 8000)
-    state = playout.native_state(sock.fileno(), 323, False, wake=wake)
+    state = playout.native_state(sock.fileno(), 323, False, wake=wake, read_ticks=read_ticks)
     tape = new_tape(320)
     owner = Owner()
     line = (state.buf, owner, playout, playout._frames, None, 8000, HEADER, tape,
@@ -438,6 +438,42 @@ def test_a_taped_line_records_both_directions_with_their_ticks(pair: Any) -> Non
     assert bytes(in_pcm) == frame(1)[3:] + frame(3)[3:] + frame(4)[3:]
     assert counters(line) == (3, 1, 1, 3)  # ticks, popped, sent, frames in
     assert recv_exactly(peer, 3 * 323) == frame(9) + playout._silence * 2
+
+
+def test_a_taped_line_reads_every_read_ticks_in_a_phase_set_by_its_fd(pair: Any) -> None:
+    """With ``read_ticks`` 2 the socket is read on every second tick (the tick plus the fd
+    even), so what arrived on the tick between waits in the kernel; a read finds both frames
+    and stamps them with its tick, as a backlog. Every tick still sends its frame."""
+    ours, peer = pair
+    line, playout, tape = taped_line(ours, read_ticks=2)
+    start = 5 + ours.fileno() % 2  # (start + fd) is odd: the first tick does not read
+    playout._native_state["now"] = start  # type: ignore[index]
+    waiting = []
+    for k in range(6):
+        peer.sendall(frame(k + 1))
+        settle()
+        assert _wire.pump([line], 1) == []
+        waiting.append(len(tape))
+    # Entries after each tick: its sent frame, and both heard frames on the odd ticks.
+    assert waiting == [1, 4, 5, 8, 9, 12]
+    taken = _wire.take_tape(tape, 320)
+    assert taken is not None
+    in_pcm, in_ticks, _, out_ticks = taken
+    assert bytes(in_pcm) == b"".join(frame(k + 1)[3:] for k in range(6))
+    s = start
+    assert np.frombuffer(in_ticks, "<i8").tolist() == [s + 2, s + 2, s + 4, s + 4, s + 6, s + 6]
+    assert np.frombuffer(out_ticks, "<i8").tolist() == list(range(s, s + 6))
+    assert recv_exactly(peer, 6 * 323) == playout._silence * 6
+    # A line without a tape (a relay, a Python sink) reads every tick whatever it says.
+    got: list[bytes] = []
+    plain, _, _ = make_line(ours, got.append)
+    plain_state = State()
+    plain_state.buf[:] = plain[0]  # type: ignore[index]
+    assert plain_state["read_ticks"] == 0
+    peer.sendall(frame(7))
+    settle()
+    assert _wire.pump([plain], 1) == []
+    assert got == [frame(7)]
 
 
 def test_a_taped_line_reads_a_backlog_whole_onto_its_tape(pair: Any) -> None:

@@ -66,7 +66,13 @@ async def test_record_rides_the_c_path_and_keeps_every_frame(
     most = await watcher
     assert most == (1 if native else 0)
     await wait_for(lambda: not server.calls)
-    with wave.open(str(recording_path(tmp_path / "data", result.uuid)), "rb") as wf:
+    assert_recorded_once(recording_path(tmp_path / "data", result.uuid), pcm)
+
+
+def assert_recorded_once(path: Path, pcm: bytes) -> None:
+    """The WAV's left leg holds every frame of ``pcm`` once, in order, from near its start;
+    the right leg (what the record app sent) is silence."""
+    with wave.open(str(path), "rb") as wf:
         data = np.frombuffer(wf.readframes(wf.getnframes()), "<i2")
     left, right = data[0::2], data[1::2]
     frames = [f for f in left.reshape(-1, 160) if f.any()]
@@ -77,6 +83,27 @@ async def test_record_rides_the_c_path_and_keeps_every_frame(
     # The caller's first frame sits where it was read: not after it (no lag from blocks).
     first = next(i for i, f in enumerate(left.reshape(-1, 160)) if f.any())
     assert first <= 5
+
+
+@pytest.mark.parametrize("read_ms", [20, 40])
+async def test_media_read_ms_sets_how_often_a_taped_line_is_read(
+    start_server: Any, tmp_path: Path, read_ms: int
+) -> None:
+    """``media_read_ms`` reaches each taped line's state; read every tick or every second
+    one, the recording holds every frame once where it was read."""
+    from audiosocket.native import State
+
+    server = await start_server(RecordSession, native_media=True, media_read_ms=read_ms)
+    assert server.clock.tape_read_ticks == read_ms // 20
+    pcm = numbered_frames(150)
+    call = asyncio.create_task(place_call("127.0.0.1", server.port, pcm=pcm, linger=0.3))
+    await wait_for(lambda: server.clock.native_lines == 1, timeout=5)
+    state = State()
+    state.buf[:] = server.clock._lines[0][0]
+    assert state["read_ticks"] == read_ms // 20
+    result = await call
+    await wait_for(lambda: not server.calls)
+    assert_recorded_once(recording_path(tmp_path / "data", result.uuid), pcm)
 
 
 async def test_a_stall_s_backlog_stays_on_the_c_path_and_is_recorded_whole(
