@@ -10,7 +10,8 @@
  * socket once (one recv()) and hands whole audio frames to the app's fast sink. A relay line
  * (echo: the sink is the playout queue's own append) is read just before its send instead,
  * so a frame that arrived since the last tick goes out now, as on the Python path, not one
- * tick later behind a silent frame.
+ * tick later behind a silent frame. A taped line is read in the send pass too, on every
+ * read_ticks-th tick (read_due).
  *
  * Scope, on purpose: only the clean case. A read that is not a run of whole audio frames of
  * the call's kind, EOF, a socket error, a sink that raises, a playout that is not plain or

@@ -174,7 +174,8 @@ class Connection(asyncio.Protocol):
 
     def _attach_native(self) -> None:
         """Hand this call's steady state to the clock's C path: it then reads and writes
-        the socket itself once per tick, so uvloop stops reading it. Only when nothing is
+        the socket itself (a frame out every tick; reads every tick, or every
+        ``media_read_ms`` for a taped call), so uvloop stops reading it. Only when nothing is
         pending on either side: no partial frame in the decoder, nothing in the transport's
         write buffer, a plain playout."""
         call, transport = self.call, self.transport
