@@ -1472,8 +1472,8 @@ static PyObject *pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         TapeObject *tape = skip[i] ? NULL : tape_of(line);
         ssize_t got = 0;
         int err = 0;
-        int due = tape == NULL || read_due(st);
-        if (tape != NULL && due) got = recv_line(st, &err);
+        int due = tape != NULL && read_due(st);
+        if (due) got = recv_line(st, &err);
         if (write_line(line, st, events, advance) < 0) goto fail;
         /* The Python side takes a line with a write event over, reads included (not for a
          * mark: the line stays attached). */

@@ -201,7 +201,7 @@ class Connection(asyncio.Protocol):
         wake = taped and bool(getattr(self.session, "wake_on_sound", False))
         state = playout.native_state(
             sock.fileno(), self._fast_len, self._fast_whole, wake=wake,
-            read_ticks=self.server.clock.tape_read_ticks if taped else 1,
+            read_ticks=self.server.clock.tape_read_ticks,
         )
         line = (
             state.buf, self, playout, playout._frames, self._fast_audio, self._fast_rate,
