@@ -43,6 +43,12 @@ server's core during any of its rows (a neighbour's burst: such rows moved by up
 points of a core against their own round), and runs another in its place, up to twice
 ``--repeat`` rounds in all; the rows stay in the raw file marked ``disturbed``, and the
 summaries below the table use the other rounds only.
+With several apps, each one's CPU is compared with echo's in the same round: round by
+round, the median, how many rounds are within 15 %, and the mean over the rounds with a
+95 % bootstrap interval (a round compares one per-run draw of the VM's speed with another,
+so the interval says more about an app's cost than a count of single rounds).
+``--summarize FILE...`` runs nothing and prints that comparison over the rounds of earlier
+runs' raw files together.
 Pass criterion: no frame lost and p99 gap between the server's outbound frames <= 25 ms.
 Raw results go to ``bench/results/load-<time>.jsonl``; server logs to ``bench/results/``.
 """
@@ -52,6 +58,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -584,6 +591,19 @@ def step_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def mean_interval(ds: list[float], draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """A 95 % bootstrap interval of the mean of ``ds`` (rounds drawn with replacement).
+
+    Why: each round compares one draw of this VM's speed for the app against one for echo,
+    and that draw moves a run's CPU by as much as the target's width (``docs/BENCHMARKS.md``,
+    twenty-fourth session), so how many single rounds pass says less about an app's cost
+    than where its mean distance lies. Seeded: the same rows print the same interval."""
+    rng = random.Random(seed)
+    n = len(ds)
+    means = sorted(statistics.fmean(rng.choices(ds, k=n)) for _ in range(draws))
+    return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+
+
 def against_echo(rows: list[dict]) -> list[str]:
     """Each app's server CPU against echo's at the same point of the same round, in per
     cent (issue 14: ``record`` and silent ``ivr`` within 15 % of echo at 1000 calls), with
@@ -605,6 +625,10 @@ def against_echo(rows: list[dict]) -> list[str]:
         lines.append(f"{app} at {n}@{rate}: server CPU against echo's, round by round: "
                      f"{', '.join(f'{d:+.0f} %' for d in ds)}; median "
                      f"{statistics.median(ds):+.0f} %; within 15 % in {within} of {len(ds)}")
+        if len(ds) >= 4:
+            lo, hi = mean_interval(ds)
+            lines.append(f"  mean over the rounds {statistics.fmean(ds):+.1f} % (95 % bootstrap "
+                         f"interval {lo:+.1f} to {hi:+.1f} %)")
         if parts.get((app, n, rate)):
             split = parts[(app, n, rate)]
             lines.append(
@@ -612,6 +636,25 @@ def against_echo(rows: list[dict]) -> list[str]:
                     f"{k.replace('_', ' ')} {statistics.median(d[k] for d in split):+.1f}"
                     for k in ("main_user", "main_sys", "other_user", "other_sys")))
     return lines
+
+
+def summarize(paths: list[str]) -> int:
+    """:func:`against_echo` over the rows of several runs (their rounds numbered on, one
+    run after another); a round set aside in its run stays aside."""
+    rows: list[dict] = []
+    offset = 0
+    for path in paths:
+        mine = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+        for r in mine:
+            r["round"] = offset + int(r.get("round") or 0)
+        offset = max([offset, *(r["round"] for r in mine)]) + 1
+        rows += mine
+    counted = [r for r in rows if not r.get("disturbed")]
+    print(f"{len(paths)} run(s), {len({r['round'] for r in counted})} round(s) counted, "
+          f"{len({r['round'] for r in rows if r.get('disturbed')})} set aside")
+    for line in against_echo(counted):
+        print(line)
+    return 0
 
 
 def parse_point(spec: str) -> tuple[int, int, str]:
@@ -657,7 +700,12 @@ def main() -> int:
     p.add_argument("--callers", default="auto", choices=["auto", "numbered", "silent"],
                    help="numbered frames, or digital silence (auto: silent for ivr and "
                         "transcribe)")
+    p.add_argument("--summarize", nargs="+", metavar="JSONL", default=None,
+                   help="run nothing: print the comparison with echo over the rounds of "
+                        "these earlier runs' raw files (bench/results/load-*.jsonl) together")
     args = p.parse_args()
+    if args.summarize:
+        return summarize(args.summarize)
     apps = [a for a in args.app.split(",") if a]
     bad = [a for a in apps if a not in APPS]
     if bad or not apps:
