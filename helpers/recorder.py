@@ -12,6 +12,10 @@ killed process loses at most what is not yet appended: the last ``flush_every`` 
 ``HOLD_SLOTS`` (1.5 s), and on the C media path also the block not yet handed over
 (``media_block_s``); :func:`repair_wav` fixes a header left stale
 (``audiosocket serve`` runs it over the data directory at start-up).
+
+Where an append is silent both ways, in whole 32 KiB stretches of the file, they are left
+as holes instead of written zeros: the file reads the same, and a call spent mostly waiting
+takes that much less disk and page cache (:func:`_write_sparse`).
 """
 
 from __future__ import annotations
@@ -558,10 +562,12 @@ class CallRecorder:
             if fd is None:  # the create failed (or the file was closed): reopen it
                 fd = self._fd = os.open(self.path, os.O_RDWR)
             end = _HEADER_SIZE + self.written_bytes
-            _write_at(fd, pending, end)
-            if self._tail_dirty:
+            if self._tail_dirty:  # a failed write's bytes may lie past the end: overwrite
+                _write_at(fd, pending, end)
                 os.ftruncate(fd, end + len(pending))
                 self._tail_dirty = False
+            else:
+                _write_sparse(fd, pending, end)
             self.written_bytes += len(pending)
             # The header is rewritten after each append (crash safety); of its 44 bytes only
             # the two sizes change, packed into the kept copy rather than all of it anew.
@@ -624,7 +630,42 @@ class CallRecorder:
         return self.data_bytes / (self.rate * 4)
 
 
-def _write_at(fd: int, data: bytes | bytearray, offset: int) -> None:
+#: Where an append is silent, the file gets holes in whole chunks of this many bytes (at
+#: offsets that are multiples of it): 32 KiB, a second of 8 kHz stereo.
+HOLE_BYTES = 1 << 15
+_ZEROS = bytes(HOLE_BYTES)
+
+
+def _write_sparse(fd: int, data: bytes | bytearray, offset: int) -> None:
+    """``data`` at ``offset``, the file's end, which it leaves at ``offset + len(data)``:
+    the chunks of it that are all zero (:data:`HOLE_BYTES`, aligned in the file) are not
+    written but left as holes, which read back as the same zeros.
+
+    Silence both ways (an IVR waiting for input, a hold) then costs neither a copy into the
+    page cache nor a disk write: at 1000 silent IVR calls about a third of the recordings'
+    32 MB a second. Checking a chunk is one memcmp that stops at its first byte that is not
+    zero, so audio costs next to nothing to check."""
+    n = len(data)
+    view = memoryview(data)
+    zeros = _ZEROS
+    run = -1  # where the run of chunks to write starts, -1 for none
+    i = 0
+    j = min(n, HOLE_BYTES - offset % HOLE_BYTES)
+    while i < n:
+        if zeros.startswith(view[i:j]):
+            if run >= 0:
+                _write_at(fd, view[run:i], offset + run)
+                run = -1
+        elif run < 0:
+            run = i
+        i, j = j, min(n, j + HOLE_BYTES)
+    if run >= 0:
+        _write_at(fd, view[run:], offset + run)
+    else:  # the append ends in a hole: only the size says where
+        os.ftruncate(fd, offset + n)
+
+
+def _write_at(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     """All of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
     done = os.pwrite(fd, data, offset)  # nearly always all of it: no memoryview to walk
     if done < len(data):

@@ -193,6 +193,88 @@ def test_retry_writes_a_refused_tail(tmp_path: Path, monkeypatch: Any) -> None:
     assert right[:160].tolist() == [7] * 160
 
 
+def _holes_supported(directory: Path) -> bool:
+    """Whether the filesystem under ``directory`` keeps a file grown by ftruncate sparse."""
+    import os
+
+    probe = directory / "probe"
+    with open(probe, "wb") as fh:
+        os.ftruncate(fh.fileno(), 1 << 20)
+    sparse = os.stat(probe).st_blocks * 512 < 1 << 20
+    probe.unlink()
+    return sparse
+
+
+def test_silence_both_ways_grows_the_file_by_holes(tmp_path: Path) -> None:
+    """Seconds in which neither side said anything are not written, only left as holes:
+    the file reads exactly as if the zeros were there, and takes no disk for them."""
+    import os
+
+    from helpers.recorder import HOLE_BYTES
+
+    writer = RecorderWriter()
+    path = tmp_path / "quiet.wav"
+    # Appends of 2.5 s: a chunk boundary of the file falls inside most of them.
+    rec = CallRecorder(path, 8000, flush_every=125, hold_slots=0, writer=writer)
+    for t in range(50):  # a spoken second
+        rec.add_outbound(t, frame(5))
+    for t in range(50, 450):  # eight silent seconds (the caller sends zeros, we send none)
+        rec.add_inbound(bytes(320), t + 1)
+        rec.add_outbound(t, None)
+    for t in range(450, 500):  # and a spoken one
+        rec.add_outbound(t, frame(6))
+    rec.close()
+    assert writer.flush()
+    left, right, _ = read_stereo(path)
+    assert right.reshape(-1, 160)[:, 0].tolist() == [5] * 50 + [0] * 400 + [6] * 50
+    assert not left.any() and not right[50 * 160 : 450 * 160].any()
+    size = 44 + 500 * 640
+    assert path.stat().st_size == size
+    if _holes_supported(tmp_path):
+        with open(path, "rb") as fh:
+            hole = os.lseek(fh.fileno(), 0, os.SEEK_HOLE)
+            data = os.lseek(fh.fileno(), hole, os.SEEK_DATA)
+        # The spoken second ends where the hole starts, and the next spoken one starts
+        # where it ends, each to the chunk: the silence between is not on the disk.
+        assert 44 + 50 * 640 <= hole <= 44 + 50 * 640 + HOLE_BYTES
+        assert 44 + 450 * 640 - HOLE_BYTES <= data <= 44 + 450 * 640
+        assert path.stat().st_blocks * 512 <= size - 6 * 50 * 640
+
+
+def test_a_refused_silent_second_is_written_after_the_refusal(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A silent append whose hole the filesystem refused is kept like refused audio: the
+    next append writes it out (the tail may hold a failed write's bytes, so as data)."""
+    import errno
+    import os
+
+    writer = RecorderWriter()
+    path = tmp_path / "refused.wav"
+    rec = CallRecorder(path, 8000, flush_every=10, hold_slots=0, writer=writer)
+    for t in range(10):
+        rec.add_outbound(t, frame(3))
+    assert writer.flush()
+    real = os.ftruncate
+
+    def refuse(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "ftruncate", refuse)
+    for t in range(10, 20):
+        rec.add_outbound(t, None)
+    assert writer.flush()
+    assert rec.pending_bytes == 10 * 640 and rec.error
+    monkeypatch.setattr(os, "ftruncate", real)
+    for t in range(20, 30):
+        rec.add_outbound(t, frame(4))
+    rec.close()
+    assert writer.flush()
+    assert rec.pending_bytes == 0 and rec.error is None
+    _, right, _ = read_stereo(path)
+    assert right.reshape(-1, 160)[:, 0].tolist() == [3] * 10 + [0] * 10 + [4] * 10
+
+
 def test_a_burst_after_a_gap_ends_at_the_clock(tmp_path: Path) -> None:
     # A network hiccup: the caller sent on time, but frames 11-40 arrive together at tick
     # 41. They belong right before the clock, not after it: placed from the clock on, the
@@ -487,3 +569,25 @@ def test_a_steady_call_s_blocks_are_interleaved_straight_from_the_tape(tmp_path:
     left, right, _ = read_stereo(tmp_path / "b.wav")
     assert left.reshape(-1, 160)[:, 0].tolist()[:800] == [1000 + s for s in range(800)]
     assert not right.any()
+
+
+@given(
+    offset=st.integers(0, 3 * 2**15),
+    parts=st.lists(st.tuples(st.booleans(), st.integers(1, 2**16)), max_size=6),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_sparse_append_reads_back_as_written(offset: int, parts: list[tuple[bool, int]]) -> None:
+    """Whatever mix of silence and sound an append holds, wherever the file ends: the file
+    afterwards is what it was, then exactly the append, and no longer."""
+    import os
+
+    from helpers.recorder import _write_sparse
+
+    data = b"".join(bytes(n) if silent else bytes([7]) * n for silent, n in parts)
+    with tempfile.TemporaryFile() as fh:
+        fh.write(b"\xaa" * offset)
+        fh.flush()
+        _write_sparse(fh.fileno(), data, offset)
+        assert os.fstat(fh.fileno()).st_size == offset + len(data)
+        fh.seek(0)
+        assert fh.read() == b"\xaa" * offset + data
