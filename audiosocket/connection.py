@@ -77,6 +77,10 @@ __all__ = ["Connection"]
 
 log = structlog.get_logger("audiosocket.server")
 
+#: How long a connection we close waits, after our FIN, for the peer to close its side
+#: (``_close``). Asterisk closes at once on a hang-up frame; this bounds a peer that does not.
+LINGER_S = 2.0
+
 
 class Connection(asyncio.Protocol):
     """One TCP connection from Asterisk (or from ``audiosocket call``)."""
@@ -116,6 +120,8 @@ class Connection(asyncio.Protocol):
         self._flushed_in = 0
         self._flushed_dtmf = 0
         self._flushed_bytes = 0
+        #: Set while closing: our side is shut, reading drops the peer's bytes (``_close``).
+        self._linger: asyncio.TimerHandle | None = None
         self.log: Any = log
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -132,7 +138,7 @@ class Connection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
         self.log = log.bind(peer=self.peer)
         self.last_in = self.loop.time()
-        self.server.connections.add(self)
+        self.server.connection_opened(self)
         self._run(self.machine.handle(Connected()))
 
     def data_received(self, data: bytes) -> None:
@@ -161,6 +167,8 @@ class Connection(asyncio.Protocol):
             ):
                 self._attach_native()
             return
+        if self._linger is not None:
+            return  # closing: the peer's bytes are read only so the close is not a reset
         try:
             machine = self.machine
             for frame in self.decoder.feed(data):
@@ -284,7 +292,9 @@ class Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        if self._linger is not None:
+            self._linger.cancel()
+        self.server.connection_closed(self)
         self._run(self.machine.handle(ConnectionLost(error=exc is not None)))
 
     # -- frames --------------------------------------------------------------------------
@@ -503,13 +513,39 @@ class Connection(asyncio.Protocol):
         return self.server.peer_log.allow(self.peer.rpartition(":")[0] or self.peer, event)
 
     def _close(self, *, send_hangup: bool) -> None:
+        """Close our side: a lingering close, as HTTP servers do.
+
+        Closing a socket whose receive queue holds unread bytes makes the kernel send a
+        reset and drop what it still has queued to send: the end of the last prompt and the
+        hang-up frame. The peer is nearly always still sending (Asterisk sends a frame every
+        20 ms, and a taped line is read every 40 ms), so a plain close loses them whenever
+        they have not left yet (a loaded machine, a slow network). Instead our FIN goes out
+        after everything queued (``write_eof``), the peer's bytes are read and dropped until
+        it closes its side (``eof_received`` then closes ours), and after ``LINGER_S`` the
+        connection is aborted whatever the peer does.
+        """
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._linger is not None:
             return
         if send_hangup:
             # Never 0xFF, 0x01 or 0x03: Asterisk ends the call with an error on those.
             transport.write(encode_hangup())
-        transport.close()
+        try:
+            if not transport.can_write_eof():
+                transport.close()
+                return
+            transport.write_eof()
+            transport.resume_reading()
+        except Exception:  # a transport broken under us (a reset): nothing left to send
+            transport.abort()
+            return
+        self._linger = self.loop.call_later(LINGER_S, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            metrics.LINGER_TIMEOUTS.inc()
+            transport.abort()
 
     def end(self, reason: str, *, send_hangup: bool = True) -> None:
         """End the call once, with one reason; later calls are no-ops. Before the UUID, just

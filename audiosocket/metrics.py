@@ -63,6 +63,10 @@ WRITE_STALLS = Counter(
     "audiosocket_write_stalls_total",
     "Calls ended because the peer stopped reading our frames",
 )
+LINGER_TIMEOUTS = Counter(
+    "audiosocket_linger_timeouts_total",
+    "Connections we closed whose peer had not closed its side within the linger time",
+)
 NATIVE_LINES = Gauge(
     "audiosocket_native_lines", "Calls whose media the C path (audiosocket._wire) carries"
 )

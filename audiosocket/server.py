@@ -31,7 +31,7 @@ import structlog
 from audiosocket import metrics
 from audiosocket.call import Call, CallIds
 from audiosocket.clock import NATIVE_AVAILABLE, TICKS_PER_SECOND, Clock
-from audiosocket.connection import Connection
+from audiosocket.connection import LINGER_S, Connection
 from audiosocket.hooks import AppFactory
 from audiosocket.peerlog import PeerLogLimit
 from audiosocket.playout import ClipFrames
@@ -91,6 +91,9 @@ class AudioSocketServer:
         self.clip_frames = ClipFrames()
         self.calls: dict[str, Connection] = {}
         self.connections: set[Connection] = set()
+        #: Set while no connection is open (shutdown waits on it for lingering closes).
+        self.no_connections = asyncio.Event()
+        self.no_connections.set()
         self.finishing: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -152,6 +155,17 @@ class AudioSocketServer:
         """The bound port (useful with port 0 in tests)."""
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    def connection_opened(self, conn: Connection) -> None:
+        """A connection was accepted (its ``connection_made``)."""
+        self.connections.add(conn)
+        self.no_connections.clear()
+
+    def connection_closed(self, conn: Connection) -> None:
+        """A connection is gone (its ``connection_lost``)."""
+        self.connections.discard(conn)
+        if not self.connections:
+            self.no_connections.set()
 
     async def start(self) -> None:
         """Bind, start the clock and the once-a-second housekeeping."""
@@ -250,6 +264,14 @@ class AudioSocketServer:
             conn.end("shutdown")
         if self.finishing:
             await asyncio.wait(list(self.finishing), timeout=finish_s)
+        # The last hang-ups are lingering closes (connection.py): give the peers their
+        # usual time to close, so the frames still queued reach them, then cut the rest.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_S):
+                await self.no_connections.wait()
+        for conn in list(self.connections):
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.clock.stop()

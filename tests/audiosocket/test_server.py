@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
+from audiosocket import connection, metrics
 from audiosocket.call import CallIds
 from audiosocket.caller import place_call
 from audiosocket.protocol import (
@@ -278,6 +279,65 @@ async def test_app_hangup_sends_hangup_frame_after_its_audio(start_server: Any) 
     assert isinstance(frames[-1], Hangup)
     assert sum(1 for f in frames if isinstance(f, Audio) and f.payload[:2] == b"\x10\x00") == 5
     assert Probe.ended[str(u)] == "app_hangup"
+
+
+class HangsUpOnDtmf(Probe):
+    def on_dtmf(self, digit: str) -> None:
+        self.hangup()
+
+
+async def test_hangup_frame_reaches_a_peer_still_sending(start_server: Any) -> None:
+    """The server ends a call while the caller's frames are still arriving, and while what
+    the server sent has not left yet (the caller is slow to read): the hang-up frame must
+    still arrive. A plain close with unread bytes is a reset, which drops the send queue."""
+    server = await start_server(HangsUpOnDtmf)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader, as a
+    sock.setblocking(False)  # far Asterisk on a loaded link
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    raw = Raw(*await asyncio.open_connection(sock=sock))
+    u = uuid.uuid4()
+    raw.send(encode_frame(CallId(u)) + encode_audio(bytes(320)) * 10)
+    await asyncio.sleep(1.0)  # unread: a second of the server's frames fills our window
+    # The digit, then a burst the server has not read when the app hangs up.
+    raw.send(encode_frame(Dtmf("1")) + encode_audio(bytes(320)) * 2000)
+    await asyncio.sleep(0.5)
+    frames = await raw.read_for(10.0)  # returns at the close; the bound is for a busy machine
+    raw.close()
+    assert raw.eof
+    assert frames and isinstance(frames[-1], Hangup), frames[-3:]
+    assert Probe.ended[str(u)] == "app_hangup"
+    assert sum(isinstance(f, Audio) for f in frames) >= 50  # the queued second arrived too
+
+
+async def test_a_peer_that_does_not_close_is_cut_after_the_linger(
+    start_server: Any, monkeypatch: Any
+) -> None:
+    """After our hang-up and FIN the peer is given LINGER_S to close; one that closes is let
+    go at once, one that neither closes nor stops sending is aborted and counted."""
+    monkeypatch.setattr(connection, "LINGER_S", 0.5)
+    server = await start_server(HangsUpOnDtmf)
+    before = metrics.LINGER_TIMEOUTS._value.get()
+    polite, stubborn = await Raw.connect(server.port), await Raw.connect(server.port)
+    for raw in (polite, stubborn):
+        raw.send(encode_frame(CallId(uuid.uuid4())) + encode_audio(bytes(320)))
+    await wait_for(lambda: len(Probe.rates) == 2)
+    for raw in (polite, stubborn):
+        raw.send(encode_frame(Dtmf("1")))
+    for raw in (polite, stubborn):
+        frames = await raw.read_for(10.0)
+        assert raw.eof and isinstance(frames[-1], Hangup)  # our FIN came after the hang-up
+    assert len(server.connections) == 2  # both still open: only our side is shut
+    polite.close()
+    await wait_for(lambda: len(server.connections) == 1)
+    assert metrics.LINGER_TIMEOUTS._value.get() == before
+    for _ in range(10):  # still sending after our FIN: read and dropped, not a new frame
+        stubborn.send(encode_audio(bytes(320)) + encode_frame(Dtmf("2")))
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: not server.connections)
+    assert metrics.LINGER_TIMEOUTS._value.get() == before + 1
+    assert all(d == ["1"] for d in Probe.dtmf.values())
+    stubborn.close()
 
 
 async def test_app_exception_ends_that_call_only(start_server: Any) -> None:
