@@ -604,6 +604,36 @@ def mean_interval(ds: list[float], draws: int = 10_000, seed: int = 0) -> tuple[
     return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
 
 
+def _pump_pct(r: dict) -> float | None:
+    """The C pump's share of a core in a row run with --step-times (None without)."""
+    step = ((r.get("steps") or {}).get("steps") or {}).get("tick.pump")
+    return None if step is None else float(step["core_pct"])
+
+
+def own_and_pump(rows: list[dict]) -> dict[tuple[str, int, int], list[tuple[float, float]]]:
+    """Per app and point, each round's distance from echo split in two, in per cent of
+    echo's CPU: the app's own work (its CPU less its pump's, against echo's less echo's
+    pump) and the pumps' difference (rows run with --step-times only).
+
+    Why: the pump is the same C code for every app, and its cost per run is a draw of the
+    VM (``docs/BENCHMARKS.md``, twenty-fourth session) as wide as the target; apart, the two
+    show what the app costs and how much of a round's distance was the draw."""
+    echo = {_round_key(r): r for r in rows
+            if r.get("app") == "echo" and r.get("server_impl", "python") == "python"}
+    out: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
+    for r in rows:
+        e = echo.get(_round_key(r))
+        if r.get("app") == "echo" or e is None:
+            continue
+        mp, ep = _pump_pct(r), _pump_pct(e)
+        mc, ec = r.get("server_cpu_pct"), e.get("server_cpu_pct")
+        if mp is None or ep is None or mc is None or not ec:
+            continue
+        out.setdefault((r["app"], r["calls"], r["rate"]), []).append(
+            (100.0 * ((mc - mp) - (ec - ep)) / ec, 100.0 * (mp - ep) / ec))
+    return out
+
+
 def against_echo(rows: list[dict]) -> list[str]:
     """Each app's server CPU against echo's at the same point of the same round, in per
     cent (issue 14: ``record`` and silent ``ivr`` within 15 % of echo at 1000 calls), with
@@ -629,6 +659,17 @@ def against_echo(rows: list[dict]) -> list[str]:
             lo, hi = mean_interval(ds)
             lines.append(f"  mean over the rounds {statistics.fmean(ds):+.1f} % (95 % bootstrap "
                          f"interval {lo:+.1f} to {hi:+.1f} %)")
+        halves = own_and_pump(rows).get((app, n, rate), [])
+        if len(halves) >= 4:
+            said = []
+            for i, what in enumerate(("its own work (the pumps' difference out)",
+                                      "the pumps' difference")):
+                xs = [h[i] for h in halves]
+                lo, hi = mean_interval(xs)
+                said.append(f"{what} {statistics.fmean(xs):+.1f} % ({lo:+.1f} to {hi:+.1f}, "
+                            f"sd {statistics.stdev(xs):.1f})")
+            lines.append(f"  split, mean % of echo's CPU over {len(halves)} timed rounds: "
+                         + "; ".join(said))
         if parts.get((app, n, rate)):
             split = parts[(app, n, rate)]
             lines.append(
