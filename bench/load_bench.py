@@ -46,9 +46,10 @@ summaries below the table use the other rounds only.
 With several apps, each one's CPU is compared with echo's in the same round: round by
 round, the median, how many rounds are within 15 %, and the mean over the rounds with a
 95 % bootstrap interval (a round compares one per-run draw of the VM's speed with another,
-so the interval says more about an app's cost than a count of single rounds).
+so the interval says more about an app's cost than a count of single rounds); with
+``--step-times``, that distance split into the app's own work and the pumps' difference.
 ``--summarize FILE...`` runs nothing and prints that comparison over the rounds of earlier
-runs' raw files together.
+runs' raw files together, and an interval that draws whole runs instead of rounds.
 Pass criterion: no frame lost and p99 gap between the server's outbound frames <= 25 ms.
 Raw results go to ``bench/results/load-<time>.jsonl``; server logs to ``bench/results/``.
 """
