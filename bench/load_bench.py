@@ -599,9 +599,18 @@ def mean_interval(ds: list[float], draws: int = 10_000, seed: int = 0) -> tuple[
     and that draw moves a run's CPU by as much as the target's width (``docs/BENCHMARKS.md``,
     twenty-fourth session), so how many single rounds pass says less about an app's cost
     than where its mean distance lies. Seeded: the same rows print the same interval."""
+    return groups_interval([[d] for d in ds], draws, seed)
+
+
+def groups_interval(
+    groups: list[list[float]], draws: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """A 95 % bootstrap interval of the mean of all values, drawing whole ``groups`` with
+    replacement (a group of one value each: :func:`mean_interval`)."""
     rng = random.Random(seed)
-    n = len(ds)
-    means = sorted(statistics.fmean(rng.choices(ds, k=n)) for _ in range(draws))
+    n = len(groups)
+    means = sorted(
+        statistics.fmean([d for g in rng.choices(groups, k=n) for d in g]) for _ in range(draws))
     return means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
 
 
@@ -650,6 +659,7 @@ def against_echo(rows: list[dict]) -> list[str]:
     for r, mine, echo in _with_echo(rows, "server_cpu_split_pct"):
         parts.setdefault((r["app"], r["calls"], r["rate"]), []).append(
             {k: v - echo[k] for k, v in mine.items()})
+    halved = own_and_pump(rows)
     lines = []
     for (app, n, rate), ds in diffs.items():
         within = sum(d <= 15.0 for d in ds)
@@ -660,7 +670,7 @@ def against_echo(rows: list[dict]) -> list[str]:
             lo, hi = mean_interval(ds)
             lines.append(f"  mean over the rounds {statistics.fmean(ds):+.1f} % (95 % bootstrap "
                          f"interval {lo:+.1f} to {hi:+.1f} %)")
-        halves = own_and_pump(rows).get((app, n, rate), [])
+        halves = halved.get((app, n, rate), [])
         if len(halves) >= 4:
             said = []
             for i, what in enumerate(("its own work (the pumps' difference out)",
@@ -680,7 +690,7 @@ def against_echo(rows: list[dict]) -> list[str]:
     return lines
 
 
-def over_runs(rows: list[dict], draws: int = 10_000, seed: int = 0) -> list[str]:
+def over_runs(rows: list[dict]) -> list[str]:
     """Each app's mean distance from echo with a 95 % bootstrap interval that draws whole
     runs (``row["run"]``) instead of rounds: rounds of one run share more than rounds of
     different runs (a run's mean moved from +4.6 to +17.3 % for ``ivr`` on this VM), so
@@ -695,13 +705,9 @@ def over_runs(rows: list[dict], draws: int = 10_000, seed: int = 0) -> list[str]
         groups = [runs[k] for k in sorted(runs)]
         if len(groups) < 4:
             continue
-        rng = random.Random(seed)
-        means = sorted(
-            statistics.fmean([d for g in rng.choices(groups, k=len(groups)) for d in g])
-            for _ in range(draws))
+        lo, hi = groups_interval(groups)
         lines.append(f"{app} at {n}@{rate}: drawing whole runs ({len(groups)}), 95 % "
-                     f"interval of the mean {means[int(0.025 * draws)]:+.1f} to "
-                     f"{means[int(0.975 * draws) - 1]:+.1f} %; run means "
+                     f"interval of the mean {lo:+.1f} to {hi:+.1f} %; run means "
                      + ", ".join(f"{statistics.fmean(g):+.1f}" for g in groups))
     return lines
 
@@ -711,11 +717,11 @@ def summarize(paths: list[str]) -> int:
     run after another); a round set aside in its run stays aside."""
     rows: list[dict] = []
     offset = 0
-    for path in paths:
+    for run, path in enumerate(paths):
         mine = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
         for r in mine:
             r["round"] = offset + int(r.get("round") or 0)
-            r["run"] = paths.index(path)
+            r["run"] = run
         offset = max([offset, *(r["round"] for r in mine)]) + 1
         rows += mine
     counted = [r for r in rows if not r.get("disturbed")]
